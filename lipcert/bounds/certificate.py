@@ -1,0 +1,73 @@
+"""Rebuild the LipSDP-Neuron matrix from a bound's multipliers and check it (math.md sections 2, 8.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ShapeMismatchError
+from ..network import Network
+from .result import LipschitzBound
+
+MAX_CHECK_SIZE = 6000
+
+
+@dataclass(frozen=True)
+class CertificateCheck:
+    """Spectrum of Q(rho, T) with rho = scale * value^2 and T_k = value^2 Lambda_k.
+
+    ``valid`` is ``min_eigenvalue >= -tol * max(1, max_eigenvalue)`` with tol = 1e-9.
+    """
+
+    min_eigenvalue: float
+    max_eigenvalue: float
+    size: int
+    valid: bool
+
+
+def lipsdp_matrix(net: Network, rho: float, multipliers: list[torch.Tensor],
+                  slopes: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The symmetric block-tridiagonal Q(rho, T) of math.md section 2 (T_k = diag(multipliers[k]))."""
+    ws = net.weights
+    dims = [ws[0].shape[1]] + [w.shape[0] for w in ws[:-1]]
+    offsets = [0]
+    for d in dims:
+        offsets.append(offsets[-1] + d)
+    q = torch.zeros(offsets[-1], offsets[-1], dtype=torch.float64)
+
+    def block(i: int, j: int) -> torch.Tensor:
+        return q[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]]
+
+    block(0, 0).add_(rho * torch.eye(dims[0], dtype=torch.float64))
+    for k in range(1, len(ws)):  # hidden layer k uses W_k (0-based ws[k-1])
+        t = multipliers[k - 1]
+        alpha, beta = slopes[k - 1]
+        w = ws[k - 1]
+        block(k - 1, k - 1).add_(2 * w.T @ ((t * alpha * beta)[:, None] * w))
+        block(k, k).add_(torch.diag(2 * t))
+        off = -((alpha + beta) * t)[:, None] * w
+        block(k, k - 1).add_(off)
+        block(k - 1, k).add_(off.T)
+    last = len(ws) - 1
+    block(last, last).sub_(ws[-1].T @ ws[-1])
+    return q
+
+
+def check_certificate(net: Network, bound: LipschitzBound, *, scale: float = 1.0) -> CertificateCheck:
+    """Rebuild Q(scale * L^2, L^2 Lambda) from ``bound`` and report its extreme eigenvalues.
+
+    For a valid bound Q is PSD at scale 1 (math.md section 8.2); at scale 1 - 1e-6 it becomes
+    indefinite when the bound is tight for its own multipliers.  Small nets only.
+    """
+    if len(bound.multipliers) != net.depth - 1:
+        raise ShapeMismatchError(f"bound has {len(bound.multipliers)} multiplier layers, the network "
+                                 f"{net.depth - 1} hidden layers (was it computed for this network?)")
+    size = sum(net.widths[:-1])
+    if size > MAX_CHECK_SIZE:
+        raise ShapeMismatchError(f"certificate rebuild needs a {size} x {size} matrix; limit is {MAX_CHECK_SIZE}")
+    rho = bound.value**2
+    q = lipsdp_matrix(net, scale * rho, [rho * m for m in bound.multipliers], list(bound.slopes))
+    eig = torch.linalg.eigvalsh((q + q.T) / 2)
+    lo, hi = float(eig[0]), float(eig[-1])
+    return CertificateCheck(lo, hi, size, lo >= -1e-9 * max(1.0, hi))

@@ -1,0 +1,94 @@
+"""Closed-form bounds: naive product, single rules (ECLipsE-Fast = SN(1)), combined and greedy.
+
+Every function here takes the network's weights (float64 or float32 torch tensors on one
+device) and per-neuron slopes, and returns the :class:`~lipcert.bounds.recursion.RecursionResult`
+objects that :func:`lipcert.lipschitz` turns into a :class:`~lipcert.bounds.result.LipschitzBound`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, solve_rt
+from .rules import DEFAULT_RULE_SET, Rule, lambda_max
+
+Slopes = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def closed_form_slopes(slopes: Slopes) -> Slopes:
+    """Slopes used by the closed forms: alpha >= 0 relaxed to 0 where alpha < beta (math.md 7(ii)).
+
+    [alpha, beta] is contained in [0, beta] for 0 <= alpha, so the relaxed certificate is valid;
+    it was tighter for every closed form in math.md Table D.  Negative alpha is kept (dropping the
+    alpha*beta term would be unsound), and so is alpha = beta (a fixed slope).
+    """
+    out = []
+    for alpha, beta in slopes:
+        relax = (alpha >= 0) & (alpha < beta)
+        out.append((torch.where(relax, torch.zeros_like(alpha), alpha), beta))
+    return out
+
+
+def naive(weights: Sequence[torch.Tensor], slopes: Slopes) -> RecursionResult:
+    """prod_k ||W_k||_2 * prod_k max_j max(|alpha_kj|, |beta_kj|) (math.md 4.1), as G = c^2 W_L W_L^T."""
+    import math
+
+    log_scale = 0.0
+    for w, (alpha, beta) in zip(weights[:-1], slopes):
+        slope = float(torch.maximum(alpha.abs(), beta.abs()).max())
+        norm = float(torch.linalg.matrix_norm(w, ord=2))
+        if norm == 0.0 or slope == 0.0:
+            k = weights[-1].shape[0]
+            return RecursionResult(torch.zeros(k, k, dtype=w.dtype, device=w.device), 0.0, [], [], ["constant"])
+        log_scale += 2 * (math.log(norm) + math.log(slope))
+    last = weights[-1]
+    return RecursionResult(last @ last.T, log_scale, [], [])
+
+
+def rule_chooser(rule: Rule):
+    """Chooser yielding the rule's multipliers, then its fallbacks (math.md section 5)."""
+
+    def choose(ctx: LayerContext) -> Iterator[Candidate]:
+        for r in rule.fallbacks():
+            yield r.name, r(ctx.gamma)
+
+    return choose
+
+
+def single_rule(weights: Sequence[torch.Tensor], slopes: Slopes, rule: Rule) -> RecursionResult:
+    """Algorithm 0 of math.md with one rule at every layer."""
+    return run(list(weights), closed_form_slopes(slopes), rule_chooser(rule))
+
+
+def combined(weights: Sequence[torch.Tensor], slopes: Slopes,
+             rules: Sequence[Rule] = DEFAULT_RULE_SET) -> dict[str, RecursionResult]:
+    """One pass per rule; the caller reports the minimum (each pass is a valid certificate)."""
+    return {rule.name: single_rule(weights, slopes, rule) for rule in rules}
+
+
+def greedy_chooser(rules: Sequence[Rule]):
+    """Per layer, the feasible candidate minimizing lambda_max(N M_k^{-1} N^T) for the next matrix N."""
+    def choose(ctx: LayerContext) -> Iterator[Candidate]:
+        scored = []
+        for rule in rules:
+            lam = rule(ctx.gamma)
+            found = factor_certificate(ctx.gamma, lam)
+            if found is None:
+                continue
+            y = solve_rt(found[1], ctx.next_weight.T)
+            score = float(lambda_max(y.T @ y)) if y.shape[1] > 1 else float((y * y).sum())
+            scored.append((score, rule.name, lam))
+        scored.sort(key=lambda t: t[0])
+        for _, name, lam in scored:
+            yield name, lam
+        yield from rule_chooser(Rule("sn", 1.0))(ctx)
+
+    return choose
+
+
+def greedy(weights: Sequence[torch.Tensor], slopes: Slopes,
+           rules: Sequence[Rule] = DEFAULT_RULE_SET) -> RecursionResult:
+    """Greedy per-layer mix of rules (math.md 4.3, 'further valid combinations')."""
+    return run(list(weights), closed_form_slopes(slopes), greedy_chooser(rules))

@@ -1,0 +1,136 @@
+"""``lipcert.lipschitz``: one entry point, one result type, the method as a value."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import UnknownMethodError
+from ..network import Network
+from . import closed_form
+from .recursion import RecursionResult
+from .result import Gram, LipschitzBound
+from .rules import DEFAULT_RULE_SET, Rule, parse_rule
+
+METHODS: dict[str, str] = {
+    "naive": "product of spectral norms times the largest slope",
+    "eclipse-fast": "ECLipsE-Fast (Xu & Sivaranjani 2024) = SN(1)",
+    "sn": "spectral rule SN(c), default c=1",
+    "gc": "Gershgorin rule GC(c), default c=1.99",
+    "shift": "Weyl shift rule Shift(c), default c=1.5",
+    "gcs": "rescaled spectral rule GCs(c), default c=1.5",
+    "greedy": "per-layer choice among the default rule set",
+    "combined": "minimum over SN(1), GC(1.5,1.7,1.99), Shift(1.3,1.5,1.7), GCs(1,1.5)",
+    "eclipse": "ECLipsE: one small SDP per layer (needs the sdp extra)",
+    "lipsdp-neuron": "LipSDP-Neuron SDP (needs the sdp extra)",
+    "lipsdp-layer": "LipSDP-Layer SDP (needs the sdp extra)",
+}
+SDP_METHODS = ("eclipse", "lipsdp-neuron", "lipsdp-layer")
+_FLOAT32_INFLATION = 1e-5
+
+
+def _resolve(method: str, c: float | None) -> tuple[str, Rule | None]:
+    name = method.strip().lower()
+    base = name.split("(")[0]
+    if base in ("sn", "gc", "shift", "gcs"):
+        rule = parse_rule(name, c)
+        return rule.name, rule
+    if name in ("eclipse-fast", "eclipse_fast", "ecl-fast"):
+        return "eclipse-fast", Rule("sn", 1.0)
+    if name.replace("_", "-") in METHODS:
+        return name.replace("_", "-"), None
+    raise UnknownMethodError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+
+
+def lipschitz(
+    net: Network,
+    method: str = "combined",
+    *,
+    c: float | None = None,
+    rules: Sequence[Rule | str] | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+) -> LipschitzBound:
+    """Upper bound on the L2 Lipschitz constant of ``net``.
+
+    Parameters
+    ----------
+    net : Network
+        The network; the bound refers to its input space (raw inputs when it carries its
+        normalization) and holds for every bias and every activation in its slope class.
+    method : str
+        One of :data:`METHODS` (``"gc(1.7)"`` style names set the rule parameter inline).
+    c : float, optional
+        Parameter of a single rule (``sn``, ``gc``, ``shift``, ``gcs``).
+    rules : sequence, optional
+        Rule set for ``combined`` and ``greedy`` (default: math.md section 4.3's nine rules).
+    dtype : torch.dtype
+        float64 (default) or float32; float32 results are inflated by a relative 1e-5
+        (math.md section 5) and use a larger Cholesky safety margin.
+    device : str or torch.device, optional
+        Where to compute (``"cuda"`` when available); default CPU.
+
+    Returns
+    -------
+    LipschitzBound
+        ``value`` >= Lip_2(f); ``pairwise()`` and ``along(c)`` give margin constants.
+
+    Notes
+    -----
+    The closed forms are Theorem 1 of Syed & Hu (2025, arXiv:2503.14297): with M_0 = I,
+    Gamma_k = W_k M_{k-1}^{-1} W_k^T and M_k = 2 Lambda_k - Lambda_k Gamma_k Lambda_k > 0,
+    Lip(f) <= ||W_L M_{L-1}^{-1} W_L^T||^{1/2}.  Each rule picks a diagonal Lambda_k in
+    closed form; ECLipsE-Fast is Lambda_k = I / lambda_max(Gamma_k).
+    """
+    name, rule = _resolve(method, c)
+    if c is not None and rule is None:
+        raise UnknownMethodError(f"method {name!r} takes no parameter c")
+    if dtype not in (torch.float64, torch.float32):
+        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    rule_set = tuple(parse_rule(r) if isinstance(r, str) else r for r in (rules or DEFAULT_RULE_SET))
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    weights = [w.to(dev, dtype) for w in net.weights]
+    slopes = [(a.to(dev, dtype), b.to(dev, dtype)) for a, b in net.slopes()]
+
+    start = time.perf_counter()
+    results: dict[str, RecursionResult]
+    if name == "naive":
+        results = {"naive": closed_form.naive(weights, slopes)}
+    elif rule is not None:
+        results = {name: closed_form.single_rule(weights, slopes, rule)}
+    elif name == "combined":
+        results = closed_form.combined(weights, slopes, rule_set)
+    elif name == "greedy":
+        results = {"greedy": closed_form.greedy(weights, slopes, rule_set)}
+    else:
+        from . import sdp
+
+        results = {name: sdp.solve(name, weights, slopes)}
+    seconds = time.perf_counter() - start
+
+    inflate = 1 + (_FLOAT32_INFLATION if dtype == torch.float32 else 0.0)
+    values = {k: r.value * inflate for k, r in results.items()}
+    best = min(values, key=values.__getitem__)
+    winner = results[best]
+    notes = [f"{k}: {n}" for k, r in results.items() for n in r.notes if "constant neurons" not in n]
+    own = {k: (rule.name if rule is not None else k) for k in results}
+    fallbacks = sorted({f"{k}: layer {i + 1} fell back to {lab}" for k, r in results.items()
+                        for i, lab in enumerate(r.labels) if name != "greedy" and lab != own[k]})
+    status = "ok" if not (notes or fallbacks) else "; ".join(fallbacks + notes)
+    grams = {k: Gram(r.gram.double() * inflate**2, r.log_scale) for k, r in results.items()}
+    used_slopes = (closed_form.closed_form_slopes(slopes) if name not in SDP_METHODS + ("naive",) else slopes)
+    return LipschitzBound(
+        value=values[best],
+        method=name,
+        per_rule=values,
+        rule=best,
+        multipliers=tuple(m.detach().double().cpu() for m in winner.multipliers),
+        slopes=tuple((a.double().cpu(), b.double().cpu()) for a, b in used_slopes),
+        seconds=seconds,
+        status=status,
+        grams=grams,
+        extras={"dtype": str(dtype).replace("torch.", ""), "device": str(dev), **winner.extras,
+                "layer_rules": list(winner.labels)},
+    )

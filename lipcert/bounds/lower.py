@@ -1,0 +1,140 @@
+"""Rigorous lower bounds: the yardsticks every upper bound is tested against (math.md section 8.3).
+
+* **Pattern bound**: max over slope patterns D_k (entries alpha_kj or beta_kj) of
+  ||W_L D_{L-1} ... D_1 W_1||_2, found by block-coordinate ascent with random restarts.  The
+  linear net with a fixed pattern lies in the slope class (and, for ReLU with free biases, is
+  realised by the network), so every method here must be at least this.
+* **Jacobian bound**: max of ||J(x)||_2 over random inputs plus gradient ascent, with the
+  network's own biases and activations: a lower bound on this network's own constant.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..network import Network
+
+
+@dataclass(frozen=True)
+class LowerBound:
+    """A certified lower bound on the Lipschitz constant.
+
+    ``value`` = max(``pattern``, ``jacobian``).  ``pattern`` bounds the supremum over the
+    slope class (what every upper bound in lipcert bounds); ``jacobian`` bounds this network
+    with its own biases.  ``point`` is the input where the best Jacobian norm was found.
+    """
+
+    value: float
+    pattern: float
+    jacobian: float
+    seconds: float
+    point: torch.Tensor | None = field(default=None, repr=False)
+
+    def __float__(self) -> float:
+        return self.value
+
+
+def _top_singular(mat: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    return u[:, 0], float(s[0]), vh[0]
+
+
+def pattern_bound(net: Network, *, restarts: int = 8, sweeps: int = 30,
+                  generator: torch.Generator | None = None) -> float:
+    """Block-coordinate ascent over slope patterns (math.md 8.3b).
+
+    For layer k, with u, v the top singular vectors of the current product, set
+    d_i = beta_i if (A^T u)_i (B v)_i > 0 else alpha_i, where A is the product left of D_k and
+    B the product right of it.  Restart 0 starts from all-beta, the others at random.
+    """
+    ws = list(net.weights)
+    if len(ws) == 1:
+        return float(torch.linalg.matrix_norm(ws[0], ord=2))
+    lo = list(net.alphas)
+    hi = list(net.betas)
+    best = 0.0
+    for rep in range(restarts):
+        if rep == 0:
+            ds = [h.clone() for h in hi]
+        else:
+            ds = [torch.where(torch.rand(len(h), generator=generator, dtype=torch.float64) < 0.5, l, h)
+                  for l, h in zip(lo, hi)]
+        value = 0.0
+        for _ in range(sweeps):
+            # suffixes[k] = W_L D_{L-1} ... W_{k+2} D_{k+1} W_{k+1}  (left of D_k, 0-based hidden index k)
+            suffixes: list[torch.Tensor] = [ws[-1]] * (len(ws) - 1)
+            left = ws[-1]
+            for k in range(len(ws) - 2, -1, -1):
+                suffixes[k] = left
+                left = (left * ds[k][None, :]) @ ws[k]
+            changed = False
+            right = ws[0]
+            for k in range(len(ws) - 1):
+                u, _, v = _top_singular((suffixes[k] * ds[k][None, :]) @ right)
+                score = (suffixes[k].T @ u) * (right @ v)
+                new = torch.where(score > 0, hi[k], lo[k])
+                changed |= not torch.equal(new, ds[k])
+                ds[k] = new
+                right = ws[k + 1] @ (ds[k][:, None] * right)
+            value = float(torch.linalg.matrix_norm(right, ord=2))
+            if not changed:
+                break
+        best = max(best, value)
+    return best
+
+
+def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: float | None = None,
+                   generator: torch.Generator | None = None) -> tuple[float, torch.Tensor | None]:
+    """max ||J(x)||_2 over random inputs, refined by gradient ascent (useful for smooth activations)."""
+    if any(a.fn is None or a.derivative is None for a in net.activations):
+        return 0.0, None
+    n0 = net.input_dim
+    if net.input_range is not None:
+        lo, hi = net.input_range
+        x = lo + (hi - lo) * torch.rand(samples, n0, generator=generator, dtype=torch.float64)
+    else:
+        x = torch.randn(samples, n0, generator=generator, dtype=torch.float64) * (scale or 1.0)
+
+    def norms(z: torch.Tensor) -> torch.Tensor:
+        slopes = []
+        h = z @ net.weights[0].T + net.biases[0]
+        for k, act in enumerate(net.activations):
+            slopes.append(act.derivative(h))  # type: ignore[misc]
+            h = act(h) @ net.weights[k + 1].T + net.biases[k + 1]
+        jac = net.weights[-1].expand(z.shape[0], -1, -1)  # (B, K, n_{L-1}), built from the output side
+        for k in range(len(slopes) - 1, -1, -1):
+            jac = (jac * slopes[k][:, None, :]) @ net.weights[k]
+        return torch.linalg.matrix_norm(jac, ord=2)
+
+    with torch.no_grad():
+        vals = norms(x)
+    top = torch.topk(vals, min(8, samples)).indices
+    z = x[top].clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.05 * (scale or 1.0))
+    best_val, best_x = float(vals.max()), x[int(vals.argmax())]
+    for _ in range(steps):
+        opt.zero_grad()
+        out = norms(z)
+        i = int(out.detach().argmax())
+        if float(out[i].detach()) > best_val:
+            best_val, best_x = float(out[i].detach()), z[i].detach().clone()
+        if not out.requires_grad:
+            break
+        (-out.sum()).backward()
+        opt.step()
+        if net.input_range is not None:
+            with torch.no_grad():
+                z.clamp_(*net.input_range)
+    return best_val, best_x
+
+
+def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: int = 0) -> LowerBound:
+    """The larger of the pattern bound and the sampled Jacobian bound (math.md 8.3)."""
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    pattern = pattern_bound(net, restarts=restarts, generator=gen)
+    jac, point = jacobian_bound(net, samples=samples, generator=gen)
+    return LowerBound(max(pattern, jac), pattern, jac, time.perf_counter() - start, point)

@@ -1,0 +1,113 @@
+"""Closed-form multiplier rules Lambda_k = rule(Gamma_k) (math.md section 4.3).
+
+Each rule maps a normalized PSD matrix Gamma (max diagonal 1) to a positive vector lambda with
+2 diag(1/lambda) - Gamma > 0, which by Theorem 1 makes M = 2 Lambda - Lambda Gamma Lambda
+positive definite.  All rules are degree -1 homogeneous (rule(t Gamma) = rule(Gamma) / t), which
+is what lets the recursion renormalize every layer.
+
+=============  =================================================  ===========
+rule           lambda_i                                           valid for
+=============  =================================================  ===========
+SN(c)          c / lambda_max(Gamma)                              0 < c < 2
+GC(c)          c / r_i,  r_i = sum_j |Gamma_ij|                   0 < c < 2
+Shift(c)       2 / (Gamma_ii + c lambda_max(Gamma - Diag Gamma))  c > 1
+GCs(c)         c / (r_i lambda_max(R^-1/2 Gamma R^-1/2))          0 < c < 2
+=============  =================================================  ===========
+
+SN(1) is ECLipsE-Fast.  Shift uses lambda_max of the off-diagonal part rather than its norm,
+which is valid and slightly tighter (math.md section 4.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import LipcertError
+
+RULE_KINDS = ("sn", "gc", "shift", "gcs")
+DEFAULT_C = {"sn": 1.0, "gc": 1.99, "shift": 1.5, "gcs": 1.5}
+
+
+class InvalidParameterError(LipcertError, ValueError):
+    """A rule parameter c outside its valid range."""
+
+
+def lambda_max(sym: torch.Tensor) -> torch.Tensor:
+    """Largest eigenvalue of a symmetric matrix (dense eigvalsh)."""
+    return torch.linalg.eigvalsh(sym)[-1]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One closed-form rule with its parameter c."""
+
+    kind: str
+    c: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in RULE_KINDS:
+            raise InvalidParameterError(f"unknown rule {self.kind!r}; known: {', '.join(RULE_KINDS)}")
+        if self.kind == "shift":
+            if not self.c > 1:
+                raise InvalidParameterError(f"shift(c) needs c > 1, got c={self.c}")
+        elif not 0 < self.c < 2:
+            raise InvalidParameterError(f"{self.kind}(c) needs 0 < c < 2, got c={self.c}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}({self.c:g})"
+
+    def __call__(self, gamma: torch.Tensor) -> torch.Tensor:
+        """lambda for a symmetric PSD Gamma with strictly positive diagonal."""
+        c = self.c
+        if self.kind == "sn":
+            return torch.full_like(gamma[0], c) / lambda_max(gamma)
+        rows = gamma.abs().sum(dim=1)
+        if self.kind == "gc":
+            return c / rows
+        if self.kind == "shift":
+            off = gamma - torch.diag(torch.diagonal(gamma))
+            return 2.0 / (torch.diagonal(gamma) + c * lambda_max(off))
+        inv_sqrt = rows.rsqrt()
+        scaled = gamma * inv_sqrt[:, None] * inv_sqrt[None, :]
+        return c / (rows * lambda_max(scaled))
+
+    def fallbacks(self) -> Iterator[Rule]:
+        """This rule, then the same rule with c moved inward, then SN(1) (math.md section 5)."""
+        yield self
+        c = self.c
+        for _ in range(3):
+            c = 2 * c if self.kind == "shift" else (1 + c) / 2
+            if self.kind != "shift" and abs(c - 1) < 1e-3:
+                break
+            yield Rule(self.kind, c)
+        if (self.kind, self.c) != ("sn", 1.0):
+            yield Rule("sn", 1.0)
+
+
+def parse_rule(text: str, c: float | None = None) -> Rule:
+    """``"gc"`` (default c), ``"gc(1.7)"`` or ``("gc", c=1.7)`` to a :class:`Rule`."""
+    kind, _, rest = text.strip().lower().partition("(")
+    if rest:
+        try:
+            value = float(rest.rstrip(")"))
+        except ValueError as exc:
+            raise InvalidParameterError(f"cannot read the parameter of rule {text!r}") from exc
+        if c is not None and c != value:
+            raise InvalidParameterError(f"rule {text!r} given together with c={c}")
+        c = value
+    if kind not in RULE_KINDS:
+        raise InvalidParameterError(f"unknown rule {kind!r}; known: {', '.join(RULE_KINDS)}")
+    return Rule(kind, DEFAULT_C[kind] if c is None else float(c))
+
+
+# math.md section 4.3, "Recommended default for the library".
+DEFAULT_RULE_SET: tuple[Rule, ...] = (
+    Rule("sn", 1.0),
+    Rule("gc", 1.5), Rule("gc", 1.7), Rule("gc", 1.99),
+    Rule("shift", 1.3), Rule("shift", 1.5), Rule("shift", 1.7),
+    Rule("gcs", 1.0), Rule("gcs", 1.5),
+)

@@ -1,0 +1,41 @@
+"""The ``lipcert`` command line: ``lipcert SUBCOMMAND ...`` (also ``python -m lipcert``).
+
+Each subcommand lives in a module of this package that defines ``add_parser(subparsers)``
+and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import LipcertError
+
+COMMANDS = ("bound",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="lipcert", description="Certified robustness from Lipschitz bounds.")
+    parser.add_argument("--version", action="version", version=f"lipcert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f".{name}", __name__)
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; errors lipcert raises on purpose print one line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LipcertError as exc:
+        print(f"lipcert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lipcert {args.command}: interrupted", file=sys.stderr)
+        return 130

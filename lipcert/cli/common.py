@@ -1,0 +1,40 @@
+"""Pieces shared by subcommands: model arguments and number parsing."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import LipcertError
+from ..network import Network
+
+
+def floats(text: str) -> list[float]:
+    """'0.5,1,1.58' or '36/255,72/255' to a list of floats."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        num, _, den = part.partition("/")
+        try:
+            out.append(float(num) / (float(den) if den else 1.0))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {part!r}") from None
+    return out
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file: .onnx, .pt/.pth (whole pickled module) or .npz of weights")
+    p.add_argument("--mean", type=floats, default=None, help="input normalization mean per channel, e.g. 0.4914,0.4822,0.4465")
+    p.add_argument("--std", type=floats, default=None, help="input normalization std per channel")
+    p.add_argument("--input-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
+                   help="input shape without batch, e.g. 1,28,28 (needed for some .pt files)")
+
+
+def load_model(args: argparse.Namespace) -> Network:
+    from ..loading import load
+
+    try:
+        return load(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std)
+    except LipcertError:
+        raise

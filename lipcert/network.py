@@ -1,0 +1,240 @@
+"""lipcert's one internal network representation.
+
+A :class:`Network` is the chain f(x) = W_L phi_{L-1}(... phi_1(W_1 x + b_1) ...) + b_L of L dense
+float64 affine maps separated by L-1 elementwise activations, each neuron of hidden layer k
+slope-restricted on [alpha_kj, beta_kj].  Adapters (torch, ONNX) build it; bounds read it; the
+certifier evaluates it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .activations import Activation, get_activation
+from .errors import NonFiniteWeightsError, ShapeMismatchError
+
+ArrayLike = np.ndarray | torch.Tensor
+ActivationSpec = str | Activation | tuple[float, float]
+
+
+def _as_tensor(a: Any, what: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        t = a.detach().to("cpu", torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(a, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise ShapeMismatchError(f"{what} is not a numeric array: {exc}") from exc
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise NonFiniteWeightsError(f"{what} has {bad} non-finite entries (NaN or inf)")
+    return t
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """Feed-forward chain of affine maps and slope-restricted elementwise activations.
+
+    Attributes
+    ----------
+    weights : tuple of Tensor
+        W_1..W_L, float64, W_k of shape (n_k, n_{k-1}).
+    biases : tuple of Tensor
+        b_1..b_L, float64, b_k of shape (n_k,).
+    activations : tuple of Activation
+        phi_1..phi_{L-1}, one per hidden layer.
+    alphas, betas : tuple of Tensor
+        Per-neuron slope bounds of each hidden layer (shape (n_k,)).
+    input_shape : tuple of int
+        Shape of one input (without batch); prod(input_shape) = n_0.
+    input_range : (float, float) or None
+        Range of valid input values, if known (e.g. (0, 1) for pixels).
+    info : dict
+        Provenance written by adapters: source, input space, conversion error, preprocessing.
+    """
+
+    weights: tuple[torch.Tensor, ...]
+    biases: tuple[torch.Tensor, ...]
+    activations: tuple[Activation, ...]
+    alphas: tuple[torch.Tensor, ...]
+    betas: tuple[torch.Tensor, ...]
+    input_shape: tuple[int, ...]
+    input_range: tuple[float, float] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_weights(
+        cls,
+        weights: Sequence[ArrayLike],
+        biases: Sequence[ArrayLike | None] | None = None,
+        activation: ActivationSpec | Sequence[ActivationSpec] = "relu",
+        *,
+        input_shape: Sequence[int] | None = None,
+        input_range: tuple[float, float] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Network:
+        """Build a network from L weight matrices (out, in) and optional biases.
+
+        ``activation`` is one name for every hidden layer or a list of L-1 names; names and
+        their slopes are in :mod:`lipcert.activations`; an explicit ``(alpha, beta)`` pair is
+        accepted too.  Consecutive affine maps with a linear activation between them are
+        multiplied into one, and dead neurons (zero rows) are removed, their constant output
+        folded into the next bias, so the function is unchanged.
+        """
+        if len(weights) == 0:
+            raise ShapeMismatchError("a network needs at least one weight matrix")
+        ws = [_as_tensor(w, f"weight {k + 1}") for k, w in enumerate(weights)]
+        for k, w in enumerate(ws):
+            if w.ndim != 2:
+                raise ShapeMismatchError(f"weight {k + 1} must be a 2-D (out, in) matrix, got shape "
+                                         f"{tuple(w.shape)}")
+        if biases is None:
+            biases = [None] * len(ws)
+        if len(biases) != len(ws):
+            raise ShapeMismatchError(f"{len(ws)} weight matrices but {len(biases)} biases")
+        bs = []
+        for k, (w, b) in enumerate(zip(ws, biases)):
+            bt = torch.zeros(w.shape[0], dtype=torch.float64) if b is None else _as_tensor(b, f"bias {k + 1}")
+            if bt.shape != (w.shape[0],):
+                raise ShapeMismatchError(f"bias {k + 1} has shape {tuple(bt.shape)}, expected ({w.shape[0]},)")
+            bs.append(bt)
+        n_hidden = len(ws) - 1
+        if isinstance(activation, str | Activation | tuple):
+            acts = [get_activation(activation)] * n_hidden
+        else:
+            acts = [get_activation(a) for a in activation]
+            if len(acts) != n_hidden:
+                raise ShapeMismatchError(f"{len(ws)} weight matrices need {n_hidden} activations, "
+                                         f"got {len(acts)}")
+        n0 = ws[0].shape[1]
+        shape = tuple(int(s) for s in input_shape) if input_shape is not None else (n0,)
+        alphas = [torch.full((w.shape[0],), a.alpha, dtype=torch.float64) for w, a in zip(ws, acts)]
+        betas = [torch.full((w.shape[0],), a.beta, dtype=torch.float64) for w, a in zip(ws, acts)]
+        return cls._normalized(ws, bs, acts, alphas, betas, shape, input_range, dict(info or {}))
+
+    @classmethod
+    def _normalized(cls, ws: list[torch.Tensor], bs: list[torch.Tensor], acts: list[Activation],
+                    alphas: list[torch.Tensor], betas: list[torch.Tensor], shape: tuple[int, ...],
+                    input_range: tuple[float, float] | None, info: dict[str, Any]) -> Network:
+        if math.prod(shape) != ws[0].shape[1]:
+            raise ShapeMismatchError(f"input shape {shape} has {math.prod(shape)} entries but the first "
+                                     f"weight matrix takes {ws[0].shape[1]}")
+        for k in range(1, len(ws)):
+            if ws[k].shape[1] != ws[k - 1].shape[0]:
+                raise ShapeMismatchError(
+                    f"weight {k + 1} takes {ws[k].shape[1]} inputs but weight {k} has {ws[k - 1].shape[0]} outputs")
+        ws, bs, acts, alphas, betas = list(ws), list(bs), list(acts), list(alphas), list(betas)
+        # Fold linear activations: W_{k+1} (a (W_k x + b_k)) + b_{k+1}.
+        k = 0
+        while k < len(acts):
+            if acts[k].is_linear:
+                a = acts[k].alpha
+                bs[k + 1] = bs[k + 1] + a * (ws[k + 1] @ bs[k])
+                ws[k + 1] = a * (ws[k + 1] @ ws[k])
+                del ws[k], bs[k], acts[k], alphas[k], betas[k]
+            else:
+                k += 1
+        # Remove dead neurons (zero rows): their output phi(b_i) is constant.
+        for k in range(len(acts)):
+            dead = (ws[k] == 0).all(dim=1)
+            if not bool(dead.any()):
+                continue
+            if acts[k].fn is not None:
+                bs[k + 1] = bs[k + 1] + ws[k + 1][:, dead] @ acts[k](bs[k][dead])
+            keep = ~dead
+            ws[k], bs[k], alphas[k], betas[k] = ws[k][keep], bs[k][keep], alphas[k][keep], betas[k][keep]
+            ws[k + 1] = ws[k + 1][:, keep]
+            if not bool(keep.any()):  # the output does not depend on the input
+                const = bs[k + 1] if k + 1 == len(ws) - 1 else None
+                net = cls(tuple(ws), tuple(bs), tuple(acts), tuple(alphas), tuple(betas), shape, input_range, info)
+                if const is None:
+                    const = net._forward_flat(torch.zeros(1, ws[0].shape[1], dtype=torch.float64))[0]
+                zero = torch.zeros(ws[-1].shape[0], ws[0].shape[1], dtype=torch.float64)
+                return cls((zero,), (const,), (), (), (), shape, input_range, info)
+        return cls(tuple(ws), tuple(bs), tuple(acts), tuple(alphas), tuple(betas), shape, input_range, info)
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def depth(self) -> int:
+        """Number L of weight matrices (L-1 hidden layers)."""
+        return len(self.weights)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """(n_0, n_1, ..., n_L)."""
+        return (self.weights[0].shape[1],) + tuple(w.shape[0] for w in self.weights)
+
+    @property
+    def input_dim(self) -> int:
+        return self.weights[0].shape[1]
+
+    @property
+    def output_dim(self) -> int:
+        return self.weights[-1].shape[0]
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.activations)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(w.numel() + b.numel() for w, b in zip(self.weights, self.biases))
+
+    def slopes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-neuron (alpha_k, beta_k) of every hidden layer."""
+        return list(zip(self.alphas, self.betas))
+
+    def with_info(self, **info: Any) -> Network:
+        """A copy with more provenance recorded in ``info``."""
+        return replace(self, info={**self.info, **info})
+
+    def with_last_layer(self, weight: ArrayLike, bias: ArrayLike | None = None) -> Network:
+        """The same network with W_L replaced (for example by c^T W_L for a margin direction c)."""
+        w = _as_tensor(weight, "last weight")
+        if w.ndim == 1:
+            w = w[None, :]
+        b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else _as_tensor(bias, "last bias")
+        return Network._normalized(list(self.weights[:-1]) + [w], list(self.biases[:-1]) + [b],
+                                   list(self.activations), list(self.alphas), list(self.betas),
+                                   self.input_shape, self.input_range, dict(self.info))
+
+    # ------------------------------------------------------------------ evaluation
+    def _forward_flat(self, z: torch.Tensor) -> torch.Tensor:
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            z = z @ w.to(z.dtype).T + b.to(z.dtype)
+            if k < len(self.activations):
+                z = self.activations[k](z)
+        return z
+
+    def forward(self, x: ArrayLike) -> ArrayLike:
+        """Outputs f(x) for a batch x of shape (B, *input_shape) (or one input of ``input_shape``).
+
+        Computed in float64 (or the dtype of a floating torch input of higher precision);
+        returns the same kind of array it was given, with shape (B, n_L) or (n_L,).
+        """
+        is_numpy = not isinstance(x, torch.Tensor)
+        t = torch.as_tensor(np.asarray(x)) if is_numpy else x
+        single = tuple(t.shape) == self.input_shape
+        if not single and tuple(t.shape[1:]) != self.input_shape:
+            raise ShapeMismatchError(f"expected inputs of shape (B, {', '.join(map(str, self.input_shape))}) "
+                                     f"or {self.input_shape}, got {tuple(t.shape)}")
+        flat = t.reshape(1 if single else t.shape[0], -1)
+        dtype = flat.dtype if flat.dtype == torch.float64 else torch.float64
+        out = self._forward_flat(flat.to(dtype=dtype, device=self.weights[0].device))
+        if single:
+            out = out[0]
+        return out.numpy() if is_numpy else out.to(t.device)
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        acts = ", ".join(self.activation_names) or "none"
+        return (f"Network(widths={list(self.widths)}, activations=[{acts}], "
+                f"input_shape={self.input_shape}, parameters={self.num_parameters})")

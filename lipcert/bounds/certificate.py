@@ -15,15 +15,20 @@ MAX_CHECK_SIZE = 6000
 
 @dataclass(frozen=True)
 class CertificateCheck:
-    """Spectrum of Q(rho, T) with rho = scale * value^2 and T_k = value^2 Lambda_k.
+    """Spectrum of the Jacobi-scaled D^-1/2 Q D^-1/2 (D = diag Q), rho = scale * value^2, T_k = rho Lambda_k.
 
-    ``valid`` is ``min_eigenvalue >= -tol * max(1, max_eigenvalue)`` with tol = 1e-9.
+    The congruence keeps Q's inertia (so PSD-ness) and removes the scale spread of deep nets,
+    so a tolerance means the same on every net.  ``valid`` is
+    ``min_eigenvalue >= -1e-9 * max(1, max_eigenvalue)``.  ``positive_definite`` says whether Q
+    passes a Cholesky factorization: eigenvalues of a deep chain of near-singular blocks can sit
+    below their solver's resolution, while the pivots of Cholesky still see the sign.
     """
 
     min_eigenvalue: float
     max_eigenvalue: float
     size: int
     valid: bool
+    positive_definite: bool
 
 
 def lipsdp_matrix(net: Network, rho: float, multipliers: list[torch.Tensor],
@@ -55,11 +60,14 @@ def lipsdp_matrix(net: Network, rho: float, multipliers: list[torch.Tensor],
 
 
 def check_certificate(net: Network, bound: LipschitzBound, *, scale: float = 1.0) -> CertificateCheck:
-    """Rebuild Q(scale * L^2, L^2 Lambda) from ``bound`` and report its extreme eigenvalues.
+    """Rebuild Q(rho, rho Lambda) with rho = scale * L^2 from ``bound``; report its extreme eigenvalues.
 
-    For a valid bound Q is PSD at scale 1 (math.md section 8.2); at scale 1 - 1e-6 it becomes
-    indefinite when the bound is tight for its own multipliers.  Small nets only.
+    For a valid bound Q is PSD at scale 1 (math.md section 8.2).  L^2 is the smallest rho
+    that the multipliers certify (Theorem 1), so at scale 1 - 1e-6 Q is indefinite.  Small nets only.
     """
+    if not bound.multipliers and net.depth > 1:
+        raise ShapeMismatchError(f"the {bound.method!r} bound (rule {bound.rule!r}) carries no LipSDP "
+                                 "multipliers to check")
     if len(bound.multipliers) != net.depth - 1:
         raise ShapeMismatchError(f"bound has {len(bound.multipliers)} multiplier layers, the network "
                                  f"{net.depth - 1} hidden layers (was it computed for this network?)")
@@ -67,7 +75,15 @@ def check_certificate(net: Network, bound: LipschitzBound, *, scale: float = 1.0
     if size > MAX_CHECK_SIZE:
         raise ShapeMismatchError(f"certificate rebuild needs a {size} x {size} matrix; limit is {MAX_CHECK_SIZE}")
     rho = bound.value**2
-    q = lipsdp_matrix(net, scale * rho, [rho * m for m in bound.multipliers], list(bound.slopes))
-    eig = torch.linalg.eigvalsh((q + q.T) / 2)
+    rho = scale * rho
+    q = lipsdp_matrix(net, rho, [rho * m for m in bound.multipliers], list(bound.slopes))
+    q = (q + q.T) / 2
+    d = torch.diagonal(q)
+    if bool((d <= 0).any()):  # a PSD matrix has a non-negative diagonal, zero only on zero rows
+        return CertificateCheck(float(d.min()), float(d.max()), size, False, False)
+    scale_vec = d.rsqrt()
+    scaled = q * scale_vec[:, None] * scale_vec[None, :]
+    eig = torch.linalg.eigvalsh(scaled)
     lo, hi = float(eig[0]), float(eig[-1])
-    return CertificateCheck(lo, hi, size, lo >= -1e-9 * max(1.0, hi))
+    positive_definite = int(torch.linalg.cholesky_ex(scaled).info) == 0
+    return CertificateCheck(lo, hi, size, lo >= -1e-9 * max(1.0, hi), positive_definite)

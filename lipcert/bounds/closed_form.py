@@ -64,8 +64,15 @@ def single_rule(weights: Sequence[torch.Tensor], slopes: Slopes, rule: Rule) -> 
 
 def combined(weights: Sequence[torch.Tensor], slopes: Slopes,
              rules: Sequence[Rule] = DEFAULT_RULE_SET) -> dict[str, RecursionResult]:
-    """One pass per rule; the caller reports the minimum (each pass is a valid certificate)."""
-    return {rule.name: single_rule(weights, slopes, rule) for rule in rules}
+    """One pass per rule, plus the naive product; the caller reports the minimum.
+
+    Each pass is a valid certificate.  The naive product costs nothing next to the passes and
+    keeps the combination below it also for negative slopes (SiLU, GELU), where no rule is
+    guaranteed to beat it.
+    """
+    passes = {rule.name: single_rule(weights, slopes, rule) for rule in rules}
+    passes["naive"] = naive(weights, slopes)
+    return passes
 
 
 def greedy_chooser(rules: Sequence[Rule]):

@@ -22,7 +22,7 @@ METHODS: dict[str, str] = {
     "shift": "Weyl shift rule Shift(c), default c=1.5",
     "gcs": "rescaled spectral rule GCs(c), default c=1.5",
     "greedy": "per-layer choice among the default rule set",
-    "combined": "minimum over SN(1), GC(1.5,1.7,1.99), Shift(1.3,1.5,1.7), GCs(1,1.5)",
+    "combined": "minimum over SN(1), GC(1.5,1.7,1.99), Shift(1.3,1.5,1.7), GCs(1,1.5) and naive",
     "eclipse": "ECLipsE: one small SDP per layer (needs the sdp extra)",
     "lipsdp-neuron": "LipSDP-Neuron SDP (needs the sdp extra)",
     "lipsdp-layer": "LipSDP-Layer SDP (needs the sdp extra)",

@@ -26,8 +26,8 @@ import torch
 
 from ..errors import InfeasibleCertificateError
 
-# Safety margin before every Cholesky, in units of the dtype's machine epsilon per dimension.
-_MARGIN_EPS_PER_DIM = 64
+# Safety margin before every Cholesky, relative to the diagonal, in units of n * machine epsilon.
+_MARGIN_EPS_PER_DIM = 4
 _MAX_HALVINGS = 60
 
 
@@ -77,10 +77,14 @@ def upper_cholesky(mat: torch.Tensor) -> torch.Tensor | None:
     return low.T
 
 
-def margin(mat: torch.Tensor) -> float:
-    """Safety margin subtracted before a Cholesky: 64 n eps max|diag| (covers rounding in forming it)."""
-    eps = torch.finfo(mat.dtype).eps
-    return _MARGIN_EPS_PER_DIM * eps * mat.shape[0] * float(torch.diagonal(mat).abs().max())
+def shrink(mat: torch.Tensor) -> torch.Tensor:
+    """mat - delta Diag(mat) with delta = 4 n eps: the margin every Cholesky test is taken with.
+
+    Cholesky's rounding error is bounded entrywise by a multiple of sqrt(m_ii m_jj), so a margin
+    relative to the diagonal has the same meaning at every scale of a deep net.
+    """
+    delta = _MARGIN_EPS_PER_DIM * mat.shape[0] * torch.finfo(mat.dtype).eps
+    return mat - torch.diag(delta * torch.diagonal(mat))
 
 
 def solve_rt(r: torch.Tensor | None, rhs: torch.Tensor) -> torch.Tensor:
@@ -158,15 +162,13 @@ def run(
 
 
 def factor_certificate(gamma: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """P = 0: Cholesky of C = 2 diag(1/lambda) - Gamma - delta I; then R_M = R_C diag(lambda).
+    """P = 0: Cholesky of C' = shrink(2 diag(1/lambda) - Gamma); then R_M = R_C diag(lambda).
 
-    M' = Lambda (C - delta I) Lambda <= M, so carrying R_M forward is valid (monotonicity).
+    M' = Lambda C' Lambda <= M, so carrying R_M forward is valid (monotonicity).
     """
     if not bool(torch.isfinite(lam).all()) or not bool((lam > 0).all()):
         return None
-    c_mat = torch.diag(2.0 / lam) - gamma
-    c_mat = c_mat - margin(gamma) * torch.eye(len(lam), dtype=gamma.dtype, device=gamma.device)
-    rc = upper_cholesky(c_mat)
+    rc = upper_cholesky(shrink(torch.diag(2.0 / lam) - gamma))
     if rc is None:
         return None
     return lam, rc * lam[None, :]
@@ -180,14 +182,12 @@ def _feasible(gamma: torch.Tensor, lam: torch.Tensor, r: torch.Tensor | None, we
     m_prev = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device) if r is None else r.T @ r
     for _ in range(_MAX_HALVINGS):
         x = m_prev + 2 * weight.T @ ((lam * p_vec / scale)[:, None] * weight)
-        x = x - margin(x) * torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
-        rx = upper_cholesky(x)
+        rx = upper_cholesky(shrink(x))
         if rx is not None:
             z = solve_rt(rx, v.T)
             gx = (z.T @ z) / scale
             m = torch.diag(2 * lam) - lam[:, None] * gx * lam[None, :]
-            m = m - margin(m) * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
-            rm = upper_cholesky(m)
+            rm = upper_cholesky(shrink(m))
             if rm is not None:
                 return lam, rm
         if bool((p_vec >= 0).all()):  # halving cannot help when P >= 0 (X >= M already)

@@ -6,13 +6,17 @@
 2.236068
 """
 
-from . import errors
+from . import errors, random_nets
 from .activations import Activation, get_activation
+from .attack import AttackResult, attack
 from .bounds import (METHODS, CertificateCheck, LipschitzBound, LowerBound, Rule, check_certificate,
                      lipschitz, lower_bound)
+from .certify import Certification, certify
+from .loading import load
 from .network import Network
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "Activation", "CertificateCheck", "LipschitzBound", "LowerBound", "Network", "Rule",
-           "__version__", "check_certificate", "errors", "get_activation", "lipschitz", "lower_bound"]
+__all__ = ["METHODS", "Activation", "AttackResult", "CertificateCheck", "Certification", "LipschitzBound",
+           "LowerBound", "Network", "Rule", "__version__", "attack", "certify", "check_certificate", "errors",
+           "get_activation", "lipschitz", "load", "lower_bound"]

@@ -1,0 +1,189 @@
+"""``lipcert certify MODEL --dataset mnist --eps 0.5,1,1.58 --out runs/x``: certified accuracy of a model.
+
+Writes ``records.jsonl`` (per-input records, as the run goes), ``attack.jsonl`` (one line per
+attacked eps, with --attack), then ``report.json``, ``samples.csv``, ``report.md`` and
+``report.html``.  ``--resume`` continues an interrupted run from its records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..attack import AttackResult, attack
+from ..bounds import METHODS
+from ..certify import InvalidRadiusError, ResumeError, certify, check_eps, parse_norm
+from ..errors import DatasetError, ShapeMismatchError
+from ..network import Network
+from .common import add_model_arguments, floats, load_model
+
+DEFAULT_EPS = {
+    ("mnist", "2"): "0.5,1,1.58", ("fashion-mnist", "2"): "0.5,1,1.58",
+    ("cifar10", "2"): "36/255,72/255,108/255",
+    ("mnist", "inf"): "0.1,0.2,0.3", ("fashion-mnist", "inf"): "0.1,0.2,0.3", ("cifar10", "inf"): "2/255,8/255",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certify", help="certified accuracy and radii of a model on a data set",
+                       description="Certified radii from pairwise Lipschitz bounds, with reports "
+                                   "(report.json, samples.csv, report.md, report.html) in --out.")
+    add_model_arguments(p)
+    p.add_argument("--dataset", required=True,
+                   help="mnist, fashion-mnist, cifar10, or a .npz (arrays x, y) / .npy file of your own")
+    p.add_argument("--split", default="test", help="data set split (default: test)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data set files (default: search "
+                                                    "$LIPCERT_DATA, the cache, /usr/share/datasets)")
+    p.add_argument("--n", type=int, default=None, help="certify the first N inputs (default: all)")
+    p.add_argument("--norm", default="2", help="2 (l2) or inf (linf); L-inf radii are L2 radii / sqrt(d)")
+    p.add_argument("--eps", type=floats, default=None,
+                   help="radii for the tables, e.g. 0.5,1,1.58 or 36/255,72/255 (defaults per data set and norm)")
+    p.add_argument("--method", action="append", default=None,
+                   help="bound method(s), repeated or comma-separated, e.g. naive,eclipse-fast,combined "
+                        f"(default: combined). Known: {', '.join(METHODS)}")
+    p.add_argument("--out", required=True, help="output folder of the run")
+    p.add_argument("--batch-size", type=int, default=1000, help="inputs per forward pass (default: 1000)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="extra absolute error allowed on every logit (e.g. the gap to float32 inference)")
+    p.add_argument("--attack", action="store_true", help="also run PGD at every eps: upper bounds on robust "
+                                                         "accuracy and a soundness check")
+    p.add_argument("--attack-steps", type=int, default=50, help="PGD steps per restart (default: 50)")
+    p.add_argument("--attack-restarts", type=int, default=3, help="PGD restarts (default: 3)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
+    p.add_argument("--no-plots", action="store_true", help="HTML report without plots")
+    p.set_defaults(run=run)
+
+
+def _methods(requested: list[str] | None) -> list[str]:
+    names = [m.strip() for item in (requested or ["combined"]) for m in item.split(",") if m.strip()]
+    return list(dict.fromkeys(names))
+
+
+def _eps(args: argparse.Namespace, norm: str) -> list[float]:
+    if args.eps is not None:
+        if not args.eps:
+            raise InvalidRadiusError("--eps is empty")
+        return [float(e) for e in check_eps(args.eps)]
+    key = (str(args.dataset).lower(), norm)
+    if key not in DEFAULT_EPS:
+        raise DatasetError(f"no default --eps for data set {args.dataset!r} and norm {norm}; pass --eps")
+    return floats(DEFAULT_EPS[key])
+
+
+def _inputs(net: Network, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """The inputs in the network's shape: reshaped (row-major) when only the layout differs."""
+    if tuple(x.shape[1:]) == net.input_shape:
+        return x, ""
+    if math.prod(x.shape[1:]) == net.input_dim:
+        return (x.reshape(x.shape[0], *net.input_shape),
+                f"inputs of shape {tuple(x.shape[1:])} were reshaped (row-major) to the model's {net.input_shape}")
+    raise ShapeMismatchError(f"the data set's inputs have shape {tuple(x.shape[1:])} "
+                             f"({math.prod(x.shape[1:])} values) but the model takes {net.input_shape} "
+                             f"({net.input_dim} values)")
+
+
+def _load_data(args: argparse.Namespace) -> Any:
+    from .. import datasets  # type: ignore[attr-defined]  # lipcert.datasets lives in ./datasets
+
+    if args.n is not None and args.n < 1:
+        raise DatasetError(f"--n must be a positive integer, got {args.n}")
+    return datasets.load(args.dataset, split=args.split, root=args.data_dir, limit=args.n)
+
+
+def _attack_all(args: argparse.Namespace, net: Network, x: np.ndarray, y: np.ndarray, norm: str, eps: list[float],
+                input_range: tuple[float, float] | None) -> list[AttackResult]:
+    """PGD at every eps; one line per finished eps in attack.jsonl so a resumed run skips it."""
+    path = Path(args.out) / "attack.jsonl"
+    done: dict[float, AttackResult] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                break
+            if rec.get("steps") == args.attack_steps and rec.get("restarts") == args.attack_restarts \
+                    and rec.get("n") == len(y) and rec.get("norm") == norm:
+                done[float(rec["eps"])] = AttackResult(
+                    norm=norm, eps=np.full(len(y), float(rec["eps"])), success=np.array(rec["success"], dtype=bool),
+                    adversarial=None, margin=np.array(rec["margin"], dtype=np.float64), steps=rec["steps"],
+                    restarts=rec["restarts"], seconds=float(rec["seconds"]))
+    out = []
+    for e in eps:
+        if e in done:
+            out.append(done[e])
+            continue
+        res = attack(net, x, y, norm, e, steps=args.attack_steps, restarts=args.attack_restarts,
+                     input_range=input_range)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"eps": e, "norm": norm, "n": len(y), "steps": res.steps, "restarts": res.restarts,
+                                 "seconds": res.seconds, "success": [int(s) for s in res.success],
+                                 "margin": [float(m) for m in res.margin]}) + "\n")
+        out.append(res)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import write_run
+
+    start = time.perf_counter()
+    norm = parse_norm(args.norm)
+    eps = _eps(args, norm)
+    methods = _methods(args.method)
+    out = Path(args.out)
+    records = out / "records.jsonl"
+    if records.exists() and not (args.resume or args.overwrite):
+        raise ResumeError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    if args.overwrite:
+        for name in ("records.jsonl", "attack.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    net = load_model(args)
+    data = _load_data(args)
+    x, note = _inputs(net, np.asarray(data.x))
+    y = np.asarray(data.y)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size, index=np.arange(len(y)),
+                   tolerance=args.tolerance, records=records, resume=args.resume)
+    if cert.resumed:
+        print(f"resumed: {cert.resumed} of {cert.n} inputs read from {records}", file=sys.stderr)
+    attacks: list[AttackResult] = []
+    if args.attack:
+        box = net.input_range or ((0.0, 1.0) if getattr(data, "info", None) is not None else None)
+        attacks = _attack_all(args, net, x, y, norm, [e for e in eps if e > 0], box)
+    report = write_run(out, cert, network=net, model=args.model, dataset=data, eps=eps, attack=attacks,
+                       timings={"total": time.perf_counter() - start},
+                       command=shlex.join(["lipcert", *sys.argv[1:]]) if sys.argv else None, plots=not args.no_plots)
+    rec = report.record
+    _print_summary(rec)
+    print(f"wrote {', '.join(str(p) for p in report.files.values())}")
+    violations = sum(rec["attack"]["violations"]) if rec["attack"] else 0
+    if violations:
+        print(f"error: {violations} inputs are certified yet broken by the attack: a certified radius is wrong",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(rec: dict[str, Any]) -> None:
+    eps = rec["eps"]
+    header = f"{'method':<16}{'bound':>12}{'clean':>9}" + "".join(f"{'eps=' + format(e, '.4g'):>12}" for e in eps)
+    print(f"{rec['n_inputs']} inputs, norm L{'2' if rec['norm'] == '2' else '-inf'}; accuracies in %")
+    print(header)
+    print("-" * len(header))
+    for m in rec["methods"]:
+        accs = rec["certified_accuracy"][m]
+        print(f"{m:<16}{rec['lipschitz'][m]['value']:>12.5g}{100 * rec['clean_accuracy']:>9.2f}"
+              + "".join(f"{100 * a:>12.2f}" for a in accs))
+    if rec["attack"]:
+        upper = dict(zip(rec["attack"]["eps"], rec["attack"]["upper_bound"]))
+        print(f"{'PGD upper bound':<16}{'':>12}{100 * rec['clean_accuracy']:>9.2f}"
+              + "".join(f"{100 * upper[e]:>12.2f}" if e in upper else f"{'':>12}" for e in eps))

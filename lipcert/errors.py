@@ -39,6 +39,10 @@ class InfeasibleCertificateError(LipcertError, RuntimeError):
     """No positive definite certificate could be built (a Cholesky factorization failed)."""
 
 
+class ProblemTooLargeError(LipcertError, ValueError):
+    """An SDP whose PSD size is over the solver's limit (time and memory guard)."""
+
+
 class MissingExtraError(LipcertError, ImportError):
     """An optional dependency is not installed; the message names the install line."""
 

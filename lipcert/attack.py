@@ -3,7 +3,7 @@
 The attack gives an upper bound on robust accuracy (an input it breaks is not robust) and a
 soundness check: no input may be both certified at eps and broken at eps.  Every success is
 verified independently of the attack: the adversarial point lies in the eps-ball (and in the
-input range when one is known) and its float64 margin f_y - max_{j != y} f_j is <= 0.
+input range when one is known) and the float64 prediction (argmax of the logits) differs from the label.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class AttackResult:
         The verified adversarial point (flattened), or the point of lowest margin found when the
         attack failed; None for results read back from a run's attack records.
     margin : ndarray of float64, shape (N,)
-        Float64 margin f_y - max_{j != y} f_j at ``adversarial`` (<= 0 exactly where ``success``).
+        Float64 margin f_y - max_{j != y} f_j at ``adversarial`` (negative where ``success``, up
+        to exact ties, which count as a success only when the argmax is not y).
     steps, restarts : int
         PGD steps per restart and number of restarts.
     seconds : float
@@ -67,11 +68,10 @@ class AttackResult:
         return float(1 - self.success.mean()) if self.success.size else 0.0
 
 
-def margins64(net: Network, flat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Float64 margin f_y(x) - max_{j != y} f_j(x) of a flat batch."""
+def logits64(net: Network, flat: torch.Tensor) -> torch.Tensor:
+    """Float64 logits of a flat batch."""
     with torch.no_grad():
-        f = torch.as_tensor(net(flat.to(torch.float64).reshape(-1, *net.input_shape)))
-    return _margin(f, labels)
+        return torch.as_tensor(net(flat.to(torch.float64).reshape(-1, *net.input_shape)))
 
 
 def _margin(f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ def _clip(x0: torch.Tensor, delta: torch.Tensor, box: tuple[torch.Tensor, torch.
 def verify(net: Network, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
            x_adv: np.ndarray | torch.Tensor, norm: str | float, eps: float | np.ndarray,
            input_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Mask of verified adversarial points: inside the eps-ball and the box, float64 margin <= 0."""
+    """Mask of verified adversarial points: inside the eps-ball and the box, float64 argmax != label."""
     norm_name = parse_norm(norm)
     x0 = torch.as_tensor(np.asarray(x), dtype=torch.float64).reshape(len(y), -1)
     xa = torch.as_tensor(np.asarray(x_adv), dtype=torch.float64).reshape(x0.shape)
@@ -116,7 +116,7 @@ def verify(net: Network, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Ten
     if box is not None:
         ok &= ((xa >= box[0]) & (xa <= box[1])).all(dim=1)
     labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    return (ok & (margins64(net, xa, labels) <= 0)).numpy()
+    return (ok & (logits64(net, xa).argmax(dim=1) != labels)).numpy()
 
 
 def attack(
@@ -210,8 +210,7 @@ def attack(
         return z
 
     best = flat.clone()
-    with torch.no_grad():
-        clean_logits = torch.as_tensor(net(flat.reshape(-1, *net.input_shape)))
+    clean_logits = logits64(net, flat)
     margin = _margin(clean_logits, labels)
     from tqdm.auto import tqdm
 
@@ -224,7 +223,7 @@ def attack(
             e64 = torch.as_tensor(eps_all[lo:hi]) * _SHRINK
             box64 = _box(x0, box_range)
             for r in range(restarts):
-                todo = (margin[lo:hi] > 0) & (e64 > 0)
+                todo = (margin[lo:hi] >= 0) & (e64 > 0)
                 if not bool(todo.any()):
                     break
                 rows = todo.nonzero()[:, 0]
@@ -235,7 +234,7 @@ def attack(
                 delta = _descend(logits, xs.to(dtype), ls, target, es.to(dtype), delta.to(dtype), norm_name,
                                  alpha, steps, None if bx is None else (bx[0].to(dtype), bx[1].to(dtype)))
                 cand = _clip(xs, _project(delta.to(torch.float64), es, norm_name), bx)
-                m = margins64(net, cand, ls)
+                m = _margin(logits64(net, cand), ls)
                 better = m < margin[lo:hi][rows]
                 best[lo + rows[better]] = cand[better]
                 margin[lo + rows[better]] = m[better]

@@ -208,20 +208,21 @@ def logit_error_bound(layers: list[_Layer], x: torch.Tensor) -> tuple[torch.Tens
     and sum_j |W_ij| |a_j| <= ||W_i||_2 ||a||_2.  With E_{k-1} the bound on the error carried in a,
     the pre-activation error is at most ||W||_inf E_{k-1} + gamma (max_i ||W_i|| ||a||_2 + max |b|),
     the activation multiplies it by its largest |slope| and adds its own rounding
-    (16 u (|phi(z)| + |slope| |z|), 0 for ReLU-like maps).  ``gamma`` is doubled for safety.
+    (16 u (||phi(z)|| + |slope| ||z||), 0 for ReLU-like maps).  ``gamma`` is doubled for safety.
     """
     a = x
+    a_norm = x.norm(dim=1)
     err = torch.zeros(x.shape[0], dtype=torch.float64)
     for layer in layers:
-        a_norm = a.norm(dim=1)
         z = a @ layer.weight.T + layer.bias
         err = layer.row_abs * err + layer.gamma * (layer.row_norm * a_norm + layer.bias_abs)
         if layer.activation is None:
             return z, err
         a = layer.activation(z)
+        a_norm = a.norm(dim=1)
         err = layer.slope * err
         if not layer.exact_activation:
-            err = err + 16 * UNIT_ROUNDOFF * (a.norm(dim=1) + layer.slope * z.norm(dim=1))
+            err = err + 16 * UNIT_ROUNDOFF * (a_norm + layer.slope * z.norm(dim=1))
     return a, err  # pragma: no cover - a network always ends with an affine map
 
 
@@ -358,9 +359,7 @@ def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, 
     if xt.ndim == 0 or (tuple(xt.shape[1:]) != net.input_shape and tuple(xt.shape[1:]) != (net.input_dim,)):
         raise ShapeMismatchError(f"the network takes inputs of shape (N, {', '.join(map(str, net.input_shape))}) "
                                  f"(or (N, {net.input_dim}) flattened); got {tuple(xt.shape)}")
-    flat = xt.reshape(xt.shape[0], -1).to(torch.float64)
-    if not torch.isfinite(flat).all():
-        raise ShapeMismatchError("inputs contain NaN or infinite values")
+    flat = xt.reshape(xt.shape[0], -1)
     labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
     if labels.ndim != 1 or labels.shape[0] != flat.shape[0]:
         raise ShapeMismatchError(f"labels must have shape ({flat.shape[0]},), got {labels.shape}")
@@ -450,17 +449,19 @@ def certify(
     scale = 1.0 if norm_name == "2" else 1.0 / math.sqrt(net.input_dim)
     n = flat.shape[0]
 
-    rows: list[dict[str, Any]] = []
+    done: list[dict[str, np.ndarray]] = []
     store = None
+    resumed = 0
     if records is not None:
         header = {"version": RECORDS_VERSION, "network": network_hash(net), "n": n,
                   "data": _sha256_arrays(flat.numpy(), labels, idx), "norm": norm_name,
                   "tolerance": tolerance, "bounds": {m: b.value for m, b in bounds.items()}}
         store = _Records(Path(records), header, resume, batch_size)
-        rows = store.rows
-        if any(int(r["index"]) != int(i) for r, i in zip(rows, idx)):
-            raise ResumeError(f"{records}: recorded indices do not match the inputs")
-    resumed = len(rows)
+        resumed = len(store.rows)
+        if resumed:
+            done.append(_columns(store.rows, list(bounds)))
+            if not np.array_equal(done[0]["index"], idx[:resumed]):
+                raise ResumeError(f"{records}: recorded indices do not match the inputs")
 
     layers = _layers(net)
     start = time.perf_counter()
@@ -471,31 +472,46 @@ def certify(
     try:
         for lo in range(resumed, n, batch_size):
             hi = min(lo + batch_size, n)
+            xb = flat[lo:hi].to(torch.float64)
             with torch.no_grad():
-                logits_t, err_t = logit_error_bound(layers, flat[lo:hi])
+                logits_t, err_t = logit_error_bound(layers, xb)
             logits, err = logits_t.numpy(), err_t.numpy() + tolerance
+            if not (np.isfinite(logits).all() and np.isfinite(err).all()) and not torch.isfinite(xb).all():
+                raise ShapeMismatchError(f"inputs {lo}..{hi - 1} contain NaN or infinite values")
             lab = labels[lo:hi]
-            rad = {m: radii_from_margins(logits, err, lab, p, scale) for m, p in pairs.items()}
-            pred = logits.argmax(axis=1)
             others = np.where(np.eye(logits.shape[1], dtype=bool)[lab], -np.inf, logits)
-            margin = logits[np.arange(hi - lo), lab] - others.max(axis=1)
-            new = [{"index": int(idx[lo + i]), "label": int(lab[i]), "prediction": int(pred[i]),
-                    "margin": float(margin[i]), "logit_error": float(err[i]),
-                    "radius": {m: float(r[i]) for m, r in rad.items()}} for i in range(hi - lo)]
+            batch = {"index": idx[lo:hi], "label": lab, "prediction": logits.argmax(axis=1),
+                     "margin": logits[np.arange(hi - lo), lab] - others.max(axis=1), "logit_error": err}
+            batch.update({f"radius:{m}": radii_from_margins(logits, err, lab, p, scale) for m, p in pairs.items()})
             if store is not None:
-                store.append(new)
-            rows.extend(new)
+                store.append(_rows(batch, list(bounds)))
+            done.append(batch)
             bar.update(hi - lo)
     finally:
         bar.close()
     timings["radii"] = time.perf_counter() - start
 
     def col(key: str, dtype: type) -> np.ndarray:
-        return np.array([r[key] for r in rows], dtype=dtype).reshape(len(rows))
+        return np.concatenate([d[key] for d in done]).astype(dtype) if done else np.zeros(0, dtype)
 
     return Certification(
         index=col("index", np.int64), label=col("label", np.int64), prediction=col("prediction", np.int64),
         margin=col("margin", np.float64), logit_error=col("logit_error", np.float64),
-        radii={m: np.array([r["radius"][m] for r in rows], dtype=np.float64).reshape(len(rows)) for m in bounds},
+        radii={m: col(f"radius:{m}", np.float64) for m in bounds},
         norm=norm_name, input_dim=net.input_dim, bounds=bounds, timings=timings, resumed=resumed,
         tolerance=float(tolerance))
+
+
+def _rows(batch: dict[str, np.ndarray], methods: list[str]) -> list[dict[str, Any]]:
+    """Per-input JSON records of a batch (floats round-trip exactly through JSON)."""
+    cols = {k: v.tolist() for k, v in batch.items()}
+    return [{"index": cols["index"][i], "label": cols["label"][i], "prediction": cols["prediction"][i],
+             "margin": cols["margin"][i], "logit_error": cols["logit_error"][i],
+             "radius": {m: cols[f"radius:{m}"][i] for m in methods}} for i in range(len(cols["index"]))]
+
+
+def _columns(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, np.ndarray]:
+    """The arrays of records read back from a records file."""
+    out = {k: np.array([r[k] for r in rows]) for k in ("index", "label", "prediction", "margin", "logit_error")}
+    out.update({f"radius:{m}": np.array([r["radius"][m] for r in rows], dtype=np.float64) for m in methods})
+    return out

@@ -111,6 +111,8 @@ def test_bad_inputs_raise_named_errors(rng: np.random.Generator) -> None:
         lipcert.certify(net, x, y[:9])
     with pytest.raises(ShapeMismatchError, match="integers"):
         lipcert.certify(net, x, y + 0.5)
+    with pytest.raises(ShapeMismatchError, match="NaN or infinite"):
+        lipcert.certify(net, np.where(np.arange(12) == 3, np.nan, x), y)
     with pytest.raises(InvalidNormError, match="unsupported norm"):
         lipcert.certify(net, x, y, norm=3)
     with pytest.raises(UnknownMethodError):

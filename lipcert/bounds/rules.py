@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import LipcertError
+from .eigen import lambda_max
 
 RULE_KINDS = ("sn", "gc", "shift", "gcs")
 DEFAULT_C = {"sn": 1.0, "gc": 1.99, "shift": 1.5, "gcs": 1.5}
@@ -33,11 +34,6 @@ DEFAULT_C = {"sn": 1.0, "gc": 1.99, "shift": 1.5, "gcs": 1.5}
 
 class InvalidParameterError(LipcertError, ValueError):
     """A rule parameter c outside its valid range."""
-
-
-def lambda_max(sym: torch.Tensor) -> torch.Tensor:
-    """Largest eigenvalue of a symmetric matrix (dense eigvalsh)."""
-    return torch.linalg.eigvalsh(sym)[-1]
 
 
 @dataclass(frozen=True)

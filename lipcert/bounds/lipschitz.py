@@ -52,6 +52,8 @@ def lipschitz(
     rules: Sequence[Rule | str] | None = None,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
+    solver: str | None = None,
+    eps: float | None = None,
 ) -> LipschitzBound:
     """Upper bound on the L2 Lipschitz constant of ``net``.
 
@@ -71,6 +73,8 @@ def lipschitz(
         (math.md section 5) and use a larger Cholesky safety margin.
     device : str or torch.device, optional
         Where to compute (``"cuda"`` when available); default CPU.
+    solver, eps : optional
+        SDP methods only: ``"SCS"`` or ``"CLARABEL"`` and the solver tolerance.
 
     Returns
     -------
@@ -87,6 +91,8 @@ def lipschitz(
     name, rule = _resolve(method, c)
     if c is not None and rule is None:
         raise UnknownMethodError(f"method {name!r} takes no parameter c")
+    if (solver is not None or eps is not None) and name not in SDP_METHODS:
+        raise UnknownMethodError(f"solver and eps apply to the SDP methods {', '.join(SDP_METHODS)}, not {name!r}")
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     rule_set = tuple(parse_rule(r) if isinstance(r, str) else r for r in (rules or DEFAULT_RULE_SET))
@@ -107,7 +113,7 @@ def lipschitz(
     else:
         from . import sdp
 
-        results = {name: sdp.solve(name, weights, slopes)}
+        results = {name: sdp.solve(name, weights, slopes, solver=solver, eps=eps)}
     seconds = time.perf_counter() - start
 
     inflate = 1 + (_FLOAT32_INFLATION if dtype == torch.float32 else 0.0)

@@ -29,12 +29,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=floats, default=None, help="input normalization std per channel")
     p.add_argument("--input-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
                    help="input shape without batch, e.g. 1,28,28 (needed for some .pt files)")
+    p.add_argument("--max-dense-gb", type=float, default=None,
+                   help="limit on the dense weight matrices of a converted model, in GB (default 4)")
 
 
 def load_model(args: argparse.Namespace) -> Network:
     from ..loading import load
 
     try:
-        return load(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std)
+        limit = getattr(args, "max_dense_gb", None)
+        options = {} if limit is None else {"max_dense_bytes": int(limit * 1e9)}
+        return load(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std, **options)
     except LipcertError:
         raise

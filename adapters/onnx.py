@@ -1,0 +1,492 @@
+"""ONNX models as :class:`~lipcert.Network`: ``from_onnx(path)``.
+
+The graph is interpreted node by node in topological order.  Every tensor is either a
+*constant* (initializers, Constant nodes, shape computations; folded with the ONNX reference
+evaluator) or *dynamic* (computed from the model input).  A node with one dynamic input is
+converted by :mod:`.onnx_ops` into affine maps and activations; ``Shape``/``Size`` of a
+dynamic tensor are constants, since one sample has a fixed shape.  A dynamic tensor used by
+several nodes that recombine through scalar elementwise operators (``x * sigmoid(x)``, GELU
+written with Erf) is fused into one activation when it matches a known one exactly.
+Everything else (MaxPool, residual Add, Concat of branches, ...) is recorded as an
+:class:`~.graph.Issue`; all issues are reported together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from google.protobuf.message import DecodeError
+
+from lipcert.activations import Activation, get_activation
+from lipcert.errors import ModelLoadError
+from lipcert.network import Network
+
+from .common import RangeOption, finish
+from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
+from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, merge_why, why_not
+
+MIN_OPSET, MAX_TESTED_OPSET = 9, 21
+_SHAPE_ONLY = {"Shape", "Size"}
+_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+_FUSION_CANDIDATES = ("relu", "sigmoid", "tanh", "softplus", "elu", "silu", "gelu", "gelu_tanh")
+_MAX_FUSED_NODES = 32
+
+
+class Dyn:
+    """A dynamic tensor: its value on the probe sample (None when it could not be computed)."""
+
+    def __init__(self, probe: torch.Tensor | None) -> None:
+        self.probe = probe
+
+
+def read_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Parse and validate an ONNX file; ModelLoadError for a missing, corrupt or invalid file."""
+    if isinstance(source, onnx.ModelProto):
+        model = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ModelLoadError(f"no such ONNX file: {path}")
+        try:
+            model = onnx.load(str(path))
+        except DecodeError as exc:
+            raise ModelLoadError(f"{path} is not a valid ONNX file: protobuf parsing failed ({exc}); the file is "
+                                 "probably truncated or corrupt") from exc
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{path} could not be read as ONNX: {exc}") from exc
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{_name(source)} is not a valid ONNX model: {first}") from exc
+    if len(model.graph.node) == 0:
+        raise ModelLoadError(f"{_name(source)}: the ONNX graph has no nodes")
+    return model
+
+
+def _name(source: Any) -> str:
+    return "ONNX model" if isinstance(source, onnx.ModelProto) else str(source)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ModelLoadError("the ONNX model imports no version of the default operator set")
+
+
+def _shapes(model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None
+            ) -> tuple[str, tuple[int, ...], tuple[int, ...], int]:
+    """Input name, per-sample shape, Network input shape and element type."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{source}: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                             "lipcert needs exactly one")
+    inp = inputs[0]
+    ttype = inp.type.tensor_type
+    dims: list[int | None] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                              for d in ttype.shape.dim]
+    batch = len(dims) >= 2 and dims[0] in (None, 1)
+    rest = dims[1:] if batch else dims
+    if input_shape is not None:
+        given = tuple(int(s) for s in input_shape)
+        if len(given) == len(dims) and batch and given[0] == 1 and len(given) - 1 != len(rest):
+            given = given[1:]
+        if len(given) != len(rest) or any(d is not None and d != g for d, g in zip(rest, given)):
+            raise ModelLoadError(f"{source}: input_shape {given} does not fit the model input {inp.name!r} of shape "
+                                 f"{['?' if d is None else d for d in dims]} (give the shape without batch axis)")
+        rest = list(given)
+    if any(d is None for d in rest):
+        raise ModelLoadError(f"{source}: the input {inp.name!r} has symbolic dimensions "
+                             f"{['?' if d is None else d for d in dims]}; pass input_shape=(...) without the batch "
+                             "axis")
+    shape = tuple(int(d) for d in rest)  # type: ignore[arg-type]
+    return inp.name, ((1,) + shape if batch else shape), shape, int(ttype.elem_type)
+
+
+class _Interpreter:
+    """One pass over the graph, building layers and issues."""
+
+    def __init__(self, model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None) -> None:
+        self.model, self.source = model, source
+        self.graph = model.graph
+        self.opset = opset_of(model)
+        self.nodes = list(self.graph.node)
+        self.input_name, self.sample_shape, self.input_shape, self.elem_type = _shapes(model, source, input_shape)
+        self.env: dict[str, Any] = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        gen = torch.Generator().manual_seed(0)
+        self.env[self.input_name] = Dyn(torch.rand(self.sample_shape, generator=gen, dtype=torch.float64))
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+        self.outputs = [o.name for o in self.graph.output]
+        self.layers: list[Layer] = []
+        self.issues: list[tuple[int, Issue]] = []
+        self.notes: list[str] = []
+        self.fused: set[int] = set()
+        self.folded: set[int] = set()
+        self.tried_fusion: set[str] = set()
+
+    # ---------------------------------------------------------------- helpers
+    def label(self, i: int) -> str:
+        node = self.nodes[i]
+        return node.name or f"#{i} ({node.op_type} -> {node.output[0] if node.output else '?'})"
+
+    def issue(self, i: int, why: str) -> None:
+        self.issues.append((i, Issue(self.label(i), self.nodes[i].op_type, why)))
+
+    def value(self, name: str, i: int) -> Any:
+        if not name:
+            return None
+        if name not in self.env:
+            raise ModelLoadError(f"{self.source}: input {name!r} of node {self.label(i)!r} is not produced by any "
+                                 "earlier node or initializer (the graph is not topologically sorted or is broken)")
+        return self.env[name]
+
+    def evaluate(self, i: int, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one node with the ONNX reference evaluator (constant folding)."""
+        from onnx.reference import ReferenceEvaluator
+
+        node = self.nodes[i]
+        ins = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), None)
+               for n in dict.fromkeys(n for n in node.input if n)]
+        outs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output if n]
+        graph = onnx.helper.make_graph([node], "fold", ins, outs)
+        opsets = {e.domain or "": int(e.version) for e in self.model.opset_import}
+        names = [n for n in dict.fromkeys(node.input) if n]
+        result = ReferenceEvaluator(graph, opsets=opsets).run(None, {n: feeds[n] for n in names})
+        return [np.asarray(r) for r in result]
+
+    def _feeds(self, i: int) -> dict[str, np.ndarray] | None:
+        feeds = {}
+        for name in self.nodes[i].input:
+            if not name:
+                continue
+            v = self.env[name]
+            if isinstance(v, Dyn):
+                if v.probe is None:
+                    return None
+                v = v.probe.numpy().astype(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type))
+            feeds[name] = v
+        return feeds
+
+    def _set_outputs(self, i: int, values: list[Any]) -> None:
+        names = [n for n in self.nodes[i].output if n]
+        for k, name in enumerate(names):
+            self.env[name] = values[k] if k < len(values) else Dyn(None)
+
+    def _fallback(self, i: int) -> None:
+        """Outputs of an unsupported node, on the probe, so that the analysis can go on."""
+        feeds = self._feeds(i)
+        try:
+            values = [] if feeds is None else self.evaluate(i, feeds)
+        except Exception:  # noqa: BLE001 - any failure only means the shapes downstream are unknown
+            values = []
+        self._set_outputs(i, [Dyn(torch.as_tensor(np.asarray(v, dtype=np.float64))) for v in values])
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> Conversion:
+        if self.opset < MIN_OPSET:
+            raise ModelLoadError(f"{self.source}: opset {self.opset} is older than {MIN_OPSET}; convert it first with "
+                                 "onnx.version_converter.convert_version(model, 13)")
+        if self.opset > MAX_TESTED_OPSET:
+            self.notes.append(f"opset {self.opset} is newer than the opsets tested ({MIN_OPSET}-{MAX_TESTED_OPSET})")
+        for i, node in enumerate(self.nodes):  # fold the constant part of the graph first
+            if all(not n or isinstance(self.env.get(n), np.ndarray) for n in node.input):
+                self.fold(i)
+                self.folded.add(i)
+        for i, node in enumerate(self.nodes):
+            if i not in self.fused and i not in self.folded:
+                self.step(i, node)
+        return self.finish()
+
+    def step(self, i: int, node: onnx.NodeProto) -> None:
+        inputs = [self.value(n, i) for n in node.input]
+        dyn = [k for k, v in enumerate(inputs) if isinstance(v, Dyn)]
+        if node.domain not in ("", "ai.onnx"):
+            self.issue(i, f"operator of the custom domain {node.domain!r} is not supported")
+            self._fallback(i)
+            return
+        if not dyn:
+            self.fold(i)
+            return
+        if node.op_type in _SHAPE_ONLY:
+            self.fold(i)
+            return
+        if any(inputs[k].probe is None for k in dyn):
+            self._set_outputs(i, [])  # downstream of an earlier issue; nothing new to report
+            return
+        source = node.input[dyn[0]]
+        if source not in self.tried_fusion and (len(dyn) > 1 or len(self._dynamic_users(source)) > 1):
+            self.tried_fusion.add(source)
+            if self.fuse(source, i):
+                return
+        if len({node.input[k] for k in dyn}) > 1 or len(dyn) > 1:
+            self.issue(i, merge_why(node.op_type))
+            self._fallback(i)
+            return
+        self.convert(i, node, inputs, dyn[0])
+
+    def _dynamic_users(self, name: str) -> list[int]:
+        return [j for j in self.consumers.get(name, []) if self.nodes[j].op_type not in _SHAPE_ONLY]
+
+    def fold(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.op_type in _RANDOM:
+            self.issue(i, "random operators make the model non-deterministic")
+            self._set_outputs(i, [])
+            return
+        feeds = self._feeds(i)
+        try:
+            values = self.evaluate(i, feeds or {})
+        except Exception as exc:  # noqa: BLE001 - reported as an issue with the evaluator's message
+            self.issue(i, f"this constant node could not be evaluated ({type(exc).__name__}: {exc})")
+            self._set_outputs(i, [])
+            return
+        self._set_outputs(i, values)
+
+    def convert(self, i: int, node: onnx.NodeProto, inputs: list[Any], dyn: int) -> None:
+        handler = HANDLERS.get(node.op_type)
+        if handler is None:
+            self.issue(i, why_not(node.op_type))
+            self._fallback(i)
+            return
+        extra = [n for n in node.output[1:] if n and (self.consumers.get(n) or n in self.outputs)]
+        if extra:
+            self.issue(i, f"its extra output {extra[0]!r} is used, which only exists in training mode")
+            self._fallback(i)
+            return
+        probe = inputs[dyn].probe
+        view = OnnxNode(node, self.opset, tuple(DYNAMIC if k == dyn else v for k, v in enumerate(inputs)), dyn,
+                        tuple(probe.shape))
+        try:
+            ops = handler(view)
+            layers, out = make_layers(self.label(i), node.op_type, node.input[dyn], node.output[0], ops, probe)
+        except NotCovered as exc:
+            self.issue(i, str(exc.args[0]))
+            self._fallback(i)
+            return
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            self.issue(i, f"could not be converted ({type(exc).__name__}: {exc})")
+            self._fallback(i)
+            return
+        self.layers += layers
+        self.env[node.output[0]] = Dyn(out)
+
+    # ---------------------------------------------------------------- fused elementwise activations
+    def fuse(self, source: str, start: int) -> bool:
+        """Fuse the scalar elementwise subgraph reading ``source`` into one activation, if it is one."""
+        region: list[int] = []
+        inside = {source}
+        for j in range(start, len(self.nodes)):
+            node = self.nodes[j]
+            if not any(n in inside for n in node.input):
+                continue
+            if node.op_type in _SHAPE_ONLY:
+                continue
+            if node.op_type not in ELEMENTWISE or len(node.output) != 1 or j in self.fused:
+                return False
+            for n in node.input:
+                if n and n not in inside:
+                    v = self.env.get(n)
+                    if not isinstance(v, np.ndarray) or v.size != 1:
+                        return False
+            region.append(j)
+            inside.add(node.output[0])
+            exits = self._exits(region, inside)
+            users_of_source = set(self._dynamic_users(source))
+            if users_of_source <= set(region) and len(exits) == 1 and exits[0] == node.output[0]:
+                return self._replace(source, region, exits[0])
+            if len(region) >= _MAX_FUSED_NODES:
+                return False
+        return False
+
+    def _exits(self, region: list[int], inside: set[str]) -> list[str]:
+        members = set(region)
+        out = []
+        for j in region:
+            name = self.nodes[j].output[0]
+            users = [u for u in self._dynamic_users(name) if u not in members]
+            if users or name in self.outputs:
+                out.append(name)
+        return out
+
+    def _scalar_function(self, source: str, region: list[int], z: torch.Tensor) -> dict[str, torch.Tensor]:
+        values: dict[str, torch.Tensor] = {source: z}
+        for j in region:
+            node = self.nodes[j]
+            args = [values[n] if n in values else t_const(self.env[n]) for n in node.input if n]
+            if node.op_type == "Softplus":
+                values[node.output[0]] = torch.nn.functional.softplus(args[0])
+            else:
+                values[node.output[0]] = ELEMENTWISE[node.op_type](*args)
+        return values
+
+    def _replace(self, source: str, region: list[int], exit_name: str) -> bool:
+        grid = torch.cat([torch.linspace(-12, 12, 4801, dtype=torch.float64),
+                          torch.tensor([-50.0, -30.0, -20.0, 20.0, 30.0, 50.0], dtype=torch.float64)])
+        with torch.no_grad():
+            g = self._scalar_function(source, region, grid)[exit_name]
+        found = identify(grid, g)
+        if found is None:
+            return False
+        act, a, d = found
+        probe = self.env[source].probe
+        ops: list[Op] = [act] if act is not None else []
+        if act is None or a != 1.0 or d != 0.0:
+            ops.append(AffineOp(lambda x, b: a * x + d if b else a * x, 0, f"{a:g} x + {d:g}"))
+        names = ", ".join(self.label(j) for j in region)
+        label = f"fused({names})"
+        layers, out = make_layers(label, "+".join(self.nodes[j].op_type for j in region), source, exit_name,
+                                       ops, probe)
+        self.layers += layers
+        with torch.no_grad():
+            values = self._scalar_function(source, region, probe)
+        for j in region:
+            self.env[self.nodes[j].output[0]] = Dyn(values[self.nodes[j].output[0]])
+        self.env[exit_name] = Dyn(out)
+        self.fused.update(region)
+        what = "an affine map" if act is None else f"{act.name}"
+        self.notes.append(f"nodes {names} compute {what} elementwise" +
+                          ("" if act is None or (a, d) == (1.0, 0.0) else f" (scaled: {a:g} * {act.name} + {d:g})"))
+        return True
+
+    # ---------------------------------------------------------------- result
+    def finish(self) -> Conversion:
+        needed = self._needed()
+        issues = [issue for i, issue in self.issues if any(o in needed for o in self.nodes[i].output)]
+        layers: list[Layer] = self.layers
+        if len(self.outputs) != 1:
+            issues.append(Issue(", ".join(self.outputs), "graph output",
+                                f"the model has {len(self.outputs)} outputs; lipcert needs exactly one"))
+        elif not issues:
+            out = self.env.get(self.outputs[0])
+            if not isinstance(out, Dyn):
+                raise ModelLoadError(f"{self.source}: the output {self.outputs[0]!r} does not depend on the input")
+            chain = chain_between(self.layers, self.input_name, self.outputs[0])
+            if chain is None:
+                raise ModelLoadError(f"{self.source}: internal error: output {self.outputs[0]!r} is not reached from "
+                                     f"the input {self.input_name!r} through the converted layers")
+            layers = chain
+        channels_last = bool(layers) and layers[0].op_type == "Transpose" and len(self.sample_shape) >= 3 and \
+            _moves_last_to_channel(layers[0].detail, len(self.sample_shape))
+        return Conversion(self.source, "onnx", self.input_name, self.sample_shape, self.input_shape, tuple(layers),
+                          tuple(issues), tuple(self.notes), channels_last=channels_last)
+
+    def _needed(self) -> set[str]:
+        needed = set(self.outputs)
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                needed.update(n for n in node.input if n)
+        return needed
+
+
+def _moves_last_to_channel(detail: str, rank: int) -> bool:
+    """True for a Transpose 'perm [0, r-1, 1, ..., r-2]' (an NHWC input made NCHW)."""
+    return detail == f"perm {[0, rank - 1] + list(range(1, rank - 1))}"
+
+
+def t_const(arr: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(arr, dtype=np.float64))
+
+
+def identify(z: torch.Tensor, g: torch.Tensor) -> tuple[Activation | None, float, float] | None:
+    """(phi, a, d) with g = a * phi(z) + d on the grid (phi None: g is affine), or None."""
+    if not torch.isfinite(g).all():
+        return None
+    tol = 1e-6 * (1.0 + g.abs())
+    candidates: list[tuple[Activation | None, torch.Tensor]] = [(None, z)]
+    candidates += [(act, act(z)) for act in (get_activation(n) for n in _FUSION_CANDIDATES)]
+    for act, phi in candidates:
+        basis = torch.stack([phi, torch.ones_like(z)], dim=1)
+        coef = torch.linalg.lstsq(basis, g[:, None]).solution[:, 0]
+        a, d = _tidy(float(coef[0])), _tidy(float(coef[1]))
+        if a != 0.0 and bool(((a * phi + d - g).abs() <= tol).all()):
+            return act, a, d
+    return None
+
+
+def _tidy(v: float) -> float:
+    """A fitted coefficient rounded to 6 decimals when that changes it by less than 1e-7 (fit noise).
+
+    The rounded fit is what :func:`identify` then checks against the subgraph.
+    """
+    r = round(v, 6)
+    return r if abs(r - v) <= 1e-7 * max(1.0, abs(v)) else v
+
+
+def convert_model(model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None = None) -> Conversion:
+    """Interpret a validated ONNX model (see :func:`analyze_onnx`)."""
+    return _Interpreter(model, source, input_shape).run()
+
+
+def analyze_onnx(source: str | Path | onnx.ModelProto, *, input_shape: Sequence[int] | None = None) -> Conversion:
+    """Read an ONNX model into a :class:`~.graph.Conversion` (layers and every unsupported node), not built."""
+    model = read_model(source)
+    return convert_model(model, _name(source), input_shape)
+
+
+def _reference(model: onnx.ModelProto, conv: Conversion, elem_type: int) -> Any:
+    import onnxruntime as ort
+
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelLoadError(f"{conv.source}: onnxruntime cannot run the model for the conversion check ({exc}); "
+                             "pass check=False to skip the check") from exc
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    dims = model.graph.input[[i.name for i in model.graph.input].index(conv.input_name)].type.tensor_type.shape.dim
+    dynamic_batch = conv.has_batch_axis and not (dims[0].HasField("dim_value") and dims[0].dim_value == 1)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        batch = x.shape[0]
+        if dynamic_batch:
+            return np.asarray(session.run(None, {conv.input_name: x.astype(dtype)})[0]).reshape(batch, -1)
+        outs = [session.run(None, {conv.input_name: x[k].reshape(conv.sample_shape).astype(dtype)})[0]
+                for k in range(batch)]
+        return np.stack([np.asarray(o).reshape(-1) for o in outs])
+
+    return run
+
+
+def from_onnx(source: str | Path | onnx.ModelProto, *, mean: Sequence[float] | float | None = None,
+              std: Sequence[float] | float | None = None, input_shape: Sequence[int] | None = None,
+              input_range: RangeOption = "auto", max_dense_bytes: int | None = None, check: bool = True,
+              rtol: float | None = None, check_samples: int = 16) -> Network:
+    """Load an ONNX model as a :class:`~lipcert.Network` (see :func:`lipcert.load` for the options).
+
+    Raises
+    ------
+    ModelLoadError
+        Missing, corrupt or invalid file; a model too large to materialize densely; a failed
+        conversion check against onnxruntime.
+    UnsupportedOperatorError
+        The model is not a chain of affine maps and elementwise slope-restricted activations;
+        the message lists every offending node.
+    """
+    model = read_model(source)
+    name = _name(source)
+    conv = convert_model(model, name, input_shape)
+    conv.raise_issues()
+    elem_type = _shapes(model, name, input_shape)[3]
+    reference = _reference(model, conv, elem_type) if check else None
+    ref_dtype = torch.float64 if elem_type == onnx.TensorProto.DOUBLE else torch.float32
+    ops = sorted({n.op_type for n in model.graph.node})
+    info = {"source": name, "format": "onnx", "input_name": conv.input_name, "opset": opset_of(model),
+            "onnx_ops": ops, "channels_last": conv.channels_last}
+    return finish(conv, reference, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
+                  check=check, rtol=rtol, reference_dtype=ref_dtype, check_samples=check_samples,
+                  channels_last=conv.channels_last, info=info)
+
+
+__all__ = ["analyze_onnx", "convert_model", "from_onnx", "identify", "read_model"]

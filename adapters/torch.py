@@ -11,6 +11,7 @@ works per sample.
 
 from __future__ import annotations
 
+import operator
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -191,6 +192,7 @@ class _Interpreter:
         marked_kwargs = _replace(kwargs, lambda d: DYNAMIC)
         source = self._source_name(node, dyn)
         try:
+            self._check_inplace(node, source)
             if node.op == "call_module":
                 module = self.gm.get_submodule(str(node.target))
                 handler = module_handler(module)
@@ -216,6 +218,16 @@ class _Interpreter:
             return
         self.layers += layers
         self.env[node.name] = Dyn(out)
+
+    def _check_inplace(self, node: torch.fx.Node, source: str) -> None:
+        """An in-place operation whose input is read again would change what later nodes see."""
+        inplace = node.kwargs.get("inplace") is True or (
+            node.op == "call_module" and getattr(self.gm.get_submodule(str(node.target)), "inplace", False) is True)
+        inplace = inplace or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+        users = next((len(n.users) for n in node.all_input_nodes if n.name == source), 1)
+        if inplace and users > 1:
+            raise NotCovered("it works in place on a tensor that is used again afterwards; lipcert reads the graph "
+                             "as pure functions (use the out-of-place version)")
 
     def _source_name(self, node: torch.fx.Node, dyn: Dyn) -> str:
         for n in node.all_input_nodes:

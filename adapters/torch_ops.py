@@ -311,6 +311,7 @@ FUNCTIONS: dict[Any, Callable[[Call], list[Op]]] = {
     **_ACTIVATION_FUNCTIONS,
     operator.add: add, torch.add: add, operator.sub: sub, torch.sub: sub, torch.rsub: lambda c: sub(c, True),
     operator.mul: mul, torch.mul: mul, operator.truediv: div, torch.div: div, torch.true_divide: div,
+    operator.iadd: add, operator.isub: sub, operator.imul: mul, operator.itruediv: div,
     operator.matmul: matmul, torch.matmul: matmul, torch.mm: matmul,
     F.linear: linear_fn, **{f: conv_fn for f in _CONV}, **{f: conv_transpose_fn for f in _CONV_T},
     F.batch_norm: batch_norm_fn, F.pad: pad_fn, torch.cat: cat_fn, torch.concat: cat_fn,

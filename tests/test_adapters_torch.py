@@ -271,3 +271,19 @@ def test_cli_inspect_on_pickled_modules(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["inspect", str(tmp_path / "bad.pt"), "--input-shape", "1,6,6"]) == 2
     text = capsys.readouterr().out
     assert "2 unsupported operators" in text and "MaxPool2d node '1'" in text and "Softmax node '3'" in text
+
+
+class InPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(x)
+        F.relu(x, inplace=True)  # the result is only visible through x: a traced graph would skip it
+        return self.b(x)
+
+
+def test_in_place_activation_whose_input_is_reused_is_not_dropped() -> None:
+    with pytest.raises(UnsupportedOperatorError, match="relu node 'relu': it works in place"):
+        lipcert.load(InPlace(), input_shape=(3,))

@@ -46,9 +46,9 @@ class Call:
 
 
 def f64(value: Any) -> Any:
-    """Floating tensors (also inside lists) as float64; everything else unchanged."""
+    """Floating tensors (also inside lists) as float64 CPU tensors; everything else unchanged."""
     if isinstance(value, torch.Tensor):
-        t = value.detach()
+        t = value.detach().cpu()
         return t.to(torch.float64) if t.is_floating_point() else t
     if isinstance(value, list | tuple):
         return type(value)(f64(v) for v in value)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import LipcertError
 
-COMMANDS = ("bound", "certify", "inspect", "report")
+COMMANDS = ("bound", "certify", "demo", "inspect", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

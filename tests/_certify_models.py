@@ -24,38 +24,6 @@ def mnist(shared_data: Path, limit: int | None = None) -> datasets.Dataset:
     return datasets.load("mnist", root=shared_data / "datasets", limit=limit, download=False)
 
 
-def load_model(path: Path) -> lipcert.Network:
-    """Flatten/Gemm/Relu/Sigmoid ONNX MLPs (with a constant Sub/Div normalization) read from their
-    initializers; a stopgap until the ONNX adapter is available."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    consts = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
-    weights, biases, acts = [], [], []
-    shift, scale = 0.0, 1.0
-    for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(attrs["value"]).astype(np.float64)
-        elif node.op_type == "Sub":
-            shift = float(consts[node.input[1]].ravel()[0])
-        elif node.op_type == "Div":
-            scale = float(consts[node.input[1]].ravel()[0])
-        elif node.op_type == "Gemm":
-            w = consts[node.input[1]]
-            weights.append(w if attrs.get("transB", 0) else w.T)
-            biases.append(consts[node.input[2]])
-        elif node.op_type in ("Relu", "Sigmoid"):
-            acts.append(node.op_type.lower())
-    w1 = weights[0] / scale
-    biases[0] = biases[0] - w1.sum(axis=1) * shift
-    weights[0] = w1
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
-    return lipcert.Network.from_weights(weights, biases, acts, input_shape=tuple(dims), input_range=(0.0, 1.0),
-                                        info={"source": str(path)})
-
-
 @functools.lru_cache(maxsize=1)
 def _trained(root: str) -> lipcert.Network:
     data = mnist(Path(root))

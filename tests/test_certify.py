@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lipcert
-from _certify_models import MNIST_MLPS, lipschitz_mlp, load_model, mnist
+from _certify_models import MNIST_MLPS, lipschitz_mlp, mnist
 from lipcert.attack import attack, soundness_violations
 from lipcert.certify import InvalidArgumentError, InvalidNormError, InvalidRadiusError, ResumeError
 from lipcert.errors import ShapeMismatchError, UnknownMethodError
@@ -204,7 +204,7 @@ def test_trained_model_radii_are_sound_and_ordered(shared_data: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MNIST_MLPS)
 def test_real_models_radii_are_sound(shared_data: Path, model: str) -> None:
-    net = load_model(shared_data / "models" / model)
+    net = lipcert.load(shared_data / "models" / model)
     data = mnist(shared_data, 200)
     x = data.x.reshape(len(data.y), *net.input_shape)
     cert = lipcert.certify(net, x, data.y, method="naive,eclipse-fast,combined")
@@ -221,6 +221,27 @@ def test_real_models_radii_are_sound(shared_data: Path, model: str) -> None:
         assert soundness_violations(cert, result).size == 0
         assert a <= result.robust_accuracy <= cert.clean_accuracy
     assert acc[0] > acc[1] == 0.0  # a normally trained MLP certifies nothing at L2 0.5 (honest, not a goal)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_conv_model_with_normalization_radii_are_sound_in_pixel_space(shared_data: Path) -> None:
+    from lipcert import datasets
+
+    net = lipcert.load(shared_data / "models" / "oval21_cifar_base_kw" / "cifar_base_kw.onnx",
+                       mean=(0.485, 0.456, 0.406), std=(0.225, 0.225, 0.225))
+    data = datasets.load("cifar10", root=shared_data / "datasets", download=False)
+    cert = lipcert.certify(net, data.x, data.y, method="eclipse-fast")
+    assert cert.clean_accuracy == pytest.approx(0.73)  # the accuracy measured with onnxruntime
+    target = cert.correct & (cert.radius > 0)
+    for norm in ("2", "inf"):
+        c = cert if norm == "2" else lipcert.certify(net, data.x, data.y, norm="inf", bound=cert.bounds["eclipse-fast"])
+        below = attack(net, data.x[target], data.y[target], norm, 0.999 * c.radius[target], steps=20, restarts=2,
+                       input_range=(0.0, 1.0))
+        assert not below.success.any()
+        above = attack(net, data.x[target], data.y[target], norm, 50 * c.radius[target], steps=20, restarts=1,
+                       input_range=(0.0, 1.0))
+        assert above.success.mean() > 0.2
 
 
 # ------------------------------------------------------------------------- command line

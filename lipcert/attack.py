@@ -232,7 +232,7 @@ def attack(
                 delta = _start(xs, es, norm_name, r >= net.output_dim, gen)
                 target = None if r == 0 else _ranked_wrong(clean_logits[lo:hi][rows], ls, r)
                 delta = _descend(logits, xs.to(dtype), ls, target, es.to(dtype), delta.to(dtype), norm_name,
-                                 alpha, steps, None if bx is None else (bx[0].to(dtype), bx[1].to(dtype)))
+                                 alpha, steps, None if bx is None else (bx[0].to(dtype), bx[1].to(dtype)), gen)
                 cand = _clip(xs, _project(delta.to(torch.float64), es, norm_name), bx)
                 m = _margin(logits64(net, cand), ls)
                 better = m < margin[lo:hi][rows]
@@ -267,8 +267,12 @@ def _ranked_wrong(f: torch.Tensor, labels: torch.Tensor, r: int) -> torch.Tensor
 
 def _descend(logits, xs: torch.Tensor, ls: torch.Tensor, target: torch.Tensor | None, es: torch.Tensor,
              delta: torch.Tensor, norm: str, alpha: float, steps: int,
-             box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """PGD steps on the margin (or on f_y - f_target); returns the perturbation of lowest margin seen."""
+             box: tuple[torch.Tensor, torch.Tensor] | None, gen: torch.Generator) -> torch.Tensor:
+    """PGD steps on the margin (or on f_y - f_target); returns the perturbation of lowest margin seen.
+
+    Where the gradient vanishes (a region where the network is constant, e.g. every ReLU of a
+    layer off) the step goes in a random direction instead, so the attack can leave the plateau.
+    """
     delta = _clip(xs, _project(delta, es, norm), box) - xs
     best, best_m = delta.clone(), torch.full((xs.shape[0],), torch.inf, dtype=xs.dtype)
     step = alpha * es[:, None]
@@ -284,6 +288,9 @@ def _descend(logits, xs: torch.Tensor, ls: torch.Tensor, target: torch.Tensor | 
         loss = m if target is None else f.gather(1, ls[:, None])[:, 0] - f.gather(1, target[:, None])[:, 0]
         (grad,) = torch.autograd.grad(loss.sum(), delta)
         with torch.no_grad():
+            flat = (grad == 0).all(dim=1, keepdim=True)
+            if bool(flat.any()):
+                grad = torch.where(flat, torch.randn(grad.shape, generator=gen, dtype=grad.dtype), grad)
             if norm == "inf":
                 move = grad.sign()
             else:

@@ -175,15 +175,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_summary(rec: dict[str, Any]) -> None:
     eps = rec["eps"]
-    header = f"{'method':<16}{'bound':>12}{'clean':>9}" + "".join(f"{'eps=' + format(e, '.4g'):>12}" for e in eps)
+    from ..report.render import eps_label
+
+    header = f"{'method':<16}{'bound':>12}{'clean':>9}" + "".join(f"{'eps=' + eps_label(e):>13}" for e in eps)
     print(f"{rec['n_inputs']} inputs, norm L{'2' if rec['norm'] == '2' else '-inf'}; accuracies in %")
     print(header)
     print("-" * len(header))
     for m in rec["methods"]:
         accs = rec["certified_accuracy"][m]
         print(f"{m:<16}{rec['lipschitz'][m]['value']:>12.5g}{100 * rec['clean_accuracy']:>9.2f}"
-              + "".join(f"{100 * a:>12.2f}" for a in accs))
+              + "".join(f"{100 * a:>13.2f}" for a in accs))
     if rec["attack"]:
         upper = dict(zip(rec["attack"]["eps"], rec["attack"]["upper_bound"]))
         print(f"{'PGD upper bound':<16}{'':>12}{100 * rec['clean_accuracy']:>9.2f}"
-              + "".join(f"{100 * upper[e]:>12.2f}" if e in upper else f"{'':>12}" for e in eps))
+              + "".join(f"{100 * upper[e]:>13.2f}" if e in upper else f"{'':>13}" for e in eps))

@@ -355,7 +355,8 @@ def _state_dict_message(path: Path, obj: dict[Any, Any]) -> str:
         "    model = MyNet()                      # the architecture these weights belong to\n"
         f"    model.load_state_dict({weights})\n"
         "    model.eval()\n"
-        "    net = lipcert.load(model, input_shape=(1, 28, 28))   # one input, without the batch axis")
+        "    net = lipcert.load(model, input_shape=(1, 28, 28))   # one input, without the batch axis\n"
+        "(the ERAN and auto_LiRPA benchmark checkpoints load with lipcert.reference_models.load_checkpoint(path))")
 
 
 def load_file(path: str | Path) -> nn.Module:

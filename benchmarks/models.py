@@ -23,47 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import lipcert
+from lipcert.reference_models import CHECKPOINTS, load_checkpoint
 
 METHODS = ("naive", "eclipse-fast", "combined")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def eran_mnist_6_100() -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(784, 100), nn.ReLU()]
-    for _ in range(4):
-        layers += [nn.Linear(100, 100), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(100, 10))
-
-
-def mnist_cnn_a() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2, padding=1),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(1568, 100), nn.ReLU(), nn.Linear(100, 10))
-
-
-def cifar_conv_small() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 16, 4, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(1152, 100), nn.ReLU(), nn.Linear(100, 10))
-
-
-# checkpoint file -> (architecture from the data README, where the state_dict is, input shape)
-CHECKPOINTS = {
-    "models/eran_mnist_6_100/mnist_6_100_nat.pth": (eran_mnist_6_100, "state_dict[0]", (1, 28, 28)),
-    "models/mnist_cnn_a_adv/mnist_a_adv.pth": (mnist_cnn_a, "plain", (1, 28, 28)),
-    "models/eran_cifar_conv_small_pgd/cifar_conv_small_pgd.pth": (cifar_conv_small, "state_dict[0]", (3, 32, 32)),
-}
-
-
 def load(data: Path, entry: dict[str, Any]) -> lipcert.Network:
     path = data / entry["file"]
-    if entry["file"] in CHECKPOINTS:
-        build, layout, shape = CHECKPOINTS[entry["file"]]
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        module = build()
-        module.load_state_dict(state["state_dict"][0] if layout == "state_dict[0]" else state)
-        return lipcert.load(module.eval(), input_shape=shape, mean=entry["mean"], std=entry["std"])
+    if path.suffix == ".pth":  # bare state_dicts: architecture from lipcert.reference_models
+        module = load_checkpoint(path)
+        shape = CHECKPOINTS[path.name].input_shape
+        return lipcert.load(module, input_shape=shape, mean=entry["mean"], std=entry["std"])
     return lipcert.load(path, mean=entry["mean"], std=entry["std"])
 
 

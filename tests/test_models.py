@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
-from torch import nn
 
 import lipcert
+from lipcert import reference_models
 from lipcert.bounds.lower import pattern_bound
 
 pytestmark = pytest.mark.data
@@ -137,41 +136,20 @@ def test_combined_bound_above_the_pattern_lower_bound(file: str, shared_data: Pa
 
 
 # --------------------------------------------------------------------------- PyTorch checkpoints
-def eran_mnist_6_100() -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(784, 100), nn.ReLU()]
-    for _ in range(4):
-        layers += [nn.Linear(100, 100), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(100, 10))
+CHECKPOINTS = sorted(f"models/{folder}/{name}" for name, folder in (
+    ("mnist_6_100_nat.pth", "eran_mnist_6_100"), ("mnist_a_adv.pth", "mnist_cnn_a_adv"),
+    ("cifar_conv_small_pgd.pth", "eran_cifar_conv_small_pgd")))
 
 
-def mnist_cnn_a() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2, padding=1),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(1568, 100), nn.ReLU(), nn.Linear(100, 10))
-
-
-def cifar_conv_small() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 16, 4, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(1152, 100), nn.ReLU(), nn.Linear(100, 10))
-
-
-CHECKPOINTS = {
-    "models/eran_mnist_6_100/mnist_6_100_nat.pth": (eran_mnist_6_100, "state_dict[0]", (1, 28, 28)),
-    "models/mnist_cnn_a_adv/mnist_a_adv.pth": (mnist_cnn_a, "plain", (1, 28, 28)),
-    "models/eran_cifar_conv_small_pgd/cifar_conv_small_pgd.pth": (cifar_conv_small, "state_dict[0]", (3, 32, 32)),
-}
-
-
-@pytest.mark.parametrize("file", sorted(CHECKPOINTS), ids=[Path(f).stem for f in sorted(CHECKPOINTS)])
+@pytest.mark.parametrize("file", CHECKPOINTS, ids=[Path(f).stem for f in CHECKPOINTS])
 def test_checkpoint_as_module_matches_its_onnx_export(file: str, shared_data: Path, manifest: dict[str, Any],
                                                       mnist: Any, cifar: Any) -> None:
-    build, layout, shape = CHECKPOINTS[file]
+    shape = reference_models.CHECKPOINTS[Path(file).name].input_shape
     with pytest.raises(lipcert.errors.ModelLoadError, match="not a whole pickled module"):
         lipcert.load(shared_data / file, input_shape=shape)  # a state_dict needs its architecture
-    state = torch.load(shared_data / file, map_location="cpu", weights_only=True)
-    model = build()
-    model.load_state_dict(state["state_dict"][0] if layout == "state_dict[0]" else state)
+    model = reference_models.load_checkpoint(shared_data / file)
     entry = manifest[file]
-    net = lipcert.load(model.eval(), input_shape=shape, mean=entry["mean"], std=entry["std"])
+    net = lipcert.load(model, input_shape=shape, mean=entry["mean"], std=entry["std"])
     onnx_net = _load(shared_data, manifest[file.replace(".pth", ".onnx")])
     assert net.widths == onnx_net.widths
     for a, b in zip(net.weights + net.biases, onnx_net.weights + onnx_net.biases):

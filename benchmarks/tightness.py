@@ -100,8 +100,8 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/tightness.py --seeds {args.seeds} --sdp-width {args.sdp_width}` "
         f"({time.perf_counter() - start:.0f} s in all). Machine: {platform.machine()}, {torch.get_num_threads()} "
-        f"torch threads, torch {torch.__version__}, lipcert {lipcert.__version__}. Times are wall times on a "
-        "shared 2-core VM (other jobs were running), so read them as rough.",
+        f"torch threads, torch {torch.__version__}, lipcert {lipcert.__version__}. Times are wall times; they "
+        "are only meaningful when nothing else runs on the machine.",
         "",
         "## Table A: Gaussian MLPs (values / ECLipsE-Fast, time in brackets)",
         "",

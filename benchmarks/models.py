@@ -62,7 +62,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         f"Command: `{command}`  ",
         f"Machine: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), lipcert "
-        f"{lipcert.__version__}. Times are wall seconds on a shared machine (other jobs were running).",
+        f"{lipcert.__version__}. Times are wall seconds, measured with nothing else running.",
         "",
         "Upper bounds on the L2 Lipschitz constant (logits w.r.t. raw [0, 1] pixels, normalization prepended) and the "
         "certified lower bound max(pattern, Jacobian); `/lower` = bound / lower bound (1 would be exact).",

@@ -141,20 +141,25 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def conv(node: OnnxNode) -> list[Op]:
+def _conv_attributes(node: OnnxNode, op: str, what: str
+                     ) -> tuple[np.ndarray, np.ndarray | None, int, list[int], list[int], list[int], int]:
+    """Constant weights and bias, spatial rank n, kernel, strides, dilations and groups of a (transposed) Conv."""
     if node.dyn != 0:
         raise NotCovered("its weights are computed from the input")
     w_arr = node.const(1, "weights")
     if w_arr is None:
-        raise NotCovered("Conv without weights")
-    b_arr = node.const(2, "bias")
+        raise NotCovered(f"{op} without weights")
     n = w_arr.ndim - 2
     if n not in _CONV:
-        raise NotCovered(f"{n}-D convolutions are not supported")
+        raise NotCovered(f"{n}-D {what} are not supported")
     kernel = list(node.attr("kernel_shape") or w_arr.shape[2:])
     strides = list(node.attr("strides") or [1] * n)
     dilations = list(node.attr("dilations") or [1] * n)
-    groups = int(node.attr("group", 1))
+    return w_arr, node.const(2, "bias"), n, kernel, strides, dilations, int(node.attr("group", 1))
+
+
+def conv(node: OnnxNode) -> list[Op]:
+    w_arr, b_arr, n, kernel, strides, dilations, groups = _conv_attributes(node, "Conv", "convolutions")
     begins, ends = _spatial(node, kernel, strides, dilations)
     pad = torch_pad(begins, ends)
     weight = undilate(t64(w_arr), dilations)
@@ -171,20 +176,8 @@ def conv(node: OnnxNode) -> list[Op]:
 
 
 def conv_transpose(node: OnnxNode) -> list[Op]:
-    if node.dyn != 0:
-        raise NotCovered("its weights are computed from the input")
-    w_arr = node.const(1, "weights")
-    if w_arr is None:
-        raise NotCovered("ConvTranspose without weights")
-    b_arr = node.const(2, "bias")
-    n = w_arr.ndim - 2
-    if n not in _CONV_T:
-        raise NotCovered(f"{n}-D transposed convolutions are not supported")
-    kernel = list(node.attr("kernel_shape") or w_arr.shape[2:])
-    strides = list(node.attr("strides") or [1] * n)
-    dilations = list(node.attr("dilations") or [1] * n)
+    w_arr, b_arr, n, kernel, strides, dilations, groups = _conv_attributes(node, "ConvTranspose", "transposed convolutions")
     out_pad = list(node.attr("output_padding") or [0] * n)
-    groups = int(node.attr("group", 1))
     auto = str(node.attr("auto_pad", "NOTSET"))
     output_shape = node.attr("output_shape")
     full = [s * (i - 1) + op + (k - 1) * d + 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import LipcertError
 from ..network import Network
 
 
@@ -36,9 +35,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace) -> Network:
     from ..loading import load
 
-    try:
-        limit = getattr(args, "max_dense_gb", None)
-        options = {} if limit is None else {"max_dense_bytes": int(limit * 1e9)}
-        return load(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std, **options)
-    except LipcertError:
-        raise
+    limit = getattr(args, "max_dense_gb", None)
+    options = {} if limit is None else {"max_dense_bytes": int(limit * 1e9)}
+    return load(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std, **options)

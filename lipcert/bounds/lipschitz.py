@@ -69,8 +69,9 @@ def lipschitz(
     rules : sequence, optional
         Rule set for ``combined`` and ``greedy`` (default: math.md section 4.3's nine rules).
     dtype : torch.dtype
-        float64 (default) or float32; float32 results are inflated by a relative 1e-5
-        (math.md section 5) and use a larger Cholesky safety margin.
+        float64 (default) or float32 for the closed forms; float32 results are inflated by a
+        relative 1e-5 (math.md section 5) and use a larger Cholesky safety margin.  The SDP
+        methods always run in float64.
     device : str or torch.device, optional
         Where to compute (``"cuda"`` when available); default CPU.
     solver, eps : optional
@@ -97,6 +98,8 @@ def lipschitz(
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     rule_set = tuple(parse_rule(r) if isinstance(r, str) else r for r in (rules or DEFAULT_RULE_SET))
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if name in SDP_METHODS:  # the solvers work in float64; so does the certificate at their multipliers
+        dtype = torch.float64
     weights = [w.to(dev, dtype) for w in net.weights]
     slopes = [(a.to(dev, dtype), b.to(dev, dtype)) for a, b in net.slopes()]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -26,6 +27,8 @@ METHODS: dict[str, str] = {
     "eclipse": "ECLipsE: one small SDP per layer (needs the sdp extra)",
     "lipsdp-neuron": "LipSDP-Neuron SDP (needs the sdp extra)",
     "lipsdp-layer": "LipSDP-Layer SDP (needs the sdp extra)",
+    "optimized": "combined, then L-BFGS on the Theorem 1 multipliers towards LipSDP-Neuron (options: iterations, "
+                 "seconds, direction, pairs)",
 }
 SDP_METHODS = ("eclipse", "lipsdp-neuron", "lipsdp-layer")
 _FLOAT32_INFLATION = 1e-5
@@ -54,6 +57,7 @@ def lipschitz(
     device: str | torch.device | None = None,
     solver: str | None = None,
     eps: float | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> LipschitzBound:
     """Upper bound on the L2 Lipschitz constant of ``net``.
 
@@ -76,6 +80,11 @@ def lipschitz(
         Where to compute (``"cuda"`` when available); default CPU.
     solver, eps : optional
         SDP methods only: ``"SCS"`` or ``"CLARABEL"`` and the solver tolerance.
+    options : mapping, optional
+        ``optimized`` only (always float64): ``iterations`` (default 100), ``seconds`` (time
+        budget), ``direction`` (optimize the bound on Lip(c^T f), read it with ``along(c)``),
+        ``pairs`` (also optimize every margin e_i - e_j, for ``pairwise()``), ``pair_iterations``,
+        ``progress``; see :func:`lipcert.bounds.optimize.optimized`.
 
     Returns
     -------
@@ -94,11 +103,13 @@ def lipschitz(
         raise UnknownMethodError(f"method {name!r} takes no parameter c")
     if (solver is not None or eps is not None) and name not in SDP_METHODS:
         raise UnknownMethodError(f"solver and eps apply to the SDP methods {', '.join(SDP_METHODS)}, not {name!r}")
+    if options is not None and name != "optimized":
+        raise UnknownMethodError(f"options apply to the method 'optimized', not {name!r}")
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     rule_set = tuple(parse_rule(r) if isinstance(r, str) else r for r in (rules or DEFAULT_RULE_SET))
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    if name in SDP_METHODS:  # the solvers work in float64; so does the certificate at their multipliers
+    if name in SDP_METHODS + ("optimized",):  # solvers and optimizer work in float64, so do their certificates
         dtype = torch.float64
     weights = [w.to(dev, dtype) for w in net.weights]
     slopes = [(a.to(dev, dtype), b.to(dev, dtype)) for a, b in net.slopes()]
@@ -113,6 +124,10 @@ def lipschitz(
         results = closed_form.combined(weights, slopes, rule_set)
     elif name == "greedy":
         results = {"greedy": closed_form.greedy(weights, slopes, rule_set)}
+    elif name == "optimized":
+        from . import optimize
+
+        results = optimize.optimized(weights, slopes, rule_set, options)
     else:
         from . import sdp
 
@@ -141,5 +156,5 @@ def lipschitz(
         status=status,
         grams=grams,
         extras={"dtype": str(dtype).replace("torch.", ""), "device": str(dev), **winner.extras,
-                "layer_rules": list(winner.labels)},
+                **(results["optimized"].extras if name == "optimized" else {}), "layer_rules": list(winner.labels)},
     )

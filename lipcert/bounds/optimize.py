@@ -1,0 +1,354 @@
+"""First-order optimization of the Theorem 1 multipliers (method ``optimized``; math.md sections 3, 5, 7(ii)).
+
+By Theorem 1 every positive diagonal choice of Lambda_1..Lambda_{L-1} with all M_k > 0 certifies
+Lip(c^T f) <= sqrt(c^T G_L c), G_L = W_L M_{L-1}^{-1} W_L^T, and optimizing over all of them is
+LipSDP-Neuron.  Starting from the best closed-form certificate (``combined``), this module improves
+theta_k = log lambda_k (per neuron, true scale) by L-BFGS steps on
+
+    log c^T G_L c                                   (a margin direction c), or
+    tau log sum_i (mu_i)^(1/tau)  >= log lambda_max(G_L)   (mu_i the eigenvalues of G_L; the full vector),
+
+with gradients from torch autograd through the float64 recursion itself
+(:func:`.recursion.run`, fed by a chooser that returns exp(theta_k) in the layer's normalized
+coordinates).  Every objective evaluation *is* a run of the certified recursion, with its
+Cholesky safety margins and log-space scaling: a step whose Cholesky fails at some layer is
+infeasible and is shrunk (backtracking), so every accepted iterate is a certificate and stopping
+at any iteration is safe.  The problem is convex in lambda (1/L^2 is the largest sigma with
+Q~(lambda, sigma) >= 0, a linear matrix inequality), so the iterates approach LipSDP-Neuron.
+
+The certificate uses the closed forms' slopes (alpha >= 0 relaxed to 0, math.md 7(ii)); negative
+alpha (SiLU, GELU) and per-neuron slopes go through the recursion's general-slope test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InfeasibleCertificateError, ShapeMismatchError
+from . import closed_form
+from .recursion import Candidate, LayerContext, RecursionResult, run
+from .rules import DEFAULT_RULE_SET, InvalidParameterError, Rule
+
+Slopes = list[tuple[torch.Tensor, torch.Tensor]]
+
+DEFAULT_ITERATIONS = 100
+DEFAULT_PAIR_ITERATIONS = 20
+OPTIONS = ("iterations", "seconds", "direction", "pairs", "pair_iterations", "progress")
+_MEMORY = 10            # L-BFGS history length
+_ARMIJO = 1e-4          # sufficient-decrease constant of the backtracking line search
+_MAX_BACKTRACKS = 30
+_TAU = 0.01             # temperature of the smooth lambda_max surrogate (log units)
+_FIRST_STEP = 0.1       # largest change of any log lambda on the first (gradient) step
+_LABEL = "optimized"
+# Barrier weights mu of the continuation: objective + mu * sum_k -log(det M_k / prod diag M_k).
+_BARRIER = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+_STAGE_WINDOW = 5       # a stage ends when its last _STAGE_WINDOW iterations lowered its objective
+_STAGE_TOL = 1e-5       # by less than _STAGE_TOL (log units), or when the line search fails
+
+
+@dataclass
+class _Point:
+    """One feasible iterate: parameters, surrogate objective and gradient, the recursion pass, its value."""
+
+    theta: torch.Tensor
+    objective: float
+    gradient: torch.Tensor
+    result: RecursionResult
+    value: float
+
+
+class _Problem:
+    """The objective theta -> log bound through :func:`run`, on the live neurons of each hidden layer."""
+
+    def __init__(self, weights: list[torch.Tensor], slopes: Slopes, sizes: list[int],
+                 direction: torch.Tensor | None) -> None:
+        self.weights = weights
+        self.slopes = slopes
+        self.sizes = sizes
+        self.direction = direction
+        self.mu = 0.0
+        self.evaluations = 0
+
+    def chooser(self, theta: torch.Tensor, barrier: list[torch.Tensor] | None = None):
+        """Chooser offering exp(theta_k) at layer k; appends each layer's barrier term to ``barrier``."""
+        parts = torch.split(theta, self.sizes)
+
+        def choose(ctx: LayerContext) -> Iterator[Candidate]:
+            part = parts[ctx.index - 1]
+            if part.shape != ctx.gamma.shape[:1]:
+                raise ShapeMismatchError(f"layer {ctx.index}: {part.shape[0]} multipliers for "
+                                         f"{ctx.gamma.shape[0]} live neurons")
+            lam = torch.exp(part + ctx.log_scale)
+            if barrier is not None:
+                barrier.append(_log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
+            yield _LABEL, lam
+
+        return choose
+
+    def value(self, result: RecursionResult) -> float:
+        """Certified bound of one pass: sqrt(lambda_max(G_L)) or sqrt(c^T G_L c), inflated by 1e-8."""
+        if self.direction is None:
+            return result.value
+        q = float(self.direction @ result.gram @ self.direction)
+        return math.sqrt(max(q, 0.0)) * math.exp(result.log_scale / 2) * (1 + 1e-8)
+
+    def surrogate(self, result: RecursionResult) -> torch.Tensor:
+        """The smooth objective (log units) whose gradient drives the steps."""
+        gram = result.gram
+        if self.direction is not None:
+            return torch.log(self.direction @ gram @ self.direction) + result.log_scale
+        if gram.shape[0] == 1:
+            return torch.log(gram[0, 0]) + result.log_scale
+        eig = torch.linalg.eigvalsh(gram)
+        logs = torch.log(eig.clamp(min=float(eig[-1]) * 1e-300 + 1e-300))
+        return _TAU * torch.logsumexp(logs / _TAU, dim=0) + result.log_scale
+
+    def evaluate(self, theta: torch.Tensor) -> _Point | None:
+        """The iterate at theta, or None if it is infeasible (a Cholesky failed) or not finite."""
+        self.evaluations += 1
+        var = theta.detach().clone().requires_grad_(True)
+        barrier: list[torch.Tensor] = []
+        try:
+            with warnings.catch_warnings():  # run() reads its layer scales as floats: constants, by design
+                warnings.filterwarnings("ignore", "Converting a tensor with requires_grad", UserWarning)
+                result = run(self.weights, self.slopes, self.chooser(var, barrier if self.mu > 0 else None))
+        except InfeasibleCertificateError:
+            return None
+        objective = self.surrogate(result)
+        if barrier:
+            objective = objective - self.mu * torch.stack(barrier).sum()
+        if not bool(torch.isfinite(objective)):
+            return None
+        (grad,) = torch.autograd.grad(objective, var)
+        if not bool(torch.isfinite(grad).all()):
+            return None
+        detached = RecursionResult(result.gram.detach(), result.log_scale,
+                                   [m.detach() for m in result.multipliers], result.labels, result.notes)
+        return _Point(var.detach(), float(objective), grad, detached, self.value(detached))
+
+
+def _log_det_ratio(mat: torch.Tensor) -> torch.Tensor:
+    """log det(mat) - sum_i log mat_ii (<= 0, -inf on the boundary): a barrier blind to diagonal scaling."""
+    low, info = torch.linalg.cholesky_ex((mat + mat.T) / 2)
+    if int(info) != 0:
+        return torch.tensor(-math.inf, dtype=mat.dtype, device=mat.device)
+    return 2 * torch.log(torch.diagonal(low)).sum() - torch.log(torch.diagonal(mat)).sum()
+
+
+def _lbfgs_direction(grad: torch.Tensor, memory: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """-H grad by the L-BFGS two-loop recursion (steepest descent without memory)."""
+    q = grad.clone()
+    alphas = []
+    for s, y in reversed(memory):
+        a = float(s @ q) / float(y @ s)
+        alphas.append(a)
+        q -= a * y
+    if memory:
+        s, y = memory[-1]
+        q *= float(s @ y) / float(y @ y)
+    for (s, y), a in zip(memory, reversed(alphas)):
+        b = float(y @ q) / float(y @ s)
+        q += (a - b) * s
+    return -q
+
+
+def _minimize(problem: _Problem, theta: torch.Tensor, iterations: int, deadline: float | None,
+              progress: bool | None, desc: str) -> tuple[_Point | None, list[float]]:
+    """Barrier continuation with L-BFGS and backtracking from ``theta``.
+
+    Returns the best iterate by certified value (None if ``theta`` itself is infeasible) and the
+    trajectory: the certified value at the start and after every accepted iteration.
+    """
+    from tqdm.auto import tqdm
+
+    problem.mu = _BARRIER[0]
+    point = problem.evaluate(theta)
+    if point is None:
+        return None, []
+    best = point
+    trajectory = [point.value]
+    memory: list[tuple[torch.Tensor, torch.Tensor]] = []
+    stage = 0
+    recent = [point.objective]
+    bar = tqdm(total=iterations, desc=desc, unit="it", disable=None if progress is None else not progress,
+               leave=False)
+    try:
+        while len(trajectory) <= iterations:
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            accepted = _line_search(problem, point, memory, deadline)
+            if accepted is not None:
+                recent.append(accepted.objective)
+                s, y = accepted.theta - point.theta, accepted.gradient - point.gradient
+                if float(s @ y) > 1e-12 * float(s.norm() * y.norm()):
+                    memory.append((s, y))
+                    del memory[:-_MEMORY]
+                point = accepted
+                best = point if point.value < best.value else best
+                trajectory.append(point.value)
+                bar.update(1)
+                bar.set_postfix(value=f"{best.value:.6g}")
+            if accepted is None or (len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < _STAGE_TOL):  # this barrier weight has converged: lower it, or stop after the last one
+                stage += 1
+                if stage == len(_BARRIER):
+                    break
+                problem.mu = _BARRIER[stage]
+                memory.clear()
+                point = problem.evaluate(point.theta)  # type: ignore[assignment]
+                if point is None:
+                    break
+                recent = [point.objective]
+    finally:
+        bar.close()
+    return best, trajectory
+
+
+def _line_search(problem: _Problem, point: _Point, memory: list[tuple[torch.Tensor, torch.Tensor]],
+                 deadline: float | None) -> _Point | None:
+    """Armijo backtracking along the L-BFGS direction; infeasible trials (failed Cholesky) are shrunk."""
+    direction = _lbfgs_direction(point.gradient, memory)
+    slope = float(point.gradient @ direction)
+    if not slope < 0:
+        memory.clear()
+        direction, slope = -point.gradient, -float(point.gradient @ point.gradient)
+    step = 1.0 if memory else _FIRST_STEP / max(float(direction.abs().max()), 1e-300)
+    for _ in range(_MAX_BACKTRACKS):
+        trial = problem.evaluate(point.theta + step * direction)
+        if trial is not None and trial.objective <= point.objective + _ARMIJO * step * slope:
+            return trial
+        if deadline is not None and time.perf_counter() > deadline:
+            return None
+        step /= 2
+    return None
+
+
+def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)} for method 'optimized'; "
+                                    f"valid: {', '.join(OPTIONS)}")
+    out = dict(options)
+    for key in ("iterations", "pair_iterations"):
+        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 0):
+            raise InvalidParameterError(f"{key} must be an integer >= 0, got {out[key]!r}")
+    if out.get("seconds") is not None and not (isinstance(out["seconds"], int | float) and out["seconds"] >= 0):
+        raise InvalidParameterError(f"seconds must be a number >= 0, got {out['seconds']!r}")
+    return out
+
+
+def _as_direction(c: Any, outputs: int, like: torch.Tensor) -> torch.Tensor:
+    vec = torch.as_tensor(np.asarray(c.detach().cpu() if isinstance(c, torch.Tensor) else c, dtype=np.float64))
+    vec = vec.reshape(-1).to(like)
+    if vec.shape != (outputs,):
+        raise ShapeMismatchError(f"direction must have {outputs} entries (one per output), got {vec.shape[0]}")
+    if not bool(torch.isfinite(vec).all()) or not bool((vec != 0).any()):
+        raise InvalidParameterError("direction must be finite and nonzero")
+    return vec
+
+
+def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Rule] = DEFAULT_RULE_SET,
+              options: Mapping[str, Any] | None = None) -> dict[str, RecursionResult]:
+    """Closed-form passes, then the optimized certificate(s); the caller reports the minimum.
+
+    Parameters
+    ----------
+    weights : list of Tensor
+        W_1..W_L in float64.
+    slopes : list of (Tensor, Tensor)
+        Exact per-neuron slope bounds; the certificate relaxes alpha >= 0 to 0 like the closed forms.
+    rules : sequence of Rule
+        Rule set of the starting ``combined`` bound.
+    options : mapping, optional
+        ``iterations`` (default 100): L-BFGS iterations for the full vector (or the direction);
+        ``seconds``: wall-time budget of the whole optimization (None: unlimited);
+        ``direction``: optimize Lip(c^T f) for this output direction c instead of Lip(f);
+        ``pairs``: also optimize every margin direction e_i - e_j (i < j), warm-started from the
+        full-vector optimum, with ``pair_iterations`` (default 20) iterations each;
+        ``progress``: tqdm progress bar (default: when stderr is a terminal).
+
+    Returns
+    -------
+    dict of str to RecursionResult
+        ``"optimized"`` first (its ``extras`` hold the ``trajectory`` of certified values per
+        iteration, ``start``, ``start_rule``, ``iterations``, ``evaluations``, ``seconds``), then
+        ``"optimized:i-j"`` for the pairs, then every closed-form pass.  Each is a valid certificate
+        for all outputs; the optimized ones are never above their starting closed-form value.
+    """
+    opts = _check_options(options or {})
+    start_time = time.perf_counter()
+    seconds = opts.get("seconds")
+    deadline = None if seconds is None else start_time + float(seconds)
+    progress = opts.get("progress")
+    ws = list(weights)
+    relaxed = closed_form.closed_form_slopes(slopes)
+    passes = closed_form.combined(ws, slopes, rules)
+    outputs = ws[-1].shape[0]
+    direction = None if opts.get("direction") is None else _as_direction(opts["direction"], outputs, ws[-1])
+    problem = _Problem(ws, relaxed, [], direction)
+
+    # Start from the best pass that carries multipliers at every hidden layer (naive carries none).
+    candidates = {k: r for k, r in passes.items()
+                  if r.multipliers and len(r.multipliers) == len(ws) - 1 and all(bool((m > 0).any()) for m in r.multipliers)}
+    if not candidates:  # no hidden layer, or a constant network: nothing to optimize
+        best = min(passes, key=lambda k: passes[k].value)
+        return {_LABEL: _annotated(passes[best], _LABEL, best, [problem.value(passes[best])], 0, start_time),
+                **passes}
+    start_rule = min(candidates, key=lambda k: problem.value(candidates[k]))
+    origin = candidates[start_rule]
+    masks = [m > 0 for m in origin.multipliers]  # the live neurons the recursion keeps
+    problem.sizes = [int(m.sum()) for m in masks]
+    theta0 = torch.cat([torch.log(m[mask]) for m, mask in zip(origin.multipliers, masks)])
+    iterations = opts.get("iterations", DEFAULT_ITERATIONS)
+    best_point, trajectory = _minimize(problem, theta0, iterations, deadline, progress, _LABEL)
+    out = {_LABEL: _finish(problem, best_point, origin, _LABEL, start_rule, trajectory, start_time)}
+    if opts.get("pairs") and outputs > 1 and direction is None:
+        warm = theta0 if best_point is None else best_point.theta
+        for i, j in itertools.combinations(range(outputs), 2):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            c = torch.zeros(outputs, dtype=ws[-1].dtype, device=ws[-1].device)
+            c[i], c[j] = 1.0, -1.0
+            pair = _Problem(ws, relaxed, problem.sizes, c)
+            name = f"{_LABEL}:{i}-{j}"
+            pair_best, pair_trajectory = _minimize(pair, warm, opts.get("pair_iterations", DEFAULT_PAIR_ITERATIONS),
+                                                   deadline, progress, name)
+            out[name] = _finish(pair, pair_best, origin, name, start_rule, pair_trajectory, start_time)
+    out.update(passes)
+    return out
+
+
+def _finish(problem: _Problem, best: _Point | None, origin: RecursionResult, name: str, start_rule: str,
+            trajectory: list[float], start_time: float) -> RecursionResult:
+    """The best iterate recomputed through the recursion without autograd, or the start if that is not better."""
+    result = origin
+    if best is not None:
+        with torch.no_grad():
+            try:
+                result = run(problem.weights, problem.slopes, problem.chooser(best.theta))
+            except InfeasibleCertificateError:
+                result = origin
+    if problem.value(result) > problem.value(origin):
+        result = origin
+    if not trajectory:
+        trajectory = [problem.value(origin)]
+    return _annotated(result, name, start_rule, trajectory, problem.evaluations, start_time)
+
+
+def _annotated(result: RecursionResult, name: str, start_rule: str, trajectory: list[float], evaluations: int,
+               start_time: float) -> RecursionResult:
+    """A copy of ``result`` labelled ``name`` with the optimization record in ``extras``."""
+    labels = [name if lab == _LABEL else lab for lab in result.labels]
+    out = RecursionResult(result.gram, result.log_scale, list(result.multipliers), labels, list(result.notes))
+    out.extras.update(start_rule=start_rule, start=trajectory[0], trajectory=trajectory,
+                      iterations=len(trajectory) - 1, evaluations=evaluations,
+                      seconds=time.perf_counter() - start_time)
+    return out

@@ -53,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="inputs per forward pass (default: 1000)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="extra absolute error allowed on every logit (e.g. the gap to float32 inference)")
+    p.add_argument("--local", action="store_true",
+                   help="also certify with per-input local Lipschitz constants (method 'local'; slower)")
     p.add_argument("--attack", action="store_true", help="also run PGD at every eps: upper bounds on robust "
                                                          "accuracy and a soundness check")
     p.add_argument("--attack-steps", type=int, default=50, help="PGD steps per restart (default: 50)")
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(f"note: {note}", file=sys.stderr)
     cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size, index=np.arange(len(y)),
-                   tolerance=args.tolerance, records=records, resume=args.resume)
+                   tolerance=args.tolerance, records=records, resume=args.resume, local=args.local)
     if cert.resumed:
         print(f"resumed: {cert.resumed} of {cert.n} inputs read from {records}", file=sys.stderr)
     attacks: list[AttackResult] = []

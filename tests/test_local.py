@@ -1,0 +1,221 @@
+"""Local (per-input) Lipschitz certification: slope intervals, local constants, radii (issue 8).
+
+Soundness is checked against quantities computed independently of the bounds: derivatives and
+secants of the activations by torch autograd / direct evaluation, Jacobians of f_y - f_j by
+autograd in float64 at points sampled inside the ball, and the PGD attack inside certified radii.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lipcert
+from lipcert.activations import get_activation
+from lipcert.bounds.intervals import image, slope_interval
+from lipcert.bounds.local import LOCAL_METHOD, local_bound, local_radius
+from lipcert.certify import InvalidRadiusError, _layers, logit_error_bound
+from lipcert.errors import UnknownActivationError
+
+from _certify_models import mnist
+
+ACTIVATIONS = ("relu", "leaky_relu(0.1)", "tanh", "sigmoid", "softplus", "elu", "elu(2)", "silu", "gelu",
+               "gelu_tanh", "hardtanh", "relu6")
+NET_ACTIVATIONS = ("relu", "leaky_relu(0.1)", "tanh", "sigmoid", "softplus", "elu", "silu", "gelu")
+
+
+def _intervals(rng: np.random.Generator, n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # Inside |z| < 19: torch's softplus jumps by 2e-9 to z itself at z = 20, so secants across it
+    # are not slope-restricted at all.
+    centre = torch.as_tensor(np.clip(rng.normal(0, scale, n), -15, 15))
+    half = torch.as_tensor(np.minimum(rng.random(n) ** 3 * scale, 4.0))
+    half[: n // 10] = 0.0  # degenerate intervals too
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_slope_interval_contains_derivatives_secants_and_values(name: str, rng: np.random.Generator) -> None:
+    act = get_activation(name)
+    for scale in (0.3, 3.0, 8.0):
+        lo, hi = _intervals(rng, 400, scale)
+        alpha, beta = slope_interval(act, lo, hi)
+        t = torch.as_tensor(rng.random((400, 64)))
+        z = (lo[:, None] + t * (hi - lo)[:, None]).requires_grad_(True)
+        (deriv,) = torch.autograd.grad(act(z).sum(), z)
+        assert bool((deriv >= alpha[:, None]).all() and (deriv <= beta[:, None]).all())
+        z = z.detach()
+        z2 = lo[:, None] + torch.as_tensor(rng.random((400, 64))) * (hi - lo)[:, None]
+        apart = (z - z2).abs() > 1e-3
+        secant = (act(z) - act(z2)) / torch.where(apart, z - z2, 1.0)
+        inside = (secant >= alpha[:, None] - 1e-10) & (secant <= beta[:, None] + 1e-10)
+        assert bool((inside | ~apart).all())
+        low, high = image(act, lo, hi, alpha, beta)
+        values = act(z)
+        assert bool((values >= low[:, None]).all() and (values <= high[:, None]).all())
+        assert bool((alpha >= act.alpha).all() and (beta <= act.beta).all())
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_slope_interval_is_tight(name: str, rng: np.random.Generator) -> None:
+    """On short intervals the slope range shrinks to the derivative (up to a jump of a kink)."""
+    act = get_activation(name)
+    centre = torch.as_tensor(rng.uniform(-4, 4, 300))
+    lo, hi = centre - 1e-4, centre + 1e-4
+    alpha, beta = slope_interval(act, lo, hi)
+    kink = {"relu": [0.0], "leaky_relu": [0.0], "elu": [0.0], "hardtanh": [-1.0, 1.0], "relu6": [0.0, 6.0]}
+    near = torch.zeros_like(centre, dtype=torch.bool)
+    for k in kink.get(name.split("(")[0], []):
+        near |= (centre - k).abs() < 1e-3
+    width = (beta - alpha)[~near]
+    assert float(width.max()) < 2e-3
+    if name in ("relu", "hardtanh", "relu6", "leaky_relu(0.1)"):
+        assert bool((width == 0).all())  # stably active or inactive: a fixed slope
+
+
+def _net(name: str, seed: int) -> lipcert.Network:
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [8, 20, 20, 16, 5]
+    ws = [torch.randn(o, i, generator=gen, dtype=torch.float64) * (1.5 / math.sqrt(i)) for i, o in zip(sizes, sizes[1:])]
+    bs = [torch.randn(o, generator=gen, dtype=torch.float64) for o in sizes[1:]]
+    return lipcert.Network.from_weights(ws, bs, activation=name)
+
+
+def _ball(rng: np.random.Generator, x: torch.Tensor, r: float, norm: str, n: int) -> torch.Tensor:
+    d = x.numel()
+    if norm == "inf":
+        u = torch.as_tensor(rng.choice([-1.0, 1.0], (n, d)) * rng.random((n, 1)) ** 0.1)
+    else:
+        u = torch.as_tensor(rng.normal(size=(n, d)))
+        u = u / u.norm(dim=1, keepdim=True) * torch.as_tensor(rng.random((n, 1)) ** (1 / d))
+    return x.reshape(1, -1) + r * u
+
+
+def _pair_gradients(net: lipcert.Network, points: torch.Tensor, y: int) -> torch.Tensor:
+    """||grad (f_y - f_j)|| at every point, shape (n, K)."""
+    pts = points.clone().requires_grad_(True)
+    out = net(pts.reshape(-1, *net.input_shape))
+    norms = torch.zeros(points.shape[0], out.shape[1], dtype=torch.float64)
+    for j in range(out.shape[1]):
+        if j != y:
+            (g,) = torch.autograd.grad((out[:, y] - out[:, j]).sum(), pts, retain_graph=True)
+            norms[:, j] = g.norm(dim=1)
+    return norms
+
+
+@pytest.mark.parametrize("name", NET_ACTIVATIONS)
+def test_local_constants_bound_sampled_jacobians(name: str, rng: np.random.Generator) -> None:
+    net = _net(name, int(rng.integers(1 << 30)))
+    x = torch.as_tensor(rng.normal(size=8))
+    glob = lipcert.lipschitz(net).pairwise()
+    y = int(net(x).argmax())
+    for r, norm in ((0.02, "2"), (0.3, "2"), (2.0, "2"), (0.05, "inf"), (0.5, "inf")):
+        lb = local_bound(net, x, r, norm)
+        pair = lb.pairwise()
+        grads = _pair_gradients(net, _ball(rng, x, r, norm, 300), y).max(dim=0).values.numpy()
+        others = np.arange(5) != y
+        assert np.all(pair[y, others] >= grads[others]), (r, norm)
+        # Pre-activation intervals hold at the sampled points.
+        pts = _ball(rng, x, r, norm, 100)
+        z = pts
+        for k, act in enumerate(net.activations):
+            z = z @ net.weights[k].T + net.biases[k]
+            assert bool((z >= lb.lower[k]).all() and (z <= lb.upper[k]).all())
+            z = act(z)
+    small = local_bound(net, x, 1e-3, "2").pairwise()
+    assert np.all(small[y] <= glob[y] * (1 + 1e-9))  # at a tiny radius the local constant is no worse
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu(0.1)"])
+def test_fixed_slopes_merge_layers_exactly(name: str, rng: np.random.Generator) -> None:
+    """With every neuron stable, the local constant is the norm of the (constant) Jacobian."""
+    net = _net(name, int(rng.integers(1 << 30)))
+    x = torch.as_tensor(rng.normal(size=8))
+    lb = local_bound(net, x, 1e-9, "2")
+    assert lb.fixed_share == 1.0
+    y = int(net(x).argmax())
+    exact = _pair_gradients(net, x.reshape(1, -1), y)[0].numpy()
+    pair = lb.pairwise()
+    assert np.allclose(pair[y], exact, rtol=1e-6, atol=1e-9)
+    assert np.all(pair[y] >= exact)
+    assert lb.value >= float(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(net, x), 2))
+
+
+def test_local_radius_is_sound_and_not_below_global(rng: np.random.Generator) -> None:
+    for name in ("relu", "tanh", "silu"):
+        net = _net(name, int(rng.integers(1 << 30)))
+        x = torch.as_tensor(rng.normal(size=(12, 8)))
+        y = net(x).argmax(dim=1).numpy()
+        for norm in ("2", "inf"):
+            cert = lipcert.certify(net, x, y, norm=norm, local=True)
+            local, glob = cert.radii[LOCAL_METHOD], cert.radii["combined"]
+            assert np.all(local >= glob)
+            assert np.mean(local > glob * 1.5) > 0.5  # it helps on most inputs
+            hit = lipcert.attack(net, x, y, norm, np.maximum(local, 1e-12), steps=30, restarts=2)
+            assert not np.any(hit.success & cert.correct)
+            # Each local radius is proven by the constants of its own ball.
+            logits, err = logit_error_bound(_layers(net), x)
+            floor = cert.bounds["combined"].pairwise()
+            for i in np.flatnonzero(local > glob)[:3]:
+                r = float(local[i])
+                pair = np.minimum(local_bound(net, x[i], r, norm).pairwise(), floor)
+                margin = logits[i, y[i]] - logits[i] - 2 * err[i]
+                scale = 1.0 if norm == "2" else math.sqrt(8)
+                others = np.arange(5) != y[i]
+                assert np.all(margin.numpy()[others] >= pair[y[i], others] * r * scale * (1 - 1e-9))
+
+
+def test_real_mlp_local_radii_are_sound(shared_data: Path, rng: np.random.Generator) -> None:
+    net = lipcert.load(shared_data / "models" / "eran_mnist_6_100" / "mnist_6_100_nat.onnx")
+    data = mnist(shared_data, limit=6)
+    x = data.x.reshape(len(data.y), -1).astype(np.float64)
+    cert = lipcert.certify(net, x, data.y, norm=2, local=True)
+    local, glob = cert.radii[LOCAL_METHOD], cert.radii["combined"]
+    assert np.all(local >= glob) and np.all(local[cert.correct] > 2 * glob[cert.correct])
+    hit = lipcert.attack(net, x, data.y, 2, np.maximum(local, 1e-12), steps=40, restarts=3)
+    assert not np.any(hit.success & cert.correct)
+    i = int(np.flatnonzero(cert.correct)[0])
+    y = int(data.y[i])
+    r = float(local[i])
+    pair = local_bound(net, x[i], r, "2").pairwise()
+    grads = _pair_gradients(net, _ball(rng, torch.as_tensor(x[i]), r, "2", 200), y).max(dim=0).values.numpy()
+    others = np.arange(10) != y
+    assert np.all(pair[y, others] >= grads[others])
+
+
+def test_local_radius_search_and_errors(rng: np.random.Generator) -> None:
+    net = _net("relu", 3)
+    x = torch.as_tensor(rng.normal(size=8))
+    y = int(net(x).argmax())
+    logits, err = logit_error_bound(_layers(net), x.reshape(1, -1))
+    floor = lipcert.lipschitz(net).pairwise()
+    res = local_radius(net, x, y, logits[0].numpy(), float(err[0]), floor, 2, start=1e-6, rtol=1e-3)
+    assert res.radius >= 1e-6 and res.evaluations >= 1
+    assert res.upper > res.radius
+    assert local_radius(net, x, y, logits[0].numpy(), float(err[0]), floor, 2, start=0.0).radius == 0.0
+    with pytest.raises(InvalidRadiusError):
+        local_bound(net, x, -1.0)
+    only_slopes = lipcert.Network.from_weights([np.eye(2), np.eye(2)], activation=(0.0, 1.0))
+    with pytest.raises(UnknownActivationError):
+        local_bound(only_slopes, np.zeros(2), 0.1)
+
+
+def test_cli_certify_local_reports_both_radii(shared_data: Path, tmp_path: Path) -> None:
+    from lipcert.cli import main
+
+    model = shared_data / "models" / "eran_mnist_6_100" / "mnist_6_100_nat.onnx"
+    out = tmp_path / "run"
+    code = main(["certify", str(model), "--dataset", "mnist", "--data-dir", str(shared_data / "datasets"),
+                 "--n", "3", "--eps", "0.02,0.1", "--out", str(out), "--local", "--no-plots"])
+    assert code == 0
+    import json
+
+    rec = json.loads((out / "report.json").read_text())
+    assert rec["methods"] == ["combined", LOCAL_METHOD]
+    assert rec["timings"]["local_per_input"] > 0
+    acc = rec["certified_accuracy"]
+    assert all(a >= b for a, b in zip(acc[LOCAL_METHOD], acc["combined"]))
+    assert "radius_local" in (out / "samples.csv").read_text().splitlines()[0]

@@ -346,7 +346,8 @@ def _bounds(net: Network, method: str | Sequence[str],
     names = [m.strip() for item in names for m in item.split(",") if m.strip()]
     out = {}
     for name in dict.fromkeys(names):
-        b = lipschitz(net, name)
+        # optimized: also every margin direction e_i - e_j, warm-started from the full-vector optimum
+        b = lipschitz(net, name, options={"pairs": True} if name == "optimized" else None)
         out[name] = b
         timings[f"bound:{name}"] = b.seconds
     return out, timings
@@ -391,7 +392,7 @@ def certify(
     records: str | Path | None = None,
     resume: bool = False,
     progress: bool | None = None,
-    local: bool = False,
+    local: bool | Sequence[Any] = False,
 ) -> Certification:
     """Certified radius of every input: its prediction, margin and the radius proven by each bound.
 
@@ -407,7 +408,8 @@ def certify(
         Norm of the radii; L-infinity radii are the L2 radii divided by sqrt(d).
     method : str or list of str
         Bound method(s) of :func:`lipcert.lipschitz` (``"naive,eclipse-fast,combined"`` works too);
-        every bound is computed once and gives its own radii.
+        every bound is computed once and gives its own radii.  ``"optimized"`` also optimizes each of
+        the K(K-1)/2 margin directions once (option ``pairs``), shared by all inputs.
     bound : LipschitzBound or list of them, optional
         Bounds already computed (then ``method`` is ignored).
     batch_size : int
@@ -423,10 +425,11 @@ def certify(
         without recomputing its finished batches.
     progress : bool, optional
         Show a tqdm progress bar (default: when stderr is a terminal).
-    local : bool
+    local : bool or sequence of rules
         Also certify with per-input local Lipschitz constants (:mod:`lipcert.bounds.local`): an
         extra method ``"local"``, never below the best global radius; timings ``"local"`` (total)
-        and ``"local_per_input"``.  Costs several local bounds per input.
+        and ``"local_per_input"``.  Costs several local bounds per input.  A sequence of rules
+        (``Rule`` or names like ``"gcs(1)"``) replaces the default local rule set.
 
     Returns
     -------
@@ -454,8 +457,9 @@ def certify(
     scale = 1.0 if norm_name == "2" else 1.0 / math.sqrt(net.input_dim)
     n = flat.shape[0]
     if local:
-        from .bounds.local import LOCAL_METHOD, local_method_bound, local_radii
+        from .bounds.local import LOCAL_METHOD, LOCAL_RULES, local_method_bound, local_radii
 
+        local_rules = LOCAL_RULES if local is True else tuple(local)
         floor = np.minimum.reduce(list(pairs.values()))
         bounds[LOCAL_METHOD] = local_method_bound(bounds)
         local_seconds = 0.0
@@ -497,7 +501,8 @@ def certify(
             if local:
                 t_local = time.perf_counter()
                 best = np.maximum.reduce([batch[f"radius:{m}"] for m in pairs])
-                batch[f"radius:{LOCAL_METHOD}"] = local_radii(net, xb, lab, logits, err, floor, norm_name, best)[0]
+                batch[f"radius:{LOCAL_METHOD}"] = local_radii(net, xb, lab, logits, err, floor, norm_name, best,
+                                                              rules=local_rules)[0]
                 local_seconds += time.perf_counter() - t_local
             if store is not None:
                 store.append(_rows(batch, list(bounds)))

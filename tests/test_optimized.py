@@ -137,3 +137,17 @@ def test_approaches_lipsdp_neuron(rng: np.random.Generator) -> None:
         bound = optimized(net, iterations=150)
         # Stated tolerance: within 1 % of LipSDP-Neuron, never below its optimum (solver accuracy 1e-6).
         assert sdp.extras["solver_value"] * (1 - 1e-6) <= bound.value <= 1.01 * sdp.value, (depth, bound, sdp)
+
+
+def test_certify_uses_the_optimized_pairs(rng: np.random.Generator) -> None:
+    net = gaussian([5, 16, 16, 4], seed=rng, biases=True)
+    x = rng.uniform(-1, 1, size=(64, 5))
+    y = net(x).argmax(axis=1)
+    cert = lipcert.certify(net, x, y, method=["combined", "optimized"], progress=False)
+    optimized_bound = cert.bounds["optimized"]
+    assert any(k.startswith("optimized:") for k in optimized_bound.per_rule)  # one certificate per pair
+    assert np.all(optimized_bound.pairwise() <= cert.bounds["combined"].pairwise() * (1 + 1e-12))
+    assert np.all(cert.radii["optimized"] >= cert.radii["combined"])
+    assert cert.radii["optimized"].sum() > cert.radii["combined"].sum()
+    attack = lipcert.attack(net, x, y, 2, cert.radii["optimized"], steps=20, progress=False)
+    assert not attack.success.any()  # no input broken inside its certified radius

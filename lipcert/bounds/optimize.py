@@ -133,7 +133,7 @@ class _Problem:
             return None
         detached = RecursionResult(result.gram.detach(), result.log_scale,
                                    [m.detach() for m in result.multipliers], result.labels, result.notes)
-        return _Point(var.detach(), float(objective), grad, detached, self.value(detached))
+        return _Point(var.detach(), float(objective.detach()), grad, detached, self.value(detached))
 
 
 def _log_det_ratio(mat: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,12 @@ coordinates).  Every objective evaluation *is* a run of the certified recursion,
 Cholesky safety margins and log-space scaling: a step whose Cholesky fails at some layer is
 infeasible and is shrunk (backtracking), so every accepted iterate is a certificate and stopping
 at any iteration is safe.  The problem is convex in lambda (1/L^2 is the largest sigma with
-Q~(lambda, sigma) >= 0, a linear matrix inequality), so the iterates approach LipSDP-Neuron.
+Q(1/sigma, Lambda/sigma) / (1/sigma) >= 0, a linear matrix inequality in (lambda, sigma)), so the
+iterates approach LipSDP-Neuron.  Its optimum typically sits where some M_k is singular (M_{L-1}
+along the null space of W_L, for instance), so the steps minimize objective + mu * barrier with
+barrier = -sum_k log(det C_k / prod diag C_k), C_k = 2 Lambda_k^{-1} - Gamma_k, for mu = 1e-2 down
+to 0 (path following; each stage warm-starts the next), which keeps early iterates off the
+boundary where the recursion's margins would stall the line search.
 
 The certificate uses the closed forms' slopes (alpha >= 0 relaxed to 0, math.md 7(ii)); negative
 alpha (SiLU, GELU) and per-neuron slopes go through the recursion's general-slope test.
@@ -57,12 +62,11 @@ _STAGE_TOL = 1e-5       # by less than _STAGE_TOL (log units), or when the line 
 
 @dataclass
 class _Point:
-    """One feasible iterate: parameters, surrogate objective and gradient, the recursion pass, its value."""
+    """One feasible iterate: parameters, objective (surrogate plus barrier) and its gradient, certified value."""
 
     theta: torch.Tensor
     objective: float
     gradient: torch.Tensor
-    result: RecursionResult
     value: float
 
 
@@ -79,7 +83,11 @@ class _Problem:
         self.evaluations = 0
 
     def chooser(self, theta: torch.Tensor, barrier: list[torch.Tensor] | None = None):
-        """Chooser offering exp(theta_k) at layer k; appends each layer's barrier term to ``barrier``."""
+        """Chooser offering exp(theta_k) at layer k; appends each layer's barrier term to ``barrier``.
+
+        With negative alpha the recursion tests 2 D - S W X^{-1} W^T S, which is below 2 D - Gamma;
+        the barrier then only steers, and feasibility is still decided by the recursion.
+        """
         parts = torch.split(theta, self.sizes)
 
         def choose(ctx: LayerContext) -> Iterator[Candidate]:
@@ -109,7 +117,7 @@ class _Problem:
         if gram.shape[0] == 1:
             return torch.log(gram[0, 0]) + result.log_scale
         eig = torch.linalg.eigvalsh(gram)
-        logs = torch.log(eig.clamp(min=float(eig[-1]) * 1e-300 + 1e-300))
+        logs = torch.log(eig.clamp(min=float(eig[-1]) * 1e-30))  # G_L is PSD; rounding can make tiny ones negative
         return _TAU * torch.logsumexp(logs / _TAU, dim=0) + result.log_scale
 
     def evaluate(self, theta: torch.Tensor) -> _Point | None:
@@ -131,9 +139,8 @@ class _Problem:
         (grad,) = torch.autograd.grad(objective, var)
         if not bool(torch.isfinite(grad).all()):
             return None
-        detached = RecursionResult(result.gram.detach(), result.log_scale,
-                                   [m.detach() for m in result.multipliers], result.labels, result.notes)
-        return _Point(var.detach(), float(objective.detach()), grad, detached, self.value(detached))
+        detached = RecursionResult(result.gram.detach(), result.log_scale, [], [])
+        return _Point(var.detach(), float(objective.detach()), grad, self.value(detached))
 
 
 def _log_det_ratio(mat: torch.Tensor) -> torch.Tensor:

@@ -62,12 +62,23 @@ _STAGE_TOL = 1e-5       # by less than _STAGE_TOL (log units), or when the line 
 
 @dataclass
 class _Point:
-    """One feasible iterate: parameters, objective (surrogate plus barrier) and its gradient, certified value."""
+    """One feasible iterate: parameters, objective (surrogate plus barrier), certified value.
+
+    The gradient is computed on first use (:meth:`grad`): rejected line-search trials skip the backward pass.
+    """
 
     theta: torch.Tensor
     objective: float
-    gradient: torch.Tensor
     value: float
+    graph: tuple[torch.Tensor, torch.Tensor] | None  # (objective tensor, theta leaf) until the gradient is taken
+    gradient: torch.Tensor | None = None
+
+    def grad(self) -> torch.Tensor:
+        if self.gradient is None:
+            assert self.graph is not None
+            self.gradient = torch.autograd.grad(*self.graph)[0]
+            self.graph = None
+        return self.gradient
 
 
 class _Problem:
@@ -136,11 +147,8 @@ class _Problem:
             objective = objective - self.mu * torch.stack(barrier).sum()
         if not bool(torch.isfinite(objective)):
             return None
-        (grad,) = torch.autograd.grad(objective, var)
-        if not bool(torch.isfinite(grad).all()):
-            return None
         detached = RecursionResult(result.gram.detach(), result.log_scale, [], [])
-        return _Point(var.detach(), float(objective.detach()), grad, self.value(detached))
+        return _Point(var.detach(), float(objective.detach()), self.value(detached), (objective, var))
 
 
 def _log_det_ratio(mat: torch.Tensor) -> torch.Tensor:
@@ -195,16 +203,19 @@ def _minimize(problem: _Problem, theta: torch.Tensor, iterations: int, deadline:
             accepted = _line_search(problem, point, memory, deadline)
             if accepted is not None:
                 recent.append(accepted.objective)
-                s, y = accepted.theta - point.theta, accepted.gradient - point.gradient
+                best = accepted if accepted.value < best.value else best
+                trajectory.append(accepted.value)
+                bar.update(1)
+                bar.set_postfix(value=f"{best.value:.6g}")
+                if not bool(torch.isfinite(accepted.grad()).all()):
+                    break
+                s, y = accepted.theta - point.theta, accepted.grad() - point.grad()
                 if float(s @ y) > 1e-12 * float(s.norm() * y.norm()):
                     memory.append((s, y))
                     del memory[:-_MEMORY]
                 point = accepted
-                best = point if point.value < best.value else best
-                trajectory.append(point.value)
-                bar.update(1)
-                bar.set_postfix(value=f"{best.value:.6g}")
-            if accepted is None or (len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < _STAGE_TOL):  # this barrier weight has converged: lower it, or stop after the last one
+            stalled = len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < _STAGE_TOL
+            if accepted is None or stalled:  # this barrier weight has converged: lower it, or stop after the last
                 stage += 1
                 if stage == len(_BARRIER):
                     break
@@ -216,17 +227,19 @@ def _minimize(problem: _Problem, theta: torch.Tensor, iterations: int, deadline:
                 recent = [point.objective]
     finally:
         bar.close()
+    best.graph = None
     return best, trajectory
 
 
 def _line_search(problem: _Problem, point: _Point, memory: list[tuple[torch.Tensor, torch.Tensor]],
                  deadline: float | None) -> _Point | None:
     """Armijo backtracking along the L-BFGS direction; infeasible trials (failed Cholesky) are shrunk."""
-    direction = _lbfgs_direction(point.gradient, memory)
-    slope = float(point.gradient @ direction)
+    grad = point.grad()
+    direction = _lbfgs_direction(grad, memory)
+    slope = float(grad @ direction)
     if not slope < 0:
         memory.clear()
-        direction, slope = -point.gradient, -float(point.gradient @ point.gradient)
+        direction, slope = -grad, -float(grad @ grad)
     step = 1.0 if memory else _FIRST_STEP / max(float(direction.abs().max()), 1e-300)
     for _ in range(_MAX_BACKTRACKS):
         trial = problem.evaluate(point.theta + step * direction)

@@ -46,6 +46,9 @@ class AffineOp:
     fn: AffineFn
     params: int = 0
     detail: str = ""
+    module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    """An equivalent torch module on batches (any batch size), kept where the structure matters to
+    other tools (a convolution stays a convolution when the chain is rebuilt for a verifier)."""
 
 
 Op = AffineOp | Activation
@@ -75,6 +78,8 @@ class Layer:
         Number of stored parameters of the operator.
     detail : str
         Human-readable attributes (kernel, stride, ...), shown by ``lipcert inspect``.
+    module : torch.nn.Module or None
+        For an affine layer, an equivalent float64 torch module on batches, when the handler gives one.
     """
 
     name: str
@@ -87,6 +92,7 @@ class Layer:
     activation: Activation | None = None
     params: int = 0
     detail: str = ""
+    module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -236,7 +242,7 @@ def make_layers(name: str, op_type: str, source: str, target: str, ops: Sequence
             layers.append(Layer(label, op_type, cur, out_name, tuple(x.shape), tuple(y.shape), activation=op))
         else:
             layers.append(Layer(label, op_type, cur, out_name, tuple(x.shape), tuple(y.shape), fn=op.fn,
-                                params=op.params, detail=op.detail))
+                                params=op.params, detail=op.detail, module=op.module))
         x, cur = y, out_name
     return layers, x
 

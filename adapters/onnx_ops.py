@@ -24,6 +24,7 @@ from .graph import AffineOp, NotCovered, Op, undilate
 from .onnx_node import OnnxNode, linear, required, t64, torch_pad
 from .onnx_shape import (cast, concat, dropout, expand, flatten, gather, identity, pad, reshape, slice_, squeeze, tile,
                          transpose, unsqueeze)
+from .torch_build import conv_module
 
 FLOAT_LIMIT = 3.4e38  # |bound| at or above float32's largest value means "no bound" (old Clip defaults)
 
@@ -172,7 +173,8 @@ def conv(node: OnnxNode) -> list[Op]:
 
     detail = (f"{w_arr.shape[1] * groups}->{w_arr.shape[0]} channels, kernel {kernel}, stride {strides}, "
               f"pads {begins + ends}, dilation {dilations}, groups {groups}")
-    return [AffineOp(fn, w_arr.size + (0 if b_arr is None else b_arr.size), detail)]
+    return [AffineOp(fn, w_arr.size + (0 if b_arr is None else b_arr.size), detail,
+                     module=conv_module(weight, bias, strides, pad, groups))]
 
 
 def conv_transpose(node: OnnxNode) -> list[Op]:

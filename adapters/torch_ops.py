@@ -21,6 +21,7 @@ from torch import nn
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
 
 from .graph import DYNAMIC, AffineOp, NotCovered, Op, undilate
+from .torch_build import torch_copy
 
 SOFTPLUS_MIN_THRESHOLD = 20.0
 
@@ -366,7 +367,8 @@ def _conv(m: Any, shape: tuple[int, ...]) -> list[Op]:
     else:
         def fn(x: torch.Tensor, bias: bool) -> torch.Tensor:
             return op(x, wd, b if bias else None, m.stride, m.padding, 1, m.groups)
-    return [AffineOp(fn, w.numel() + (0 if b is None else b.numel()), _extra(m))]
+    module = torch_copy(m) if m.padding_mode == "zeros" else None
+    return [AffineOp(fn, w.numel() + (0 if b is None else b.numel()), _extra(m), module=module)]
 
 
 def _conv_t(m: Any, shape: tuple[int, ...]) -> list[Op]:

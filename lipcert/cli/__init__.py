@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import LipcertError
 
-COMMANDS = ("bound", "certify", "demo", "inspect", "report")
+COMMANDS = ("bound", "certify", "compare", "demo", "inspect", "report", "vnnlib")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import math
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ import numpy as np
 
 from ..attack import AttackResult, attack
 from ..bounds import METHODS
-from ..certify import InvalidRadiusError, ResumeError, certify, check_eps, parse_norm
+from ..certify import Certification, InvalidRadiusError, ResumeError, certify, check_eps, parse_norm
 from ..errors import DatasetError, ShapeMismatchError
 from ..network import Network
+from ..report import RunReport
 from .common import add_model_arguments, floats, load_model
 
 DEFAULT_EPS = {
@@ -37,6 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Certified radii from pairwise Lipschitz bounds, with reports "
                                    "(report.json, samples.csv, report.md, report.html) in --out.")
     add_model_arguments(p)
+    add_run_arguments(p)
+    p.add_argument("--attack", action="store_true", help="also run PGD at every eps: upper bounds on robust "
+                                                         "accuracy and a soundness check")
+    p.set_defaults(run=run)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Data, norm, eps, methods and output options of a certification run (also used by ``lipcert compare``)."""
     p.add_argument("--dataset", required=True,
                    help="mnist, fashion-mnist, cifar10, or a .npz (arrays x, y) / .npy file of your own")
     p.add_argument("--split", default="test", help="data set split (default: test)")
@@ -55,14 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="extra absolute error allowed on every logit (e.g. the gap to float32 inference)")
     p.add_argument("--local", action="store_true",
                    help="also certify with per-input local Lipschitz constants (method 'local'; slower)")
-    p.add_argument("--attack", action="store_true", help="also run PGD at every eps: upper bounds on robust "
-                                                         "accuracy and a soundness check")
     p.add_argument("--attack-steps", type=int, default=50, help="PGD steps per restart (default: 50)")
     p.add_argument("--attack-restarts", type=int, default=3, help="PGD restarts (default: 3)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     p.add_argument("--no-plots", action="store_true", help="HTML report without plots")
-    p.set_defaults(run=run)
 
 
 def _methods(requested: list[str] | None) -> list[str]:
@@ -133,14 +140,42 @@ def _attack_all(args: argparse.Namespace, net: Network, x: np.ndarray, y: np.nda
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class CertifyRun:
+    """What one certification run loaded and produced (for subcommands that build on it)."""
+
+    network: Network
+    data: Any
+    x: np.ndarray
+    y: np.ndarray
+    norm: str
+    eps: list[float]
+    certification: Certification
+    attacks: list[AttackResult]
+    report: RunReport
+
+
 def run(args: argparse.Namespace) -> int:
+    done = certify_run(args, Path(args.out))
+    rec = done.report.record
+    _print_summary(rec)
+    print(f"wrote {', '.join(str(p) for p in done.report.files.values())}")
+    violations = sum(rec["attack"]["violations"]) if rec["attack"] else 0
+    if violations:
+        print(f"error: {violations} inputs are certified yet broken by the attack: a certified radius is wrong",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
+    """Load the model and data of ``args``, certify (resumable records in ``out``), attack, write the run report."""
     from ..report import write_run
 
     start = time.perf_counter()
     norm = parse_norm(args.norm)
     eps = _eps(args, norm)
     methods = _methods(args.method)
-    out = Path(args.out)
     records = out / "records.jsonl"
     if records.exists() and not (args.resume or args.overwrite):
         raise ResumeError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
@@ -164,15 +199,7 @@ def run(args: argparse.Namespace) -> int:
     report = write_run(out, cert, network=net, model=args.model, dataset=data, eps=eps, attack=attacks,
                        timings={"total": time.perf_counter() - start},
                        command=shlex.join(["lipcert", *sys.argv[1:]]) if sys.argv else None, plots=not args.no_plots)
-    rec = report.record
-    _print_summary(rec)
-    print(f"wrote {', '.join(str(p) for p in report.files.values())}")
-    violations = sum(rec["attack"]["violations"]) if rec["attack"] else 0
-    if violations:
-        print(f"error: {violations} inputs are certified yet broken by the attack: a certified radius is wrong",
-              file=sys.stderr)
-        return 1
-    return 0
+    return CertifyRun(net, data, x, y, norm, eps, cert, attacks, report)
 
 
 def _print_summary(rec: dict[str, Any]) -> None:

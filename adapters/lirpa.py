@@ -1,0 +1,455 @@
+"""auto_LiRPA (IBP, CROWN, alpha-CROWN) on the same model, inputs, norm and radius as lipcert.
+
+The verifier runs on :func:`lipcert.adapters.torch_build.to_torch` of the model: the same
+float64 function as the :class:`~lipcert.Network` lipcert bounds (convolutions kept), so both
+tools certify one model.  Each input is checked with the margin specification
+``C[j] = e_y - e_j`` (true class minus every other class): the input is *verified* at eps
+when the verifier's lower bound of every margin ``f_y(x') - f_j(x')`` over the whole norm ball
+``||x' - x|| <= eps`` is positive.  No clipping to the input range is applied, so the property
+is exactly the one a lipcert radius >= eps proves.  Bounds are computed in float64.
+
+auto_LiRPA is an optional dependency: ``pip install --no-deps auto-LiRPA==0.3`` (its metadata
+pins torch<1.13, so pip cannot install it as a normal dependency next to torch 2.x).  The
+compatibility shims in :func:`load_auto_lirpa` are applied only when this adapter is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import types
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lipcert.certify import check_eps, parse_norm
+from lipcert.errors import LipcertError, MissingExtraError, ShapeMismatchError
+
+from .torch_build import ActivationModule, to_torch
+
+INSTALL = "pip install --no-deps auto-LiRPA==0.3 (after pip install 'lipcert[lirpa]')"
+METHODS = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}
+"""Verifier names accepted here -> auto_LiRPA's ``compute_bounds(method=...)``."""
+BOUND_OPTS = {"sparse_features_alpha": False}
+"""auto_LiRPA 0.3's sparse alpha crashes when > 90 % of a ReLU layer is unstable
+(``activation.py``: ``self.alpha_indices = None`` is indented under ``if verbosity > 0``)."""
+RADIUS_STEPS = 12
+"""Bisection steps of :func:`certified_radius`: the bracket shrinks by 2**-12 (0.025 %)."""
+
+
+class UnknownVerifierError(LipcertError, ValueError):
+    """A verifier name other than ibp, crown and alpha-crown."""
+
+
+def _shim_numpy_arraysetops() -> None:
+    # numpy 2 removed numpy.lib.arraysetops; auto_LiRPA 0.3 (operators/base.py) imports `isin` from it.
+    if "numpy.lib.arraysetops" in sys.modules:
+        return
+    try:
+        import numpy.lib.arraysetops  # noqa: F401  (numpy < 2)
+    except ImportError:
+        shim = types.ModuleType("numpy.lib.arraysetops")
+        shim.isin = np.isin  # type: ignore[attr-defined]
+        sys.modules["numpy.lib.arraysetops"] = shim
+
+
+def _shim_set_opset_version() -> None:
+    # torch 2.x no longer exports symbolic_helper._set_opset_version, which auto_LiRPA 0.3's
+    # parse_graph.py imports; it only sets the opset of the TorchScript-based ONNX pass.
+    import torch.onnx.symbolic_helper as helper
+
+    if hasattr(helper, "_set_opset_version"):
+        return
+    try:
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS  # torch >= 2.9
+    except ImportError:
+        from torch.onnx._globals import GLOBALS  # type: ignore[no-redef]
+
+    def _set_opset_version(version: int) -> None:
+        GLOBALS.export_onnx_opset_version = version
+
+    helper._set_opset_version = _set_opset_version  # type: ignore[attr-defined]
+
+
+def _shim_node_getitem() -> None:
+    # torch._C.Node lost __getitem__ (node["value"]); auto_LiRPA 0.3 parse_graph.py reads node
+    # attributes that way.  Same lookup as torch's own symbolic_helper._node_get.
+    if hasattr(torch._C.Node, "__getitem__"):
+        return
+
+    def _node_getitem(node: Any, key: str) -> Any:
+        return getattr(node, node.kindOf(key))(key)
+
+    torch._C.Node.__getitem__ = _node_getitem  # type: ignore[attr-defined]
+
+
+def load_auto_lirpa() -> types.ModuleType:
+    """Import auto_LiRPA after the compatibility shims, or raise :class:`MissingExtraError`."""
+    _shim_numpy_arraysetops()
+    _shim_set_opset_version()
+    _shim_node_getitem()
+    try:
+        import auto_LiRPA
+    except ImportError as exc:
+        raise MissingExtraError(f"auto_LiRPA is needed to compare with IBP/CROWN/alpha-CROWN but cannot be "
+                                f"imported ({exc}); install it with: {INSTALL}") from exc
+    return auto_LiRPA
+
+
+def verifier_name(name: str) -> str:
+    """``"CROWN"``, ``"alpha_crown"``, ... -> the canonical key of :data:`METHODS`."""
+    key = str(name).strip().lower().replace("_", "-").replace("α", "alpha-").replace("alpha--", "alpha-")
+    if key in ("crown-optimized", "alphacrown"):
+        key = "alpha-crown"
+    if key not in METHODS:
+        raise UnknownVerifierError(f"unknown verifier {name!r}; use one of {', '.join(METHODS)}")
+    return key
+
+
+@dataclass(frozen=True, eq=False)
+class LirpaModel:
+    """A model ready for auto_LiRPA: the float64 torch module and its BoundedModule.
+
+    Attributes
+    ----------
+    module : torch.nn.Sequential
+        The rebuilt model (raw inputs of shape ``(B, *input_shape)`` -> logits ``(B, K)``).
+    bounded : auto_LiRPA.BoundedModule
+    input_shape : tuple of int
+    outputs : int
+        K, the number of classes.
+    """
+
+    module: torch.nn.Module
+    bounded: Any
+    input_shape: tuple[int, ...]
+    outputs: int
+
+
+def bounded_module(source: Any, *, input_shape: Sequence[int] | None = None,
+                   mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None
+                   ) -> LirpaModel:
+    """auto_LiRPA's BoundedModule of a model, built from the same source lipcert loads.
+
+    Parameters
+    ----------
+    source : Network, path (.onnx, .pt, .pth), torch.nn.Module or LirpaModel
+        Rebuilt with :func:`~lipcert.adapters.torch_build.to_torch` (a LirpaModel is returned as is).
+    input_shape, mean, std
+        As for :func:`lipcert.load`; raw inputs in, normalization inside.
+    """
+    if isinstance(source, LirpaModel):
+        return source
+    lirpa = load_auto_lirpa()
+    module = to_torch(source, input_shape=input_shape, mean=mean, std=std)
+    shape = _input_shape(source, module, input_shape)
+    example = torch.zeros(1, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        outputs = int(module(example).shape[1])
+    bounded = lirpa.BoundedModule(module, example, bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
+    return LirpaModel(module, bounded, tuple(shape), outputs)
+
+
+def _input_shape(source: Any, module: torch.nn.Module, given: Sequence[int] | None) -> tuple[int, ...]:
+    from lipcert.network import Network
+
+    from .graph import Conversion
+
+    if isinstance(source, Network):
+        return tuple(source.input_shape)
+    if isinstance(source, Conversion):
+        return tuple(source.input_shape)
+    if given is not None:
+        return tuple(int(s) for s in given)
+    from .torch_build import conversion
+
+    return tuple(conversion(source).input_shape) if not isinstance(source, torch.nn.Module) else ()
+
+
+@contextlib.contextmanager
+def _float64() -> Iterator[None]:
+    # auto_LiRPA 0.3's alpha-CROWN casts its best bounds to torch's default dtype
+    # (optimized_bounds.py), which fails against float64 bounds; float64 is the default meanwhile.
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def margin_matrix(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """C of shape (B, K-1, K): row j is e_y - e_j for every class j != y (in increasing j)."""
+    eye = torch.eye(classes, dtype=torch.float64)
+    others = torch.stack([torch.cat([torch.arange(y), torch.arange(y + 1, classes)]) for y in labels.tolist()])
+    return eye[labels].unsqueeze(1) - eye[others]
+
+
+def margin_lower_bounds(model: LirpaModel, x: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
+                        norm: str, method: str) -> torch.Tensor:
+    """Verifier lower bounds (B, K-1) of f_y(x') - f_j(x') over ``||x' - x||_norm <= eps``."""
+    lirpa = load_auto_lirpa()
+    p = 2.0 if norm == "2" else np.inf
+    ptb = lirpa.PerturbationLpNorm(norm=p, eps=eps)
+    bx = lirpa.BoundedTensor(x.to(torch.float64), ptb)
+    c = margin_matrix(labels, model.outputs)
+    kind = METHODS[method]
+    if kind == "alpha-CROWN":
+        model.bounded.set_bound_opts({"optimize_bound_args": {"ob_verbose": 0}})
+    with _float64():
+        lower, _ = model.bounded.compute_bounds(x=(bx,), C=c, method=kind, bound_upper=False)
+    return lower.detach()
+
+
+@dataclass(frozen=True, eq=False)
+class Verification:
+    """Verifier results of a set of inputs at several eps (one verifier, one norm).
+
+    Attributes
+    ----------
+    verifier : str
+        ``"ibp"``, ``"crown"`` or ``"alpha-crown"``.
+    norm : str
+        ``"2"`` or ``"inf"``.
+    eps : ndarray (E,)
+    index, label, prediction : ndarray of int64 (N,)
+    certified : ndarray of bool (E, N)
+        Every margin lower bound at eps is > 0.
+    lower : ndarray of float64 (E, N, K-1)
+        Lower bounds of f_y - f_j over the eps-ball, the other classes j in increasing order.
+    seconds : ndarray of float64 (E, N)
+        Time per input (the time of its batch divided by the batch size).
+    """
+
+    verifier: str
+    norm: str
+    eps: np.ndarray
+    index: np.ndarray
+    label: np.ndarray
+    prediction: np.ndarray
+    certified: np.ndarray
+    lower: np.ndarray
+    seconds: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.label.shape[0])
+
+    @property
+    def min_lower(self) -> np.ndarray:
+        """(E, N): the smallest margin lower bound per input (certified iff > 0)."""
+        return self.lower.min(axis=2)
+
+    def certified_accuracy(self) -> np.ndarray:
+        """(E,): share of inputs certified at each eps."""
+        return self.certified.mean(axis=1) if self.n else np.zeros(len(self.eps))
+
+    def certified_at(self, eps: float) -> np.ndarray:
+        """Mask (N,) of inputs certified at ``eps`` (one of :attr:`eps`)."""
+        hits = np.flatnonzero(np.isclose(self.eps, eps, rtol=1e-12, atol=0.0))
+        if hits.size == 0:
+            raise KeyError(f"eps {eps!r} was not verified; verified eps: {self.eps.tolist()}")
+        return self.certified[hits[0]]
+
+    def seconds_per_input(self) -> float:
+        """Mean time per input and eps."""
+        return float(self.seconds.mean()) if self.seconds.size else 0.0
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    for lo in range(0, x.shape[0], batch_size):
+        yield lo, x[lo:lo + batch_size], y[lo:lo + batch_size]
+
+
+def _inputs(model: LirpaModel, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    xt = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x), dtype=torch.float64)
+    if xt.ndim == 0 or math.prod(xt.shape[1:]) != math.prod(model.input_shape):
+        raise ShapeMismatchError(f"inputs must have shape (N, {', '.join(map(str, model.input_shape))}), "
+                                 f"got {tuple(xt.shape)}")
+    yt = torch.as_tensor(np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)).to(torch.int64)
+    if yt.shape != (xt.shape[0],):
+        raise ShapeMismatchError(f"labels must have shape ({xt.shape[0]},), got {tuple(yt.shape)}")
+    if yt.numel() and (int(yt.min()) < 0 or int(yt.max()) >= model.outputs):
+        raise ShapeMismatchError(f"labels must be in 0..{model.outputs - 1}")
+    return xt.reshape(xt.shape[0], *model.input_shape), yt
+
+
+def verify(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: str | float = 2,
+           verifier: str = "crown", batch_size: int = 32, index: Any = None) -> Verification:
+    """Verify every input at every eps with one auto_LiRPA method and the margin specification.
+
+    Parameters
+    ----------
+    model : LirpaModel or anything :func:`bounded_module` accepts
+    x : array (N, *input_shape)
+        Raw inputs (the model's input space, as lipcert's radii).
+    y : array (N,)
+        Labels.
+    eps : float or list of float
+        Radii of the balls, in ``norm``.
+    norm : 2 or "inf"
+    verifier : "ibp", "crown" or "alpha-crown"
+    batch_size : int
+        Inputs per compute_bounds call.
+    index : array (N,), optional
+        Position of each input in its data set.
+
+    Returns
+    -------
+    Verification
+    """
+    lm = bounded_module(model)
+    name, norm_name, grid = verifier_name(verifier), parse_norm(norm), check_eps(eps)
+    xt, yt = _inputs(lm, x, y)
+    n, k = xt.shape[0], lm.outputs
+    with torch.no_grad():
+        prediction = lm.module(xt).argmax(dim=1).numpy() if n else np.zeros(0, np.int64)
+    lower = np.zeros((len(grid), n, k - 1))
+    seconds = np.zeros((len(grid), n))
+    for i, e in enumerate(grid):
+        for lo, xb, yb in _batches(xt, yt, batch_size):
+            start = time.perf_counter()
+            lower[i, lo:lo + len(yb)] = margin_lower_bounds(lm, xb, yb, float(e), norm_name, name).numpy()
+            seconds[i, lo:lo + len(yb)] = (time.perf_counter() - start) / len(yb)
+    idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    return Verification(name, norm_name, grid, idx, yt.numpy(), prediction.astype(np.int64),
+                        lower.min(axis=2, initial=np.inf) > 0, lower, seconds)
+
+
+@dataclass(frozen=True, eq=False)
+class RadiusSearch:
+    """Certified radii found by bisection on eps (each radius is an eps the verifier verified).
+
+    Attributes
+    ----------
+    verifier, norm : str
+    index, label : ndarray (N,)
+    radius : ndarray of float64 (N,)
+        Largest eps verified (0 when the input is not verified even at the smallest eps tried).
+    upper : ndarray of float64 (N,)
+        Smallest eps tried that was not verified (inf if every eps tried was verified).
+    steps : int
+        Bisection steps after the bracketing phase.
+    calls : int
+        compute_bounds calls per input.
+    seconds : ndarray of float64 (N,)
+        Time per input.
+    """
+
+    verifier: str
+    norm: str
+    index: np.ndarray
+    label: np.ndarray
+    radius: np.ndarray
+    upper: np.ndarray
+    steps: int
+    calls: int
+    seconds: np.ndarray
+
+
+def certified_radius(model: Any, x: Any, y: Any, *, norm: str | float = 2, verifier: str = "crown",
+                     start: float | Sequence[float] = 0.01, steps: int = RADIUS_STEPS, max_doublings: int = 30,
+                     index: Any = None) -> RadiusSearch:
+    """Largest eps at which the verifier proves each input, by bracketing then bisection.
+
+    From ``start`` the eps is doubled while verified and halved while not (up to
+    ``max_doublings`` times each), giving lo < hi with lo verified and hi not; then ``steps``
+    bisection steps on [lo, hi], keeping the verified end.  The radius returned is always an
+    eps that was verified; hi / lo - 1 <= 2**-steps after the search (unless a limit was hit).
+    Inputs are processed one at a time (each has its own eps).
+    """
+    lm = bounded_module(model)
+    name, norm_name = verifier_name(verifier), parse_norm(norm)
+    xt, yt = _inputs(lm, x, y)
+    n = xt.shape[0]
+    starts = np.broadcast_to(check_eps(start), (n,)) if np.ndim(start) else np.full(n, float(start))
+    radius, upper, seconds = np.zeros(n), np.full(n, np.inf), np.zeros(n)
+    calls = 0
+    for i in range(n):
+        t0 = time.perf_counter()
+        xi, yi = xt[i:i + 1], yt[i:i + 1]
+        count = 0
+
+        def ok(e: float) -> bool:
+            nonlocal count
+            count += 1
+            return bool((margin_lower_bounds(lm, xi, yi, e, norm_name, name) > 0).all())
+
+        lo, hi = 0.0, math.inf
+        e = max(float(starts[i]), 1e-12)
+        for _ in range(max_doublings):
+            if ok(e):
+                lo = e
+                if hi < math.inf:
+                    break
+                e *= 2
+            else:
+                hi = e
+                if lo > 0:
+                    break
+                e /= 2
+        if lo > 0 and hi < math.inf:
+            for _ in range(steps):
+                mid = 0.5 * (lo + hi)
+                if ok(mid):
+                    lo = mid
+                else:
+                    hi = mid
+        radius[i], upper[i], seconds[i] = lo, hi, time.perf_counter() - t0
+        calls = max(calls, count)
+    idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    return RadiusSearch(name, norm_name, idx, yt.numpy(), radius, upper, steps, calls, seconds)
+
+
+@dataclass(frozen=True, eq=False)
+class PreactivationBounds:
+    """Bounds on the pre-activation values of every hidden layer over a norm ball.
+
+    Attributes
+    ----------
+    lower, upper : list of ndarray (B, n_k)
+        One pair per hidden layer k = 1..L-1 of the Network (the inputs of its activations),
+        flattened in the Network's (row-major) order: lower <= W_k a_{k-1} + b_k <= upper for every
+        input in the ball.
+    verifier, norm : str
+    eps : float
+    """
+
+    lower: list[np.ndarray]
+    upper: list[np.ndarray]
+    verifier: str
+    norm: str
+    eps: float
+
+
+def preactivation_bounds(model: Any, x: Any, eps: float, *, norm: str | float = 2,
+                         verifier: str = "crown") -> PreactivationBounds:
+    """auto_LiRPA bounds of every hidden layer's pre-activations over ``||x' - x||_norm <= eps``.
+
+    Aligned with the Network's hidden layers: entry k bounds the input of the k-th activation
+    of the chain (as many entries as ``Network.activations``), flattened.  Each prefix of the
+    model up to an activation is bounded on its own (IBP, CROWN or alpha-CROWN on the prefix).
+    """
+    lm = bounded_module(model)
+    name, norm_name = verifier_name(verifier), parse_norm(norm)
+    e = float(check_eps(eps)[0])
+    xt, _ = _inputs(lm, x, np.zeros(np.shape(x)[0], dtype=np.int64))
+    layers = list(lm.module)
+    cuts = [i for i, m in enumerate(layers) if isinstance(m, ActivationModule)]
+    lirpa = load_auto_lirpa()
+    p = 2.0 if norm_name == "2" else np.inf
+    lows, highs = [], []
+    for cut in cuts:
+        prefix = torch.nn.Sequential(*layers[:cut], torch.nn.Flatten()).eval()
+        bm = lirpa.BoundedModule(prefix, xt[:1], bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
+        bx = lirpa.BoundedTensor(xt, lirpa.PerturbationLpNorm(norm=p, eps=e))
+        with _float64():
+            low, high = bm.compute_bounds(x=(bx,), method=METHODS[name])
+        lows.append(low.detach().numpy())
+        highs.append(high.detach().numpy())
+    return PreactivationBounds(lows, highs, name, norm_name, e)

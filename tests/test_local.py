@@ -19,7 +19,7 @@ from lipcert.activations import get_activation
 from lipcert.bounds.intervals import image, slope_interval
 from lipcert.bounds.local import LOCAL_METHOD, local_bound, local_radius
 from lipcert.certify import InvalidRadiusError, _layers, logit_error_bound
-from lipcert.errors import UnknownActivationError
+from lipcert.errors import LipcertError, UnknownActivationError
 
 from _certify_models import mnist
 
@@ -219,3 +219,34 @@ def test_cli_certify_local_reports_both_radii(shared_data: Path, tmp_path: Path)
     acc = rec["certified_accuracy"]
     assert all(a >= b for a, b in zip(acc[LOCAL_METHOD], acc["combined"]))
     assert "radius_local" in (out / "samples.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_external_intervals_are_intersected_soundly(shared_data: Path) -> None:
+    """auto_LiRPA's CROWN pre-activation bounds (option b) tighten the intervals; radii stay sound."""
+    lirpa = pytest.importorskip("lipcert.adapters.lirpa")
+    try:
+        lirpa.load_auto_lirpa()
+    except LipcertError:
+        pytest.skip("needs auto_LiRPA: pip install --no-deps auto-LiRPA==0.3")
+    from lipcert.bounds.local import lirpa_intervals
+
+    net = lipcert.load(shared_data / "models" / "eran_mnist_6_100" / "mnist_6_100_nat.onnx")
+    data = mnist(shared_data, limit=2)
+    x = torch.as_tensor(data.x.reshape(2, -1), dtype=torch.float64)
+    crown = lirpa_intervals(net)
+    known = crown(x[0], 0.25)
+    own, both = local_bound(net, x[0], 0.25), local_bound(net, x[0], 0.25, known=known)
+    assert bool((both.lower[0] >= own.lower[0]).all() and (both.upper[0] <= own.upper[0]).all())
+    for k in range(len(known)):  # later layers depend on the chain; each is inside CROWN's interval
+        assert bool((both.lower[k] >= torch.as_tensor(known[k][0])).all())
+        assert bool((both.upper[k] <= torch.as_tensor(known[k][1])).all())
+    logits, err = logit_error_bound(_layers(net), x)
+    floor = lipcert.lipschitz(net).pairwise()
+    y = int(data.y[0])
+    res = local_radius(net, x[0], y, logits[0].numpy(), float(err[0]), floor, 2, start=1e-3, rtol=0.3,
+                       intervals=crown)
+    assert res.radius > 1e-3
+    hit = lipcert.attack(net, x[:1], data.y[:1], 2, res.radius, steps=40, restarts=3)
+    assert not hit.success[0]
+    assert lirpa.verify(net, x[:1].reshape(1, 1, 28, 28).numpy(), data.y[:1], [1e-3], norm=2).certified.all()

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,6 +63,8 @@ were 1.5-800x worse than GCs(1) and SN(1) on the ERAN 6x100 MLP at the radii tha
 neurons of a layer pay for large multipliers of its free ones (the cross term of F_k), and smaller
 c helped on small balls (GCs(0.7))."""
 DEFAULT_RTOL = 0.01
+Intervals = Callable[[torch.Tensor, float], Sequence[tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]]]
+"""Provider of sound pre-activation bounds of every hidden layer over the ball (centre, radius)."""
 _INFLATE = 1 + 1e-8
 
 
@@ -284,7 +286,7 @@ class LocalRadius:
 
 def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits: np.ndarray, error: float,
                  floor: np.ndarray, norm: str | float = 2, *, start: float = 0.0, rtol: float = DEFAULT_RTOL,
-                 rules: Sequence[Rule | str] = LOCAL_RULES) -> LocalRadius:
+                 rules: Sequence[Rule | str] = LOCAL_RULES, intervals: Intervals | None = None) -> LocalRadius:
     """Largest radius whose own local constants prove the prediction, by geometric bisection.
 
     Parameters
@@ -306,6 +308,9 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     rtol : float
         Relative tolerance of the search: it stops when upper <= radius (1 + rtol).
     rules : sequence of Rule or str
+    intervals : callable, optional
+        ``intervals(x, r)``: sound pre-activation bounds over the ball from another method (e.g.
+        :func:`lirpa_intervals`), intersected with lipcert's in every local bound.
 
     Returns
     -------
@@ -325,12 +330,15 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     norm_name = parse_norm(norm)
     scale = 1.0 if norm_name == "2" else 1.0 / math.sqrt(net.input_dim)
     logit_row, err_row, lab = np.asarray(logits, np.float64)[None], np.array([error], np.float64), np.array([label])
+    centre = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x),
+                             dtype=torch.float64).reshape(-1)
     calls = 0
 
     def proven(r: float) -> float:
         nonlocal calls
         calls += 1
-        pair = np.minimum(local_bound(net, x, r, norm_name, rules=rules).pairwise(), floor)
+        known = None if intervals is None else intervals(centre, r)
+        pair = np.minimum(local_bound(net, centre, r, norm_name, rules=rules, known=known).pairwise(), floor)
         return float(radii_from_margins(logit_row, err_row, lab, pair, scale)[0])
 
     lo = float(start)
@@ -355,7 +363,8 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
 
 def local_radii(net: Network, x: torch.Tensor, labels: np.ndarray, logits: np.ndarray, errors: np.ndarray,
                 floor: np.ndarray, norm: str | float, start: np.ndarray, *, rtol: float = DEFAULT_RTOL,
-                rules: Sequence[Rule | str] = LOCAL_RULES) -> tuple[np.ndarray, np.ndarray]:
+                rules: Sequence[Rule | str] = LOCAL_RULES,
+                intervals: Intervals | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`local_radius` of a batch: radii (0 for misclassified inputs) and seconds per input."""
     radii, seconds = np.array(start, dtype=np.float64), np.zeros(len(labels))
     predicted = np.asarray(logits).argmax(axis=1)
@@ -363,7 +372,7 @@ def local_radii(net: Network, x: torch.Tensor, labels: np.ndarray, logits: np.nd
         if predicted[i] != labels[i]:
             continue
         res = local_radius(net, x[i], int(labels[i]), logits[i], float(errors[i]), floor, norm, start=float(start[i]),
-                           rtol=rtol, rules=rules)
+                           rtol=rtol, rules=rules, intervals=intervals)
         radii[i], seconds[i] = max(res.radius, float(start[i])), res.seconds
     return radii, seconds
 
@@ -379,3 +388,23 @@ def local_method_bound(bounds: Mapping[str, LipschitzBound]) -> LipschitzBound:
     return replace(best, method=LOCAL_METHOD,
                    status=f"per-input local constants on each certified ball; value: the global {best.method} "
                           "bound, used per pair when smaller")
+
+
+def lirpa_intervals(net: Network, norm: str | float = 2, verifier: str = "crown") -> Intervals:
+    """An ``intervals`` provider from auto_LiRPA (:func:`lipcert.adapters.lirpa.preactivation_bounds`).
+
+    Each call bounds every prefix of the network with ``verifier`` (``"ibp"``, ``"crown"`` or
+    ``"alpha-crown"``) on the same float64 function; it costs about one verifier call per hidden
+    layer.  Needs the auto_LiRPA extra.
+    """
+    from ..adapters import lirpa  # type: ignore[attr-defined]  # lipcert.adapters lives in ./adapters
+
+    model = lirpa.bounded_module(net)
+    norm_name = parse_norm(norm)
+
+    def provide(centre: torch.Tensor, radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        pb = lirpa.preactivation_bounds(model, centre.reshape(1, *net.input_shape).numpy(), radius,
+                                        norm=norm_name, verifier=verifier)
+        return [(lo[0], hi[0]) for lo, hi in zip(pb.lower, pb.upper)]
+
+    return provide

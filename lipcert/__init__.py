@@ -12,11 +12,13 @@ from .attack import AttackResult, attack
 from .bounds import (METHODS, CertificateCheck, LipschitzBound, LowerBound, Rule, check_certificate,
                      lipschitz, lower_bound)
 from .certify import Certification, certify
+from .combine import BatchCertificates, Combination, certify_batch, combine
 from .loading import load
 from .network import Network
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "Activation", "AttackResult", "CertificateCheck", "Certification", "LipschitzBound",
-           "LowerBound", "Network", "Rule", "__version__", "attack", "certify", "check_certificate", "errors",
-           "get_activation", "lipschitz", "load", "lower_bound"]
+__all__ = ["METHODS", "Activation", "AttackResult", "BatchCertificates", "CertificateCheck", "Certification",
+           "Combination", "LipschitzBound", "LowerBound", "Network", "Rule", "__version__", "attack", "certify",
+           "certify_batch", "check_certificate", "combine", "errors", "get_activation", "lipschitz", "load",
+           "lower_bound"]

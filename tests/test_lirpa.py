@@ -1,0 +1,189 @@
+"""auto_LiRPA next to lipcert: the rebuilt module, the verifier results, combine, the compare CLI, the extra."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lipcert
+from lipcert.adapters import lirpa
+from lipcert.adapters.torch_build import to_torch
+from lipcert.errors import MissingExtraError
+
+from _certify_models import mnist
+
+MODELS = Path("models")
+CNN = MODELS / "mnist_cnn_a_adv" / "mnist_a_adv.onnx"
+MLP = MODELS / "eran_mnist_6_100" / "mnist_6_100_nat.onnx"
+OVAL = MODELS / "oval21_cifar_base_kw" / "cifar_base_kw.onnx"
+OVAL_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.225, 0.225, 0.225]}
+
+
+def _small_conv() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 4, 3, stride=2, padding=(0, 1)), torch.nn.Tanh(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 1 * 2, 3)).eval()
+
+
+def _same_outputs(net: lipcert.Network, module: torch.nn.Module, seed: int = 0) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(6, *net.input_shape, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        return float((module(x) - torch.as_tensor(net(x))).abs().max())
+
+
+def test_rebuilt_module_equals_network_mlp_and_conv() -> None:
+    gen = np.random.default_rng(1)
+    net = lipcert.Network.from_weights([gen.standard_normal((7, 5)), gen.standard_normal((3, 7))],
+                                       [gen.standard_normal(7), gen.standard_normal(3)], activation="sigmoid")
+    assert _same_outputs(net, to_torch(net)) < 1e-12
+    conv = _small_conv()
+    module = to_torch(conv, input_shape=(1, 8, 8), mean=0.5, std=0.25)
+    assert any(isinstance(m, torch.nn.Conv2d) for m in module)  # convolutions stay convolutions
+    assert _same_outputs(lipcert.load(conv, input_shape=(1, 8, 8), mean=0.5, std=0.25), module) < 1e-12
+
+
+@pytest.mark.parametrize("path", [CNN, MLP, OVAL])
+def test_rebuilt_module_equals_network_onnx(shared_data: Path, path: Path) -> None:
+    options = OVAL_NORM if path == OVAL else {}
+    module = to_torch(shared_data / path, **options)
+    net = lipcert.load(shared_data / path, **options)
+    assert (path != MLP) == any(isinstance(m, torch.nn.Conv2d) for m in module)
+    assert _same_outputs(net, module) < 1e-9
+
+
+def test_missing_auto_lirpa_raises_with_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "auto_LiRPA", None)  # makes `import auto_LiRPA` fail
+    with pytest.raises(MissingExtraError, match=r"pip install --no-deps auto-LiRPA==0\.3"):
+        lirpa.bounded_module(lipcert.Network.from_weights([np.eye(2)]))
+    code = ("import sys; sys.modules['auto_LiRPA'] = None; import lipcert, lipcert.cli, lipcert.adapters.lirpa; "
+            "print(lipcert.combine.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "combine"
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_linear_model_exact_for_both(norm: str) -> None:
+    """No activation: CROWN's margin bound is the true minimum over the ball, lipcert's radius the exact one."""
+    gen = np.random.default_rng(3)
+    w, b = gen.standard_normal((4, 6)), gen.standard_normal(4)
+    net = lipcert.Network.from_weights([w], [b])
+    x = gen.uniform(-1, 1, (8, 6))
+    y = (x @ w.T + b).argmax(axis=1)
+    eps = 0.05
+    res = lirpa.verify(net, x, y, [eps], norm=norm, verifier="crown")
+    dual = 2 if norm == "2" else 1
+    for i in range(len(y)):
+        others = [j for j in range(4) if j != y[i]]
+        diff = w[y[i]] - w[others]
+        exact = diff @ x[i] + b[y[i]] - b[others] - eps * np.linalg.norm(diff, ord=dual, axis=1)
+        np.testing.assert_allclose(res.lower[0, i], exact, rtol=1e-9, atol=1e-9)
+    if norm == "2":
+        cert = lipcert.certify(net, x, y, norm=2, method="naive")
+        margins = (x @ w.T + b)[np.arange(8), y][:, None] - (x @ w.T + b)
+        gaps = np.linalg.norm(w[y][:, None, :] - w[None, :, :], axis=2)
+        exact_r = np.min(np.where(gaps > 0, margins / np.where(gaps > 0, gaps, 1), np.inf), axis=1)
+        assert np.all(cert.radius <= exact_r) and np.allclose(cert.radius, exact_r, rtol=1e-9)
+        search = lirpa.certified_radius(net, x, y, norm=2, steps=10)
+        assert np.all(search.radius <= exact_r * (1 + 1e-9)) and np.all(search.upper >= exact_r * (1 - 1e-9))
+        assert np.all(search.upper / search.radius - 1 <= 2.0**-10 + 1e-12)
+
+
+def test_nothing_certified_is_broken_by_the_attack(shared_data: Path) -> None:
+    net = lipcert.load(shared_data / MLP)
+    data = mnist(shared_data, limit=8)
+    x, y = np.asarray(data.x), np.asarray(data.y)
+    lm = lirpa.bounded_module(shared_data / MLP)
+    for norm, eps in (("inf", 0.01), ("2", 0.3)):
+        cert = lipcert.certify(net, x, y, norm=norm, method="combined")
+        res = lirpa.verify(lm, x, y, [eps], norm=norm, verifier="crown")
+        att = lipcert.attack(net, x, y, norm, eps, steps=20, restarts=1, input_range=None)
+        assert res.certified[0].any()
+        assert not (att.success & (res.certified[0] | cert.certified(eps))).any()
+        assert np.all(res.certified[0] <= (res.prediction == y))
+
+
+def test_preactivation_bounds_contain_sampled_values() -> None:
+    gen = np.random.default_rng(5)
+    net = lipcert.Network.from_weights([gen.standard_normal((6, 4)), gen.standard_normal((5, 6)),
+                                        gen.standard_normal((2, 5))])
+    x = gen.standard_normal((3, 4))
+    bounds = lirpa.preactivation_bounds(net, x, 0.1, norm="inf")
+    assert [b.shape for b in bounds.lower] == [(3, 6), (3, 5)]
+    pts = x[:, None, :] + gen.uniform(-0.1, 0.1, (3, 200, 4))
+    z1 = pts @ net.weights[0].numpy().T + net.biases[0].numpy()
+    z2 = np.maximum(z1, 0) @ net.weights[1].numpy().T + net.biases[1].numpy()
+    for k, z in enumerate((z1, z2)):
+        assert np.all(bounds.lower[k][:, None, :] <= z + 1e-9) and np.all(z <= bounds.upper[k][:, None, :] + 1e-9)
+
+
+def test_combine_union_and_provenance() -> None:
+    gen = np.random.default_rng(7)
+    net = lipcert.Network.from_weights([gen.standard_normal((10, 4)), gen.standard_normal((3, 10))])
+    x = gen.standard_normal((40, 4))
+    y = np.asarray(net(x)).argmax(axis=1)
+    y[:4] = (y[:4] + 1) % 3  # a few misclassified inputs
+    cert = lipcert.certify(net, x, y, norm=2)
+    eps = [float(np.quantile(cert.radius[cert.correct], 0.4)), 0.2]
+    out = lipcert.combine(net, x, y, eps, norm=2, verifier="crown")
+    assert np.array_equal(out.certified, out.by_lipcert | out.by_verifier)
+    assert np.array_equal(out.ran_verifier, cert.correct[None, :] & ~out.by_lipcert)
+    assert not (out.by_verifier & ~out.ran_verifier).any()
+    assert out.by_lipcert[0].sum() >= 20 and out.by_verifier.any()
+    alone = lirpa.verify(net, x, y, eps, norm=2, verifier="crown")
+    assert np.array_equal(out.by_verifier, alone.certified & out.ran_verifier)
+    assert np.array_equal(out.certified, alone.certified | out.by_lipcert)
+    prov = out.provenance
+    assert set(prov[out.by_lipcert]) == {"lipcert"} and set(prov[out.by_verifier & ~out.by_lipcert]) <= {"crown"}
+    assert set(prov[~out.certified]) == {"none"}
+    saved = out.time_saved(alone.seconds.sum(axis=1))
+    assert np.all(np.isfinite(saved)) and np.all(np.isfinite(out.time_saved()))
+
+
+def test_compare_cli_end_to_end(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from lipcert.cli import main
+
+    monkeypatch.setenv("LIPCERT_DATA", str(shared_data / "datasets"))
+    common = [str(shared_data / MLP), "--dataset", "mnist", "--n", "6", "--norm", "inf", "--eps", "0.002,0.01",
+              "--method", "naive,combined", "--attack-steps", "10", "--attack-restarts", "1", "--no-plots"]
+    assert main(["compare", *common, "--verifier", "crown,ibp", "--radius-steps", "3",
+                 "--out", str(tmp_path / "all")]) == 0
+    rec = json.loads((tmp_path / "all" / "comparison.json").read_text())
+    assert rec["kind"] == "verifier-comparison" and set(rec["verifiers"]) == {"crown", "ibp"}
+    for name in ("crown", "ibp"):
+        for a, acc in zip(rec["agreement"][name], rec["verifiers"][name]["certified_accuracy"]):
+            assert sum(a.values()) == 6 and math.isclose((a["both"] + a["only_verifier"]) / 6, acc)
+        assert all(c >= v for c, v in zip(rec["combined"][name]["certified_accuracy"],
+                                            rec["verifiers"][name]["certified_accuracy"]))
+    assert rec["verifiers"]["crown"]["certified_accuracy"][0] > 0
+    assert all(v == 0 for per in rec["attack"]["violations"].values() for v in per)
+    assert rec["radius"]["median"] > 0 and (tmp_path / "all" / "lipcert" / "report.json").is_file()
+    assert "Agreement" in (tmp_path / "all" / "report.md").read_text()
+    assert main(["compare", *common, "--verifier", "crown", "--strategy", "lipschitz-first",
+                 "--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "comparison.json").read_text())
+    assert first["combined"]["crown"]["certified_accuracy"] == rec["combined"]["crown"]["certified_accuracy"]
+    lines = (tmp_path / "first" / "comparison_samples.csv").read_text().splitlines()
+    assert "source:crown@0.002" in lines[0].split(",")
+    capsys.readouterr()
+
+
+def test_readme_auto_lirpa_example(shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "certify_batch" in b)
+    path = shared_data / "models" / "eran_mnist_6_100" / "mnist_6_100_nat.pth"
+    monkeypatch.setenv("LIPCERT_DATA", str(shared_data / "datasets"))
+    exec(compile(code.replace('"mnist_6_100_nat.pth"', repr(str(path))), "README.md", "exec"), {})
+    crown, lip, union, radius = (float(v) for v in capsys.readouterr().out.split())
+    assert crown > 0.5 and max(crown, lip) <= union <= 1 and radius > 0

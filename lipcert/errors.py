@@ -55,6 +55,10 @@ class DatasetError(LipcertError, ValueError):
     """An unknown data set, or a missing or corrupt data file."""
 
 
+class VnnlibError(LipcertError, ValueError):
+    """A VNN-LIB property file that is malformed or uses a form lipcert does not support."""
+
+
 def require_extra(module: str, extra: str, install: str | None = None) -> None:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib

@@ -250,3 +250,25 @@ def test_external_intervals_are_intersected_soundly(shared_data: Path) -> None:
     hit = lipcert.attack(net, x[:1], data.y[:1], 2, res.radius, steps=40, restarts=3)
     assert not hit.success[0]
     assert lirpa.verify(net, x[:1].reshape(1, 1, 28, 28).numpy(), data.y[:1], [1e-3], norm=2).certified.all()
+
+
+def test_fixed_slopes_in_the_general_recursion_are_sound_and_merged_exactly(rng: np.random.Generator) -> None:
+    """math.md 7(ii)'s recursion (recursion.run, the P = alpha beta > 0 path) with alpha = beta = 1 is a
+    valid but loose bound on a linear chain; the local bound's factored recursion merges it exactly."""
+    from lipcert.bounds.closed_form import rule_chooser
+    from lipcert.bounds.recursion import run
+    from lipcert.bounds.rules import Rule
+
+    sizes = [6, 12, 12, 4]
+    ws = [torch.as_tensor(rng.normal(size=(o, i)) / math.sqrt(i)) for i, o in zip(sizes, sizes[1:])]
+    exact = float(torch.linalg.matrix_norm(ws[2] @ ws[1] @ ws[0], 2))
+    ones = [(torch.ones(12, dtype=torch.float64), torch.ones(12, dtype=torch.float64))] * 2
+    general = run(ws, ones, rule_chooser(Rule("sn", 1.0))).value
+    assert general >= exact * (1 - 1e-12)
+    # Biases so large that every ReLU is active on the ball: the network is the linear chain there.
+    bs = [torch.full((12,), 100.0, dtype=torch.float64), torch.full((12,), 1000.0, dtype=torch.float64), None]
+    net = lipcert.Network.from_weights(ws, bs, activation="relu")
+    lb = local_bound(net, np.zeros(6), 0.5, 2)
+    assert lb.fixed_share == 1.0
+    assert exact <= lb.value <= exact * (1 + 1e-7)
+    assert lb.value < general

@@ -237,8 +237,10 @@ def _advance(p: _Pass, v: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     scale = float(torch.diagonal(gamma).max())
     gamma = gamma / scale
     ctx = LayerContext(index, gamma, nxt, p.log_scale + math.log(scale))
-    # Damp lambda_i by theta_i = min(1, s_i / |alpha_i|): feasible for any theta in (0, 1], and the
-    # optimum of the scalar case when the fixed part alpha_i dominates (see _advance's notes).
+    # Damp lambda_i by theta_i = min(1, s_i / |alpha_i|): feasible for any theta in (0, 1].  In the
+    # scalar case (one neuron, V = v) the bound is v^2 (2 t alpha^2 + 2 t alpha s + s^2) / (t (2 - t))
+    # with t = lambda s^2 v^2, so SN(1) (t = 1) doubles alpha^2 v^2 while t ~ s / alpha gives
+    # alpha^2 v^2 (1 + O(s / alpha)): the optimum when the fixed part dominates.
     theta = torch.clamp(s[free] / alpha[free].abs(), max=1.0)
     out = []
     for rule in p.rules:

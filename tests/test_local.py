@@ -272,3 +272,18 @@ def test_fixed_slopes_in_the_general_recursion_are_sound_and_merged_exactly(rng:
     assert lb.fixed_share == 1.0
     assert exact <= lb.value <= exact * (1 + 1e-7)
     assert lb.value < general
+
+
+def test_local_radii_are_recorded_and_resumed(tmp_path: Path, rng: np.random.Generator) -> None:
+    from lipcert.certify import ResumeError
+
+    net = _net("relu", int(rng.integers(1 << 30)))
+    x = torch.as_tensor(rng.normal(size=(6, 8)))
+    y = net(x).argmax(dim=1).numpy()
+    records = tmp_path / "records.jsonl"
+    first = lipcert.certify(net, x[:4], y[:4], local=True, records=records, batch_size=2)
+    again = lipcert.certify(net, x[:4], y[:4], local=True, records=records, resume=True, batch_size=2)
+    assert again.resumed == 4
+    assert np.array_equal(again.radii[LOCAL_METHOD], first.radii[LOCAL_METHOD])
+    with pytest.raises(ResumeError):
+        lipcert.certify(net, x[:4], y[:4], records=records, resume=True, batch_size=2)

@@ -46,7 +46,7 @@ def test_gloro_logit_is_max_of_shifted_other_logits():
     assert aug[:, 3].tolist() == [2.0, 1.0]
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv-small"])
+@pytest.mark.parametrize("arch", ["mlp", "conv-small", "conv-deep"])
 def test_dense_weight_is_the_layer_map(arch):
     torch.manual_seed(0)
     model = train.build_model(arch, SHAPE)
@@ -60,7 +60,7 @@ def test_dense_weight_is_the_layer_map(arch):
             z = torch.relu(layer(zin))
 
 
-@pytest.mark.parametrize("arch, shape", [("mlp", SHAPE), ("conv-small", (2, 16, 16))])
+@pytest.mark.parametrize("arch, shape", [("mlp", SHAPE), ("conv-small", (2, 16, 16)), ("conv-deep", (3, 12, 12))])
 def test_power_iteration_approaches_the_product_of_spectral_norms_from_below(arch, shape):
     torch.manual_seed(0)
     model = train.build_model(arch, shape)
@@ -91,6 +91,36 @@ def test_closed_form_bound_equals_lipcerts_rule_and_has_gradients():
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters() if p.dim() > 1)
 
 
+def test_conv_deep_keeps_the_resolution_of_sdp_crowns_convdeep():
+    model = train.build_model("conv-deep", (3, 32, 32))
+    assert [s for s in train.layer_shapes(model, (3, 32, 32))] == [(3, 32, 32), (8, 16, 16), (8, 16, 16),
+                                                                     (8, 16, 16), (512,), (100,)]
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model)
+
+
+def test_scheduled_bound_is_exact_every_kth_step_and_calibrated_in_between():
+    torch.manual_seed(2)
+    shape = (1, 12, 12)
+    model = train.build_model("conv-small", shape)
+    closed = train.ClosedFormBound(model, shape, "gc(1.5)")
+    power = train.PowerIterationBound(model, shape, torch.Generator().manual_seed(0))
+    twin = train.PowerIterationBound(model, shape, torch.Generator().manual_seed(0))  # same vectors as `power`
+    bound = train.ScheduledBound(closed, power, every=3)
+    values = [bound() for _ in range(4)]
+    powers = [twin() for _ in range(4)]
+    exact = closed().detach()
+    off = ~torch.eye(10, dtype=torch.bool)
+    for k in (0, 3):  # exact calls
+        torch.testing.assert_close(values[k].detach(), exact)
+    ratio = exact / powers[0].detach()
+    for k in (1, 2):  # calibrated power iteration, ratio from call 0
+        torch.testing.assert_close(values[k].detach()[off], (powers[k].detach() * ratio)[off])
+    values[1][0, 1].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.dim() > 1)
+    with pytest.raises(ValueError, match="bound-every"):
+        train.ScheduledBound(closed, power, every=0)
+
+
 def test_one_epoch_smoke_run_writes_a_loadable_onnx_model(tmp_path, shared_data):
     out = tmp_path / "m.onnx"
     rc = train.main(["--dataset", "fashion-mnist", "--data-dir", str(shared_data), "--arch", "mlp", "--epochs", "1",
@@ -119,3 +149,18 @@ def test_one_epoch_smoke_run_writes_a_loadable_onnx_model(tmp_path, shared_data)
         np.testing.assert_array_equal(f["x"].astype(np.float32) / 255, x_test)
         np.testing.assert_array_equal(f["y"], y_test)
     assert card["samples"]["n"] == 20
+
+
+@pytest.mark.slow
+def test_one_epoch_conv_deep_smoke_run_with_a_scheduled_closed_form(tmp_path, shared_data):
+    out = tmp_path / "deep.onnx"
+    rc = train.main(["--dataset", "fashion-mnist", "--data-dir", str(shared_data), "--arch", "conv-deep",
+                     "--epochs", "1", "--batch-size", "64", "--train-limit", "192", "--test-limit", "40",
+                     "--subset", "20", "--bound", "lipcert", "--bound-every", "2", "--out", str(out)])
+    assert rc == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["bound_every"] == 2 and "exact every 2 steps" in card["training"]["margin_bound"]
+    assert card["training"]["history"][0]["closed_form_seconds"] > 0
+    assert card["subset"]["n"] == 20 and card["test"]["n"] == 40
+    net = lipcert.load(out)
+    assert net.widths[0] == 784 and net.widths[1:5] == (1568, 1568, 1568, 392)

@@ -1,0 +1,320 @@
+"""Zoo benchmark: Lipschitz certification vs bound propagation on certifiably trained models.
+
+For every zoo model (``benchmarks/zoo/models/*.onnx`` and the demo model ``lipcert/data/demo_model.onnx``),
+on the first 200 Fashion-MNIST test images, under L2, at radii around the model's median certified radius
+and at SDP-CROWN's Table-1 radius for its architecture (MNIST radii; Fashion-MNIST has the same
+28 x 28 input space in [0, 1], so the radii carry over unscaled):
+
+* lipcert: naive, ECLipsE-Fast, combined (and ``optimized`` / ``local=True`` when they exist);
+  time = bound + certify pass for all 200 images;
+* auto_LiRPA 0.3: IBP and CROWN (margin lower bounds, one run per radius) on all images; alpha-CROWN
+  (20 iterations, auto_LiRPA's default) on the first ``--alpha-n`` images at the SDP-CROWN radius and the
+  median radius only (it costs seconds per image here);
+* the Lipschitz-first strategy: lipcert's best radii, then CROWN only on the inputs left;
+* the PGD upper bound (``lipcert.attack``) and a soundness check of every certificate against it.
+
+Run from the repository root (one torch thread; the machine is shared, so times are inflated
+and only their ratios within one run are meaningful)::
+
+    python benchmarks/zoo/bench.py --data-dir ../shared/data/datasets
+
+writes ``benchmarks/results/zoo.md`` and ``benchmarks/results/zoo.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+import types
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+import lipcert
+from lipcert import datasets
+from lipcert.attack import soundness_violations
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import build_model  # noqa: E402  (the zoo's architectures, one definition)
+
+MODELS_DIR = REPO / "benchmarks" / "zoo" / "models"
+RAW_DIR = REPO / "benchmarks" / "zoo" / "results"
+ARCH_ORDER = ("mlp", "conv-small", "conv-deep")
+DEMO = REPO / "lipcert" / "data" / "demo_model.onnx"
+SDP_CROWN_EPS = {"mlp": 1.0, "conv-small": 0.3, "conv-deep": 0.3}  # Table 1, MNIST column
+LIPSCHITZ_METHODS = ("naive", "eclipse-fast", "combined", "optimized")
+LIRPA_METHODS = {"IBP": "IBP", "CROWN": "CROWN", "alpha-CROWN": "alpha-CROWN"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """Certified (or PGD-robust) accuracy of one method on one model at one L2 radius."""
+
+    model: str
+    method: str
+    eps: float
+    accuracy: float
+    seconds: float
+    n: int
+
+
+# ---------------------------------------------------------------------------------------- models
+def zoo_models() -> list[Path]:
+    """The committed zoo models, smallest (the demo model) first."""
+    return [DEMO] + sorted(MODELS_DIR.glob("*.onnx"))
+
+
+def card_of(path: Path) -> dict:
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def torch_module(path: Path, card: dict) -> torch.nn.Sequential:
+    """The trained torch module, rebuilt from the card's architecture and the ONNX initializers."""
+    arch = card["architecture"].split(":")[0]
+    model = build_model(arch, tuple(card["input"]["shape"]))
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(path).graph.initializer}
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------- auto_LiRPA
+def import_auto_lirpa() -> types.ModuleType:
+    """auto_LiRPA 0.3 with the torch 2.x / numpy 2.x shim of ../shared/docs/ecosystem.md section 1."""
+    if "numpy.lib.arraysetops" not in sys.modules:
+        try:
+            import numpy.lib.arraysetops  # noqa: F401  (numpy < 2)
+        except ImportError:
+            shim = types.ModuleType("numpy.lib.arraysetops")
+            shim.isin = np.isin
+            sys.modules["numpy.lib.arraysetops"] = shim
+    import torch.onnx.symbolic_helper as helper
+    if not hasattr(helper, "_set_opset_version"):
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        def _set_opset_version(v: int) -> None:
+            GLOBALS.export_onnx_opset_version = v
+        helper._set_opset_version = _set_opset_version
+    if not hasattr(torch._C.Node, "__getitem__"):
+        torch._C.Node.__getitem__ = lambda self, k: getattr(self, self.kindOf(k))(k)
+    import auto_LiRPA
+    return auto_LiRPA
+
+
+def lirpa_certified(module: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, method: str,
+                    batch_size: int) -> tuple[np.ndarray, float]:
+    """Inputs whose auto_LiRPA margin lower bounds over the L2 ball are all > 0 (and correct); seconds."""
+    lirpa = import_auto_lirpa()
+    start = time.perf_counter()
+    out = np.zeros(len(y), dtype=bool)
+    bounded = lirpa.BoundedModule(module, x[:1], bound_opts={"sparse_features_alpha": False}, verbose=0)
+    for lo in range(0, len(y), batch_size):
+        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+        k = 10
+        others = torch.stack([torch.tensor([j for j in range(k) if j != int(t)]) for t in yb])
+        c = torch.zeros(len(yb), k - 1, k)
+        c.scatter_(2, yb[:, None, None].expand(-1, k - 1, 1), 1.0)
+        c.scatter_(2, others[:, :, None], -1.0)
+        ptb = lirpa.PerturbationLpNorm(norm=2, eps=eps)
+        lb, _ = bounded.compute_bounds(x=(lirpa.BoundedTensor(xb, ptb),), C=c, method=method, bound_upper=False)
+        with torch.no_grad():
+            correct = module(xb).argmax(1) == yb
+        out[lo:lo + batch_size] = ((lb.min(dim=1).values > 0) & correct).numpy()
+    return out, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------- one model
+def radii_grid(median: float, sdp_eps: float) -> list[float]:
+    """0.5x, 1x, 1.5x the median certified radius (2 significant digits) and SDP-CROWN's radius."""
+    around = {float(f"{f * median:.2g}") for f in (0.5, 1.0, 1.5)}
+    return sorted(around | {sdp_eps})
+
+
+def bench_model(path: Path, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> tuple[list[Row], dict]:
+    """All rows of one model and a summary (clean accuracy, radii grid, soundness)."""
+    name = path.stem
+    card = card_of(path)
+    arch = card["architecture"].split(":")[0]
+    net = lipcert.load(path, input_range=(0.0, 1.0))
+    rows: list[Row] = []
+    methods = [m for m in args.methods if m in lipcert.METHODS]
+    certs: dict[str, lipcert.Certification] = {}
+    seconds: dict[str, float] = {}
+    for m in methods:
+        start = time.perf_counter()
+        certs[m] = lipcert.certify(net, x, y, method=m, progress=False)
+        seconds[m] = time.perf_counter() - start
+    if args.local and "local" in inspect.signature(lipcert.certify).parameters:
+        start = time.perf_counter()
+        certs["local"] = lipcert.certify(net, x, y, method="combined", local=True, progress=False)
+        seconds["local"] = time.perf_counter() - start
+    best = max(certs, key=lambda m: certs[m].radius_stats()["median"])
+    median = certs[best].radius_stats()["median"]
+    grid = radii_grid(median, SDP_CROWN_EPS[arch])
+    grid_median = float(f"{median:.2g}")
+    print(f"{name}: clean {certs['naive'].clean_accuracy:.3f}, median radius ({best}) {median:.3f}, radii {grid}",
+          flush=True)
+    n = len(y)
+    for m, cert in certs.items():
+        rows += [Row(name, f"lipcert {m}", e, float(a), seconds[m], n)
+                 for e, a in zip(grid, cert.certified_accuracy(grid))]
+    module = torch_module(path, card)
+    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+    violations = 0
+    for e in grid:
+        lipschitz_mask = certs[best].certified(e)
+        for label, method in LIRPA_METHODS.items():
+            alpha = label == "alpha-CROWN"
+            if alpha and (args.alpha_n == 0 or e not in (grid_median, SDP_CROWN_EPS[arch])):
+                continue
+            k = min(args.alpha_n, n) if alpha else n
+            mask, s = lirpa_certified(module, xt[:k], yt[:k], e, method, args.lirpa_batch)
+            rows.append(Row(name, f"auto_LiRPA {label}", e, float(mask.mean()), s, k))
+            print(f"  eps {e:g}: {label} {mask.mean():.3f} on {k} ({s:.1f} s)", flush=True)
+            if alpha:  # lipcert's best on the same images, for a like-for-like comparison
+                rows.append(Row(name, f"lipcert {best} (alpha-CROWN's {k} images)", e,
+                                float(lipschitz_mask[:k].mean()), seconds[best] * k / n, k))
+        rest = np.flatnonzero(~lipschitz_mask & certs[best].correct)
+        rest_mask, s = (lirpa_certified(module, xt[rest], yt[rest], e, "CROWN", args.lirpa_batch) if rest.size
+                        else (np.zeros(0, dtype=bool), 0.0))
+        rows.append(Row(name, "Lipschitz first, then CROWN", e,
+                        float((lipschitz_mask.sum() + rest_mask.sum()) / n), seconds[best] + s, n))
+        result = lipcert.attack(net, x, y, 2, e, steps=args.pgd_steps, restarts=args.pgd_restarts,
+                                input_range=(0.0, 1.0), progress=False)
+        rows.append(Row(name, "PGD upper bound", e, result.robust_accuracy, result.seconds, n))
+        violations += sum(soundness_violations(c, result).size for c in certs.values())
+    summary = {"model": name, "arch": arch, "clean": certs["naive"].clean_accuracy, "best": best,
+               "median_radius": median, "grid": grid, "soundness_violations": violations,
+               "lipschitz": {m: c.bounds[m].value for m, c in certs.items() if m in c.bounds},
+               "training": card["training"]["margin_bound"], "train_seconds": card["training"]["wall_seconds"]}
+    return rows, summary
+
+
+# ---------------------------------------------------------------------------------------- report
+def training_table(summaries: Sequence[dict]) -> list[str]:
+    """Training bound vs accuracies on the full test set, from the model cards."""
+    lines = ["## Training bound: lipcert closed form vs power iteration (model cards, full test set)", "",
+             "| model | training bound | train time (s) | clean | certified 0.5 / 1.0 / 1.58 (combined) |",
+             "|---|---|---:|---:|---|"]
+    for s in summaries:
+        card = card_of(DEMO if s["model"] == DEMO.stem else MODELS_DIR / f"{s['model']}.onnx")
+        cert = card["test"]["certified_accuracy"]["combined"]
+        lines.append(f"| {s['model']} | {s['training']} | {s['train_seconds']:.0f} | "
+                     f"{100 * card['test']['clean_accuracy']:.2f} % | "
+                     + " / ".join(f"{100 * v:.2f}" for v in cert.values()) + " % |")
+    return lines + [""]
+
+
+def targets(rows: Sequence[Row], summaries: Sequence[dict]) -> list[str]:
+    """The issue's targets, checked on the rows: best lipcert vs alpha-CROWN (same images), combined vs naive."""
+    lines = ["## Targets", "",
+             "| model | eps | lipcert best | alpha-CROWN | time ratio alpha-CROWN / lipcert best (per image) "
+             "| combined - naive (points) |", "|---|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        get = {(r.method, r.eps): r for r in rows if r.model == s["model"]}
+        for e in s["grid"]:
+            alpha = get.get(("auto_LiRPA alpha-CROWN", e))
+            mine = next((r for (m, x), r in get.items() if x == e and m.endswith("(alpha-CROWN's "
+                                                                                  f"{alpha.n} images)")), None) \
+                if alpha else None
+            gain = 100 * (get[("lipcert combined", e)].accuracy - get[("lipcert naive", e)].accuracy)
+            if alpha and mine:
+                ratio = (alpha.seconds / alpha.n) / (mine.seconds / mine.n)
+                lines.append(f"| {s['model']} | {e:g} | {100 * mine.accuracy:.1f} % ({s['best']}, {mine.n} images) | "
+                             f"{100 * alpha.accuracy:.1f} % | {ratio:.0f}x | {gain:+.1f} |")
+            else:
+                lines.append(f"| {s['model']} | {e:g} | - | - | - | {gain:+.1f} |")
+    return lines + [""]
+
+
+def write_markdown(path: Path, rows: Sequence[Row], summaries: Sequence[dict]) -> None:
+    """Tables per model (certified accuracy % and time per image at each radius)."""
+    commands = sorted({s["command"] for s in summaries})
+    lines = ["# Zoo benchmark: Lipschitz certification vs bound propagation on certifiably trained models", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in commands) + ". First 200 Fashion-MNIST test images, L2, "
+             "pixels in [0, 1], one torch thread on a 2-core machine shared with other jobs: wall times are "
+             "inflated; compare them within a model.", ""]
+    lines += training_table(summaries) + targets(rows, summaries)
+    for s in summaries:
+        model_rows = [r for r in rows if r.model == s["model"]]
+        lines += [f"## {s['model']} ({s['arch']}; trained with {s['training']})", "",
+                  f"Clean accuracy {100 * s['clean']:.1f} %; median certified radius ({s['best']}) "
+                  f"{s['median_radius']:.3f}; soundness violations against PGD: {s['soundness_violations']}.", "",
+                  "| method | images | " + " | ".join(f"eps {e:g}" for e in s["grid"]) + " | ms per image and radius |",
+                  "|---|---:|" + "---:|" * (len(s["grid"]) + 1)]
+        for method in dict.fromkeys(r.method for r in model_rows):
+            cells = {r.eps: r for r in model_rows if r.method == method}
+            first = next(iter(cells.values()))
+            once = method.startswith("lipcert")  # one bound and one pass give every radius
+            per_image = 1000 * (first.seconds if once else np.mean([r.seconds for r in cells.values()])) / first.n
+            lines.append(f"| {method} | {first.n} | " + " | ".join(
+                f"{100 * cells[e].accuracy:.1f} %" if e in cells else "-" for e in s["grid"]) + f" | {per_image:.3g} |")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path: Path, rows: Sequence[Row], summaries: Sequence[dict]) -> None:
+    """Certified accuracy vs radius, one panel per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], summaries):
+        model_rows = [r for r in rows if r.model == s["model"]]
+        for method in dict.fromkeys(r.method for r in model_rows):
+            pts = sorted((r.eps, 100 * r.accuracy) for r in model_rows if r.method == method)
+            ax.plot(*zip(*pts), marker="o", ms=3, label=method, linestyle="--" if "PGD" in method else "-")
+        ax.set_title(s["model"], fontsize=9)
+        ax.set_xlabel("L2 radius")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--models", nargs="*", type=Path, default=None, help="default: the whole zoo")
+    p.add_argument("--methods", nargs="+", default=list(LIPSCHITZ_METHODS), help="lipcert bound methods")
+    p.add_argument("--no-local", dest="local", action="store_false", help="skip lipcert.certify(..., local=True)")
+    p.add_argument("--alpha-n", type=int, default=25, help="images for alpha-CROWN (0: skip it)")
+    p.add_argument("--lirpa-batch", type=int, default=25)
+    p.add_argument("--pgd-steps", type=int, default=50)
+    p.add_argument("--pgd-restarts", type=int, default=3)
+    p.add_argument("--raw", type=Path, default=RAW_DIR, help="folder of the per-model result files")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report from --raw")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "zoo.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if not args.report_only:
+        x, y = datasets.load("fashion-mnist", "test", args.data_dir, limit=args.n, download=False)
+        for path in args.models or zoo_models():
+            rows, summary = bench_model(path, np.asarray(x, dtype=np.float64), np.asarray(y), args)
+            summary["command"] = "python benchmarks/zoo/bench.py " + " ".join(argv)
+            args.raw.mkdir(parents=True, exist_ok=True)
+            (args.raw / f"{path.stem}.json").write_text(
+                json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    results = [json.loads(f.read_text()) for f in sorted(args.raw.glob("*.json"))]
+    rows = [Row(**r) for res in results for r in res["rows"]]
+    summaries = sorted((res["summary"] for res in results), key=lambda s: (ARCH_ORDER.index(s["arch"]), s["model"]))
+    write_markdown(args.out, rows, summaries)
+    plot(args.out.with_suffix(".png"), rows, summaries)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

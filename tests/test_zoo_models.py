@@ -1,0 +1,57 @@
+"""The committed zoo models: they load, reproduce their cards' accuracies, and their radii survive PGD."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lipcert
+from lipcert import datasets
+from lipcert.attack import soundness_violations
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = [REPO / "lipcert" / "data" / "demo_model.onnx"] + sorted((REPO / "benchmarks" / "zoo" / "models").glob("*.onnx"))
+
+
+def _card(path: Path) -> dict:
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def _subset(card: dict) -> dict:
+    """The card's accuracies on the first test images (``subset``; the demo card calls them ``samples``)."""
+    return card["subset"] if "subset" in card else card["samples"]
+
+
+def test_the_zoo_has_every_architecture_trained_with_both_bounds():
+    cards = [_card(p) for p in MODELS]
+    trained = {(c["architecture"].split(":")[0], c["training"]["margin_bound"].split()[0]) for c in cards}
+    assert trained >= {(a, b) for a in ("mlp", "conv-small", "conv-deep") for b in ("lipcert", "power-iteration")}
+    assert sum(p.stat().st_size for p in MODELS) < 5_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
+def test_model_reproduces_its_card_and_its_radii_survive_the_attack(path, shared_data):
+    card = _card(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+    net = lipcert.load(path, input_range=(0.0, 1.0))
+    assert list(net.widths) == card["widths"]
+    subset = _subset(card)
+    x, y = datasets.load(card["dataset"], "test", shared_data / "datasets", limit=subset["n"], download=False)
+    cert = lipcert.certify(net, x, y, method="combined", progress=False)
+    assert cert.clean_accuracy == pytest.approx(subset["clean_accuracy"], abs=5e-5)
+    recorded = subset["certified_accuracy"]["combined"]
+    got = cert.certified_accuracy([float(e) for e in recorded])
+    np.testing.assert_allclose(got, list(recorded.values()), atol=5e-5)
+
+    # PGD at each certified input's own radius finds nothing; at twice the radius it breaks some.
+    chosen = np.flatnonzero(cert.correct & (cert.radius > 0))[:12]
+    sub = lipcert.certify(net, x[chosen], y[chosen], bound=cert.bounds["combined"], progress=False)
+    at_radius = lipcert.attack(net, x[chosen], y[chosen], 2, sub.radius, steps=50, restarts=2, progress=False)
+    assert soundness_violations(sub, at_radius).size == 0
+    beyond = lipcert.attack(net, x[chosen], y[chosen], 2, 3 * sub.radius, steps=50, restarts=2, progress=False)
+    assert beyond.success.any()

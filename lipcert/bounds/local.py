@@ -75,7 +75,7 @@ class LocalBound:
     Attributes
     ----------
     radius : float
-        Radius r of the ball around ``center`` (in ``norm``, input units).
+        Radius r of the ball around the input (in ``norm``, input units).
     norm : str
         ``"2"`` or ``"inf"``.
     lower, upper : tuple of Tensor
@@ -190,8 +190,7 @@ def local_bound(net: Network, x: np.ndarray | torch.Tensor, radius: float, norm:
         w, b = weights[k][:, live], biases[k]
         zl0, zu0 = _affine_box(weights[k], b, *point)
         vs = [w if p.factor is None else w @ p.factor for p in passes]
-        lip = torch.stack([(v * v).sum(1) * math.exp(p.log_scale) for v, p in zip(vs, passes)]).min(0).values
-        lip = lip.sqrt() * _INFLATE
+        lip = torch.stack([_row_norms(w, v, p) for v, p in zip(vs, passes)]).min(0).values
         if k == 0:
             dual = w.norm(dim=1) if norm_name == "2" else w.abs().sum(1)
             ibp = (zl0 - radius * dual * _INFLATE, zu0 + radius * dual * _INFLATE)
@@ -217,6 +216,18 @@ def local_bound(net: Network, x: np.ndarray | torch.Tensor, radius: float, norm:
         g = out @ out.T
         grams[p.rules[0].name] = Gram((g + g.T) / 2, p.log_scale)
     return LocalBound(radius, norm_name, tuple(lowers), tuple(uppers), tuple(alphas), tuple(betas), grams)
+
+
+def _row_norms(w: torch.Tensor, v: torch.Tensor, p: _Pass) -> torch.Tensor:
+    """Upper bounds on the row norms of the exact W F (times the pass's scale), from V = fl(W F).
+
+    Entry (i, j) of fl(W F) is off by at most gamma_n ||w_i|| ||F e_j||, so row i's norm by at most
+    gamma_n ||w_i|| ||F||_F.
+    """
+    norms = v.norm(dim=1)
+    if p.factor is not None:
+        norms = norms + _gamma(w.shape[1]) * w.norm(dim=1) * float(p.factor.norm())
+    return norms * math.exp(p.log_scale / 2) * _INFLATE
 
 
 def _advance(p: _Pass, v: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, index: int,

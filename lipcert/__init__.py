@@ -15,10 +15,11 @@ from .certify import Certification, certify
 from .combine import BatchCertificates, Combination, certify_batch, combine
 from .loading import load
 from .network import Network
+from .vnncomp import VnnResult, vnnlib_check
 
 __version__ = "0.1.0"
 
 __all__ = ["METHODS", "Activation", "AttackResult", "BatchCertificates", "CertificateCheck", "Certification",
            "Combination", "LipschitzBound", "LowerBound", "Network", "Rule", "__version__", "attack", "certify",
            "certify_batch", "check_certificate", "combine", "errors", "get_activation", "lipschitz", "load",
-           "lower_bound"]
+           "lower_bound", "VnnResult", "vnnlib_check"]

@@ -310,7 +310,7 @@ def recorded(shared_data: Path) -> dict[tuple[str, str], str]:
 INSTANCES = [
     ("mnistfc/mnist-net_256x2.onnx", "mnistfc/vnnlib/prop_7_0.03.vnnlib"),
     ("mnistfc/mnist-net_256x2.onnx", "mnistfc/vnnlib/prop_0_0.03.vnnlib"),
-    ("mnistfc/mnist-net_256x4.onnx", "mnistfc/vnnlib/prop_1_0.05.vnnlib"),
+    ("mnistfc/mnist-net_256x2.onnx", "mnistfc/vnnlib/prop_1_0.05.vnnlib"),
     ("eran_sigmoid_6x200/ffnnSIGMOID__Point_6x200.onnx", "eran_sigmoid_6x200/vnnlib/mnist_spec_idx_7259_eps_0.01200.vnnlib"),
     ("eran_sigmoid_6x200/ffnnSIGMOID__Point_6x200.onnx", "eran_sigmoid_6x200/vnnlib/mnist_spec_idx_7167_eps_0.01200.vnnlib"),
     ("oval21_cifar_base_kw/cifar_base_kw.onnx",

@@ -1,0 +1,141 @@
+"""lipcert on every VNN-COMP 2021 instance shipped in ../shared/data, against the recorded outcomes.
+
+Run:  python benchmarks/vnncomp.py [--data ../shared/data] [--timeout 30] [--out benchmarks/results/vnncomp.md]
+
+For each benchmark folder holding a ``vnncomp2021_results.csv`` (mnistfc, eran_sigmoid_6x200,
+oval21_cifar_base_kw), every (onnx, vnnlib) row is answered with :func:`lipcert.vnncomp.vnnlib_check`
+(local Lipschitz proof, then PGD in the box with onnxruntime-checked counterexamples) under a
+per-instance timeout, next to the VNN-COMP 2021 outcome recorded in the CSV (``holds`` = the
+property holds = ``unsat``; ``violated`` = a counterexample exists = ``sat``).  A lipcert ``unsat``
+on a ``violated`` row would be a soundness bug and is counted as ``wrong``.  The table is rewritten
+after every instance, so an interrupted run leaves its results so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import shlex
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+import lipcert
+from lipcert.vnncomp import VnnResult, vnnlib_check
+
+EXPECTED = {"holds": "unsat", "violated": "sat"}
+
+
+def find_data(given: str | None) -> Path:
+    for c in [given, os.environ.get("LIPCERT_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]:
+        if c and (Path(c) / "models").is_dir():
+            return Path(c)
+    sys.exit("no shared data folder: pass --data DIR (the folder holding models/)")
+
+
+def instances(data: Path) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for table in sorted((data / "models").glob("*/vnncomp2021_results.csv")):
+        with open(table, newline="") as fh:
+            out += [(table.parent.name, row) for row in csv.DictReader(fh)]
+    return out
+
+
+def verdict(recorded: str, status: str) -> str:
+    """``solved`` (agrees with the record), ``wrong`` (unsat on a violated instance), ``new`` (a
+    checked counterexample or proof where VNN-COMP 2021 recorded no decision), or ``-``."""
+    if status not in ("unsat", "sat"):
+        return "-"
+    if recorded == "violated" and status == "unsat":
+        return "wrong"
+    if EXPECTED.get(recorded) == status:
+        return "solved"
+    return "new" if recorded not in EXPECTED else "conflict"
+
+
+def render(rows: list[tuple[str, dict[str, str], VnnResult]], args: argparse.Namespace, seconds: float,
+           done: bool) -> str:
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines = [
+        "# VNN-COMP 2021 instances: lipcert as a pre-filter",
+        "",
+        f"Command: `{args.command}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average {load} at "
+        f"the end; timings are inflated by contention, compare them only with each other; each model is loaded once, outside the per-instance times), torch {torch.__version__}, "
+        f"lipcert {lipcert.__version__}; per-instance timeout {args.timeout:g} s; total {seconds / 60:.1f} min"
+        + ("" if done else " **(run in progress or interrupted)**") + ".",
+        "",
+        "lipcert answers `unsat` when local Lipschitz constants on the input box (lipcert.bounds.local, the box "
+        "enclosed in the L-infinity ball of its largest half-width) times the L2 radius of the box around its "
+        "centre stay below the output margins at the centre for every disjunct of the violation; `sat` when PGD "
+        "inside the box (5 restarts x 50 steps) finds an input whose onnxruntime output violates the property "
+        "(every counterexample is rounded to float32 inside the box and checked); otherwise `unknown`. "
+        "Recorded = the VNN-COMP 2021 majority outcome in the shared data's CSV (holds = unsat, violated = sat). "
+        "`wrong` would be an `unsat` on a violated instance (a soundness bug).",
+        "",
+        "## Summary",
+        "",
+        "| benchmark | instances | recorded holds / violated / undecided | lipcert unsat | lipcert sat | "
+        "unknown | timeout | solved | wrong | time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for bench in dict.fromkeys(b for b, _, _ in rows):
+        sub = [(row, res) for b, row, res in rows if b == bench]
+        rec = Counter(row["vnncomp2021_result"] for row, _ in sub)
+        got = Counter(res.status for _, res in sub)
+        ver = Counter(verdict(row["vnncomp2021_result"], res.status) for row, res in sub)
+        lines.append(f"| {bench} | {len(sub)} | {rec['holds']} / {rec['violated']} / "
+                     f"{len(sub) - rec['holds'] - rec['violated']} | {got['unsat']} | {got['sat']} | {got['unknown']} | "
+                     f"{got['timeout']} | {ver['solved'] + ver['new']} | {ver['wrong']} | "
+                     f"{sum(res.seconds for _, res in sub):.0f} |")
+    lines += ["", "## Instances", "",
+              "Radius: L2 radius of the box around its centre. Best radius proven: the smallest over disjuncts of "
+              "margin / Lip of its best row (a disjunct is proven when this exceeds the box radius); `skipped` "
+              "when the gradient norm at the centre already shows no Lipschitz bound can succeed.",
+              "",
+              "| benchmark | model | property | recorded | lipcert | verdict | seconds | box radius | "
+              "best radius proven | proven disjuncts |",
+              "|---|---|---|---|---|---|---:|---:|---:|---:|"]
+    for bench, row, res in rows:
+        proven = "skipped" if res.lipschitz.size and all(x != x for x in res.lipschitz) else f"{res.radii.min():.3g}"
+        lines.append(f"| {bench} | {row['onnx']} | {Path(row['vnnlib']).name} | {row['vnncomp2021_result']} | "
+                     f"{res.status} | {verdict(row['vnncomp2021_result'], res.status)} | {res.seconds:.1f} | "
+                     f"{res.radius:.3g} | {proven} | {int(res.proven.sum())}/{res.proven.size} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="shared data folder (default LIPCERT_DATA or ../shared/data)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per instance (default 30)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N instances of each benchmark")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vnncomp.md"))
+    args = parser.parse_args()
+    args.command = "python benchmarks/vnncomp.py " + shlex.join(sys.argv[1:])
+    data = find_data(args.data)
+    todo = instances(data)
+    if args.limit is not None:
+        seen: Counter[str] = Counter()
+        todo = [t for t in todo if (seen.update([t[0]]) or seen[t[0]] <= args.limit)]
+    start = time.perf_counter()
+    nets: dict[Path, lipcert.Network] = {}
+    rows = []
+    for bench, row in todo:
+        model = data / "models" / bench / row["onnx"]
+        if model not in nets:
+            nets[model] = lipcert.load(model)
+        res = vnnlib_check(model, data / "models" / bench / row["vnnlib"], timeout=args.timeout, net=nets[model])
+        rows.append((bench, row, res))
+        print(f"{bench} {row['onnx']} {Path(row['vnnlib']).name}: {res.status} ({row['vnncomp2021_result']}) "
+              f"{res.seconds:.1f} s", flush=True)
+        Path(args.out).write_text(render(rows, args, time.perf_counter() - start, False), encoding="utf-8")
+    Path(args.out).write_text(render(rows, args, time.perf_counter() - start, True), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

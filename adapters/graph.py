@@ -32,7 +32,9 @@ AffineFn = Callable[[torch.Tensor, bool], torch.Tensor]
 DEFAULT_MAX_DENSE_BYTES = 4 * 10**9
 """Default limit on the total size of the dense float64 weight matrices (4 GB)."""
 
-_CHUNK_ELEMENTS = 2**24  # float64 entries per vmap chunk when applying a group to the identity
+_CHUNK_ELEMENTS = 2**22  # float64 entries per vmap chunk when applying a group to the identity
+# (32 MB; a convolution's unfolded input is ~kernel-size times larger, so this bounds the peak
+# beyond the dense matrix itself to a few hundred MB; measured in benchmarks/results/speed.md)
 
 
 class NotCovered(Exception):
@@ -331,6 +333,7 @@ def materialize(block: DenseBlock) -> tuple[torch.Tensor, torch.Tensor]:
             eye[torch.arange(i1 - i0), torch.arange(i0, i1)] = 1.0
             out = linear(eye.reshape(i1 - i0, *block.in_shape))
             weight[:, i0:i1] = out.reshape(i1 - i0, rows).T
+            del eye, out  # free this chunk's buffers before the next chunk allocates its own
     if bias.shape != (rows,):
         raise ModelLoadError(f"internal error: block {block.label} produced {tuple(bias.shape)} outputs, "
                              f"expected {rows}")

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, solve_rt
-from .eigen import lambda_max
+from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue
+from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, run_passes, solve_rt
 from .rules import DEFAULT_RULE_SET, Rule
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -58,7 +58,9 @@ def rule_chooser(rule: Rule):
 
     def choose(ctx: LayerContext) -> Iterator[Candidate]:
         for r in rule.fallbacks():
-            yield r.name, r(ctx.gamma)
+            yield r.name, r(ctx.gamma, ctx.cache)
+        # The rules use eigenvalue estimates; SN(1) at a certified lambda_max is always feasible.
+        yield "sn(1)", torch.full_like(ctx.gamma[0], 1.0) / lambda_max(ctx.gamma)
 
     return choose
 
@@ -68,30 +70,62 @@ def single_rule(weights: Sequence[torch.Tensor], slopes: Slopes, rule: Rule) -> 
     return run(list(weights), closed_form_slopes(slopes), rule_chooser(rule))
 
 
-def combined(weights: Sequence[torch.Tensor], slopes: Slopes,
-             rules: Sequence[Rule] = DEFAULT_RULE_SET) -> dict[str, RecursionResult]:
+PRUNE_FROM_WIDTH = 256
+"""combined prunes passes (see :func:`combined`) only on nets with a hidden layer at least this wide."""
+PRUNE_FACTOR = 0.2
+"""Default pruning threshold: drop a pass once its truncated bound is 1.2x the best one's (chosen on
+math.md Table A/B nets of width 20-200 and depth 2-50 and the shared CNNs, where it lost nothing)."""
+
+
+def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Rule] = DEFAULT_RULE_SET,
+             *, prune: float | None | str = "auto") -> dict[str, RecursionResult]:
     """One pass per rule, plus the naive product; the caller reports the minimum.
 
-    Each pass is a valid certificate.  The naive product costs nothing next to the passes and
-    keeps the combination below it also for negative slopes (SiLU, GELU), where no rule is
-    guaranteed to beat it.
+    Each pass is a valid certificate.  With slopes alpha beta = 0 (after the closed-form
+    relaxation) the passes run together (:func:`.recursion.run_passes`: shared trajectories,
+    batched solves and Cholesky factorizations).  ``prune`` (a factor, None for no pruning, or
+    ``"auto"``: :data:`PRUNE_FACTOR` on nets with a hidden layer of width >= :data:`PRUNE_FROM_WIDTH`)
+    drops a pass once the bound of the net cut after the current layer exceeds the best pass's
+    by more than the factor 1 + prune; SN(1) (ECLipsE-Fast) is never dropped, so combined stays
+    <= ECLipsE-Fast.  Pruned passes are listed in each result's ``extras["pruned"]``.
+
+    The naive product keeps the combination below it also for negative slopes (SiLU, GELU),
+    where no rule is guaranteed to beat it.  For slopes in [0, beta] SN(1) <= naive is a theorem
+    (math.md 4.2), so on pruned (wide) nets, where its spectral norms would cost about one more
+    pass, naive is left out.
     """
-    passes = {rule.name: single_rule(weights, slopes, rule) for rule in rules}
+    relaxed = closed_form_slopes(slopes)
+    wide = max(w.shape[0] for w in weights[:-1]) >= PRUNE_FROM_WIDTH if len(weights) > 1 else False
+    factor = (PRUNE_FACTOR if wide else None) if prune == "auto" else prune
+    if any(bool(((a * b) != 0).any()) for a, b in relaxed):
+        passes = {rule.name: single_rule(weights, slopes, rule) for rule in rules}
+    else:
+        choosers = {rule.name: rule_chooser(rule) for rule in rules}
+        passes = run_passes(list(weights), relaxed, choosers, prune=factor, keep=("sn(1)",))
+        if factor is not None:
+            return passes
     passes["naive"] = naive(weights, slopes)
     return passes
 
 
 def greedy_chooser(rules: Sequence[Rule]):
-    """Per layer, the feasible candidate minimizing lambda_max(N M_k^{-1} N^T) for the next matrix N."""
+    """Per layer, the feasible candidate minimizing lambda_max(N M_k^{-1} N^T) for the next matrix N.
+
+    The scores only rank the candidates, so they are Lanczos estimates on Y^T Y with
+    Y = R^{-T} N^T, never forming the product.
+    """
     def choose(ctx: LayerContext) -> Iterator[Candidate]:
         scored = []
         for rule in rules:
-            lam = rule(ctx.gamma)
+            lam = rule(ctx.gamma, ctx.cache)
             found = factor_certificate(ctx.gamma, lam)
             if found is None:
                 continue
             y = solve_rt(found[1], ctx.next_weight.T)
-            score = float(lambda_max(y.T @ y)) if y.shape[1] > 1 else float((y * y).sum())
+            m = y.shape[1]
+            dense = y.T @ y if m < ESTIMATE_DENSE_BELOW else None
+            score = top_eigenvalue(lambda v, y=y: y.T @ (y @ v), m, dtype=y.dtype, device=y.device,
+                                   dense=dense, tol=1e-8)
             scored.append((score, rule.name, lam))
         scored.sort(key=lambda t: t[0])
         for _, name, lam in scored:

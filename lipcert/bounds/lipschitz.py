@@ -73,9 +73,9 @@ def lipschitz(
     rules : sequence, optional
         Rule set for ``combined`` and ``greedy`` (default: math.md section 4.3's nine rules).
     dtype : torch.dtype
-        float64 (default) or float32 for the closed forms; float32 results are inflated by a
-        relative 1e-5 (math.md section 5) and use a larger Cholesky safety margin.  The SDP
-        methods always run in float64.
+        float64 (default) or float32 for the closed forms; float32 runs use a larger Cholesky
+        safety margin, redo the last solve and Gram matrix in float64 and are inflated by a
+        relative 1e-5 (math.md section 5).  The SDP methods always run in float64.
     device : str or torch.device, optional
         Where to compute (``"cuda"`` when available); default CPU.
     solver, eps : optional

@@ -25,10 +25,13 @@ from typing import Any
 import torch
 
 from ..errors import InfeasibleCertificateError
+from .rules import spectral_top
 
 # Safety margin before every Cholesky, relative to the diagonal, in units of n * machine epsilon.
 _MARGIN_EPS_PER_DIM = 4
 _MAX_HALVINGS = 60
+_SYRK_BLOCK = 256  # below this size gram() uses one full product
+_BATCH_BYTES = 2**28  # largest operand of one batched solve or Cholesky (256 MB)
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,15 @@ class LayerContext:
 
     ``gamma`` is the normalized majorant (max diagonal 1) and ``next_weight`` the matrix that
     follows (S_{k+1} W_{k+1}, or W_L after the last hidden layer), for choosers that look ahead.
-    ``log_scale`` is log of the factor that turns ``gamma`` into the true Gamma_k.
+    ``log_scale`` is log of the factor that turns ``gamma`` into the true Gamma_k.  ``cache``
+    lets the rules that see the same ``gamma`` share row sums and eigenvalue estimates.
     """
 
     index: int
     gamma: torch.Tensor
     next_weight: torch.Tensor
     log_scale: float
+    cache: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
 
 Candidate = tuple[str, torch.Tensor]
@@ -116,8 +121,7 @@ def run(
         s_vec, p_vec = alpha + beta, alpha * beta
         v = s_vec[:, None] * weight                      # S_k W_k
         y = solve_rt(r, v.T)                              # R^{-T} W^T S
-        gamma = y.T @ y
-        gamma = (gamma + gamma.T) / 2
+        gamma = gram(y)
         diag = torch.diagonal(gamma)
         scale = float(diag.max()) if diag.numel() else 0.0
         live = diag > 0
@@ -156,9 +160,276 @@ def run(
         multipliers.append(full_lam * math.exp(-log_scale))
         labels.append(label)
         weight = nxt
-    y = solve_rt(r, weight.T)
-    gram = y.T @ y
-    return RecursionResult((gram + gram.T) / 2, log_scale, multipliers, labels, notes)
+    return RecursionResult(final_gram(r, weight), log_scale, multipliers, labels, notes)
+
+
+def final_gram(r: torch.Tensor | None, last: torch.Tensor) -> torch.Tensor:
+    """G_L = W_L M^{-1} W_L^T from the upper factor R of M, always computed in float64.
+
+    In float32 mode the factor is float32, but the last solve and product (small: W_L has few
+    rows) are redone in float64, so no float32 rounding enters the reported value after the
+    last Cholesky test (math.md section 5).
+    """
+    r64 = None if r is None else r.double()
+    return gram(solve_rt(r64, last.double().T))
+
+
+def gram(y: torch.Tensor) -> torch.Tensor:
+    """Y^T Y, exactly symmetric (batched over leading dimensions).
+
+    A recursive block version of BLAS syrk, which torch lacks: the off-diagonal block is one
+    product, mirrored, and the diagonal blocks recurse, so about half of the product's flops
+    are spent at large sizes (measured 25 % faster than the full product at n = 500-2000).
+    """
+    n = y.shape[-1]
+    if n <= _SYRK_BLOCK:
+        g = y.mT @ y
+        return (g + g.mT).mul_(0.5)
+    h = n // 2
+    g = torch.empty(*y.shape[:-2], n, n, dtype=y.dtype, device=y.device)
+    y1, y2 = y[..., :h], y[..., h:]
+    g[..., :h, :h] = gram(y1)
+    low = y2.mT @ y1
+    g[..., h:, :h] = low
+    g[..., :h, h:] = low.mT
+    g[..., h:, h:] = gram(y2)
+    return g
+
+
+@dataclass
+class _Pass:
+    """History of one named pass of :func:`run_passes`."""
+
+    multipliers: list[torch.Tensor] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    truncated: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Node:
+    """One distinct trajectory: the upper factor of the normalized M_{k-1}, its log scale, its passes."""
+
+    r: torch.Tensor | None
+    log_scale: float
+    passes: list[str]
+
+
+def run_passes(
+    weights: list[torch.Tensor],
+    slopes: list[tuple[torch.Tensor, torch.Tensor]],
+    choosers: dict[str, Chooser],
+    *,
+    prune: float | None = None,
+    keep: Iterable[str] = (),
+) -> dict[str, RecursionResult]:
+    """Several passes of :func:`run` at once, for slopes with alpha * beta = 0 (the closed forms).
+
+    Passes whose multipliers agree exactly share their trajectory (so all of them share layer 1,
+    where M_0 = I, and every pass computes its Gamma once per distinct trajectory).  Each layer's
+    Gammas of all trajectories come from batched triangular solves and products, and the first
+    candidates of all passes are factored in batched Cholesky calls.
+
+    ``prune``: from the second to the last-but-one hidden layer, drop trajectories whose truncated
+    bound exp(log_scale) lambda_max(Gamma_k) (the bound of the net cut after W_k) exceeds the
+    best one's by more than the factor 1 + prune, and proposals dominated in the Loewner order
+    (:func:`_dominated`), unless they carry a pass named in ``keep``.  Every pass that finishes
+    is a valid certificate; pruning only drops candidates.  Each result's ``extras["truncated"]``
+    lists its log truncated bounds where pruning was tested, and ``extras["pruned"]`` maps every
+    dropped pass to its hidden layer.
+    """
+    if any(bool(((a * b) != 0).any()) for a, b in slopes):
+        raise ValueError("run_passes handles slopes with alpha * beta = 0 only; use run()")
+    protected = set(keep)
+    history = {name: _Pass() for name in choosers}
+    nodes = [_Node(None, 0.0, list(choosers))]
+    dropped: dict[str, int] = {}
+    weight = weights[0]
+    last = weights[-1]
+    for k in range(len(weights) - 1):
+        alpha, beta = slopes[k]
+        s_vec = alpha + beta
+        v = s_vec[:, None] * weight                                   # S_k W_k
+        nxt = weights[k + 1]
+        live = (v != 0).any(dim=1)
+        if not bool(live.any()):  # every neuron constant: f is constant
+            zero = torch.zeros(last.shape[0], last.shape[0], dtype=last.dtype, device=last.device)
+            return {name: RecursionResult(zero, 0.0, h.multipliers, h.labels, h.notes + [f"layer {k + 1}: constant"])
+                    for name, h in history.items() if name not in dropped}
+        all_live = bool(live.all())
+        if not all_live:
+            v, nxt = v[live], nxt[:, live]
+            for node in nodes:
+                for name in node.passes:
+                    history[name].notes.append(f"layer {k + 1}: {int((~live).sum())} constant neurons dropped")
+        gammas = _batched_gammas(nodes, v)
+        next_s = (slopes[k + 1][0] + slopes[k + 1][1]) if k + 1 < len(slopes) else None
+        next_weight = nxt if next_s is None else (next_s[live] if not all_live else next_s)[:, None] * nxt
+        contexts = []
+        for node, gamma in zip(nodes, gammas):
+            scale = float(torch.diagonal(gamma).max())
+            gamma.div_(scale)
+            node.log_scale += math.log(scale)
+            contexts.append(LayerContext(k + 1, gamma, next_weight, node.log_scale))
+        # At the last hidden layer pruning would save one Cholesky factorization per pass, while the
+        # truncated bound predicts the final one worst there (W_L sees few directions): no pruning.
+        layer_prune = prune if k < len(weights) - 2 else None
+        if k > 0:
+            nodes, contexts = _prune(nodes, contexts, history, layer_prune, protected, dropped)
+        nodes = _advance(nodes, contexts, choosers, history, live if not all_live else None,
+                         layer_prune, protected, dropped)
+        weight = nxt
+    out = {}
+    for node in nodes:
+        g = final_gram(node.r, weight)
+        for name in node.passes:
+            h = history[name]
+            out[name] = RecursionResult(g, node.log_scale, h.multipliers, h.labels, h.notes,
+                                        {"truncated": h.truncated, "pruned": dict(dropped)})
+    return out
+
+
+def _batch_size(n: int, m: int, itemsize: int) -> int:
+    """How many n x m matrices one batched call may hold (at most :data:`_BATCH_BYTES` each operand)."""
+    return max(1, _BATCH_BYTES // max(1, n * m * itemsize))
+
+
+def _batched_gammas(nodes: list[_Node], v: torch.Tensor) -> list[torch.Tensor]:
+    """Gamma = V M^{-1} V^T of every trajectory, from batched triangular solves and products.
+
+    Batches are cut to :data:`_BATCH_BYTES` per operand, which bounds the memory beyond the
+    trajectories' own factors.
+    """
+    if nodes[0].r is None:
+        return [gram(v.T)]  # M_0 = I: Gamma_1 = V V^T
+    rhs = v.T
+    step = _batch_size(*rhs.shape, rhs.element_size())
+    out: list[torch.Tensor] = []
+    for i0 in range(0, len(nodes), step):
+        chunk = [node.r for node in nodes[i0:i0 + step] if node.r is not None]
+        lows = torch.stack([r.T for r in chunk])
+        ys = torch.linalg.solve_triangular(lows, rhs.expand(len(chunk), *rhs.shape), upper=False)
+        del lows
+        out.extend(gram(ys))
+    return out
+
+
+def _prune(nodes: list[_Node], contexts: list[LayerContext], history: dict[str, _Pass], prune: float | None,
+           protected: set[str], dropped: dict[str, int]) -> tuple[list[_Node], list[LayerContext]]:
+    """Record truncated bounds; keep the trajectories within the factor 1 + prune of the best."""
+    if prune is None:
+        return nodes, contexts
+    logs = []
+    for node, ctx in zip(nodes, contexts):
+        top = spectral_top(ctx.gamma, ctx.cache)  # cached: SN(c) reuses it
+        logs.append(node.log_scale + math.log(top))
+        for name in node.passes:
+            history[name].truncated.append(logs[-1])
+    if len(nodes) == 1:
+        return nodes, contexts
+    limit = min(logs) + math.log1p(prune)
+    kept = [i for i, t in enumerate(logs) if t <= limit or protected.intersection(nodes[i].passes)]
+    for i in set(range(len(nodes))) - set(kept):
+        for name in nodes[i].passes:
+            dropped[name] = contexts[i].index
+    return [nodes[i] for i in kept], [contexts[i] for i in kept]
+
+
+def _advance(nodes: list[_Node], contexts: list[LayerContext], choosers: dict[str, Chooser],
+             history: dict[str, _Pass], live: torch.Tensor | None, prune: float | None,
+             protected: set[str], dropped: dict[str, int]) -> list[_Node]:
+    """Choose every pass's multipliers (first candidates factored in batches) and group equal choices.
+
+    With ``prune``, first drop the passes whose proposal is dominated (:func:`_dominated`).
+    """
+    pending = []  # (node index, pass name, candidate iterator, label, lam)
+    for i, (node, ctx) in enumerate(zip(nodes, contexts)):
+        for name in node.passes:
+            it = iter(choosers[name](ctx))
+            first = next(it, None)
+            if first is None:
+                raise InfeasibleCertificateError(f"no feasible multipliers at hidden layer {ctx.index}")
+            pending.append((i, name, it, first[0], first[1]))
+    if prune is not None:
+        beaten = _dominated(pending, contexts, prune, protected)
+        for t in beaten:
+            dropped[pending[t][1]] = contexts[pending[t][0]].index
+        pending = [p for t, p in enumerate(pending) if t not in beaten]
+    # Distinct first candidates (passes on one trajectory often propose the same multipliers).
+    distinct: list[tuple[int, torch.Tensor]] = []
+    which = []
+    for i, _, _, _, lam in pending:
+        j = next((j for j, (i2, lam2) in enumerate(distinct) if i2 == i and torch.equal(lam, lam2)), None)
+        if j is None:
+            distinct.append((i, lam))
+            j = len(distinct) - 1
+        which.append(j)
+    factored = _batched_factor([(contexts[i].gamma, lam) for i, lam in distinct])
+    groups: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+    for (i, name, it, label, lam), j in zip(pending, which):
+        found = factored[j]
+        while found is None:
+            nxt = next(it, None)
+            if nxt is None:
+                raise InfeasibleCertificateError(f"no feasible multipliers at hidden layer {contexts[i].index}")
+            label, lam = nxt
+            found = factor_certificate(contexts[i].gamma, lam)
+        key = next((key for key, (lam2, _, _) in groups.items() if key[0] == i and torch.equal(lam2, found[0])),
+                   (i, len(groups)))
+        groups.setdefault(key, (found[0], found[1], []))[2].append(name)
+        h = history[name]
+        full = found[0]
+        if live is not None:
+            full = torch.zeros(live.shape[0], dtype=lam.dtype, device=lam.device)
+            full[live] = found[0]
+        h.multipliers.append(full * math.exp(-contexts[i].log_scale))
+        h.labels.append(label)
+    return [_Node(r, nodes[i].log_scale, names) for (i, _), (_, r, names) in groups.items()]
+
+
+def _dominated(pending: list[tuple[int, str, Any, str, torch.Tensor]], contexts: list[LayerContext],
+               prune: float, protected: set[str]) -> set[int]:
+    """Indices of proposals whose M_k is Loewner-below a sibling's M_k / (1 + prune) (siblings share Gamma_k).
+
+    With g = lambda_max(Gamma), every M = 2 Lambda - Lambda Gamma Lambda satisfies
+    diag(2 lambda - g lambda^2) <= M <= 2 Lambda, so 2 lambda_a (1 + prune) <= 2 lambda_b - g lambda_b^2
+    implies that the next truncated bound of a is at least (1 + prune) times that of b: the
+    truncated-bound test of the next layer would drop a.  Dropping it now saves its Cholesky
+    factorization, its Gamma and their memory.
+    """
+    out = set()
+    for t, (i, name, _, _, lam) in enumerate(pending):
+        if name in protected:
+            continue
+        g = spectral_top(contexts[i].gamma, contexts[i].cache)
+        for u, (i2, _, _, _, other) in enumerate(pending):
+            if u != t and i2 == i and u not in out and bool((2 * (1 + prune) * lam <= other * (2 - g * other)).all()):
+                out.add(t)
+                break
+    return out
+
+
+def _batched_factor(items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """:func:`factor_certificate` of several (Gamma, lambda) of one size, with batched Cholesky factorizations."""
+    idx = [t for t, (_, lam) in enumerate(items) if bool(torch.isfinite(lam).all()) and bool((lam > 0).all())]
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(items)
+    if not idx:
+        return out
+    gamma0 = items[idx[0]][0]
+    step = _batch_size(gamma0.shape[0], gamma0.shape[1], gamma0.element_size())
+    for i0 in range(0, len(idx), step):
+        part = idx[i0:i0 + step]
+        mats = torch.empty(len(part), *gamma0.shape, dtype=gamma0.dtype, device=gamma0.device)
+        for b, t in enumerate(part):
+            mats[b] = _margin_matrix(*items[t])
+        lows, infos = torch.linalg.cholesky_ex(mats)
+        del mats
+        good = (infos == 0) & torch.isfinite(lows.diagonal(dim1=-2, dim2=-1)).all(dim=-1)
+        for b, t in enumerate(part):
+            if bool(good[b]):
+                lam = items[t][1]
+                out[t] = (lam, lows[b].T * lam[None, :])
+    return out
 
 
 def factor_certificate(gamma: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -168,10 +439,30 @@ def factor_certificate(gamma: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Te
     """
     if not bool(torch.isfinite(lam).all()) or not bool((lam > 0).all()):
         return None
-    rc = upper_cholesky(shrink(torch.diag(2.0 / lam) - gamma))
-    if rc is None:
+    low = _lower_cholesky(_margin_matrix(gamma, lam))
+    if low is None:
         return None
-    return lam, rc * lam[None, :]
+    return lam, low.T * lam[None, :]
+
+
+def _margin_matrix(gamma: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """shrink(2 diag(1/lambda) - Gamma), built without symmetrizing (Cholesky reads the lower triangle)."""
+    delta = _MARGIN_EPS_PER_DIM * gamma.shape[-1] * torch.finfo(gamma.dtype).eps
+    c = -gamma
+    diag = c.diagonal(dim1=-2, dim2=-1)
+    diag.add_(2.0 / lam).mul_(1 - delta)
+    return c
+
+
+def _lower_cholesky(mat: torch.Tensor) -> torch.Tensor | None:
+    """Lower Cholesky factor from the lower triangle of ``mat``, or None if not positive definite.
+
+    A NaN anywhere in the lower triangle reaches the factor's diagonal, so checking that suffices.
+    """
+    low, info = torch.linalg.cholesky_ex(mat)
+    if int(info) != 0 or not bool(torch.isfinite(low.diagonal()).all()):
+        return None
+    return low
 
 
 def _feasible(gamma: torch.Tensor, lam: torch.Tensor, r: torch.Tensor | None, weight: torch.Tensor,

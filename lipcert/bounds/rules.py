@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import LipcertError
-from .eigen import lambda_max
+from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue  # lambda_max: re-exported for sdp
 
 RULE_KINDS = ("sn", "gc", "shift", "gcs")
 DEFAULT_C = {"sn": 1.0, "gc": 1.99, "shift": 1.5, "gcs": 1.5}
@@ -56,20 +56,23 @@ class Rule:
     def name(self) -> str:
         return f"{self.kind}({self.c:g})"
 
-    def __call__(self, gamma: torch.Tensor) -> torch.Tensor:
-        """lambda for a symmetric PSD Gamma with strictly positive diagonal."""
+    def __call__(self, gamma: torch.Tensor, cache: dict[str, object] | None = None) -> torch.Tensor:
+        """lambda for a symmetric PSD Gamma with strictly positive diagonal.
+
+        The eigenvalues the rules need are Lanczos estimates (:func:`.eigen.top_eigenvalue`):
+        the driver's Cholesky decides feasibility, so an estimate is enough.  ``cache`` (one
+        dict per Gamma) shares row sums and eigenvalue estimates between rules on the same Gamma.
+        """
+        memo: dict[str, object] = {} if cache is None else cache
         c = self.c
         if self.kind == "sn":
-            return torch.full_like(gamma[0], c) / lambda_max(gamma)
-        rows = gamma.abs().sum(dim=1)
+            return torch.full_like(gamma[0], c / _top(gamma, memo, "sn"))
+        rows = _rows(gamma, memo)
         if self.kind == "gc":
             return c / rows
         if self.kind == "shift":
-            off = gamma - torch.diag(torch.diagonal(gamma))
-            return 2.0 / (torch.diagonal(gamma) + c * lambda_max(off))
-        inv_sqrt = rows.rsqrt()
-        scaled = gamma * inv_sqrt[:, None] * inv_sqrt[None, :]
-        return c / (rows * lambda_max(scaled))
+            return 2.0 / (torch.diagonal(gamma) + c * _top(gamma, memo, "shift"))
+        return c / (rows * _top(gamma, memo, "gcs"))
 
     def fallbacks(self) -> Iterator[Rule]:
         """This rule, then the same rule with c moved inward, then SN(1) (math.md section 5)."""
@@ -107,3 +110,38 @@ DEFAULT_RULE_SET: tuple[Rule, ...] = (
     Rule("shift", 1.3), Rule("shift", 1.5), Rule("shift", 1.7),
     Rule("gcs", 1.0), Rule("gcs", 1.5),
 )
+
+
+def spectral_top(gamma: torch.Tensor, cache: dict[str, object]) -> float:
+    """Estimate of lambda_max(Gamma), the one SN(c) uses (cached in ``cache``)."""
+    return _top(gamma, cache, "sn")
+
+
+def _rows(gamma: torch.Tensor, memo: dict[str, object]) -> torch.Tensor:
+    """Gershgorin row sums r_i = sum_j |Gamma_ij| (cached)."""
+    rows = memo.get("rows")
+    if not isinstance(rows, torch.Tensor):
+        rows = memo["rows"] = gamma.abs().sum(dim=1)
+    return rows
+
+
+def _top(gamma: torch.Tensor, memo: dict[str, object], kind: str) -> float:
+    """Estimated lambda_max of Gamma ("sn"), of Gamma - Diag Gamma ("shift"), or of R^-1/2 Gamma R^-1/2 ("gcs")."""
+    key = f"top:{kind}"
+    cached = memo.get(key)
+    if isinstance(cached, float):
+        return cached
+    n = gamma.shape[0]
+    opts = {"dtype": gamma.dtype, "device": gamma.device}
+    if kind == "sn":
+        value = top_eigenvalue(lambda v: gamma @ v, n, dense=gamma, **opts)
+    elif kind == "shift":
+        diag = torch.diagonal(gamma)
+        dense = gamma - torch.diag(diag) if n < ESTIMATE_DENSE_BELOW else None
+        value = top_eigenvalue(lambda v: gamma @ v - diag * v, n, dense=dense, **opts)
+    else:
+        inv_sqrt = _rows(gamma, memo).rsqrt()
+        dense = gamma * inv_sqrt[:, None] * inv_sqrt[None, :] if n < ESTIMATE_DENSE_BELOW else None
+        value = top_eigenvalue(lambda v: inv_sqrt * (gamma @ (inv_sqrt * v)), n, dense=dense, **opts)
+    memo[key] = value
+    return value

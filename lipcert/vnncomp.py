@@ -13,6 +13,9 @@ Lip(a_i^T f) holds for pairs of inputs in the box: by default the local constant
 contains the box (h the half-widths; per-neuron slopes from interval and Lipschitz bounds of the
 pre-activations over that ball), or a global bound (any method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
 (:func:`lipcert.certify.logit_error_bound`).  The property holds when every disjunct is infeasible.
+No bound is computed when some disjunct has no row with a_i^T f(x0) - b_i > ||grad a_i^T f(x0)|| r:
+the gradient norm at the centre is a lower bound on any such Lipschitz constant, so the proof
+would fail (this skip only saves time; it never changes an answer to ``unsat``).
 
 Counterexample (``sat``).  Projected gradient descent inside the box on max_i (a_i^T f(x) - b_i),
 one run per unproven disjunct and restart; a candidate counts only after it is rounded to the

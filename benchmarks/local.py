@@ -27,7 +27,7 @@ import torch
 import lipcert
 from lipcert import datasets
 from lipcert.attack import soundness_violations
-from lipcert.bounds.local import LOCAL_METHOD, LOCAL_RULES
+from lipcert.bounds.local import LOCAL_METHOD, LOCAL_RULES, lirpa_intervals, local_radii
 from lipcert.bounds.rules import Rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,7 +51,8 @@ def load_lirpa():
     return lirpa
 
 
-def bench(model, root: Path, n: int, n_alpha: int, lirpa, steps: int, restarts: int, rules) -> dict:
+def bench(model, root: Path, n: int, n_alpha: int, lirpa, steps: int, restarts: int, rules,
+          n_crown_intervals: int = 0) -> dict:
     net = lipcert.load(root / "models" / model.path, mean=model.mean, std=model.std)
     data = datasets.load(model.dataset, root=root / "datasets", limit=n, download=False)
     x = data.x.reshape(len(data.y), *net.input_shape).astype(np.float64)
@@ -71,6 +72,19 @@ def bench(model, root: Path, n: int, n_alpha: int, lirpa, steps: int, restarts: 
            "local_median": lcert.radius_stats(LOCAL_METHOD)["median"], "global_s": global_s, "local_s": local_s,
            "bound": bound.value, "upper": [], "violations": 0}
     print(f"  global {out['global']}, local {out['local']} ({local_s:.2f} s/input)", flush=True)
+    out["local+crown"] = None
+    count = min(n_crown_intervals, len(y)) if lirpa is not None else 0
+    if count:  # option (b): CROWN pre-activation bounds intersected with lipcert's in every local bound
+        from lipcert.certify import _layers, logit_error_bound
+
+        flat = torch.as_tensor(x[:count].reshape(count, -1))
+        logits, err = logit_error_bound(_layers(net), flat)
+        start = time.perf_counter()
+        radii, _ = local_radii(net, flat, y[:count], logits.numpy(), err.numpy(), bound.pairwise(), "2",
+                               lcert.radii[LOCAL_METHOD][:count], rules=rules, intervals=lirpa_intervals(net))
+        acc = [float(np.mean((radii >= e) & lcert.correct[:count])) for e in eps]
+        out["local+crown"] = (acc, (time.perf_counter() - start) / count, count)
+        print(f"  local with CROWN intervals: {acc}", flush=True)
     box = net.input_range or (0.0, 1.0)
     for e in eps:
         res = lipcert.attack(net, x, y, 2, e, steps=steps, restarts=restarts, input_range=box)
@@ -78,7 +92,7 @@ def bench(model, root: Path, n: int, n_alpha: int, lirpa, steps: int, restarts: 
         out["violations"] += int(soundness_violations(lcert, res, LOCAL_METHOD).size)
     for name, count in (("crown", len(y)), ("alpha-crown", min(n_alpha, len(y)))):
         if lirpa is None or count == 0:
-            out[name] = None
+            out[name] = None if lirpa is None else "not run"
             continue
         ver = lirpa.verify(net, x[:count], y[:count], eps, norm=2, verifier=name)
         out[name] = (ver.certified_accuracy(), ver.seconds_per_input(), count)
@@ -102,10 +116,15 @@ def table(res: dict) -> list[str]:
                  + f" | {res['global_median']:.4g} | {res['global_s']:.3g} |")
     lines.append("| **local** | " + " | ".join(pct(res["local"]))
                  + f" | {res['local_median']:.4g} | {res['local_s']:.3g} |")
+    if res["local+crown"] is not None:
+        acc, sec, count = res["local+crown"]
+        lines.append(f"| local with CROWN intervals (first {count}) | " + " | ".join(pct(acc))
+                     + f" | | {sec:.3g} |")
     for name in ("crown", "alpha-crown"):
         label = "CROWN" if name == "crown" else "alpha-CROWN"
-        if res[name] is None:
-            lines.append(f"| {label} | " + " | ".join(["n/a"] * len(eps)) + " | | (adapter missing) |")
+        if res[name] is None or isinstance(res[name], str):
+            why = "adapter missing" if res[name] is None else "not run here"
+            lines.append(f"| {label} | " + " | ".join(["n/a"] * len(eps)) + f" | | ({why}) |")
             continue
         acc, sec, count = res[name]
         note = "" if count == res["n"] else f" (first {count})"
@@ -124,6 +143,9 @@ def main() -> None:
     p.add_argument("--n-mlp", type=int, default=100)
     p.add_argument("--n-cnn", type=int, default=20)
     p.add_argument("--n-alpha", type=int, default=20, help="inputs for alpha-CROWN (slow)")
+    p.add_argument("--crown-intervals", type=int, default=0,
+                   help="also run local certification with auto_LiRPA's CROWN pre-activation bounds intersected "
+                        "(option b; slow: one CROWN call per hidden layer per local bound) on this many inputs")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--restarts", type=int, default=2)
     args = p.parse_args()
@@ -158,7 +180,7 @@ def main() -> None:
     for model in wanted:
         conv = "cnn" in model.path or "conv" in model.path or "cifar" in model.path
         res = bench(model, root, args.n_cnn if conv else args.n_mlp, args.n_alpha, lirpa, args.steps, args.restarts,
-                    CNN_RULES if conv else LOCAL_RULES)
+                    CNN_RULES if conv else LOCAL_RULES, args.crown_intervals)
         with open(out, "a", encoding="utf-8") as fh:
             fh.write("\n".join(table(res)) + "\n")
     load = os.getloadavg()

@@ -203,7 +203,8 @@ def test_local_radius_search_and_errors(rng: np.random.Generator) -> None:
         local_bound(only_slopes, np.zeros(2), 0.1)
 
 
-def test_cli_certify_local_reports_both_radii(shared_data: Path, tmp_path: Path) -> None:
+def test_cli_certify_local_reports_both_radii(shared_data: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     from lipcert.cli import main
 
     model = shared_data / "models" / "eran_mnist_6_100" / "mnist_6_100_nat.onnx"
@@ -211,6 +212,7 @@ def test_cli_certify_local_reports_both_radii(shared_data: Path, tmp_path: Path)
     code = main(["certify", str(model), "--dataset", "mnist", "--data-dir", str(shared_data / "datasets"),
                  "--n", "3", "--eps", "0.02,0.1", "--out", str(out), "--local", "--no-plots"])
     assert code == 0
+    assert "s per input" in capsys.readouterr().out
     import json
 
     rec = json.loads((out / "report.json").read_text())

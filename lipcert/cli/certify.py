@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     done = certify_run(args, Path(args.out))
     rec = done.report.record
     _print_summary(rec)
+    if "local_per_input" in rec["timings"]:
+        print(f"local radii: {rec['timings']['local_per_input']:.3g} s per input")
     print(f"wrote {', '.join(str(p) for p in done.report.files.values())}")
     violations = sum(rec["attack"]["violations"]) if rec["attack"] else 0
     if violations:

@@ -193,7 +193,7 @@ class _Parser:
             elif head == "assert":
                 if len(cmd) != 2:
                     raise self.error(cmd.line, "assert takes one formula")
-                dnf = self.dnf(cmd[1])
+                dnf = self.dnf(cmd[1], cmd.line)
                 inputs = [a for conj in dnf for a in conj if self.kind(a) == "X"]
                 if inputs and len(dnf) > 1:
                     raise self.error(cmd.line, "input constraints inside 'or' (input disjunctions) are "
@@ -226,22 +226,22 @@ class _Parser:
         self.declared[name] = (m.group(1), int(m.group(2)))
 
     # ------------------------------------------------------------------ formulas
-    def dnf(self, f: str | _List) -> list[list[_Atom]]:
+    def dnf(self, f: str | _List, line: int) -> list[list[_Atom]]:
         """Disjunctive normal form of a formula: a list of conjunctions of atoms."""
         if not isinstance(f, _List) or not f or not isinstance(f[0], str):
-            raise self.error(getattr(f, "line", 0), f"expected a formula, got {f!r}")
+            raise self.error(getattr(f, "line", line), f"expected a formula, got {f!r}")
         head, args = f[0], f[1:]
         if head == "and":
             out: list[list[_Atom]] = [[]]
             for g in args:
-                out = [x + y for x, y in product(out, self.dnf(g))]
+                out = [x + y for x, y in product(out, self.dnf(g, f.line))]
                 if len(out) > MAX_DISJUNCTS:
                     raise self.error(f.line, f"formula expands to more than {MAX_DISJUNCTS} disjuncts")
             return out
         if head == "or":
             if not args:
                 raise self.error(f.line, "empty 'or' (false) is not supported")
-            return [conj for g in args for conj in self.dnf(g)]
+            return [conj for g in args for conj in self.dnf(g, f.line)]
         if head in _RELATIONS:
             return [self.atoms(f)]
         raise self.error(f.line, f"unsupported formula {head!r}: expected and, or, <=, >=, <, >, =")

@@ -122,6 +122,7 @@ BAD = [
     ("(define-fun f () Real 0)", "unsupported command 'define-fun'"),
     ("(assert (<= Y_0 0)", "'(' is never closed"),
     ("(assert (<= Y_0 zero))", "unknown symbol 'zero'"),
+    ("(assert true)", "expected a formula, got 'true'"),
 ]
 
 

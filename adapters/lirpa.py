@@ -88,6 +88,23 @@ def _shim_node_getitem() -> None:
     torch._C.Node.__getitem__ = _node_getitem  # type: ignore[attr-defined]
 
 
+def _shim_named_members(lirpa: types.ModuleType) -> None:
+    # torch 2.x's Module.parameters() passes remove_duplicate= to _named_members, which auto_LiRPA
+    # 0.3's BoundedModule overrides without that argument (TypeError when CROWN builds a dense
+    # identity for intermediate bounds); the override keeps its own de-duplication.
+    cls = lirpa.BoundedModule
+    original = cls._named_members
+    if getattr(original, "lipcert_shim", False):
+        return
+
+    def _named_members(self: Any, get_members_fn: Any, prefix: str = "", recurse: bool = True,
+                       remove_duplicate: bool = True) -> Any:
+        return original(self, get_members_fn, prefix, recurse)
+
+    _named_members.lipcert_shim = True  # type: ignore[attr-defined]
+    cls._named_members = _named_members
+
+
 def load_auto_lirpa() -> types.ModuleType:
     """Import auto_LiRPA after the compatibility shims, or raise :class:`MissingExtraError`."""
     _shim_numpy_arraysetops()
@@ -98,6 +115,7 @@ def load_auto_lirpa() -> types.ModuleType:
     except ImportError as exc:
         raise MissingExtraError(f"auto_LiRPA is needed to compare with IBP/CROWN/alpha-CROWN but cannot be "
                                 f"imported ({exc}); install it with: {INSTALL}") from exc
+    _shim_named_members(auto_LiRPA)
     return auto_LiRPA
 
 
@@ -151,7 +169,8 @@ def bounded_module(source: Any, *, input_shape: Sequence[int] | None = None,
     example = torch.zeros(1, *shape, dtype=torch.float64)
     with torch.no_grad():
         outputs = int(module(example).shape[1])
-    bounded = lirpa.BoundedModule(module, example, bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
+    with _float64():  # tables of tanh/sigmoid relaxations are made at construction, in the default dtype
+        bounded = lirpa.BoundedModule(module, example, bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
     return LirpaModel(module, bounded, tuple(shape), outputs)
 
 
@@ -173,8 +192,9 @@ def _input_shape(source: Any, module: torch.nn.Module, given: Sequence[int] | No
 
 @contextlib.contextmanager
 def _float64() -> Iterator[None]:
-    # auto_LiRPA 0.3's alpha-CROWN casts its best bounds to torch's default dtype
-    # (optimized_bounds.py), which fails against float64 bounds; float64 is the default meanwhile.
+    # auto_LiRPA 0.3 makes some tensors in torch's default dtype (alpha-CROWN's best bounds in
+    # optimized_bounds.py, the sigmoid/tanh relaxation tables), which then clash with float64
+    # bounds; float64 is the default while it builds and bounds.
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -446,9 +466,9 @@ def preactivation_bounds(model: Any, x: Any, eps: float, *, norm: str | float = 
     lows, highs = [], []
     for cut in cuts:
         prefix = torch.nn.Sequential(*layers[:cut], torch.nn.Flatten()).eval()
-        bm = lirpa.BoundedModule(prefix, xt[:1], bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
         bx = lirpa.BoundedTensor(xt, lirpa.PerturbationLpNorm(norm=p, eps=e))
         with _float64():
+            bm = lirpa.BoundedModule(prefix, xt[:1], bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
             low, high = bm.compute_bounds(x=(bx,), method=METHODS[name])
         lows.append(low.detach().numpy())
         highs.append(high.detach().numpy())

@@ -52,7 +52,7 @@ class Reshape(nn.Module):
 
 
 class Scale(nn.Module):
-    """``x * weight + bias`` elementwise (weight and bias broadcast against one sample)."""
+    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
@@ -82,10 +82,20 @@ class ActivationModule(nn.Module):
 
 def conv_module(weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int], pad: Sequence[int],
                 groups: int) -> nn.Module:
-    """A float64 ``ConvNd`` (dilation 1) after zero padding ``pad`` (``F.pad`` order: last axis first)."""
+    """A float64 ``ConvNd`` (dilation 1, one group) after zero padding ``pad`` (``F.pad`` order: last axis first).
+
+    A grouped convolution becomes one convolution with a block-diagonal kernel (the same map):
+    auto_LiRPA 0.3's CROWN bounds through grouped convolutions were unsound in our tests.
+    """
     n = weight.ndim - 2
-    conv = _CONV_MODULES[n](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=tuple(stride),
-                            groups=groups, bias=bias is not None, dtype=torch.float64)
+    if groups > 1:
+        out_g, in_g = weight.shape[0] // groups, weight.shape[1]
+        full = weight.new_zeros(weight.shape[0], in_g * groups, *weight.shape[2:])
+        for g in range(groups):
+            full[g * out_g:(g + 1) * out_g, g * in_g:(g + 1) * in_g] = weight[g * out_g:(g + 1) * out_g]
+        weight, groups = full, 1
+    conv = _CONV_MODULES[n](weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride=tuple(stride),
+                            bias=bias is not None, dtype=torch.float64)
     with torch.no_grad():
         conv.weight.copy_(weight)
         if bias is not None:
@@ -125,8 +135,12 @@ def _is_reshape(layer: Layer) -> bool:
     return tuple(out.shape) == tuple(layer.out_shape) and torch.equal(out.reshape(-1), probe)
 
 
-def _elementwise(layer: Layer) -> Scale | None:
-    """``Scale`` equal to the layer when it maps every entry by its own ``w x + b``, else None."""
+def _elementwise(layer: Layer) -> nn.Module | None:
+    """A module equal to the layer when it maps every entry by its own ``w x + b``, else None.
+
+    Per-channel factors on an image (a normalization) become a 1x1 convolution (diagonal kernel):
+    auto_LiRPA 0.3 fails on a Mul/Add by a full tensor before a convolution.
+    """
     if tuple(layer.in_shape) != tuple(layer.out_shape) or layer.fn is None:
         return None
     with torch.no_grad():
@@ -135,7 +149,10 @@ def _elementwise(layer: Layer) -> Scale | None:
         if not torch.allclose(layer.fn(probe, False), w * probe, rtol=1e-12, atol=0.0):
             return None
         b = layer.fn(torch.zeros(layer.in_shape, dtype=torch.float64), True)
-    return Scale(w[0].clone(), b[0].clone())
+    if w.ndim == 4 and torch.equal(w, w[..., :1, :1].expand_as(w)) and torch.equal(b, b[..., :1, :1].expand_as(b)):
+        c = w.shape[1]
+        return conv_module(w[0, :, 0, 0].reshape(c, 1, 1, 1), b[0, :, 0, 0], (1, 1), (0, 0, 0, 0), c)
+    return Scale(w.clone(), b.clone())
 
 
 def _dense(layer: Layer) -> nn.Module:

@@ -367,7 +367,7 @@ def _conv(m: Any, shape: tuple[int, ...]) -> list[Op]:
     else:
         def fn(x: torch.Tensor, bias: bool) -> torch.Tensor:
             return op(x, wd, b if bias else None, m.stride, m.padding, 1, m.groups)
-    module = torch_copy(m) if m.padding_mode == "zeros" else None
+    module = torch_copy(m) if m.padding_mode == "zeros" and m.groups == 1 else None  # grouped: dense (see conv_module)
     return [AffineOp(fn, w.numel() + (0 if b is None else b.numel()), _extra(m), module=module)]
 
 

@@ -10,6 +10,8 @@ the real MLPs of ../shared/data.  ``optimized`` runs twice: with a wall-time bud
 measured ECLipsE-Fast time (options seconds=50 t_fast, which includes its own ``combined`` start)
 and with its default 100 iterations.  Every row is written as soon as it is measured.
 Everything runs with one torch thread (the machine is shared; see the notes in the output).
+Runtime on the contended 2-core machine: 25 min, of which the 1000 x 50 net takes 13 (8 of them
+its pattern lower bound); about 12 min with --skip-large.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ GAUSSIAN = [  # (width, depth, run the SDPs)
     (20, 2, True), (20, 5, True), (20, 10, True), (50, 2, True), (50, 5, False), (100, 5, False),
     (100, 10, False), (200, 10, False), (200, 50, False), (500, 10, False)]
 ECLIPSE_DEPTHS = (2, 5, 10, 20, 30, 50, 75, 100)
-ECLIPSE_SDP_DEPTHS = (2, 5)      # ECLipsE / LipSDP-Neuron take minutes beyond this at width 80
+ECLIPSE_SDP_DEPTHS = (2,)        # ECLipsE / LipSDP-Neuron took over 5 min at depth 5, width 80 (contended)
 REAL = ("models/mnistfc/mnist-net_256x2.onnx", "models/mnistfc/mnist-net_256x4.onnx",
         "models/mnistfc/mnist-net_256x6.onnx", "models/eran_mnist_6_100/mnist_6_100_nat.onnx",
         "models/eran_sigmoid_6x200/ffnnSIGMOID__Point_6x200.onnx")

@@ -151,3 +151,22 @@ def test_certify_uses_the_optimized_pairs(rng: np.random.Generator) -> None:
     assert cert.radii["optimized"].sum() > cert.radii["combined"].sum()
     attack = lipcert.attack(net, x, y, 2, cert.radii["optimized"], steps=20, progress=False)
     assert not attack.success.any()  # no input broken inside its certified radius
+
+
+def test_recursion_stays_differentiable_in_the_multipliers() -> None:
+    """``optimized`` differentiates recursion.run() through the chooser's multipliers: run() must not
+    modify in place any tensor autograd saved (a Cholesky factor, for instance)."""
+    from lipcert.bounds.recursion import run
+
+    net = gaussian([4, 6, 6, 1], seed=1)
+    thetas = [torch.zeros(6, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+
+    def choose(ctx):
+        yield "test", torch.exp(thetas[ctx.index - 1] + ctx.log_scale) * 0.5
+
+    result = run(list(net.weights), net.slopes(), choose)
+    try:
+        grads = torch.autograd.grad(torch.log(result.gram[0, 0]), thetas)
+    except RuntimeError as exc:  # pragma: no cover - the message is the point
+        pytest.fail(f"recursion.run is no longer differentiable in the multipliers (method 'optimized' needs it): {exc}")
+    assert all(bool(torch.isfinite(g).all()) and bool((g != 0).any()) for g in grads)

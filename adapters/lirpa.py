@@ -35,9 +35,10 @@ from .torch_build import ActivationModule, to_torch
 INSTALL = "pip install --no-deps auto-LiRPA==0.3 (after pip install 'lipcert[lirpa]')"
 METHODS = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}
 """Verifier names accepted here -> auto_LiRPA's ``compute_bounds(method=...)``."""
-BOUND_OPTS = {"sparse_features_alpha": False}
-"""auto_LiRPA 0.3's sparse alpha crashes when > 90 % of a ReLU layer is unstable
-(``activation.py``: ``self.alpha_indices = None`` is indented under ``if verbosity > 0``)."""
+BOUND_OPTS = {"sparse_features_alpha": False, "sparse_spec_alpha": False}
+"""auto_LiRPA 0.3's sparse alphas crash alpha-CROWN: sparse features when > 90 % of a ReLU layer is
+unstable (``activation.py``: ``self.alpha_indices = None`` is indented under ``if verbosity > 0``),
+sparse specs on conv models (``assert self.alpha_lookup_idx[start_node.name] is None``)."""
 RADIUS_STEPS = 12
 """Bisection steps of :func:`certified_radius`: the bracket shrinks by 2**-12 (0.025 %)."""
 
@@ -219,8 +220,6 @@ def margin_lower_bounds(model: LirpaModel, x: torch.Tensor, labels: torch.Tensor
     bx = lirpa.BoundedTensor(x.to(torch.float64), ptb)
     c = margin_matrix(labels, model.outputs)
     kind = METHODS[method]
-    if kind == "alpha-CROWN":
-        model.bounded.set_bound_opts({"optimize_bound_args": {"ob_verbose": 0}})
     with _float64():
         lower, _ = model.bounded.compute_bounds(x=(bx,), C=c, method=kind, bound_upper=False)
     return lower.detach()

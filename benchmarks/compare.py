@@ -1,6 +1,6 @@
 """lipcert against auto_LiRPA (IBP, CROWN, alpha-CROWN) on the shared models and lipcert's demo model.
 
-Run:  python benchmarks/compare.py [--data ../shared/data] [--n 100] [--n-alpha 10] [--out benchmarks/results/compare.md]
+Run:  python benchmarks/compare.py [--data ../shared/data] [--n 30] [--n-alpha 1] [--out benchmarks/results/compare.md]
 
 For every ONNX model of the shared data folder (the models of benchmarks/certify.py) and the
 bundled Lipschitz-trained Fashion-MNIST demo model: certified accuracy at standard L2 and
@@ -80,9 +80,9 @@ def bench(case: Case, root: Path, n: int, n_alpha: int, steps: int) -> dict:
                "median": {m: cert.radius_stats(m)["median"] for m in METHODS}, "verifier": {}, "seconds": {}}
         masks = {m: [cert.certified(e, m) for e in eps] for m in METHODS}
         for v in VERIFIERS:
-            k = out["n_alpha"] if v == "alpha-crown" else len(y)
-            res = lirpa.verify(lm, x[:k], y[:k], eps, norm=norm, verifier=v)
-            row["verifier"][v] = [float(c.mean()) for c in res.certified]
+            k, grid = (out["n_alpha"], eps[:1]) if v == "alpha-crown" else (len(y), eps)
+            res = lirpa.verify(lm, x[:k], y[:k], grid, norm=norm, verifier=v)
+            row["verifier"][v] = [float(c.mean()) for c in res.certified] + [None] * (len(eps) - len(grid))
             row["seconds"][v] = res.seconds_per_input()
             masks[v] = list(res.certified)
             print(f"  L{norm} {v}: {row['verifier'][v]} ({1e3 * row['seconds'][v]:.3g} ms/input)", flush=True)
@@ -100,13 +100,27 @@ def bench(case: Case, root: Path, n: int, n_alpha: int, steps: int) -> dict:
             att = lipcert.attack(net, x, y, norm, e, steps=steps, restarts=1, input_range=net.input_range or (0.0, 1.0))
             row["upper"].append(float(att.robust_accuracy))
             for tool, m in masks.items():
-                row["violations"] += int((m[i] & att.success[:len(m[i])]).sum())
+                if i < len(m):
+                    row["violations"] += int((m[i] & att.success[:len(m[i])]).sum())
         out["norms"][norm] = row
     return out
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.0f}"
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}"
+
+
+def wins(results: list[dict]) -> list[str]:
+    """One line per (model, norm): the eps where lipcert (combined) or CROWN certifies more inputs."""
+    out = []
+    for r in results:
+        for norm in ("2", "inf"):
+            row = r["norms"][norm]
+            lip, crown = row["lipcert"]["combined"], row["verifier"]["crown"]
+            parts = [f"eps={eps_text(e)}: " + ("lipcert" if a > b else "CROWN" if b > a else "tie")
+                     + f" ({_pct(a)} vs {_pct(b)} %)" for e, a, b in zip(row["eps"], lip, crown)]
+            out.append(f"- {r['case'].label}, {'L2' if norm == '2' else 'L-inf'}: " + "; ".join(parts))
+    return out
 
 
 def render(results: list[dict], args: argparse.Namespace, seconds: float, done: bool) -> str:
@@ -122,7 +136,8 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, done: 
         "lipcert's Network), same inputs (the first n test images; the demo model's bundled Fashion-MNIST test "
         "images), same property: the whole norm ball of radius eps (raw [0, 1] pixels, no clipping) keeps the "
         "true class; verifiers use the margin specification f_y - f_j for every j != y. Certified accuracy in % "
-        f"of n inputs; alpha-CROWN (20 iterations) on the first {args.n_alpha} only. 'first' = lipschitz-first "
+        f"of n inputs; alpha-CROWN (20 iterations) on the first {args.n_alpha} inputs at the first eps only (it took "
+        "up to a minute per input on the conv nets here). 'first' = lipschitz-first "
         "(lipcert combined, then CROWN on the correct inputs it left, as lipcert.combine does); its accuracy "
         "is the union of the per-input results above and its time is lipcert's (including the one-off bound) plus "
         "CROWN's measured time per input times the inputs left. PGD: 1 restart of "
@@ -157,6 +172,7 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, done: 
                          f"{lip:.3g} | " + " | ".join(f"{1e3 * row['seconds'][v]:.3g}" for v in VERIFIERS)
                          + " | " + " / ".join(f"{t:.3g}" for t in row["first"]["total_s"])
                          + f" | {row['first']['crown_alone_s']:.3g} |")
+    lines += ["", "## Where each wins", "", *wins(results)]
     lines += ["", "## VNN-COMP instances", "",
               "The VNN-COMP 2021 instances shipped in ../shared/data (lipcert vnnlib as a pre-filter) are reported in "
               "benchmarks/results/vnncomp.md.", ""]
@@ -166,8 +182,8 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, done: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--n-alpha", type=int, default=10)
+    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--n-alpha", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="PGD steps")
     parser.add_argument("--only", default=None, help="comma-separated model labels to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "compare.md")

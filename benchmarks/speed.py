@@ -1,6 +1,6 @@
 """Speed and peak memory of the closed-form bounds against this machine's matrix-multiply speed.
 
-Run (full grid, about 20 min on an idle 2-core machine):
+Run (full grid, about 15 min on an idle 2-core machine; largest net 2000 x 100, 3.2 GB of weights):
 
     python benchmarks/speed.py
 
@@ -34,13 +34,13 @@ import math
 import platform
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import lipcert
@@ -158,13 +158,15 @@ def breakdown_part(widths: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def sdp_part(configs: list[tuple[int, int]], sdp_methods: list[str]) -> list[dict[str, Any]]:
+def sdp_part(configs: list[tuple[int, int]], sdp_methods: list[str], lipsdp_max: int) -> list[dict[str, Any]]:
     rows = []
     for width, depth in configs:
         net = gaussian([width] * depth + [1], seed=0)
         fast = measure(lambda: lipcert.lipschitz(net, "eclipse-fast"), repeat=3)
         comb = measure(lambda: lipcert.lipschitz(net, "combined"), repeat=3)
         for method in sdp_methods:
+            if method.startswith("lipsdp") and width * (depth - 1) > lipsdp_max:
+                continue
             try:
                 m = measure(lambda mm=method: lipcert.lipschitz(net, mm))
             except LipcertError as exc:  # missing extra, problem too large
@@ -192,19 +194,20 @@ def cnn_part(data: Path, images: int) -> list[dict[str, Any]]:
         loaded = measure(lambda p=path, m=mean, s=std: lipcert.load(p, mean=m, std=s, check=False))
         net = loaded.value
         largest = max(w.numel() * w.element_size() for w in net.weights)
+        square = 8 * max(w.shape[0] for w in net.weights[:-1]) ** 2  # the largest n_k x n_k (Gamma, M, factors)
         bound = measure(lambda: lipcert.lipschitz(net, "combined"))
         fast = measure(lambda: lipcert.lipschitz(net, "eclipse-fast"))
         ds = datasets.load(dataset, root=data / "datasets", download=False)
         n = min(images, len(ds.y))
         x = ds.x[:n].reshape(n, *net.input_shape)
         cert = measure(lambda: lipcert.certify(net, x, ds.y[:n], norm=2, bound=bound.value))
-        rows.append({"model": name, "widths": list(net.widths), "largest": largest,
+        rows.append({"model": name, "widths": list(net.widths), "largest": largest, "square": square,
                      "parse_s": parse.seconds, "parse_peak": parse.peak,
                      "load_s": loaded.seconds, "load_peak": loaded.peak,
                      "fast_s": fast.seconds, "fast_peak": fast.peak, "fast": fast.value.value,
                      "bound_s": bound.seconds, "bound_peak": bound.peak, "bound": bound.value.value,
                      "certify_s": cert.seconds, "certify_peak": cert.peak, "images": n,
-                     "certified": float(np.atleast_1d(cert.value.certified_accuracy(0.5))[0])})
+                     "median_radius": cert.value.radius_stats()["median"]})
         print(f"  {name}: widths {list(net.widths)}, load {loaded.seconds:.3g} s (peak {_mb(loaded.peak)}), "
               f"combined {bound.value.value:.4g} in {bound.seconds:.3g} s (peak {_mb(bound.peak)})", flush=True)
         del net
@@ -226,7 +229,7 @@ def markdown(gauss: list[dict[str, Any]], parts: list[dict[str, Any]], sdp: list
     if note:
         lines += [f"**{note}**", ""]
     lines += [f"Command: `{command}`  ",
-              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+              f"Machine: {platform.machine()}, torch threads: {torch.get_num_threads()}, torch {torch.__version__}, "
               f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
               "## Gaussian nets (width x depth = number of weight matrices, one output)", "",
               "Each cell: wall time, then in brackets the flop-rate ratio to the float64 matrix product of the "
@@ -271,22 +274,32 @@ def markdown(gauss: list[dict[str, Any]], parts: list[dict[str, Any]], sdp: list
                          f"{r['seconds'] / r['combined_s']:.0f}x |")
     if cnn:
         lines += ["", "## CNN models (dense matrices of the convolutions)", "",
-                  "Peak memory also as a multiple of the largest dense weight matrix (float64).", "",
-                  "| model | widths | largest matrix | parse | load + materialize (peak) | ECLipsE-Fast (peak) | "
-                  "combined (peak) | certify L2 (images, peak) | bound | certified at 0.5 |", "|---" * 10 + "|"]
+                  "Peak extra memory of loading as a multiple of the largest dense weight matrix W, of the "
+                  "bounds as a multiple of the largest n_k x n_k float64 matrix (Gamma_k, M_k and their factors).", "",
+                  "| model | widths | largest W | largest n_k^2 | parse | load + materialize (peak) | "
+                  "ECLipsE-Fast (peak) | combined (peak) | certify L2 (images, peak) | combined bound | "
+                  "median certified radius |", "|---" * 11 + "|"]
         for r in cnn:
-            big = r["largest"]
-
-            def cell(s: float, peak: int | None, big: int = big) -> str:
-                mult = "" if peak is None else f", {peak / big:.1f}x"
+            def cell(s: float, peak: int | None, unit: int) -> str:
+                mult = "" if peak is None else f", {peak / unit:.1f}x"
                 return f"{s:.3g} s ({_mb(peak)}{mult})"
 
-            lines.append(f"| {r['model']} | {'-'.join(map(str, r['widths']))} | {_mb(big)} | {r['parse_s']:.3g} s | "
-                         f"{cell(r['load_s'], r['load_peak'])} | {cell(r['fast_s'], r['fast_peak'])} | "
-                         f"{cell(r['bound_s'], r['bound_peak'])} | "
+            lines.append(f"| {r['model']} | {'-'.join(map(str, r['widths']))} | {_mb(r['largest'])} | "
+                         f"{_mb(r['square'])} | {r['parse_s']:.3g} s | "
+                         f"{cell(r['load_s'], r['load_peak'], r['largest'])} | "
+                         f"{cell(r['fast_s'], r['fast_peak'], r['square'])} | "
+                         f"{cell(r['bound_s'], r['bound_peak'], r['square'])} | "
                          f"{r['certify_s']:.3g} s ({r['images']}, {_mb(r['certify_peak'])}) | {r['bound']:.4g} | "
-                         f"{100 * r['certified']:.1f}% |")
-    lines.append("")
+                         f"{r['median_radius']:.3g} |")
+    lines += ["", "## Notes", "",
+              "- combined runs its nine passes together (shared first layer and trajectories) and, on nets with a "
+              "hidden layer >= 256 wide, prunes passes whose truncated bound is > 1.2x the best or whose M_k is "
+              "dominated (never SN(1), never at the last hidden layer; docs/decisions.md item 11); the pruned passes "
+              "are listed per row.  Its target is <= 3x ECLipsE-Fast at width >= 500.",
+              "- Peak memory of a closed-form pass is a few n_k x n_k float64 matrices (Gamma_k, the Cholesky "
+              "factor, the margin matrix) on top of the weights; combined keeps one factor per surviving pass.",
+              "- lambda_max in the rules is a torch Lanczos estimate (feasibility is decided by the Cholesky "
+              "test); no scipy/OpenBLAS thread pool runs beside torch's threads.", ""]
     return "\n".join(lines)
 
 
@@ -333,8 +346,8 @@ def plot(gauss: list[dict[str, Any]], path: Path, note: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     styles_note = ", ".join(f"depth {d}: '{s}'" for d, s in styles.items())
-    fig.suptitle(f"lipcert closed-form bounds on Gaussian nets ({styles_note}){' - ' + note if note else ''}",
-                 fontsize=10)
+    title = f"lipcert closed-form bounds on Gaussian nets ({styles_note})"
+    fig.suptitle(title + ("\n" + textwrap.fill(note, 190) if note else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -359,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sdp", type=_pairs, default=[(20, 2), (20, 5), (50, 2), (50, 5)],
                    help="width x depth nets for the SDP comparison, e.g. 20x5,50x2 (empty: skip)")
     p.add_argument("--sdp-methods", default="eclipse,lipsdp-neuron")
+    p.add_argument("--lipsdp-max-neurons", type=int, default=150,
+                   help="run LipSDP only on nets with at most this many hidden neurons (one SDP over all of them)")
     p.add_argument("--no-cnn", action="store_true", help="skip the CNN models")
     p.add_argument("--images", type=int, default=1000, help="test images certified per CNN model")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -383,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Operations of one layer", flush=True)
     parts = breakdown_part(args.widths)
     print("SDP comparison", flush=True)
-    sdp = sdp_part(args.sdp, [m for m in args.sdp_methods.split(",") if m])
+    sdp = sdp_part(args.sdp, [m for m in args.sdp_methods.split(",") if m], args.lipsdp_max_neurons)
     cnn = [] if args.no_cnn else (print("CNN models", flush=True), cnn_part(args.data, args.images))[1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"gaussian": gauss, "operations": parts, "sdp": sdp,

@@ -83,11 +83,11 @@ def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Ru
 
     Each pass is a valid certificate.  With slopes alpha beta = 0 (after the closed-form
     relaxation) the passes run together (:func:`.recursion.run_passes`: shared trajectories,
-    batched solves and Cholesky factorizations).  ``prune`` (a factor, None for no pruning, or
+    each pass bitwise equal to running it alone).  ``prune`` (a factor, None for no pruning, or
     ``"auto"``: :data:`PRUNE_FACTOR` on nets with a hidden layer of width >= :data:`PRUNE_FROM_WIDTH`)
     drops a pass once the bound of the net cut after the current layer exceeds the best pass's
-    by more than the factor 1 + prune; SN(1) (ECLipsE-Fast) is never dropped, so combined stays
-    <= ECLipsE-Fast.  Pruned passes are listed in each result's ``extras["pruned"]``.
+    by more than the factor 1 + prune, or once its M_k is dominated by a sibling's; SN(1)
+    (ECLipsE-Fast) is never dropped, so combined stays <= ECLipsE-Fast.  Pruned passes are listed in each result's ``extras["pruned"]``.
 
     The naive product keeps the combination below it also for negative slopes (SiLU, GELU),
     where no rule is guaranteed to beat it.  For slopes in [0, beta] SN(1) <= naive is a theorem

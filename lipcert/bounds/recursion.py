@@ -31,7 +31,6 @@ from .rules import spectral_top
 _MARGIN_EPS_PER_DIM = 4
 _MAX_HALVINGS = 60
 _SYRK_BLOCK = 256  # below this size gram() uses one full product
-_BATCH_BYTES = 2**28  # largest operand of one batched solve or Cholesky (256 MB)
 
 
 @dataclass(frozen=True)
@@ -226,9 +225,10 @@ def run_passes(
     """Several passes of :func:`run` at once, for slopes with alpha * beta = 0 (the closed forms).
 
     Passes whose multipliers agree exactly share their trajectory (so all of them share layer 1,
-    where M_0 = I, and every pass computes its Gamma once per distinct trajectory).  Each layer's
-    Gammas of all trajectories come from batched triangular solves and products, and the first
-    candidates of all passes are factored in batched Cholesky calls.
+    where M_0 = I), and each distinct trajectory computes its Gamma once.  Every pass performs
+    exactly the operations of :func:`run`, so its result is bitwise that of running it alone
+    (combined <= ECLipsE-Fast holds exactly).  Batched torch calls were not used: on the CPU they
+    were no faster at n >= 200 and saved under 0.1 ms per layer below (benchmarks/results/speed.md).
 
     ``prune``: from the second to the last-but-one hidden layer, drop trajectories whose truncated
     bound exp(log_scale) lambda_max(Gamma_k) (the bound of the net cut after W_k) exceeds the
@@ -262,7 +262,7 @@ def run_passes(
             for node in nodes:
                 for name in node.passes:
                     history[name].notes.append(f"layer {k + 1}: {int((~live).sum())} constant neurons dropped")
-        gammas = _batched_gammas(nodes, v)
+        gammas = _gammas(nodes, v)
         next_s = (slopes[k + 1][0] + slopes[k + 1][1]) if k + 1 < len(slopes) else None
         next_weight = nxt if next_s is None else (next_s[live] if not all_live else next_s)[:, None] * nxt
         contexts = []
@@ -289,29 +289,9 @@ def run_passes(
     return out
 
 
-def _batch_size(n: int, m: int, itemsize: int) -> int:
-    """How many n x m matrices one batched call may hold (at most :data:`_BATCH_BYTES` each operand)."""
-    return max(1, _BATCH_BYTES // max(1, n * m * itemsize))
-
-
-def _batched_gammas(nodes: list[_Node], v: torch.Tensor) -> list[torch.Tensor]:
-    """Gamma = V M^{-1} V^T of every trajectory, from batched triangular solves and products.
-
-    Batches are cut to :data:`_BATCH_BYTES` per operand, which bounds the memory beyond the
-    trajectories' own factors.
-    """
-    if nodes[0].r is None:
-        return [gram(v.T)]  # M_0 = I: Gamma_1 = V V^T
-    rhs = v.T
-    step = _batch_size(*rhs.shape, rhs.element_size())
-    out: list[torch.Tensor] = []
-    for i0 in range(0, len(nodes), step):
-        chunk = [node.r for node in nodes[i0:i0 + step] if node.r is not None]
-        lows = torch.stack([r.T for r in chunk])
-        ys = torch.linalg.solve_triangular(lows, rhs.expand(len(chunk), *rhs.shape), upper=False)
-        del lows
-        out.extend(gram(ys))
-    return out
+def _gammas(nodes: list[_Node], v: torch.Tensor) -> list[torch.Tensor]:
+    """Gamma = V M^{-1} V^T of every trajectory, with the same operations as :func:`run`."""
+    return [gram(solve_rt(node.r, v.T)) for node in nodes]
 
 
 def _prune(nodes: list[_Node], contexts: list[LayerContext], history: dict[str, _Pass], prune: float | None,
@@ -338,7 +318,7 @@ def _prune(nodes: list[_Node], contexts: list[LayerContext], history: dict[str, 
 def _advance(nodes: list[_Node], contexts: list[LayerContext], choosers: dict[str, Chooser],
              history: dict[str, _Pass], live: torch.Tensor | None, prune: float | None,
              protected: set[str], dropped: dict[str, int]) -> list[_Node]:
-    """Choose every pass's multipliers (first candidates factored in batches) and group equal choices.
+    """Choose every pass's multipliers (each distinct first candidate factored once) and group equal choices.
 
     With ``prune``, first drop the passes whose proposal is dominated (:func:`_dominated`).
     """
@@ -364,7 +344,7 @@ def _advance(nodes: list[_Node], contexts: list[LayerContext], choosers: dict[st
             distinct.append((i, lam))
             j = len(distinct) - 1
         which.append(j)
-    factored = _batched_factor([(contexts[i].gamma, lam) for i, lam in distinct])
+    factored = [factor_certificate(contexts[i].gamma, lam) for i, lam in distinct]
     groups: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
     for (i, name, it, label, lam), j in zip(pending, which):
         found = factored[j]
@@ -409,29 +389,6 @@ def _dominated(pending: list[tuple[int, str, Any, str, torch.Tensor]], contexts:
     return out
 
 
-def _batched_factor(items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-    """:func:`factor_certificate` of several (Gamma, lambda) of one size, with batched Cholesky factorizations."""
-    idx = [t for t, (_, lam) in enumerate(items) if bool(torch.isfinite(lam).all()) and bool((lam > 0).all())]
-    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(items)
-    if not idx:
-        return out
-    gamma0 = items[idx[0]][0]
-    step = _batch_size(gamma0.shape[0], gamma0.shape[1], gamma0.element_size())
-    for i0 in range(0, len(idx), step):
-        part = idx[i0:i0 + step]
-        mats = torch.empty(len(part), *gamma0.shape, dtype=gamma0.dtype, device=gamma0.device)
-        for b, t in enumerate(part):
-            mats[b] = _margin_matrix(*items[t])
-        lows, infos = torch.linalg.cholesky_ex(mats)
-        del mats
-        good = (infos == 0) & torch.isfinite(lows.diagonal(dim1=-2, dim2=-1)).all(dim=-1)
-        for b, t in enumerate(part):
-            if bool(good[b]):
-                lam = items[t][1]
-                out[t] = (lam, lows[b].T * lam[None, :])
-    return out
-
-
 def factor_certificate(gamma: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """P = 0: Cholesky of C' = shrink(2 diag(1/lambda) - Gamma); then R_M = R_C diag(lambda).
 
@@ -442,7 +399,7 @@ def factor_certificate(gamma: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Te
     low = _lower_cholesky(_margin_matrix(gamma, lam))
     if low is None:
         return None
-    return lam, low.T * lam[None, :]
+    return lam, (low * lam[:, None]).T  # out of place: autograd (method optimized) keeps low
 
 
 def _margin_matrix(gamma: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,10 @@ import torch
 
 from lipcert.certify import check_eps, parse_norm
 from lipcert.errors import LipcertError, MissingExtraError, ShapeMismatchError
+from lipcert.network import Network
 
-from .torch_build import ActivationModule, to_torch
+from .graph import Conversion
+from .torch_build import ActivationModule, conversion, to_torch
 
 INSTALL = "pip install --no-deps auto-LiRPA==0.3 (after pip install 'lipcert[lirpa]')"
 METHODS = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}
@@ -165,30 +167,16 @@ def bounded_module(source: Any, *, input_shape: Sequence[int] | None = None,
     if isinstance(source, LirpaModel):
         return source
     lirpa = load_auto_lirpa()
-    module = to_torch(source, input_shape=input_shape, mean=mean, std=std)
-    shape = _input_shape(source, module, input_shape)
+    if not isinstance(source, (Network, Conversion)):
+        source = conversion(source, input_shape=input_shape, mean=mean, std=std)
+    module = to_torch(source)
+    shape = tuple(source.input_shape)
     example = torch.zeros(1, *shape, dtype=torch.float64)
     with torch.no_grad():
         outputs = int(module(example).shape[1])
     with _float64():  # tables of tanh/sigmoid relaxations are made at construction, in the default dtype
         bounded = lirpa.BoundedModule(module, example, bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
     return LirpaModel(module, bounded, tuple(shape), outputs)
-
-
-def _input_shape(source: Any, module: torch.nn.Module, given: Sequence[int] | None) -> tuple[int, ...]:
-    from lipcert.network import Network
-
-    from .graph import Conversion
-
-    if isinstance(source, Network):
-        return tuple(source.input_shape)
-    if isinstance(source, Conversion):
-        return tuple(source.input_shape)
-    if given is not None:
-        return tuple(int(s) for s in given)
-    from .torch_build import conversion
-
-    return tuple(conversion(source).input_shape) if not isinstance(source, torch.nn.Module) else ()
 
 
 @contextlib.contextmanager

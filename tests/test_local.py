@@ -223,7 +223,6 @@ def test_cli_certify_local_reports_both_radii(shared_data: Path, tmp_path: Path,
     assert "radius_local" in (out / "samples.csv").read_text().splitlines()[0]
 
 
-@pytest.mark.slow
 def test_external_intervals_are_intersected_soundly(shared_data: Path) -> None:
     """auto_LiRPA's CROWN pre-activation bounds (option b) tighten the intervals; radii stay sound."""
     lirpa = pytest.importorskip("lipcert.adapters.lirpa")

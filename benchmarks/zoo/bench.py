@@ -7,7 +7,7 @@ and at SDP-CROWN's Table-1 radius for its architecture (MNIST radii; Fashion-MNI
 
 * lipcert: naive, ECLipsE-Fast, combined (and ``optimized`` / ``local=True`` when they exist);
   time = bound + certify pass for all 200 images;
-* auto_LiRPA 0.3: IBP and CROWN (margin lower bounds, one run per radius) on all images; alpha-CROWN
+* auto_LiRPA 0.3: IBP and CROWN (margin lower bounds, one run per radius) on the first ``--lirpa-n``; alpha-CROWN
   (20 iterations, auto_LiRPA's default) on the first ``--alpha-n`` images at the SDP-CROWN radius and the
   median radius only (it costs seconds per image here);
 * the Lipschitz-first strategy: lipcert's best radii, then CROWN only on the inputs left;
@@ -175,18 +175,19 @@ def bench_model(path: Path, x: np.ndarray, y: np.ndarray, args: argparse.Namespa
             alpha = label == "alpha-CROWN"
             if alpha and (args.alpha_n == 0 or e not in (grid_median, SDP_CROWN_EPS[arch])):
                 continue
-            k = min(args.alpha_n, n) if alpha else n
+            k = min(args.alpha_n if alpha else args.lirpa_n, n)
             mask, s = lirpa_certified(module, xt[:k], yt[:k], e, method, args.lirpa_batch)
             rows.append(Row(name, f"auto_LiRPA {label}", e, float(mask.mean()), s, k))
             print(f"  eps {e:g}: {label} {mask.mean():.3f} on {k} ({s:.1f} s)", flush=True)
             if alpha:  # lipcert's best on the same images, for a like-for-like comparison
                 rows.append(Row(name, f"lipcert {best} (alpha-CROWN's {k} images)", e,
                                 float(lipschitz_mask[:k].mean()), seconds[best] * k / n, k))
-        rest = np.flatnonzero(~lipschitz_mask & certs[best].correct)
+        k = min(args.lirpa_n, n)
+        rest = np.flatnonzero(~lipschitz_mask[:k] & certs[best].correct[:k])
         rest_mask, s = (lirpa_certified(module, xt[rest], yt[rest], e, "CROWN", args.lirpa_batch) if rest.size
                         else (np.zeros(0, dtype=bool), 0.0))
         rows.append(Row(name, "Lipschitz first, then CROWN", e,
-                        float((lipschitz_mask.sum() + rest_mask.sum()) / n), seconds[best] + s, n))
+                        float((lipschitz_mask[:k].sum() + rest_mask.sum()) / k), seconds[best] * k / n + s, k))
         result = lipcert.attack(net, x, y, 2, e, steps=args.pgd_steps, restarts=args.pgd_restarts,
                                 input_range=(0.0, 1.0), progress=False)
         rows.append(Row(name, "PGD upper bound", e, result.robust_accuracy, result.seconds, n))
@@ -262,24 +263,32 @@ def write_markdown(path: Path, rows: Sequence[Row], summaries: Sequence[dict]) -
 
 
 def plot(path: Path, rows: Sequence[Row], summaries: Sequence[dict]) -> None:
-    """Certified accuracy vs radius, one panel per model."""
+    """Certified accuracy vs radius, one panel per model, one colour per method across panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries), 3.6), squeeze=False)
-    for ax, s in zip(axes[0], summaries):
+    methods = list(dict.fromkeys(r.method.split(" (")[0] for r in rows))
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    cols = 4
+    nrows = -(-len(summaries) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.3 * nrows), squeeze=False)
+    for ax, s in zip(axes.flat, summaries):
         model_rows = [r for r in rows if r.model == s["model"]]
         for method in dict.fromkeys(r.method for r in model_rows):
             pts = sorted((r.eps, 100 * r.accuracy) for r in model_rows if r.method == method)
-            ax.plot(*zip(*pts), marker="o", ms=3, label=method, linestyle="--" if "PGD" in method else "-")
+            n = next(r.n for r in model_rows if r.method == method)
+            ax.plot(*zip(*pts), marker="o", ms=3, color=colors[method.split(" (")[0]],
+                    linestyle="--" if "PGD" in method or "(" in method else "-", label=f"{method} [n={n}]")
         ax.set_title(s["model"], fontsize=9)
-        ax.set_xlabel("L2 radius")
-        ax.set_ylabel("certified accuracy (%)")
+        ax.set_xlabel("L2 radius", fontsize=8)
+        ax.set_ylabel("certified accuracy (%)", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="upper right")
+        ax.legend(fontsize=5)
+    for ax in list(axes.flat)[len(summaries):]:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(LIPSCHITZ_METHODS), help="lipcert bound methods")
     p.add_argument("--no-local", dest="local", action="store_false", help="skip lipcert.certify(..., local=True)")
     p.add_argument("--alpha-n", type=int, default=25, help="images for alpha-CROWN (0: skip it)")
+    p.add_argument("--lirpa-n", type=int, default=200, help="images for IBP, CROWN and Lipschitz-first")
     p.add_argument("--lirpa-batch", type=int, default=25)
     p.add_argument("--pgd-steps", type=int, default=50)
     p.add_argument("--pgd-restarts", type=int, default=3)

@@ -28,7 +28,6 @@ import inspect
 import json
 import sys
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from onnx import numpy_helper
 
 import lipcert
 from lipcert import datasets
+from lipcert.adapters.lirpa import load_auto_lirpa
 from lipcert.attack import soundness_violations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,32 +87,10 @@ def torch_module(path: Path, card: dict) -> torch.nn.Sequential:
 
 
 # ---------------------------------------------------------------------------------------- auto_LiRPA
-def import_auto_lirpa() -> types.ModuleType:
-    """auto_LiRPA 0.3 with the torch 2.x / numpy 2.x shim of ../shared/docs/ecosystem.md section 1."""
-    if "numpy.lib.arraysetops" not in sys.modules:
-        try:
-            import numpy.lib.arraysetops  # noqa: F401  (numpy < 2)
-        except ImportError:
-            shim = types.ModuleType("numpy.lib.arraysetops")
-            shim.isin = np.isin
-            sys.modules["numpy.lib.arraysetops"] = shim
-    import torch.onnx.symbolic_helper as helper
-    if not hasattr(helper, "_set_opset_version"):
-        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
-
-        def _set_opset_version(v: int) -> None:
-            GLOBALS.export_onnx_opset_version = v
-        helper._set_opset_version = _set_opset_version
-    if not hasattr(torch._C.Node, "__getitem__"):
-        torch._C.Node.__getitem__ = lambda self, k: getattr(self, self.kindOf(k))(k)
-    import auto_LiRPA
-    return auto_LiRPA
-
-
 def lirpa_certified(module: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, method: str,
                     batch_size: int) -> tuple[np.ndarray, float]:
     """Inputs whose auto_LiRPA margin lower bounds over the L2 ball are all > 0 (and correct); seconds."""
-    lirpa = import_auto_lirpa()
+    lirpa = load_auto_lirpa()
     start = time.perf_counter()
     out = np.zeros(len(y), dtype=bool)
     bounded = lirpa.BoundedModule(module, x[:1], bound_opts={"sparse_features_alpha": False}, verbose=0)
@@ -226,13 +204,14 @@ def targets(rows: Sequence[Row], summaries: Sequence[dict]) -> list[str]:
             mine = next((r for (m, x), r in get.items() if x == e and m.endswith("(alpha-CROWN's "
                                                                                   f"{alpha.n} images)")), None) \
                 if alpha else None
-            gain = 100 * (get[("lipcert combined", e)].accuracy - get[("lipcert naive", e)].accuracy)
+            pair = get.get(("lipcert combined", e)), get.get(("lipcert naive", e))
+            gain = f"{100 * (pair[0].accuracy - pair[1].accuracy):+.1f}" if all(pair) else "-"
             if alpha and mine:
                 ratio = (alpha.seconds / alpha.n) / (mine.seconds / mine.n)
                 lines.append(f"| {s['model']} | {e:g} | {100 * mine.accuracy:.1f} % ({s['best']}, {mine.n} images) | "
-                             f"{100 * alpha.accuracy:.1f} % | {ratio:.0f}x | {gain:+.1f} |")
+                             f"{100 * alpha.accuracy:.1f} % | {ratio:.0f}x | {gain} |")
             else:
-                lines.append(f"| {s['model']} | {e:g} | - | - | - | {gain:+.1f} |")
+                lines.append(f"| {s['model']} | {e:g} | - | - | - | {gain} |")
     return lines + [""]
 
 

@@ -100,7 +100,7 @@ def relu() -> Activation:
 
 def leaky_relu(a: float = 0.01) -> Activation:
     return Activation(f"leaky_relu({a:g})", min(a, 1.0), max(a, 1.0),
-                      lambda z: F.leaky_relu(z, a), lambda z: torch.where(z > 0, 1.0, a).to(z.dtype))
+                      lambda z: F.leaky_relu(z, a), lambda z: torch.where(z > 0, torch.ones_like(z), torch.full_like(z, a)))
 
 
 def elu(a: float = 1.0) -> Activation:

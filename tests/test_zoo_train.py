@@ -151,7 +151,6 @@ def test_one_epoch_smoke_run_writes_a_loadable_onnx_model(tmp_path, shared_data)
     assert card["samples"]["n"] == 20
 
 
-@pytest.mark.slow
 def test_one_epoch_conv_deep_smoke_run_with_a_scheduled_closed_form(tmp_path, shared_data):
     out = tmp_path / "deep.onnx"
     rc = train.main(["--dataset", "fashion-mnist", "--data-dir", str(shared_data), "--arch", "conv-deep",

@@ -1,6 +1,6 @@
 """lipcert against auto_LiRPA (IBP, CROWN, alpha-CROWN) on the shared models and lipcert's demo model.
 
-Run:  python benchmarks/compare.py [--data ../shared/data] [--n 30] [--n-alpha 1] [--out benchmarks/results/compare.md]
+Run:  python benchmarks/compare.py [--data ../shared/data] [--n 100] [--n-alpha 1] [--out benchmarks/results/compare.md]
 
 For every ONNX model of the shared data folder (the models of benchmarks/certify.py) and the
 bundled Lipschitz-trained Fashion-MNIST demo model: certified accuracy at standard L2 and
@@ -182,7 +182,7 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, done: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--n-alpha", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="PGD steps")
     parser.add_argument("--only", default=None, help="comma-separated model labels to run (default: all)")

@@ -33,7 +33,6 @@ def test_the_zoo_has_every_architecture_trained_with_both_bounds():
     assert sum(p.stat().st_size for p in MODELS) < 5_000_000
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
 def test_model_reproduces_its_card_and_its_radii_survive_the_attack(path, shared_data):
     card = _card(path)
@@ -42,15 +41,16 @@ def test_model_reproduces_its_card_and_its_radii_survive_the_attack(path, shared
     assert list(net.widths) == card["widths"]
     subset = _subset(card)
     x, y = datasets.load(card["dataset"], "test", shared_data / "datasets", limit=subset["n"], download=False)
-    cert = lipcert.certify(net, x, y, method="combined", progress=False)
+    # The naive bound is cheap on the dense conv layers; the card records its accuracies beside combined's.
+    cert = lipcert.certify(net, x, y, method="naive", progress=False)
     assert cert.clean_accuracy == pytest.approx(subset["clean_accuracy"], abs=5e-5)
-    recorded = subset["certified_accuracy"]["combined"]
+    recorded = subset["certified_accuracy"]["naive"]
     got = cert.certified_accuracy([float(e) for e in recorded])
     np.testing.assert_allclose(got, list(recorded.values()), atol=5e-5)
 
-    # PGD at each certified input's own radius finds nothing; at twice the radius it breaks some.
+    # PGD at each certified input's own (ECLipsE-Fast) radius finds nothing; at three times the radius it breaks some.
     chosen = np.flatnonzero(cert.correct & (cert.radius > 0))[:12]
-    sub = lipcert.certify(net, x[chosen], y[chosen], bound=cert.bounds["combined"], progress=False)
+    sub = lipcert.certify(net, x[chosen], y[chosen], method="eclipse-fast", progress=False)
     at_radius = lipcert.attack(net, x[chosen], y[chosen], 2, sub.radius, steps=50, restarts=2, progress=False)
     assert soundness_violations(sub, at_radius).size == 0
     beyond = lipcert.attack(net, x[chosen], y[chosen], 2, 3 * sub.radius, steps=50, restarts=2, progress=False)

@@ -20,6 +20,7 @@ import math
 import sys
 import time
 import types
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,10 +115,18 @@ def load_auto_lirpa() -> types.ModuleType:
     _shim_set_opset_version()
     _shim_node_getitem()
     try:
-        import auto_LiRPA
+        # auto_LiRPA 0.3 calls warnings.simplefilter("once") at import, which would override the
+        # caller's warning filters process-wide, and its @torch.jit.script operators warn that
+        # torch.jit.script is deprecated: import it with the filters saved and restored, and pass
+        # on every import-time warning but that one.
+        with warnings.catch_warnings(record=True) as caught:
+            import auto_LiRPA
     except ImportError as exc:
         raise MissingExtraError(f"auto_LiRPA is needed to compare with IBP/CROWN/alpha-CROWN but cannot be "
                                 f"imported ({exc}); install it with: {INSTALL}") from exc
+    for w in caught:
+        if "torch.jit.script" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     _shim_named_members(auto_LiRPA)
     return auto_LiRPA
 

@@ -211,3 +211,16 @@ def test_verify_normalized_conv_with_sigmoid() -> None:
     for i in range(5):
         sampled = out[i, :, y[i], None] - np.delete(out[i], y[i], axis=1)
         assert np.all(res.lower[1, i] <= sampled.min(axis=0) + 1e-9)
+
+
+def test_loading_auto_lirpa_keeps_the_callers_warning_filters() -> None:
+    """auto_LiRPA 0.3 calls warnings.simplefilter('once') at import; the adapter must undo it (fresh process)."""
+    code = ("import warnings\n"
+            "from lipcert.adapters import lirpa\n"
+            "before = list(warnings.filters)\n"
+            "lirpa.load_auto_lirpa()\n"
+            "assert warnings.filters == before, warnings.filters[:3]\n")
+    done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "torch.jit.script" not in done.stderr

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lipcert
+from lipcert.bounds.certificate import lipsdp_matrix
 from lipcert.errors import InvalidSlopeError, UnknownMethodError
 from lipcert.bounds.rules import InvalidParameterError
 from lipcert.random_nets import eclipse_benchmark, gaussian
@@ -100,10 +101,22 @@ def has_negative_pivot(q: torch.Tensor, digits: int = 50) -> bool:
     return False
 
 
+def assert_certificate_is_valid_and_tight(net: lipcert.Network, bound: lipcert.LipschitzBound, label: str) -> None:
+    """The rebuilt LipSDP matrix (math.md section 8) is PSD at bound.value^2 and indefinite 1e-6 below.
+
+    Deep chains of near-singular blocks hide the inertia from float64 eigenvalues, so it is
+    computed in 50 digits.
+    """
+    check = lipcert.check_certificate(net, bound)
+    assert check.valid and check.positive_definite, check
+    for scale, negative in ((1 - 1e-6, True), (1.0, False)):
+        rho = scale * bound.value**2
+        q = lipsdp_matrix(net, rho, [rho * m for m in bound.multipliers], list(bound.slopes))
+        assert has_negative_pivot(q) is negative, (label, scale)
+
+
 @pytest.mark.parametrize("method", ("eclipse-fast", "gc", "shift", "gcs", "combined", "greedy"))
 def test_certificate_rebuild_is_psd_and_tight(method: str, rng: np.random.Generator) -> None:
-    from lipcert.bounds.certificate import lipsdp_matrix
-
     for activation in ("relu", "sigmoid", "silu"):
         # Two hidden layers: re-evaluating fixed multipliers amplifies their rounding by about
         # 1/(1 - c/2) per layer (200 for GC(1.99)), so "1e-6 less is indefinite" is only
@@ -114,14 +127,7 @@ def test_certificate_rebuild_is_psd_and_tight(method: str, rng: np.random.Genera
             with pytest.raises(lipcert.errors.ShapeMismatchError, match="no LipSDP multipliers"):
                 lipcert.check_certificate(net, bound)
             continue
-        check = lipcert.check_certificate(net, bound)
-        assert check.valid and check.positive_definite, check
-        # Tight for its own multipliers: 1e-6 less is indefinite.  Deep chains of near-singular
-        # blocks hide this from float64 eigenvalues, so the inertia is computed in 50 digits.
-        for scale, negative in ((1 - 1e-6, True), (1.0, False)):
-            rho = scale * bound.value**2
-            q = lipsdp_matrix(net, rho, [rho * m for m in bound.multipliers], list(bound.slopes))
-            assert has_negative_pivot(q) is negative, (activation, scale)
+        assert_certificate_is_valid_and_tight(net, bound, activation)
 
 
 def test_margin_identity(rng: np.random.Generator) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .bounds import LipschitzBound
-from .certify import Certification, certify, check_eps, parse_norm
+from .certify import Certification, InvalidArgumentError, certify, check_eps, parse_norm
 from .loading import load
 from .network import Network
 
@@ -147,6 +147,11 @@ def combine(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: s
         lip_seconds = time.perf_counter() - start
     else:
         lip_seconds = float(sum(certification.timings.values()))
+        labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y).reshape(-1)
+        if certification.norm != norm_name or not np.array_equal(certification.label, labels):
+            raise InvalidArgumentError(
+                f"certification (norm {certification.norm}, {certification.n} inputs) does not match this call (norm "
+                f"{norm_name}, {labels.size} inputs with these labels); its radii would not certify these balls")
     lm = bounded_module(model if not isinstance(model, Network) else net, input_shape=input_shape,
                         mean=mean, std=std)
     xs = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)

@@ -16,7 +16,7 @@ import torch
 import lipcert
 from lipcert.adapters import lirpa
 from lipcert.adapters.torch_build import to_torch
-from lipcert.errors import MissingExtraError
+from lipcert.errors import LipcertError, MissingExtraError
 
 from _certify_models import mnist
 
@@ -147,6 +147,20 @@ def test_combine_union_and_provenance() -> None:
     assert set(prov[~out.certified]) == {"none"}
     saved = out.time_saved(alone.seconds.sum(axis=1))
     assert np.all(np.isfinite(saved)) and np.all(np.isfinite(out.time_saved()))
+
+
+def test_combine_rejects_a_certification_of_another_norm_or_inputs() -> None:
+    # f_0 - f_1 = sum(x) + 1 on 16 inputs: L2 radius 1/4 at x = 0, L-infinity radius only 1/16,
+    # so L2 radii taken as L-infinity certificates at eps 1/8 would be broken by x - eps.
+    w = np.vstack([np.ones(16), np.zeros(16)])
+    net = lipcert.Network.from_weights([w], [np.array([1.0, 0.0])])
+    x, y = np.zeros((2, 16)), np.array([0, 0])
+    cert = lipcert.certify(net, x, y, norm=2)
+    assert cert.radius[0] >= 1 / 8 and np.asarray(net(x - 1 / 8)).argmax(axis=1)[0] != 0
+    with pytest.raises(LipcertError, match="does not match"):
+        lipcert.combine(net, x, y, [1 / 8], norm="inf", certification=cert)
+    with pytest.raises(LipcertError, match="does not match"):
+        lipcert.combine(net, x[:1], y[:1], [1 / 8], norm=2, certification=cert)
 
 
 def test_compare_cli_end_to_end(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

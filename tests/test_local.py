@@ -288,3 +288,14 @@ def test_local_radii_are_recorded_and_resumed(tmp_path: Path, rng: np.random.Gen
     assert np.array_equal(again.radii[LOCAL_METHOD], first.radii[LOCAL_METHOD])
     with pytest.raises(ResumeError):
         lipcert.certify(net, x[:4], y[:4], records=records, resume=True, batch_size=2)
+
+
+def test_local_radius_when_the_net_is_constant_on_the_start_ball() -> None:
+    """Every neuron inactive on the start ball: its constants are 0 and prove an infinite radius there."""
+    net = lipcert.Network.from_weights([np.eye(2), np.eye(2)], [np.full(2, -10.0), np.array([1.0, 0.0])])
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    cert = lipcert.certify(net, x, np.array([0]), norm=2, local=True)
+    glob, local = cert.radii_of(cert.methods[0]), cert.radii_of("local")
+    assert 0 < glob[0] <= local[0] < math.inf
+    res = lipcert.attack(net, x.numpy(), np.array([0]), eps=float(local[0]), norm=2)
+    assert res.robust_accuracy == 1.0

@@ -360,6 +360,8 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     hi = proven(lo)
     if hi <= lo:
         return LocalRadius(lo, hi, calls, time.perf_counter() - t0)
+    if not math.isfinite(hi):  # f is constant on the start ball: its constants say nothing beyond it
+        hi = 2 * lo
     upper = math.inf
     if proven(hi) >= hi:
         return LocalRadius(hi, upper, calls, time.perf_counter() - t0)

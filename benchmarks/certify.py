@@ -14,8 +14,6 @@ to be tiny; they are reported as measured.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -28,6 +26,8 @@ import torch
 import lipcert
 from lipcert import datasets
 from lipcert.attack import soundness_violations
+
+from run_info import SHARED_DATA, machine
 
 METHODS = ("naive", "eclipse-fast", "combined")
 CIFAR_MEAN_KW, CIFAR_STD_KW = (0.485, 0.456, 0.406), (0.225, 0.225, 0.225)
@@ -106,14 +106,11 @@ def bench_model(model: Model, root: Path, attack_n: int, steps: int, restarts: i
 
 
 def render(results: list[dict], args: argparse.Namespace, seconds: float) -> str:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     lines = [
         "# Certified accuracy of the shared third-party models",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/certify.py', *sys.argv[1:]])}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"lipcert {lipcert.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-        f"(other jobs shared the 2 cores, so times are indicative); total {seconds / 60:.1f} min.",
+        f"Machine: {machine()}; total {seconds / 60:.1f} min.",
         "",
         "Certified accuracy = share of the test inputs that are correctly classified with a certified radius >= eps "
         "(pairwise margins over pairwise Lipschitz constants, margins reduced by a rigorous float64 rounding bound). "
@@ -171,7 +168,7 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float) -> str
 def main() -> None:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=here.parents[1] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=SHARED_DATA)
     p.add_argument("--attack-n", type=int, default=1000, help="inputs attacked per model (default 1000)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--restarts", type=int, default=2)

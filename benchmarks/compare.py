@@ -14,8 +14,6 @@ time per input.  Torch runs with one thread.  The markdown is rewritten after ev
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -29,6 +27,8 @@ import torch
 import lipcert
 from lipcert import datasets, demo
 from lipcert.adapters import lirpa
+
+from run_info import SHARED_DATA, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from certify import MODELS, eps_text  # noqa: E402  (the shared-model list of the certify benchmark)
@@ -124,14 +124,12 @@ def wins(results: list[dict]) -> list[str]:
 
 
 def render(results: list[dict], args: argparse.Namespace, seconds: float, done: bool) -> str:
-    load = os.getloadavg()
     lines = [
         "# lipcert against auto_LiRPA (IBP, CROWN, alpha-CROWN)", "",
         f"Command: `python benchmarks/compare.py {shlex.join(sys.argv[1:])}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end), torch {torch.__version__} with 1 thread, "
-        f"auto_LiRPA 0.3 (float64); total {seconds / 60:.1f} min{'' if done else ' (partial: still running)'}. "
-        "Timings are taken under this contention: compare them as ratios within a row, not across runs.", "",
+        f"Machine: {machine()}; auto_LiRPA 0.3 (float64); total {seconds / 60:.1f} min"
+        f"{'' if done else ' (partial: still running)'}. Under load, compare timings as ratios within a row, "
+        "not across runs.", "",
         "Same model (auto_LiRPA runs on the float64 torch module rebuilt from the same file; its outputs equal "
         "lipcert's Network), same inputs (the first n test images; the demo model's bundled Fashion-MNIST test "
         "images), same property: the whole norm ball of radius eps (raw [0, 1] pixels, no clipping) keeps the "
@@ -181,7 +179,7 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, done: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--n-alpha", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="PGD steps")

@@ -14,8 +14,6 @@ certified locally yet broken by PGD, must be 0).  Results are appended model by 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -29,6 +27,8 @@ from lipcert import datasets
 from lipcert.attack import soundness_violations
 from lipcert.bounds.local import LOCAL_METHOD, LOCAL_RULES, lirpa_intervals, local_radii
 from lipcert.bounds.rules import Rule
+
+from run_info import SHARED_DATA, load_average, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from certify import MODELS, eps_text  # noqa: E402  (the model list of the certify benchmark)
@@ -142,7 +142,7 @@ def table(res: dict) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--data", default=str(SHARED_DATA))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "local.md"))
     p.add_argument("--models", default="", help="comma-separated substrings of model paths (default: all)")
     p.add_argument("--n-mlp", type=int, default=100)
@@ -163,9 +163,8 @@ def main() -> None:
         "# Local Lipschitz certification against the global bound, CROWN and alpha-CROWN (L2)",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/local.py', *sys.argv[1:]])}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (torch single-threaded), "
-        f"torch {torch.__version__}, lipcert {lipcert.__version__}. Times are wall-clock under that contention: "
-        "indicative only; compare them within a row set, not with other tables.",
+        f"Machine: {machine('at the start')}. Times are wall-clock: under load indicative only; compare them within a row "
+        "set, not with other tables.",
         "",
         "Certified accuracy = share of the first n test images that are correctly classified and certified at eps "
         "(L2 ball in [0, 1] pixel units, no clipping to the pixel range, for every method). global: pairwise "
@@ -188,10 +187,8 @@ def main() -> None:
                     CNN_RULES if conv else LOCAL_RULES, args.crown_intervals)
         with open(out, "a", encoding="utf-8") as fh:
             fh.write("\n".join(table(res)) + "\n")
-    load = os.getloadavg()
     with open(out, "a", encoding="utf-8") as fh:
-        fh.write(f"Total {(time.perf_counter() - start) / 60:.1f} min; load average at the end "
-                 f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.\n")
+        fh.write(f"Total {(time.perf_counter() - start) / 60:.1f} min; load average at the end {load_average()}.\n")
 
 
 if __name__ == "__main__":

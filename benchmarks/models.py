@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import lipcert
 from lipcert.reference_models import CHECKPOINTS, load_checkpoint
 
+from run_info import REPO, SHARED_DATA, machine
+
 METHODS = ("naive", "eclipse-fast", "combined")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def load(data: Path, entry: dict[str, Any]) -> lipcert.Network:
@@ -55,14 +52,11 @@ def measure(data: Path, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# Lipschitz bounds of the third-party models",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), lipcert "
-        f"{lipcert.__version__}. Times are wall seconds, measured with nothing else running.",
+        f"Machine: {machine()}. Times are wall seconds.",
         "",
         "Upper bounds on the L2 Lipschitz constant (logits w.r.t. raw [0, 1] pixels, normalization prepended) and the "
         "certified lower bound max(pattern, Jacobian); `/lower` = bound / lower bound (1 would be exact).",
@@ -87,7 +81,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "models.md")
     args = parser.parse_args(argv)
     entries = [e for e in json.loads((args.data / "manifest.json").read_text()) if e["kind"] == "model"]

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -32,7 +30,8 @@ import lipcert
 from lipcert.errors import LipcertError
 from lipcert.random_nets import eclipse_benchmark, gaussian
 
-REPO = Path(__file__).resolve().parents[1]
+from run_info import REPO, SHARED_DATA, machine
+
 TIME_FACTOR = 50  # the time target: at most 50x ECLipsE-Fast
 GAUSSIAN = [  # (width, depth, run the SDPs)
     (20, 2, True), (20, 5, True), (20, 10, True), (50, 2, True), (50, 5, False), (100, 5, False),
@@ -106,15 +105,12 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 def markdown(sections: dict[str, list[tuple[str, dict[str, Any]]]], command: str, seconds: float) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# Method `optimized`: closed-form start, L-BFGS on the Theorem 1 multipliers",
         "",
         f"Command: `{command}` (total {seconds / 60:.1f} min)  ",
-        f"Machine: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores shared with other jobs "
-        f"(contended: wall times are inflated and noisy; ratios to ECLipsE-Fast are measured in the same process), "
-        f"Python {platform.python_version()}, torch {torch.__version__} with {torch.get_num_threads()} thread, "
-        f"lipcert {lipcert.__version__}.",
+        f"Machine: {machine()} (under load wall times are inflated and noisy; ratios to ECLipsE-Fast are "
+        "measured in the same process).",
         "",
         "Cells: upper bound on the L2 Lipschitz constant, with (bound / reference) in brackets; the reference is "
         "LipSDP-Neuron where it ran, else the certified pattern lower bound (on the ECLipsE nets the pattern bound "
@@ -168,7 +164,7 @@ def summary(sections: dict[str, list[tuple[str, dict[str, Any]]]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "optimized.md")
     parser.add_argument("--large-seconds", type=float, default=240.0,
                         help="time budget of optimized on the 1000 x 50 net")

@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import math
-import platform
 import shlex
 import sys
 import textwrap
@@ -47,7 +46,8 @@ import lipcert
 from lipcert.errors import LipcertError
 from lipcert.random_nets import gaussian
 
-REPO = Path(__file__).resolve().parents[1]
+from run_info import REPO, SHARED_DATA, machine
+
 RULES = ("eclipse-fast", "gc", "shift", "gcs")
 FLOPS_PER_LAYER = 4  # x n^3 per hidden layer and pass (issue 7's cost model)
 CNN_MODELS = (
@@ -229,8 +229,7 @@ def markdown(gauss: list[dict[str, Any]], parts: list[dict[str, Any]], sdp: list
     if note:
         lines += [f"**{note}**", ""]
     lines += [f"Command: `{command}`  ",
-              f"Machine: {platform.machine()}, torch threads: {torch.get_num_threads()}, torch {torch.__version__}, "
-              f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+              f"Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
               "## Gaussian nets (width x depth = number of weight matrices, one output)", "",
               "Each cell: wall time, then in brackets the flop-rate ratio to the float64 matrix product of the "
               f"same size (model: {FLOPS_PER_LAYER} n^3 flops per hidden layer and pass; naive: time only) "
@@ -376,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run LipSDP only on nets with at most this many hidden neurons (one SDP over all of them)")
     p.add_argument("--no-cnn", action="store_true", help="skip the CNN models")
     p.add_argument("--images", type=int, default=1000, help="test images certified per CNN model")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=SHARED_DATA)
     p.add_argument("--repeat-below", type=float, default=2.0,
                    help="repeat a method (best of 3) when one run takes less than this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

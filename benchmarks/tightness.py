@@ -11,7 +11,6 @@ Every value is divided by ECLipsE-Fast (Table A) or by the naive product (Table 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import torch
 import lipcert
 from lipcert.errors import LipcertError
 from lipcert.random_nets import eclipse_benchmark, gaussian
+
+from run_info import machine
 
 CLOSED = ("naive", "eclipse-fast", "gc(1.99)", "shift(1.5)", "gcs(1)", "gcs(1.5)", "greedy", "combined")
 SDP = ("eclipse", "lipsdp-neuron", "lipsdp-layer")
@@ -99,8 +100,7 @@ def main() -> None:
         "# Tightness of lipcert's bounds",
         "",
         f"Command: `python benchmarks/tightness.py --seeds {args.seeds} --sdp-width {args.sdp_width}` "
-        f"({time.perf_counter() - start:.0f} s in all). Machine: {platform.machine()}, {torch.get_num_threads()} "
-        f"torch threads, torch {torch.__version__}, lipcert {lipcert.__version__}. Times are wall times; they "
+        f"({time.perf_counter() - start:.0f} s in all). Machine: {machine()}. Times are wall times; they "
         "are only meaningful when nothing else runs on the machine.",
         "",
         "## Table A: Gaussian MLPs (values / ECLipsE-Fast, time in brackets)",

@@ -17,7 +17,6 @@ import argparse
 import csv
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -25,16 +24,17 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import lipcert
 from lipcert.vnncomp import VnnResult, vnnlib_check
+
+from run_info import SHARED_DATA, machine
 
 EXPECTED = {"holds": "unsat", "violated": "sat"}
 
 
 def find_data(given: str | None) -> Path:
-    for c in [given, os.environ.get("LIPCERT_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]:
+    for c in [given, os.environ.get("LIPCERT_DATA"), SHARED_DATA]:
         if c and (Path(c) / "models").is_dir():
             return Path(c)
     sys.exit("no shared data folder: pass --data DIR (the folder holding models/)")
@@ -73,14 +73,13 @@ def median_gap(rows: list[tuple[str, dict[str, str], VnnResult]], bench: str) ->
 
 def render(rows: list[tuple[str, dict[str, str], VnnResult]], args: argparse.Namespace, seconds: float,
            done: bool) -> str:
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [
         "# VNN-COMP 2021 instances: lipcert as a pre-filter",
         "",
         f"Command: `{args.command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average {load} at "
-        f"the end; timings are inflated by contention, compare them only with each other; each model is loaded once, outside the per-instance times), torch {torch.__version__}, "
-        f"lipcert {lipcert.__version__}; per-instance timeout {args.timeout:g} s; total {seconds / 60:.1f} min"
+        f"Machine: {machine()} (under load, compare timings only with each other; each model is loaded "
+        f"once, outside the per-instance times); per-instance timeout {args.timeout:g} s; total "
+        f"{seconds / 60:.1f} min"
         + ("" if done else " **(run in progress or interrupted)**") + ".",
         "",
         "lipcert answers `unsat` when local Lipschitz constants on the input box (lipcert.bounds.local, the box "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .bounds import LipschitzBound
-from .certify import Certification, InvalidArgumentError, certify, check_eps, parse_norm
+from .certify import Certification, InvalidArgumentError, _as_inputs, certify, check_eps, parse_norm
 from .loading import load
 from .network import Network
 
@@ -141,13 +141,13 @@ def combine(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: s
 
     name, norm_name, grid = verifier_name(verifier), parse_norm(norm), check_eps(eps)
     start = time.perf_counter()
-    net = load(model, input_shape=input_shape, mean=mean, std=std) if not isinstance(model, Network) else model
+    net = load(model, input_shape=input_shape, mean=mean, std=std)  # a Network passes through
     if certification is None:
         certification = certify(net, x, y, norm=norm_name, method=method)
         lip_seconds = time.perf_counter() - start
     else:
         lip_seconds = float(sum(certification.timings.values()))
-        labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y).reshape(-1)
+        labels = _as_inputs(net, x, y, None)[1]
         if certification.norm != norm_name or not np.array_equal(certification.label, labels):
             raise InvalidArgumentError(
                 f"certification (norm {certification.norm}, {certification.n} inputs) does not match this call (norm "
@@ -207,7 +207,7 @@ def certify_batch(model: Any, x: Any, y: Any, eps: float, *, norm: str | float =
     script's own result: ``certified = lip.certified | verifier_certified``.
     """
     xs = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    net = model if isinstance(model, Network) else load(model, input_shape=tuple(xs.shape[1:]), mean=mean, std=std)
+    net = load(model, input_shape=tuple(xs.shape[1:]), mean=mean, std=std)
     cert = certify(net, xs, y, norm=norm, method=method, bound=bound)
     e = float(check_eps(eps)[0])
     return BatchCertificates(cert.certified(e), cert.radius, e, cert.norm, next(iter(cert.bounds.values())))

@@ -224,14 +224,14 @@ def test_deep_nets_neither_overflow_nor_underflow() -> None:
         assert 0 < comb <= fast <= naive * (1 + 1e-9) and math.isfinite(naive)
 
 
-def test_float32_is_never_below_float64(rng: np.random.Generator) -> None:
+def test_float32_on_deep_nets_is_a_valid_certificate_close_to_float64(rng: np.random.Generator) -> None:
+    """float32 chooses multipliers, float64 replays them (tests/test_perf_correctness.py has the exact checks)."""
     for _ in range(3):
         net = gaussian([30] * 12 + [3], seed=rng)
         for method in ("eclipse-fast", "gc", "shift", "gcs", "combined"):
-            v64 = lipcert.lipschitz(net, method).value
-            v32 = lipcert.lipschitz(net, method, dtype=torch.float32).value
-            assert v32 >= v64, (method, v32, v64)
-            assert v32 <= v64 * 1.01
+            b32 = lipcert.lipschitz(net, method, dtype=torch.float32)
+            assert b32.value == pytest.approx(lipcert.lipschitz(net, method).value, rel=1e-2), method
+            assert lipcert.check_certificate(net, b32).valid, method
 
 
 def test_combined_beats_eclipse_fast_on_gaussian_nets() -> None:

@@ -5,15 +5,19 @@ No timings here; benchmarks/speed.py measures speed.
 
 from __future__ import annotations
 
+import importlib
 import numpy as np
 import pytest
 import torch
 
 import lipcert
+from lipcert.errors import InfeasibleCertificateError
 from lipcert.bounds import closed_form, recursion
+from lipcert.bounds.certificate import check_certificate, lipsdp_matrix
 from lipcert.bounds.eigen import lanczos, top_eigenvalue
 from lipcert.bounds.rules import DEFAULT_RULE_SET
 from lipcert.random_nets import gaussian
+from test_bounds import has_negative_pivot
 
 
 def random_chain(rng: np.random.Generator, widths: list[int], nonneg: bool = False,
@@ -102,25 +106,73 @@ FLOAT32_METHODS = ("naive", "eclipse-fast", "gc", "shift", "gcs", "combined", "g
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "silu", "sigmoid"])
-def test_float32_never_below_float64(activation: str, rng: np.random.Generator) -> None:
+def test_float32_mode_reports_valid_certificates(activation: str, rng: np.random.Generator) -> None:
+    """Every float32 result is a LipSDP-Neuron certificate (the rebuilt matrix is PSD), also on deep nets.
+
+    The 50-digit inertia test decides on small nets.  Not "never below the float64 run": on
+    ill-conditioned deep nets the float32 search can land on other multipliers that certify less
+    (measured up to 23 % less on 20-layer SiLU nets, with the rebuilt matrix PSD), so the check is
+    the certificate itself.
+    """
     for trial in range(4):
         depth = int(rng.integers(2, 6)) if trial < 2 else int(rng.integers(15, 31))
-        widths = [int(rng.integers(5, 60)) for _ in range(depth)] + [int(rng.integers(1, 4))]
+        widths = [int(rng.integers(5, 60 if trial >= 2 else 35)) for _ in range(depth)] + [int(rng.integers(1, 4))]
         net = random_chain(rng, widths, nonneg=trial % 2 == 1, activation=activation)
         for method in FLOAT32_METHODS:
-            b64 = lipcert.lipschitz(net, method)
             b32 = lipcert.lipschitz(net, method, dtype=torch.float32)
-            if method == "greedy" and b32.extras["layer_rules"] != b64.extras["layer_rules"]:
-                continue  # a different per-layer choice (near-tie of scores) is another certificate
-            assert b32.value >= b64.value, (method, depth, b32.value, b64.value)
-            assert b32.extras["dtype"] == "float32"
+            assert b32.extras["dtype"] == ("float64" if method == "naive" else "float32")  # naive: always float64
+            assert set(b32.per_rule) == {b32.rule}  # only the replayed certificate is reported
+            if method == "naive":
+                continue
+            if sum(widths[:-1]) <= 100:  # small enough for the exact-enough inertia test
+                rho = b32.value**2
+                q = lipsdp_matrix(net, rho, [rho * m for m in b32.multipliers], list(b32.slopes))
+                assert not has_negative_pivot(q), (method, widths)
+            else:
+                check = check_certificate(net, b32)
+                assert check.valid, (method, depth, check)
 
 
-def test_float32_on_a_wide_net_is_not_below_float64() -> None:
-    net = gaussian([300, 300, 300, 1], seed=4)
-    for method in ("eclipse-fast", "combined"):
-        assert (lipcert.lipschitz(net, method, dtype=torch.float32).value
-                >= lipcert.lipschitz(net, method).value)
+def test_float32_mode_certifies_the_float64_network() -> None:
+    """The float64 replay uses the net's own weights, not their float32 rounding (regression: values 3e-9 low)."""
+    for seed in range(4):
+        net = random_chain(np.random.default_rng(seed), [17, 29, 6, 3], nonneg=True, activation="sigmoid")
+        for method in ("eclipse-fast", "gc"):
+            b32 = lipcert.lipschitz(net, method, dtype=torch.float32)
+            rho = b32.value**2
+            q = lipsdp_matrix(net, rho, [rho * m for m in b32.multipliers], list(b32.slopes))
+            assert not has_negative_pivot(q), (seed, method)
+
+
+def test_float32_mode_matches_float64_on_well_conditioned_nets() -> None:
+    for seed in range(3):
+        net = gaussian([300, 300, 300, 10], seed=seed)
+        for method in ("eclipse-fast", "combined", "gc"):
+            b32 = lipcert.lipschitz(net, method, dtype=torch.float32)
+            assert b32.value == pytest.approx(lipcert.lipschitz(net, method).value, rel=5e-4)
+            assert set(b32.extras["float32_estimates"]) >= {b32.rule}
+
+
+def test_replay_rejects_multipliers_that_are_no_certificate(rng: np.random.Generator) -> None:
+    net = random_chain(rng, [20, 30, 30, 3])
+    fast = lipcert.lipschitz(net, "eclipse-fast")
+    weights, slopes = list(net.weights), closed_form.closed_form_slopes(net.slopes())
+    again = recursion.replay(weights, slopes, list(fast.multipliers), ["sn(1)"] * 2)
+    assert again.value == pytest.approx(fast.value, rel=1e-12)
+    with pytest.raises(InfeasibleCertificateError):
+        recursion.replay(weights, slopes, [3 * m for m in fast.multipliers], ["x"] * 2)
+
+
+def test_float32_result_that_fails_its_float64_check_is_recomputed(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = gaussian([40, 40, 40, 3], seed=7)
+
+    def failing(*args: object) -> None:
+        raise InfeasibleCertificateError("hidden layer 2: forced")
+
+    monkeypatch.setattr(importlib.import_module("lipcert.bounds.lipschitz"), "replay", failing)
+    b32 = lipcert.lipschitz(net, "combined", dtype=torch.float32)
+    assert "recomputed in float64" in b32.status and "forced" in b32.status
+    assert b32.value == lipcert.lipschitz(net, "combined").value
 
 
 def test_cpu_and_other_device_agree() -> None:

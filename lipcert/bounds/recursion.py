@@ -156,19 +156,39 @@ def run(
             notes.append(f"layer {k + 1}: {int((~keep).sum())} constant neurons dropped")
         else:
             full_lam = lam
-        multipliers.append(full_lam * math.exp(-log_scale))
+        multipliers.append(full_lam.double() * math.exp(-log_scale))
         labels.append(label)
         weight = nxt
     return RecursionResult(final_gram(r, weight), log_scale, multipliers, labels, notes)
 
 
-def final_gram(r: torch.Tensor | None, last: torch.Tensor) -> torch.Tensor:
-    """G_L = W_L M^{-1} W_L^T from the upper factor R of M, always computed in float64.
+def replay(
+    weights: list[torch.Tensor],
+    slopes: list[tuple[torch.Tensor, torch.Tensor]],
+    multipliers: list[torch.Tensor],
+    labels: list[str],
+) -> RecursionResult:
+    """Run the recursion again with given true-scale multipliers (zero on constant neurons).
 
-    In float32 mode the factor is float32, but the last solve and product (small: W_L has few
-    rows) are redone in float64, so no float32 rounding enters the reported value after the
-    last Cholesky test (math.md section 5).
+    This is the float64 check of a certificate found in float32 (math.md section 5): every
+    Cholesky test and the final Gram matrix are those of :func:`run` in the dtype of ``weights``,
+    so the result is as rigorous as a run in that precision.  Raises
+    :class:`InfeasibleCertificateError` if the multipliers fail a test or do not match the live
+    neurons.  With negative alpha, :func:`run` may halve a layer's multipliers (still a certificate).
     """
+    def choose(ctx: LayerContext) -> Iterable[Candidate]:
+        lam = multipliers[ctx.index - 1].to(ctx.gamma)
+        lam = lam[lam > 0]
+        if lam.shape != ctx.gamma.shape[:1]:
+            raise InfeasibleCertificateError(f"hidden layer {ctx.index}: {lam.shape[0]} positive multipliers "
+                                             f"for {ctx.gamma.shape[0]} live neurons")
+        yield labels[ctx.index - 1], torch.exp(torch.log(lam) + ctx.log_scale)
+
+    return run(weights, slopes, choose)
+
+
+def final_gram(r: torch.Tensor | None, last: torch.Tensor) -> torch.Tensor:
+    """G_L = W_L M^{-1} W_L^T from the upper factor R of M, computed in float64 (W_L has few rows)."""
     r64 = None if r is None else r.double()
     return gram(solve_rt(r64, last.double().T))
 
@@ -362,7 +382,7 @@ def _advance(nodes: list[_Node], contexts: list[LayerContext], choosers: dict[st
         if live is not None:
             full = torch.zeros(live.shape[0], dtype=lam.dtype, device=lam.device)
             full[live] = found[0]
-        h.multipliers.append(full * math.exp(-contexts[i].log_scale))
+        h.multipliers.append(full.double() * math.exp(-contexts[i].log_scale))
         h.labels.append(label)
     return [_Node(r, nodes[i].log_scale, names) for (i, _), (_, r, names) in groups.items()]
 

@@ -25,7 +25,7 @@ import torch
 import lipcert
 from lipcert import datasets
 from lipcert.attack import soundness_violations
-from lipcert.bounds.local import LOCAL_METHOD, LOCAL_RULES, lirpa_intervals, local_radii
+from lipcert.bounds.local import LOCAL_DAMPINGS, LOCAL_METHOD, LOCAL_RULES, lirpa_intervals, local_radii
 from lipcert.bounds.rules import Rule
 
 from run_info import SHARED_DATA, load_average, machine
@@ -171,7 +171,7 @@ def main() -> None:
         "margins over the pairwise combined constants. local: `lipcert.certify(..., local=True)`, the largest "
         "radius (bisection, relative tolerance 1 %) whose own local constants prove it, never below the global "
         f"one; rules {', '.join(r.name for r in LOCAL_RULES)} on MLPs, {', '.join(r.name for r in CNN_RULES)} on "
-        "CNNs. CROWN / alpha-CROWN: auto_LiRPA 0.3 via `lipcert.adapters.lirpa.verify` at each eps (its time is per "
+        f"CNNs, each with the multiplier dampings {', '.join(LOCAL_DAMPINGS)}; secant slopes anchored at the input. CROWN / alpha-CROWN: auto_LiRPA 0.3 via `lipcert.adapters.lirpa.verify` at each eps (its time is per "
         "input and eps; the local and global times are per input for the whole radius). PGD: "
         f"{args.steps} steps x {args.restarts} restarts, every success verified in float64; 'violations' counts "
         "inputs certified locally at eps yet broken (must be 0).",

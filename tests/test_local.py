@@ -161,7 +161,7 @@ def test_local_radius_is_sound_and_not_below_global(rng: np.random.Generator) ->
             floor = cert.bounds["combined"].pairwise()
             for i in np.flatnonzero(local > glob)[:3]:
                 r = float(local[i])
-                pair = np.minimum(local_bound(net, x[i], r, norm).pairwise(), floor)
+                pair = np.minimum(local_bound(net, x[i], r, norm, anchored=True).pairwise(), floor)
                 margin = logits[i, y[i]] - logits[i] - 2 * err[i]
                 scale = 1.0 if norm == "2" else math.sqrt(8)
                 others = np.arange(5) != y[i]

@@ -116,7 +116,7 @@ def test_bad_options_name_the_problem() -> None:
     with pytest.raises(InvalidParameterError, match="iterations"):
         lipcert.lipschitz(net, "optimized", options={"iterations": -1})
     with pytest.raises(UnknownMethodError, match="options apply"):
-        lipcert.lipschitz(net, "combined", options={"iterations": 3})
+        lipcert.lipschitz(net, "gc", options={"iterations": 3})
     with pytest.raises(ShapeMismatchError, match="2 entries"):
         lipcert.lipschitz(net, "optimized", options={"direction": [1.0, 0.0, 0.0]})
     assert "optimized" in lipcert.METHODS

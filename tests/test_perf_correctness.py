@@ -75,6 +75,29 @@ def test_pruned_passes_are_the_unpruned_passes(rng: np.random.Generator) -> None
         assert min(r.value for r in pruned.values()) <= fast
 
 
+def test_beam_keeps_at_most_that_many_passes_and_each_is_its_unpruned_pass(rng: np.random.Generator) -> None:
+    net = random_chain(rng, [40] * 7 + [2])
+    slopes = closed_form.closed_form_slopes(net.slopes())
+    full = closed_form.combined(list(net.weights), slopes, prune=None)
+    for beam in (1, 2):
+        kept = closed_form.combined(list(net.weights), slopes, beam=beam)
+        assert "sn(1)" in kept
+        assert len({id(r.gram) for r in kept.values()}) <= beam + 1  # one final Gram per trajectory
+        for name, res in kept.items():
+            assert res.value == full[name].value
+    bound = lipcert.lipschitz(net, "combined", options={"beam": 1})
+    assert bound.value <= lipcert.lipschitz(net, "eclipse-fast").value
+    assert bound.value >= lipcert.lipschitz(net, "combined").value
+
+
+def test_combined_options_are_checked() -> None:
+    net = gaussian([10, 10, 1], seed=0)
+    for bad, message in (({"beam": 0}, "beam must be"), ({"prune": -1}, "prune must be"),
+                         ({"iterations": 3}, "unknown option")):
+        with pytest.raises(lipcert.errors.LipcertError, match=message):
+            lipcert.lipschitz(net, "combined", options=bad)
+
+
 def test_combined_on_a_wide_net_prunes_and_stays_below_fast_and_lower_bound() -> None:
     net = gaussian([260] * 5 + [1], seed=3)
     comb = lipcert.lipschitz(net, "combined")

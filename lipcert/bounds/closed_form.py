@@ -8,13 +8,14 @@ objects that :func:`lipcert.lipschitz` turns into a :class:`~lipcert.bounds.resu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue
 from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, run_passes, solve_rt
-from .rules import DEFAULT_RULE_SET, Rule
+from .rules import DEFAULT_RULE_SET, InvalidParameterError, Rule
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -78,7 +79,7 @@ math.md Table A/B nets of width 20-200 and depth 2-50 and the shared CNNs, where
 
 
 def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Rule] = DEFAULT_RULE_SET,
-             *, prune: float | None | str = "auto") -> dict[str, RecursionResult]:
+             *, prune: float | None | str = "auto", beam: int | None = None) -> dict[str, RecursionResult]:
     """One pass per rule, plus the naive product; the caller reports the minimum.
 
     Each pass is a valid certificate.  With slopes alpha beta = 0 (after the closed-form
@@ -87,7 +88,10 @@ def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Ru
     ``"auto"``: :data:`PRUNE_FACTOR` on nets with a hidden layer of width >= :data:`PRUNE_FROM_WIDTH`)
     drops a pass once the bound of the net cut after the current layer exceeds the best pass's
     by more than the factor 1 + prune, or once its M_k is dominated by a sibling's; SN(1)
-    (ECLipsE-Fast) is never dropped, so combined stays <= ECLipsE-Fast.  Pruned passes are listed in each result's ``extras["pruned"]``.
+    (ECLipsE-Fast) is never dropped, so combined stays <= ECLipsE-Fast.  ``beam`` (it turns
+    pruning on) keeps at most that many trajectories besides SN(1)'s: faster, at a cost in
+    tightness (benchmarks/results/pruning.md).  Pruned passes are listed in each result's
+    ``extras["pruned"]``.
 
     The naive product keeps the combination below it also for negative slopes (SiLU, GELU),
     where no rule is guaranteed to beat it.  For slopes in [0, beta] SN(1) <= naive is a theorem
@@ -96,16 +100,33 @@ def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Ru
     """
     relaxed = closed_form_slopes(slopes)
     wide = max(w.shape[0] for w in weights[:-1]) >= PRUNE_FROM_WIDTH if len(weights) > 1 else False
-    factor = (PRUNE_FACTOR if wide else None) if prune == "auto" else prune
+    factor = (PRUNE_FACTOR if wide or beam is not None else None) if prune == "auto" else prune
     if any(bool(((a * b) != 0).any()) for a, b in relaxed):
         passes = {rule.name: single_rule(weights, slopes, rule) for rule in rules}
     else:
         choosers = {rule.name: rule_chooser(rule) for rule in rules}
-        passes = run_passes(list(weights), relaxed, choosers, prune=factor, keep=("sn(1)",))
+        passes = run_passes(list(weights), relaxed, choosers, prune=factor, beam=beam, keep=("sn(1)",))
         if factor is not None:
             return passes
     passes["naive"] = naive(weights, slopes)
     return passes
+
+
+COMBINED_OPTIONS = ("prune", "beam")
+
+
+def check_combined_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated keyword arguments of :func:`combined` from ``lipschitz(..., options=...)``."""
+    unknown = sorted(set(options) - set(COMBINED_OPTIONS))
+    if unknown:
+        raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)} for method 'combined'; "
+                                    f"valid: {', '.join(COMBINED_OPTIONS)}")
+    prune, beam = options.get("prune", "auto"), options.get("beam")
+    if prune not in ("auto", None) and (isinstance(prune, bool) or not isinstance(prune, int | float) or prune < 0):
+        raise InvalidParameterError(f"prune must be 'auto', None or a number >= 0, got {prune!r}")
+    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
+        raise InvalidParameterError(f"beam must be None or an integer >= 1, got {beam!r}")
+    return {"prune": prune, "beam": beam}
 
 
 def greedy_chooser(rules: Sequence[Rule]):

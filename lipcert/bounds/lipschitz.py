@@ -88,7 +88,10 @@ def lipschitz(
     solver, eps : optional
         SDP methods only: ``"SCS"`` or ``"CLARABEL"`` and the solver tolerance.
     options : mapping, optional
-        ``optimized`` only (always float64): ``iterations`` (default 100), ``seconds`` (time
+        ``combined``: ``prune`` (``"auto"``, None or a factor; see
+        :func:`lipcert.bounds.closed_form.combined`) and ``beam`` (at most this many passes besides
+        SN(1) survive a layer: faster, looser; benchmarks/results/pruning.md).
+        ``optimized`` (always float64): ``iterations`` (default 100), ``seconds`` (time
         budget), ``direction`` (optimize the bound on Lip(c^T f), read it with ``along(c)``),
         ``pairs`` (also optimize every margin e_i - e_j, for ``pairwise()``), ``pair_iterations``,
         ``progress``; see :func:`lipcert.bounds.optimize.optimized`.
@@ -110,8 +113,8 @@ def lipschitz(
         raise UnknownMethodError(f"method {name!r} takes no parameter c")
     if (solver is not None or eps is not None) and name not in SDP_METHODS:
         raise UnknownMethodError(f"solver and eps apply to the SDP methods {', '.join(SDP_METHODS)}, not {name!r}")
-    if options is not None and name != "optimized":
-        raise UnknownMethodError(f"options apply to the method 'optimized', not {name!r}")
+    if options is not None and name not in ("optimized", "combined"):
+        raise UnknownMethodError(f"options apply to the methods 'optimized' and 'combined', not {name!r}")
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     rule_set = tuple(parse_rule(r) if isinstance(r, str) else r for r in (rules or DEFAULT_RULE_SET))
@@ -128,7 +131,7 @@ def lipschitz(
     elif rule is not None:
         results = {name: closed_form.single_rule(weights, slopes, rule)}
     elif name == "combined":
-        results = closed_form.combined(weights, slopes, rule_set)
+        results = closed_form.combined(weights, slopes, rule_set, **closed_form.check_combined_options(options or {}))
     elif name == "greedy":
         results = {"greedy": closed_form.greedy(weights, slopes, rule_set)}
     elif name == "optimized":
@@ -150,7 +153,7 @@ def lipschitz(
                        replay(weights, closed_form.closed_form_slopes(slopes), results[best].multipliers,
                               results[best].labels))
         except InfeasibleCertificateError as err:
-            redo = lipschitz(net, method, c=c, rules=rules, device=dev)
+            redo = lipschitz(net, method, c=c, rules=rules, device=dev, options=options)
             return replace(redo, seconds=time.perf_counter() - start,
                            status=f"float32 certificate failed its float64 check ({err}); recomputed in float64"
                                   + ("" if redo.status == "ok" else f"; {redo.status}"),

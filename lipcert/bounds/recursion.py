@@ -240,6 +240,7 @@ def run_passes(
     choosers: dict[str, Chooser],
     *,
     prune: float | None = None,
+    beam: int | None = None,
     keep: Iterable[str] = (),
 ) -> dict[str, RecursionResult]:
     """Several passes of :func:`run` at once, for slopes with alpha * beta = 0 (the closed forms).
@@ -253,7 +254,8 @@ def run_passes(
     ``prune``: from the second to the last-but-one hidden layer, drop trajectories whose truncated
     bound exp(log_scale) lambda_max(Gamma_k) (the bound of the net cut after W_k) exceeds the
     best one's by more than the factor 1 + prune, and proposals dominated in the Loewner order
-    (:func:`_dominated`), unless they carry a pass named in ``keep``.  Every pass that finishes
+    (:func:`_dominated`), unless they carry a pass named in ``keep``; with ``beam``, also keep at
+    most that many trajectories (the lowest truncated bounds) besides those.  Every pass that finishes
     is a valid certificate; pruning only drops candidates.  Each result's ``extras["truncated"]``
     lists its log truncated bounds where pruning was tested, and ``extras["pruned"]`` maps every
     dropped pass to its hidden layer.
@@ -293,9 +295,9 @@ def run_passes(
             contexts.append(LayerContext(k + 1, gamma, next_weight, node.log_scale))
         # At the last hidden layer pruning would save one Cholesky factorization per pass, while the
         # truncated bound predicts the final one worst there (W_L sees few directions): no pruning.
-        layer_prune = prune if k < len(weights) - 2 else None
+        layer_prune, layer_beam = (prune, beam) if k < len(weights) - 2 else (None, None)
         if k > 0:
-            nodes, contexts = _prune(nodes, contexts, history, layer_prune, protected, dropped)
+            nodes, contexts = _prune(nodes, contexts, history, layer_prune, layer_beam, protected, dropped)
         nodes = _advance(nodes, contexts, choosers, history, live if not all_live else None,
                          layer_prune, protected, dropped)
         weight = nxt
@@ -315,9 +317,9 @@ def _gammas(nodes: list[_Node], v: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _prune(nodes: list[_Node], contexts: list[LayerContext], history: dict[str, _Pass], prune: float | None,
-           protected: set[str], dropped: dict[str, int]) -> tuple[list[_Node], list[LayerContext]]:
-    """Record truncated bounds; keep the trajectories within the factor 1 + prune of the best."""
-    if prune is None:
+           beam: int | None, protected: set[str], dropped: dict[str, int]) -> tuple[list[_Node], list[LayerContext]]:
+    """Record truncated bounds; keep the trajectories within the factor 1 + prune of the best (at most ``beam``)."""
+    if prune is None and beam is None:
         return nodes, contexts
     logs = []
     for node, ctx in zip(nodes, contexts):
@@ -327,8 +329,10 @@ def _prune(nodes: list[_Node], contexts: list[LayerContext], history: dict[str, 
             history[name].truncated.append(logs[-1])
     if len(nodes) == 1:
         return nodes, contexts
-    limit = min(logs) + math.log1p(prune)
-    kept = [i for i, t in enumerate(logs) if t <= limit or protected.intersection(nodes[i].passes)]
+    limit = min(logs) + (math.log1p(prune) if prune is not None else math.inf)
+    free = sorted((i for i in range(len(nodes)) if not protected.intersection(nodes[i].passes)), key=logs.__getitem__)
+    kept = sorted([i for i in range(len(nodes)) if protected.intersection(nodes[i].passes)]
+                  + [i for i in free[:beam] if logs[i] <= limit])
     for i in set(range(len(nodes))) - set(kept):
         for name in nodes[i].passes:
             dropped[name] = contexts[i].index

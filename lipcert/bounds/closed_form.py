@@ -146,7 +146,7 @@ def greedy_chooser(rules: Sequence[Rule]):
             m = y.shape[1]
             dense = y.T @ y if m < ESTIMATE_DENSE_BELOW else None
             score = top_eigenvalue(lambda v, y=y: y.T @ (y @ v), m, dtype=y.dtype, device=y.device,
-                                   dense=dense, tol=1e-8)
+                                   dense=dense)
             scored.append((score, rule.name, lam))
         scored.sort(key=lambda t: t[0])
         for _, name, lam in scored:

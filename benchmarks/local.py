@@ -171,7 +171,8 @@ def main() -> None:
         "margins over the pairwise combined constants. local: `lipcert.certify(..., local=True)`, the largest "
         "radius (bisection, relative tolerance 1 %) whose own local constants prove it, never below the global "
         f"one; rules {', '.join(r.name for r in LOCAL_RULES)} on MLPs, {', '.join(r.name for r in CNN_RULES)} on "
-        f"CNNs, each with the multiplier dampings {', '.join(LOCAL_DAMPINGS)}; secant slopes anchored at the input. CROWN / alpha-CROWN: auto_LiRPA 0.3 via `lipcert.adapters.lirpa.verify` at each eps (its time is per "
+        f"CNNs, each with the multiplier dampings {', '.join(LOCAL_DAMPINGS)}; secant slopes anchored at the input. "
+        "CROWN / alpha-CROWN: auto_LiRPA 0.3 via `lipcert.adapters.lirpa.verify` at each eps (its time is per "
         "input and eps; the local and global times are per input for the whole radius). PGD: "
         f"{args.steps} steps x {args.restarts} restarts, every success verified in float64; 'violations' counts "
         "inputs certified locally at eps yet broken (must be 0).",

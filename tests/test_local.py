@@ -321,8 +321,9 @@ def test_anchored_slopes_hold_every_secant_from_the_centre_and_are_tight(name: s
         a, b = _anchored_slopes(act, lo, hi, zl0, zu0, alpha, beta)
         assert bool((a >= alpha).all() and (b <= beta).all() and (a <= b).all())
         near = torch.as_tensor(rng.random((500, 100)) ** 8)  # many ends close to lo and hi
-        ends = torch.cat([lo[:, None], hi[:, None], lo[:, None] + torch.as_tensor(rng.random((500, 200))) * (hi - lo)[:, None],
-                          lo[:, None] + near * (hi - lo)[:, None], hi[:, None] - near * (hi - lo)[:, None]], 1)
+        t = torch.cat([torch.zeros(500, 1), torch.ones(500, 1), torch.as_tensor(rng.random((500, 200))), near,
+                       1 - near], 1)
+        ends = lo[:, None] + t * (hi - lo)[:, None]
         centres = zl0[:, None] + torch.as_tensor(rng.random(ends.shape)) * (zu0 - zl0)[:, None]
         apart = (ends - centres).abs() > 1e-4
         secant = (act(ends) - act(centres)) / torch.where(apart, ends - centres, 1.0)
@@ -334,10 +335,11 @@ def test_anchored_slopes_hold_every_secant_from_the_centre_and_are_tight(name: s
     # away from the kink (ReLU-like) or with phi' monotone on both sides of z0 (smooth).
     a, b = _anchored_slopes(act, lo, hi, z0, z0, alpha, beta)
     at = act.derivative(z0)
-    far = [(e - z0).abs() > 1e-3 for e in (lo, hi)]  # nearer ends lie on z0's piece (secants: rounding noise)
+    # Nearer ends lie on z0's piece; their secants carry rounding noise (the bound's, ~1e-11 / |e - z0|, too).
+    far = [(e - z0).abs() > 1e-2 for e in (lo, hi)]
     hull = torch.stack([at, *(torch.where(f, (act(e) - act(z0)) / (e - z0), at) for e, f in zip((lo, hi), far))], 1)
     if name in KINKED:
-        off = z0.abs() > 1e-3
+        off = z0.abs() > 1e-2
     else:
         off = far[0] & far[1]
         for c, _ in _CRITICAL[name]:

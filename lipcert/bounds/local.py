@@ -57,11 +57,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..activations import Activation
 from ..certify import UNIT_ROUNDOFF, InvalidArgumentError, check_eps, parse_norm, radii_from_margins
 from ..errors import InfeasibleCertificateError, ShapeMismatchError, UnknownActivationError
 from ..network import Network
 from .closed_form import rule_chooser
-from ..activations import Activation
 from .intervals import _CRITICAL, _params, _pieces, image, slope_interval
 from .recursion import LayerContext, factor_certificate
 from .result import Gram, LipschitzBound
@@ -211,39 +211,34 @@ it are not trustworthy)."""
 
 def _anchored_smooth(act: Activation, lo: torch.Tensor, hi: torch.Tensor, zl0: torch.Tensor, zu0: torch.Tensor,
                      alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchored secants of a smooth activation, side by side of z0.
+    """Anchored secants of a smooth activation, one side of z0 at a time.
 
-    On the side [z0, hi], the secant to z is the mean of phi' over [z0, z]; where phi' is monotone
-    on [zl0, hi] that mean is monotone in z, so it lies between phi'(z0) and the secant to hi (by
-    interval arithmetic over z0 in [zl0, zu0]).  Otherwise the side keeps the slope interval of
-    [zl0, hi].  The same on [lo, z0]; the result is the hull of both sides, within [alpha, beta].
+    On the side [z0, hi] the secant to z is the mean of phi' over [z0, z]; where phi' is monotone
+    on [zl0, hi], that mean is monotone in z, so it lies between phi'(z0) and the secant to hi
+    (enclosed by interval arithmetic over z0 in [zl0, zu0]).  Otherwise the side keeps the slope
+    interval of [zl0, hi].  The same on [lo, z0]; the result is the hull of both sides.
     """
     base = _params(act)[0]
     slack = 4 * torch.finfo(lo.dtype).eps
-
     d0 = slope_interval(act, zl0, zu0)                  # phi'(z0) for z0 in the enclosure
-    f0_lo, f0_hi = image(act, zl0, zu0, *d0)
-    fl, fh = image(act, lo, lo, *slope_interval(act, lo, lo)), image(act, hi, hi, *slope_interval(act, hi, hi))
+    f0 = image(act, zl0, zu0, *d0)
+    fl, fh = (image(act, z, z, *slope_interval(act, z, z)) for z in (lo, hi))
     a, b = d0
-    for end, near, (fe_lo, fe_hi), sign in ((hi, zl0, fh, 1.0), (lo, zu0, fl, -1.0)):
-        span_lo = torch.minimum(near, end) if sign > 0 else end
-        span_hi = end if sign > 0 else torch.maximum(near, end)
+    # Per side: its span, and the secant's numerator and denominator intervals.
+    for span, num, den in (((torch.minimum(zl0, hi), hi), (fh[0] - f0[1], fh[1] - f0[0]), (hi - zu0, hi - zl0)),
+                           ((lo, torch.maximum(zu0, lo)), (f0[0] - fl[1], f0[1] - fl[0]), (zl0 - lo, zu0 - lo))):
         monotone = torch.ones_like(lo, dtype=torch.bool)
         for c, _ in _CRITICAL[base]:
-            monotone &= (span_hi < c - 1e-6) | (span_lo > c + 1e-6)
-        # Secant (phi(end) - phi(z0)) / (end - z0) over z0 in [zl0, zu0], with outward rounding.
-        num_lo, num_hi = (fe_lo - f0_hi, fe_hi - f0_lo) if sign > 0 else (f0_lo - fe_hi, f0_hi - fe_lo)
-        den_lo = ((hi - zu0) if sign > 0 else (zl0 - lo)) * (1 - slack)
-        den_hi = ((hi - zl0) if sign > 0 else (zu0 - lo)) * (1 + slack)
-        num_lo, num_hi = num_lo - slack * num_lo.abs(), num_hi + slack * num_hi.abs()
+            monotone &= (span[1] < c - 1e-6) | (span[0] > c + 1e-6)
+        num_lo, num_hi = num[0] - slack * num[0].abs(), num[1] + slack * num[1].abs()
+        den_lo, den_hi = den[0] * (1 - slack), den[1] * (1 + slack)
         ok = monotone & (den_lo > 0)
-        safe = torch.where(ok, den_lo, 1.0)
-        sec_lo = torch.minimum(num_lo / safe, num_lo / torch.where(ok, den_hi, 1.0))
-        sec_hi = torch.maximum(num_hi / safe, num_hi / torch.where(ok, den_hi, 1.0))
-        side = slope_interval(act, span_lo, span_hi)
-        side_lo = torch.where(ok, torch.minimum(d0[0], sec_lo - slack * sec_lo.abs()), side[0])
-        side_hi = torch.where(ok, torch.maximum(d0[1], sec_hi + slack * sec_hi.abs()), side[1])
-        a, b = torch.minimum(a, side_lo), torch.maximum(b, side_hi)
+        den_lo, den_hi = torch.where(ok, den_lo, 1.0), torch.where(ok, den_hi, 1.0)
+        sec_lo = torch.minimum(num_lo / den_lo, num_lo / den_hi)
+        sec_hi = torch.maximum(num_hi / den_lo, num_hi / den_hi)
+        side = slope_interval(act, *span)
+        a = torch.minimum(a, torch.where(ok, sec_lo - slack * sec_lo.abs(), side[0]))
+        b = torch.maximum(b, torch.where(ok, sec_hi + slack * sec_hi.abs(), side[1]))
     return torch.maximum(alpha, a), torch.minimum(beta, b)
 
 

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lipcert.batch import checked_batch
 from lipcert.certify import check_eps, parse_norm
-from lipcert.errors import LipcertError, MissingExtraError, ShapeMismatchError
+from lipcert.errors import LipcertError, MissingExtraError
 from lipcert.network import Network
 
 from .graph import Conversion
@@ -283,16 +284,8 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
 
 
 def _inputs(model: LirpaModel, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    xt = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x), dtype=torch.float64)
-    if xt.ndim == 0 or math.prod(xt.shape[1:]) != math.prod(model.input_shape):
-        raise ShapeMismatchError(f"inputs must have shape (N, {', '.join(map(str, model.input_shape))}), "
-                                 f"got {tuple(xt.shape)}")
-    yt = torch.as_tensor(np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)).to(torch.int64)
-    if yt.shape != (xt.shape[0],):
-        raise ShapeMismatchError(f"labels must have shape ({xt.shape[0]},), got {tuple(yt.shape)}")
-    if yt.numel() and (int(yt.min()) < 0 or int(yt.max()) >= model.outputs):
-        raise ShapeMismatchError(f"labels must be in 0..{model.outputs - 1}")
-    return xt.reshape(xt.shape[0], *model.input_shape), yt
+    inputs, labels = checked_batch(x, y, tuple(model.input_shape), model.outputs)
+    return inputs.to(torch.float64), torch.from_numpy(labels)
 
 
 def verify(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: str | float = 2,

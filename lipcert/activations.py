@@ -121,11 +121,6 @@ def hardtanh(lo: float = -1.0, hi: float = 1.0) -> Activation:
                       lambda z: ((z > lo) & (z < hi)).to(z.dtype))
 
 
-def scaled_identity(a: float) -> Activation:
-    """phi(z) = a z: a linear 'activation' with slope exactly a."""
-    return Activation(f"linear({a:g})", a, a, lambda z: a * z, lambda z: torch.full_like(z, a))
-
-
 def slopes_only(alpha: float, beta: float) -> Activation:
     """Any activation slope-restricted on [alpha, beta]; can be bounded, not evaluated."""
     return Activation(f"slope[{alpha:g},{beta:g}]", float(alpha), float(beta))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batch import checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .errors import LipcertError, ShapeMismatchError
 from .network import Network
@@ -354,24 +355,8 @@ def _bounds(net: Network, method: str | Sequence[str],
 
 
 def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    xt = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
-    if not (xt.is_floating_point() or xt.dtype in (torch.uint8, torch.int64, torch.int32)):
-        raise ShapeMismatchError(f"inputs must be a numeric array, got dtype {xt.dtype}")
-    if xt.ndim == 0 or (tuple(xt.shape[1:]) != net.input_shape and tuple(xt.shape[1:]) != (net.input_dim,)):
-        raise ShapeMismatchError(f"the network takes inputs of shape (N, {', '.join(map(str, net.input_shape))}) "
-                                 f"(or (N, {net.input_dim}) flattened); got {tuple(xt.shape)}")
-    flat = xt.reshape(xt.shape[0], -1)
-    labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
-    if labels.ndim != 1 or labels.shape[0] != flat.shape[0]:
-        raise ShapeMismatchError(f"labels must have shape ({flat.shape[0]},), got {labels.shape}")
-    if labels.size and (not np.issubdtype(labels.dtype, np.integer)):
-        if not np.all(np.asarray(labels, dtype=np.float64) == np.round(labels.astype(np.float64))):
-            raise ShapeMismatchError("labels must be integers")
-    labels = labels.astype(np.int64)
-    k = net.output_dim
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        bad = labels[(labels < 0) | (labels >= k)][0]
-        raise ShapeMismatchError(f"label {bad} is out of range: the network has {k} outputs (labels 0..{k - 1})")
+    inputs, labels = checked_batch(x, y, net.input_shape, net.output_dim)
+    flat = inputs.reshape(inputs.shape[0], -1)
     idx = np.arange(flat.shape[0], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
     if idx.shape != labels.shape:
         raise ShapeMismatchError(f"index must have shape {labels.shape}, got {idx.shape}")

@@ -98,6 +98,15 @@ def test_linear_model_exact_for_both(norm: str) -> None:
         assert np.all(search.upper / search.radius - 1 <= 2.0**-10 + 1e-12)
 
 
+def test_verify_names_bad_inputs_and_labels() -> None:
+    net = lipcert.Network.from_weights([np.ones((3, 6))])
+    x, y = np.zeros((2, 6)), np.array([0, 1])
+    for bad_x, bad_y, message in ((np.zeros((2, 5)), y, "inputs of shape"), (x, np.array([0, 3]), "out of range"),
+                                  (x, np.array([0]), "labels must have shape"), (x, np.array([0.5, 1]), "integers")):
+        with pytest.raises(lipcert.errors.ShapeMismatchError, match=message):
+            lirpa.verify(net, bad_x, bad_y, [0.1])
+
+
 def test_nothing_certified_is_broken_by_the_attack(shared_data: Path) -> None:
     net = lipcert.load(shared_data / MLP)
     data = mnist(shared_data, limit=8)

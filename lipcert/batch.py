@@ -1,0 +1,39 @@
+"""Checking a batch of inputs and labels before anything is computed on it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ShapeMismatchError
+
+
+def checked_batch(x: Any, y: Any, input_shape: tuple[int, ...], outputs: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Inputs as a tensor of shape (N, *input_shape) and labels as int64 in 0..outputs-1.
+
+    ``x`` may be an array or tensor of shape (N, *input_shape) or flattened (N, prod(input_shape)),
+    in any numeric dtype (kept); ``y`` integer labels of shape (N,) (integral floats accepted).
+    Raises :class:`~lipcert.errors.ShapeMismatchError` naming what is wrong.
+    """
+    xt = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
+    if not (xt.is_floating_point() or xt.dtype in (torch.uint8, torch.int64, torch.int32)):
+        raise ShapeMismatchError(f"inputs must be a numeric array, got dtype {xt.dtype}")
+    size = math.prod(input_shape)
+    if xt.ndim == 0 or (tuple(xt.shape[1:]) != tuple(input_shape) and tuple(xt.shape[1:]) != (size,)):
+        raise ShapeMismatchError(f"the network takes inputs of shape (N, {', '.join(map(str, input_shape))}) "
+                                 f"(or (N, {size}) flattened); got {tuple(xt.shape)}")
+    labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+    if labels.ndim != 1 or labels.shape[0] != xt.shape[0]:
+        raise ShapeMismatchError(f"labels must have shape ({xt.shape[0]},), got {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.asarray(labels, dtype=np.float64) == np.round(labels.astype(np.float64))):
+            raise ShapeMismatchError("labels must be integers")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= outputs):
+        bad = labels[(labels < 0) | (labels >= outputs)][0]
+        raise ShapeMismatchError(f"label {bad} is out of range: the network has {outputs} outputs "
+                                 f"(labels 0..{outputs - 1})")
+    return xt.reshape(xt.shape[0], *input_shape), labels

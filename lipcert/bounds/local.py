@@ -29,9 +29,9 @@ by (Pn) the pre-activation i of layer k moves by at most ||row_i(W_k F_{k-1})|| 
 **Intervals.**  Per neuron, the tighter of (a) the value at x (enclosed by interval arithmetic with
 rounding) plus r_2 times that per-neuron constant, r_2 = r (L2) or r sqrt(d) (L-infinity), and
 (b) interval bound propagation (IBP) over the ball; the first layer uses the exact
-r ||W_1,i||_2 (L2) or r ||W_1,i||_1 (L-infinity).  Several rules run side by side; each neuron
-takes the smallest constant over the rules, and the margins the smallest over rules and the
-global bound.
+r ||W_1,i||_2 (L2) or r ||W_1,i||_1 (L-infinity).  Several passes (rules x dampings, see
+:data:`DAMPINGS`) run side by side; each neuron takes the smallest constant over the passes, and
+the margins the smallest over passes and the global bound.
 
 **Anchored constants.**  A radius needs only pairs (x', x) with x the centre.  Then each neuron's
 secant (phi(z') - phi(z0)) / (z' - z0) has the fixed end z0 = z(x): for a ReLU with z0 > 0 it lies
@@ -39,11 +39,11 @@ in [z0 / (z0 - l), 1] instead of [0, 1], with z0 < 0 in [0, u / (u - z0)].  The 
 slopes (``anchored=True``; ReLU-like and sigmoid, tanh, SiLU, GELU: :func:`_anchored_slopes`; the
 others keep [alpha, beta]) bounds |c^T (f(x') - f(x))| / ||x' - x||, and its per-neuron constants
 bound z(x') - z(x), which is what the intervals need.  At no extra cost the constants shrank 1.3x
-at r = 0.1 and 2.6-4x at r = 0.2-0.3 on the ERAN 6x100 ReLU MLP, 1.6x at r = 0.02 and 4-30x at
-r = 0.04-0.08 on the ERAN 6x200 sigmoid MLP.
+at r = 0.1 and 2.8-3.8x at r = 0.2-0.3 on the ERAN 6x100 ReLU MLP, 1.6x at r = 0.02 and 3.9-31x at
+r = 0.04-0.08 on the ERAN 6x200 sigmoid MLP (benchmarks/results/local.md).
 
 **Radius.**  :func:`local_radius` bisects r (geometrically, to a relative tolerance ``rtol``)
-for the largest r whose own constants prove margin_j - tol_j > L_yj(x, r) r_2 for every j;
+for the largest r whose own (anchored) constants prove margin_j - tol_j > L_yj(x, r) r_2 for every j;
 only radii checked that way are returned, and never less than the global radius.
 """
 
@@ -132,12 +132,14 @@ class LocalBound:
     anchored: bool
 
     def pairwise(self) -> np.ndarray:
-        """K x K bounds on Lip_2(f_i - f_j) over pairs of inputs in the ball (min over rules)."""
+        """K x K bounds on Lip_2(f_i - f_j) over pairs of inputs in the ball (pairs (x', x) if
+        ``anchored``), the minimum over the passes."""
         return np.minimum.reduce([g.pairwise() for g in self.grams.values()])
 
     @property
     def value(self) -> float:
-        """Bound on the L2 Lipschitz constant of f on the ball."""
+        """Bound on the L2 Lipschitz constant of f on the ball (if ``anchored``: on
+        ||f(x') - f(x)|| / ||x' - x|| for x' in it)."""
         return min(math.sqrt(max(float(torch.linalg.eigvalsh(g.matrix)[-1]), 0.0)) * math.exp(g.log_scale / 2)
                    * _INFLATE for g in self.grams.values())
 

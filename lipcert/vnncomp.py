@@ -8,10 +8,10 @@ violation region, a row i with
     a_i^T f(x0) - b_i - tol_i > Lip(a_i^T f) r
 
 makes the disjunct infeasible on the box, because a_i^T f(x) >= a_i^T f(x0) - Lip(a_i^T f) ||x - x0||.
-Lip(a_i^T f) holds for pairs of inputs in the box: by default the local constants of
-:func:`lipcert.bounds.local.local_bound` on the L-infinity ball of radius max_j h_j around x0, which
-contains the box (h the half-widths; per-neuron slopes from interval and Lipschitz bounds of the
-pre-activations over that ball), or a global bound (any method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
+Lip(a_i^T f) need only hold for the pairs (x, x0), x in the box: by default the anchored local
+constants of :func:`lipcert.bounds.local.local_bound` on the L-infinity ball of radius max_j h_j
+around x0, which contains the box (h the half-widths; per-neuron slopes of the secants from z(x0),
+from interval and Lipschitz bounds of the pre-activations over that ball), or a global bound (any method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
 (:func:`lipcert.certify.logit_error_bound`).  The property holds when every disjunct is infeasible.
 No bound is computed when some disjunct has no row with a_i^T f(x0) - b_i > ||grad a_i^T f(x0)|| r:
 the gradient norm at the centre is a lower bound on any such Lipschitz constant, so the proof
@@ -189,9 +189,10 @@ def _gradient_norms(net: Network, x0: np.ndarray, prop: VnnProperty) -> list[np.
 
 
 def _box_grams(net: Network, x0: np.ndarray, half: np.ndarray, method: str) -> list[Gram]:
-    """Grams G with Lip(c^T f) <= sqrt(c^T G c) for pairs of inputs in the box |x - x0| <= half."""
+    """Grams G with |c^T (f(x) - f(x0))| <= sqrt(c^T G c) ||x - x0|| for x in the box |x - x0| <= half."""
     if method == "local":
-        return list(local_bound(net, x0, float(half.max()) * (1 + 4 * UNIT_ROUNDOFF), "inf").grams.values())
+        radius = float(half.max()) * (1 + 4 * UNIT_ROUNDOFF)
+        return list(local_bound(net, x0, radius, "inf", anchored=True).grams.values())
     bound = lipschitz(net, method)
     if not bound.grams:
         raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")

@@ -99,6 +99,9 @@ DEFAULT_RTOL = 0.01
 Intervals = Callable[[torch.Tensor, float], Sequence[tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]]]
 """Provider of sound pre-activation bounds of every hidden layer over the ball (centre, radius)."""
 _INFLATE = 1 + 1e-8
+_KNOWN_PAD = 1e-8
+"""Outward rounding of ``known`` pre-activation bounds (auto_LiRPA computes them in float64 without directed
+rounding): relative to the neuron's |z(x)| plus lipcert's own interval width, 1e8 times float64's epsilon."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -273,7 +276,8 @@ def local_bound(net: Network, x: np.ndarray | torch.Tensor, radius: float, norm:
         Names in :data:`DAMPINGS`; every rule runs once with each (default :data:`LOCAL_DAMPINGS`).
     known : sequence of (lower, upper), optional
         Sound bounds on the pre-activations of each hidden layer over the same ball from another
-        method (e.g. :func:`lipcert.adapters.lirpa.preactivation_bounds`); intersected with lipcert's.
+        method (e.g. :func:`lipcert.adapters.lirpa.preactivation_bounds`); widened by
+        :data:`_KNOWN_PAD` and intersected with lipcert's.
     anchored : bool
         If True, the constants bound |c^T (f(x') - f(x))| / ||x' - x|| for x' in the ball (secant
         slopes anchored at the centre, see the module docstring), not Lipschitz constants on the ball.
@@ -314,9 +318,10 @@ def local_bound(net: Network, x: np.ndarray | torch.Tensor, radius: float, norm:
             ibp = _affine_box(weights[k], b, *box)
         lo = torch.maximum(ibp[0], zl0 - r2 * lip)
         hi = torch.minimum(ibp[1], zu0 + r2 * lip)
-        if known is not None:
-            lo = torch.maximum(lo, torch.as_tensor(np.asarray(known[k][0], np.float64)).reshape(-1))
-            hi = torch.minimum(hi, torch.as_tensor(np.asarray(known[k][1], np.float64)).reshape(-1))
+        if known is not None:  # another tool's float64 bounds: widened by _KNOWN_PAD of the neuron's scale
+            pad = _KNOWN_PAD * (zl0.abs() + zu0.abs() + (hi - lo))
+            lo = torch.maximum(lo, torch.as_tensor(np.asarray(known[k][0], np.float64)).reshape(-1) - pad)
+            hi = torch.minimum(hi, torch.as_tensor(np.asarray(known[k][1], np.float64)).reshape(-1) + pad)
         alpha, beta = slope_interval(act, lo, hi)
         box = image(act, lo, hi, alpha, beta)
         if anchored:

@@ -118,7 +118,7 @@ def run(
     for k in range(len(weights) - 1):
         alpha, beta = slopes[k]
         s_vec, p_vec = alpha + beta, alpha * beta
-        v = s_vec[:, None] * weight                      # S_k W_k
+        v = _scaled_rows(s_vec, weight)                   # S_k W_k
         y = solve_rt(r, v.T)                              # R^{-T} W^T S
         gamma = gram(y)
         diag = torch.diagonal(gamma)
@@ -137,7 +137,7 @@ def run(
             nxt = nxt[:, keep]
         else:
             keep = None
-        gamma = gamma / scale
+        gamma = gamma.div_(scale)  # in place: gram() made it, and the backward of its products needs no output
         log_scale += math.log(scale)
         next_s = (slopes[k + 1][0] + slopes[k + 1][1]) if k + 1 < len(slopes) else None
         ctx = LayerContext(k + 1, gamma, nxt if next_s is None else next_s[:, None] * nxt, log_scale)
@@ -185,6 +185,11 @@ def replay(
         yield labels[ctx.index - 1], torch.exp(torch.log(lam) + ctx.log_scale)
 
     return run(weights, slopes, choose)
+
+
+def _scaled_rows(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """S W for a diagonal S = diag(s); W itself when every s_i is 1 (ReLU-like slopes [0, 1]: no copy)."""
+    return weight if bool((s == 1).all()) else s[:, None] * weight
 
 
 def final_gram(r: torch.Tensor | None, last: torch.Tensor) -> torch.Tensor:
@@ -271,7 +276,7 @@ def run_passes(
     for k in range(len(weights) - 1):
         alpha, beta = slopes[k]
         s_vec = alpha + beta
-        v = s_vec[:, None] * weight                                   # S_k W_k
+        v = _scaled_rows(s_vec, weight)                               # S_k W_k
         nxt = weights[k + 1]
         live = (v != 0).any(dim=1)
         if not bool(live.any()):  # every neuron constant: f is constant

@@ -97,6 +97,16 @@ def measure(fn: Callable[[], Any], repeat: int = 1) -> Measured:
     return Measured(value, best, peak)
 
 
+def best_of(fn: Callable[[], Any], repeat: int) -> Measured:
+    """Best wall time of ``repeat`` back-to-back calls (no memory probe: for millisecond calls)."""
+    times, value = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - start)
+    return Measured(value, min(times), None)
+
+
 def matmul_seconds(n: int) -> float:
     a = torch.randn(n, n, dtype=torch.float64)
     b = torch.randn(n, n, dtype=torch.float64)
@@ -158,12 +168,30 @@ def breakdown_part(widths: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def float32_part(widths: list[int], depth: int) -> list[dict[str, Any]]:
+    """float32 mode (search in float32, best certificate replayed in float64) against float64."""
+    rows = []
+    for width in widths:
+        net = gaussian([width] * depth + [1], seed=0)
+        row: dict[str, Any] = {"width": width, "depth": depth}
+        for method in ("eclipse-fast", "combined"):
+            for dtype in (torch.float64, torch.float32):
+                m = measure(lambda mm=method, dt=dtype: lipcert.lipschitz(net, mm, dtype=dt), repeat=2)
+                row[f"{method} {str(dtype)[6:]}"] = {"seconds": m.seconds, "value": m.value.value}
+        rows.append(row)
+        print(f"  float32 w={width} d={depth}: " + ", ".join(f"{k} {v['seconds']:.3g} s" for k, v in row.items()
+                                                           if isinstance(v, dict)), flush=True)
+    return rows
+
+
 def sdp_part(configs: list[tuple[int, int]], sdp_methods: list[str], lipsdp_max: int) -> list[dict[str, Any]]:
     rows = []
     for width, depth in configs:
         net = gaussian([width] * depth + [1], seed=0)
-        fast = measure(lambda: lipcert.lipschitz(net, "eclipse-fast"), repeat=3)
-        comb = measure(lambda: lipcert.lipschitz(net, "combined"), repeat=3)
+        # Milliseconds on these small nets: best of 20 plain runs (measure()'s gc.collect and memory probes
+        # before each run made a 0.18 ms call take 1 ms).
+        fast = best_of(lambda: lipcert.lipschitz(net, "eclipse-fast"), 20)
+        comb = best_of(lambda: lipcert.lipschitz(net, "combined"), 20)
         for method in sdp_methods:
             if method.startswith("lipsdp") and width * (depth - 1) > lipsdp_max:
                 continue
@@ -223,7 +251,7 @@ def _ratio(flops_n3: float, n: int, seconds: float, matmul_s: float) -> float:
 
 
 def markdown(gauss: list[dict[str, Any]], parts: list[dict[str, Any]], sdp: list[dict[str, Any]],
-             cnn: list[dict[str, Any]], command: str, note: str) -> str:
+             cnn: list[dict[str, Any]], f32: list[dict[str, Any]], command: str, note: str) -> str:
     methods = list(dict.fromkeys(m for row in gauss for m in row["methods"]))
     lines = ["# Speed and memory of the closed-form bounds", ""]
     if note:
@@ -290,6 +318,19 @@ def markdown(gauss: list[dict[str, Any]], parts: list[dict[str, Any]], sdp: list
                          f"{cell(r['bound_s'], r['bound_peak'], r['square'])} | "
                          f"{r['certify_s']:.3g} s ({r['images']}, {_mb(r['certify_peak'])}) | {r['bound']:.4g} | "
                          f"{r['median_radius']:.3g} |")
+    if f32:
+        keys = [k for k in f32[0] if isinstance(f32[0][k], dict)]
+        lines += ["", "## float32 mode on this CPU", "",
+                  "`dtype=torch.float32`: the recursion and every rule run in float32, then the best pass's "
+                  "multipliers are replayed in float64 (docs/decisions.md item 11(c)).  Each cell: time, then the value "
+                  "relative to the float64 run of the same method.", "",
+                  "| width | depth | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        for r in f32:
+            cells = []
+            for k in keys:
+                ref = r[k.replace("float32", "float64")]["value"]
+                cells.append(f"{r[k]['seconds']:.3g} s ({r[k]['value'] / ref:.6f})")
+            lines.append(f"| {r['width']} | {r['depth']} | " + " | ".join(cells) + " |")
     lines += ["", "## Notes", "",
               "- combined runs its nine passes together (shared first layer and trajectories) and, on nets with a "
               "hidden layer >= 256 wide, prunes passes whose truncated bound is > 1.2x the best or whose M_k is "
@@ -399,10 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     print("SDP comparison", flush=True)
     sdp = sdp_part(args.sdp, [m for m in args.sdp_methods.split(",") if m], args.lipsdp_max_neurons)
     cnn = [] if args.no_cnn else (print("CNN models", flush=True), cnn_part(args.data, args.images))[1]
+    print("float32 mode", flush=True)
+    f32 = float32_part([w for w in args.widths if w >= 500], depth=10)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"gaussian": gauss, "operations": parts, "sdp": sdp,
-                                                         "cnn": cnn}, indent=1))
-    args.out.write_text(markdown(gauss, parts, sdp, cnn, command.strip(), args.note))
+                                                         "cnn": cnn, "float32": f32}, indent=1))
+    args.out.write_text(markdown(gauss, parts, sdp, cnn, f32, command.strip(), args.note))
     plot(gauss, args.out.with_suffix(".png"), args.note)
     print(f"wrote {args.out}, {args.out.with_suffix('.json').name} and {args.out.with_suffix('.png').name}")
     return 0

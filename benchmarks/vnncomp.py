@@ -82,8 +82,9 @@ def render(rows: list[tuple[str, dict[str, str], VnnResult]], args: argparse.Nam
         f"{seconds / 60:.1f} min"
         + ("" if done else " **(run in progress or interrupted)**") + ".",
         "",
-        "lipcert answers `unsat` when local Lipschitz constants on the input box (lipcert.bounds.local, the box "
-        "enclosed in the L-infinity ball of its largest half-width) times the L2 radius of the box around its "
+        "lipcert answers `unsat` when local constants on the input box (lipcert.bounds.local with secants "
+        "anchored at the box centre, valid for the pairs (x, centre); the box enclosed in the L-infinity ball of "
+        "its largest half-width) times the L2 radius of the box around its "
         "centre stay below the output margins at the centre for every disjunct of the violation; `sat` when PGD "
         "inside the box (5 restarts x 50 steps) finds an input whose onnxruntime output violates the property "
         "(every counterexample is rounded to float32 inside the box and checked); otherwise `unknown`. "

@@ -11,21 +11,32 @@ import torch
 from .errors import ShapeMismatchError
 
 
+_INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def checked_batch(x: Any, y: Any, input_shape: tuple[int, ...], outputs: int) -> tuple[torch.Tensor, np.ndarray]:
     """Inputs as a tensor of shape (N, *input_shape) and labels as int64 in 0..outputs-1.
 
     ``x`` may be an array or tensor of shape (N, *input_shape) or flattened (N, prod(input_shape)),
-    in any numeric dtype (kept); ``y`` integer labels of shape (N,) (integral floats accepted).
+    in any real dtype (kept), finite; ``y`` integer labels of shape (N,) (integral floats accepted).
     Raises :class:`~lipcert.errors.ShapeMismatchError` naming what is wrong.
     """
-    xt = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
-    if not (xt.is_floating_point() or xt.dtype in (torch.uint8, torch.int64, torch.int32)):
-        raise ShapeMismatchError(f"inputs must be a numeric array, got dtype {xt.dtype}")
+    try:
+        xt = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ShapeMismatchError(f"inputs must be a numeric array: {exc}") from exc
+    if xt.dtype == torch.bool or xt.is_complex() or not (xt.is_floating_point() or xt.dtype in _INTEGER):
+        raise ShapeMismatchError(f"inputs must be real numbers (a float or integer dtype), got dtype {xt.dtype}")
     size = math.prod(input_shape)
     if xt.ndim == 0 or (tuple(xt.shape[1:]) != tuple(input_shape) and tuple(xt.shape[1:]) != (size,)):
         raise ShapeMismatchError(f"the network takes inputs of shape (N, {', '.join(map(str, input_shape))}) "
                                  f"(or (N, {size}) flattened); got {tuple(xt.shape)}")
+    if xt.is_floating_point() and not bool(torch.isfinite(xt).all()):
+        bad = int((~torch.isfinite(xt.reshape(xt.shape[0], -1))).any(dim=1).nonzero()[0, 0])
+        raise ShapeMismatchError(f"input {bad} contains NaN or infinite values")
     labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+    if labels.dtype == bool or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise ShapeMismatchError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != xt.shape[0]:
         raise ShapeMismatchError(f"labels must have shape ({xt.shape[0]},), got {labels.shape}")
     if labels.size and not np.issubdtype(labels.dtype, np.integer):

@@ -11,7 +11,8 @@ makes the disjunct infeasible on the box, because a_i^T f(x) >= a_i^T f(x0) - Li
 Lip(a_i^T f) need only hold for the pairs (x, x0), x in the box: by default the anchored local
 constants of :func:`lipcert.bounds.local.local_bound` on the L-infinity ball of radius max_j h_j
 around x0, which contains the box (h the half-widths; per-neuron slopes of the secants from z(x0),
-from interval and Lipschitz bounds of the pre-activations over that ball), or a global bound (any method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
+from interval and Lipschitz bounds of the pre-activations over that ball), or a global bound (any
+method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
 (:func:`lipcert.certify.logit_error_bound`).  The property holds when every disjunct is infeasible.
 No bound is computed when some disjunct has no row with a_i^T f(x0) - b_i > ||grad a_i^T f(x0)|| r:
 the gradient norm at the centre is a lower bound on any such Lipschitz constant, so the proof

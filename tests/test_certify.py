@@ -111,8 +111,13 @@ def test_bad_inputs_raise_named_errors(rng: np.random.Generator) -> None:
         lipcert.certify(net, x, y[:9])
     with pytest.raises(ShapeMismatchError, match="integers"):
         lipcert.certify(net, x, y + 0.5)
-    with pytest.raises(ShapeMismatchError, match="NaN or infinite"):
-        lipcert.certify(net, np.where(np.arange(12) == 3, np.nan, x), y)
+    with pytest.raises(ShapeMismatchError, match="input 4 contains NaN or infinite"):
+        lipcert.certify(net, np.where((np.arange(10) == 4)[:, None] & (np.arange(12) == 3), np.nan, x), y)
+    with pytest.raises(ShapeMismatchError, match="numeric array"):
+        lipcert.certify(net, [["a"] * 12] * 10, y)
+    with pytest.raises(ShapeMismatchError, match="labels must be integers"):
+        lipcert.certify(net, x, y > 2)
+    assert lipcert.certify(net, x.astype(np.int16), y, method="naive").radius.shape == (10,)
     with pytest.raises(InvalidNormError, match="unsupported norm"):
         lipcert.certify(net, x, y, norm=3)
     with pytest.raises(UnknownMethodError):

@@ -74,25 +74,28 @@ neurons of a layer pay for large multipliers of its free ones (the cross term of
 c helped on small balls (GCs(0.7))."""
 
 
-def _linear(lam: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def _linear(lam: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """lambda_i min(1, s_i / |alpha_i|)."""
     return lam * torch.clamp((beta - alpha) / alpha.abs(), max=1.0)
 
 
-def _sqrt(lam: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def _sqrt(lam: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """lambda_i sqrt(min(1, s_i / |alpha_i|))."""
     return lam * torch.clamp((beta - alpha) / alpha.abs(), max=1.0).sqrt()
 
 
-DAMPINGS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+DAMPINGS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "linear": _linear, "sqrt": _sqrt}
 """Dampings of a rule's multipliers lambda of the free neurons of a layer with slopes [alpha, beta],
 s = beta - alpha.  Shrinking lambda keeps M = 2 Lambda - Lambda Gamma Lambda positive definite, so
 any damping is valid (the Cholesky decides).  In the scalar case (one neuron, V = v, t = lambda s^2
 ||v||^2 in (0, 2)) the factored recursion bounds the slope by sqrt((2 alpha beta t + s^2) / (t (2 - t))):
 SN(1) (t = 1) gives sqrt(alpha^2 + beta^2), t = s / max(|alpha|, |beta|) the exact max(|alpha|, |beta|).
-In wide layers the rules' lambda_i Gamma_ii are already below 1, and the milder sqrt damping was
-tighter on most margins (15-18 % on the ERAN sigmoid 6x200 net), the linear one on some."""
+In wide layers the rules' lambda_i Gamma_ii are already below 1, so neither that optimum (it measured
+1.19x looser than the linear damping on average at r = 0.02 on the sigmoid net) nor s / |alpha| is exact;
+the milder sqrt damping was tighter on most margins (15-18 % on the ERAN sigmoid 6x200 net), the linear
+one on some.  Both leave fixed-slope-free layers alone (alpha = 0 gives factor 1); with anchored ReLU slopes
+(alpha = z0 / (z0 - l) > 0) they differ and the passes split, about doubling the work per layer."""
 LOCAL_DAMPINGS: tuple[str, ...] = ("linear", "sqrt")
 """Dampings run side by side by default: every rule once with each, each margin takes the minimum."""
 DEFAULT_RTOL = 0.01
@@ -100,8 +103,10 @@ Intervals = Callable[[torch.Tensor, float], Sequence[tuple[np.ndarray | torch.Te
 """Provider of sound pre-activation bounds of every hidden layer over the ball (centre, radius)."""
 _INFLATE = 1 + 1e-8
 _KNOWN_PAD = 1e-8
-"""Outward rounding of ``known`` pre-activation bounds (auto_LiRPA computes them in float64 without directed
-rounding): relative to the neuron's |z(x)| plus lipcert's own interval width, 1e8 times float64's epsilon."""
+"""Widening of ``known`` pre-activation bounds, relative to the neuron's |z(x)| plus lipcert's own interval
+width.  auto_LiRPA computes them in float64 without directed rounding, and its error scales with sums of
+|A| |x| terms that lipcert does not see, so this is a heuristic margin (1e8 times float64's epsilon), not a
+rounding bound; lipcert's own intervals alone are rigorous."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +122,8 @@ class LocalBound:
     lower, upper : tuple of Tensor
         Per hidden layer, bounds on every pre-activation over the ball.
     alphas, betas : tuple of Tensor
-        Per hidden layer, the slope interval of every neuron on [lower, upper].
+        Per hidden layer, the slopes the certificate uses for every neuron: the slope interval on
+        [lower, upper], or with ``anchored`` the range of secants from z(centre) into it.
     grams : dict of str to Gram
         Per pass (named "rule damping"), Lip(c^T f) <= sqrt(c^T G c) for pairs of inputs in the ball
         (L2 constants); if ``anchored``, only for pairs (x', x) with x the centre.
@@ -360,7 +366,8 @@ def _advance(p: _Pass, v: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
 
     A pass holding several (rule, damping) variants splits at the first layer where they choose
     multipliers (a layer with a neuron of unfixed slope); variants whose damped multipliers are
-    equal (every damping is the identity on neurons with alpha = 0, e.g. ReLU) keep sharing a pass.
+    equal (every damping is the identity on neurons with alpha = 0, e.g. ReLU with pairwise slopes; not
+    with anchored ones, where alpha = z0 / (z0 - l) > 0) keep sharing a pass.
     """
     s = beta - alpha
     free = (s > 0) & ((v != 0).any(dim=1))
@@ -376,7 +383,7 @@ def _advance(p: _Pass, v: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     made: list[tuple[torch.Tensor, _Pass]] = []
     for rule, damping in p.variants:
         for _, lam in rule_chooser(rule)(ctx):
-            lam = DAMPINGS[damping](lam, gamma, alpha[free], beta[free])
+            lam = DAMPINGS[damping](lam, alpha[free], beta[free])
             twin = next((q for seen, q in made if torch.equal(seen, lam)), None)
             if twin is not None:
                 twin.variants.append((rule, damping))

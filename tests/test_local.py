@@ -16,8 +16,8 @@ import torch
 
 import lipcert
 from lipcert.activations import get_activation
-from lipcert.bounds.intervals import _CRITICAL, image, slope_interval
-from lipcert.bounds.local import LOCAL_METHOD, LOCAL_RULES, _anchored_slopes, local_bound, local_radius
+from lipcert.bounds.intervals import _CRITICAL, anchored_slopes, image, slope_interval
+from lipcert.bounds.local import LOCAL_METHOD, LOCAL_RULES, local_bound, local_radius
 from lipcert.certify import InvalidRadiusError, _layers, logit_error_bound
 from lipcert.errors import LipcertError, UnknownActivationError
 
@@ -332,7 +332,7 @@ def test_anchored_slopes_hold_every_secant_from_the_centre_and_are_tight(name: s
     lo, hi = torch.minimum(lo, z0), torch.maximum(hi, z0)
     alpha, beta = slope_interval(act, lo, hi)
     for zl0, zu0 in ((z0, z0), (z0 - 1e-9, z0 + 1e-9)):
-        a, b = _anchored_slopes(act, lo, hi, zl0, zu0, alpha, beta)
+        a, b = anchored_slopes(act, lo, hi, zl0, zu0, alpha, beta)
         assert bool((a >= alpha).all() and (b <= beta).all() and (a <= b).all())
         near = torch.as_tensor(rng.random((500, 100)) ** 8)  # many ends close to lo and hi
         t = torch.cat([torch.zeros(500, 1), torch.ones(500, 1), torch.as_tensor(rng.random((500, 200))), near,
@@ -347,7 +347,7 @@ def test_anchored_slopes_hold_every_secant_from_the_centre_and_are_tight(name: s
         return
     # Exact centre: the hull of the slope at z0 and the secants from z0 to lo and hi, for neurons
     # away from the kink (ReLU-like) or with phi' monotone on both sides of z0 (smooth).
-    a, b = _anchored_slopes(act, lo, hi, z0, z0, alpha, beta)
+    a, b = anchored_slopes(act, lo, hi, z0, z0, alpha, beta)
     at = act.derivative(z0)
     # Nearer ends lie on z0's piece; their secants carry rounding noise (the bound's, ~1e-11 / |e - z0|, too).
     far = [(e - z0).abs() > 1e-2 for e in (lo, hi)]

@@ -27,15 +27,29 @@ def brute_force_pattern(net: lipcert.Network) -> float:
     return best
 
 
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu(0.2)", "sigmoid", "silu"])
-def test_pattern_bound_is_a_lower_bound_and_near_the_maximum(activation: str, rng: np.random.Generator) -> None:
+def tiny_net(rng: np.random.Generator, activation: str) -> lipcert.Network:
     ws = [rng.normal(size=(4, 3)), rng.normal(size=(4, 4)), rng.normal(size=(2, 4))]
-    net = lipcert.Network.from_weights(ws, [rng.normal(size=4), rng.normal(size=4), None], activation)
+    return lipcert.Network.from_weights(ws, [rng.normal(size=4), rng.normal(size=4), None], activation)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu(0.2)", "sigmoid", "silu"])
+def test_pattern_bound_is_a_lower_bound(activation: str, rng: np.random.Generator) -> None:
+    net = tiny_net(rng, activation)
     exact = brute_force_pattern(net)
-    found = pattern_bound(net, restarts=8, generator=torch.Generator().manual_seed(1))
-    assert found <= exact * (1 + 1e-12)
-    assert found >= 0.9 * exact  # block-coordinate ascent with restarts gets close on tiny nets
+    assert pattern_bound(net, restarts=8, generator=torch.Generator().manual_seed(1)) <= exact * (1 + 1e-12)
     assert lipcert.lipschitz(net, "combined").value >= exact
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu(0.2)", "sigmoid", "silu"])
+def test_pattern_bound_is_near_the_maximum_on_tiny_nets(activation: str) -> None:
+    """A quality claim of a local search, so on fixed nets: 8 restarts found < 0.9 of the maximum on
+    0.7 % of random ReLU nets of this size (2 of 300 seeds), which failed the suite once."""
+    ratios = []
+    for seed in range(20):
+        net = tiny_net(np.random.default_rng(seed), activation)
+        ratios.append(pattern_bound(net, restarts=8, generator=torch.Generator().manual_seed(1))
+                      / brute_force_pattern(net))
+    assert min(ratios) >= 0.9 and float(np.median(ratios)) >= 0.99
 
 
 def test_jacobian_bound_matches_autograd(rng: np.random.Generator) -> None:

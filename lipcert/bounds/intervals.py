@@ -144,7 +144,7 @@ def image(act: Activation, lower: torch.Tensor, upper: torch.Tensor,
 
 
 def anchored_slopes(act: Activation, lo: torch.Tensor, hi: torch.Tensor, zl0: torch.Tensor, zu0: torch.Tensor,
-                     alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Secant slopes (phi(z) - phi(z0)) / (z - z0) for z in [lo, hi], z0 in [zl0, zu0] (the centre's).
 
     For an activation with one kink k between slopes p (left) and q (right), the secant is

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,6 +32,13 @@ METHODS: dict[str, str] = {
                  "seconds, direction, pairs)",
 }
 SDP_METHODS = ("eclipse", "lipsdp-neuron", "lipsdp-layer")
+
+
+def _on(net: Network, device: torch.device, dtype: torch.dtype) -> tuple[list[torch.Tensor],
+                                                                         list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The network's weights and per-neuron slopes on ``device`` in ``dtype``."""
+    return ([w.to(device, dtype) for w in net.weights],
+            [(a.to(device, dtype), b.to(device, dtype)) for a, b in net.slopes()])
 
 
 def _resolve(method: str, c: float | None) -> tuple[str, Rule | None]:
@@ -121,8 +128,7 @@ def lipschitz(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if name in SDP_METHODS + ("optimized", "naive"):  # solvers, optimizer, spectral norms: float64 certificates
         dtype = torch.float64
-    weights = [w.to(dev, dtype) for w in net.weights]
-    slopes = [(a.to(dev, dtype), b.to(dev, dtype)) for a, b in net.slopes()]
+    weights, slopes = _on(net, dev, dtype)
 
     start = time.perf_counter()
     results: dict[str, RecursionResult]
@@ -146,8 +152,7 @@ def lipschitz(
     if dtype == torch.float32:
         estimates = {k: r.value for k, r in results.items()}
         best = min(estimates, key=estimates.__getitem__)
-        weights = [w.to(dev, torch.float64) for w in net.weights]  # not the float32-rounded ones
-        slopes = [(a.to(dev, torch.float64), b.to(dev, torch.float64)) for a, b in net.slopes()]
+        weights, slopes = _on(net, dev, torch.float64)  # the net's own weights, not their float32 rounding
         try:
             checked = (closed_form.naive(weights, slopes) if best == "naive" else
                        replay(weights, closed_form.closed_form_slopes(slopes), results[best].multipliers,

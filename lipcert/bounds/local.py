@@ -36,9 +36,10 @@ the margins the smallest over passes and the global bound.
 **Anchored constants.**  A radius needs only pairs (x', x) with x the centre.  Then each neuron's
 secant (phi(z') - phi(z0)) / (z' - z0) has the fixed end z0 = z(x): for a ReLU with z0 > 0 it lies
 in [z0 / (z0 - l), 1] instead of [0, 1], with z0 < 0 in [0, u / (u - z0)].  The recursion with these
-slopes (``anchored=True``; ReLU-like and sigmoid, tanh, SiLU, GELU: :func:`lipcert.bounds.intervals.anchored_slopes`; the
-others keep [alpha, beta]) bounds |c^T (f(x') - f(x))| / ||x' - x||, and its per-neuron constants
-bound z(x') - z(x), which is what the intervals need.  At no extra cost the constants shrank 1.3x
+slopes (``anchored=True``; ReLU-like and sigmoid, tanh, SiLU, GELU:
+:func:`lipcert.bounds.intervals.anchored_slopes`; the others keep [alpha, beta]) bounds
+|c^T (f(x') - f(x))| / ||x' - x||, and its per-neuron constants bound z(x') - z(x), which is what
+the intervals need.  At no extra cost the constants shrank 1.3x
 at r = 0.1 and 2.8-3.8x at r = 0.2-0.3 on the ERAN 6x100 ReLU MLP, 1.6x at r = 0.02 and 3.9-31x at
 r = 0.04-0.08 on the ERAN 6x200 sigmoid MLP (benchmarks/results/local.md).
 
@@ -73,14 +74,19 @@ neurons of a layer pay for large multipliers of its free ones (the cross term of
 c helped on small balls (GCs(0.7))."""
 
 
+def _theta(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """min(1, s_i / |alpha_i|) with s = beta - alpha (1 where alpha_i = 0)."""
+    return torch.clamp((beta - alpha) / alpha.abs(), max=1.0)
+
+
 def _linear(lam: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """lambda_i min(1, s_i / |alpha_i|)."""
-    return lam * torch.clamp((beta - alpha) / alpha.abs(), max=1.0)
+    return lam * _theta(alpha, beta)
 
 
 def _sqrt(lam: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """lambda_i sqrt(min(1, s_i / |alpha_i|))."""
-    return lam * torch.clamp((beta - alpha) / alpha.abs(), max=1.0).sqrt()
+    return lam * _theta(alpha, beta).sqrt()
 
 
 DAMPINGS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {

@@ -335,9 +335,9 @@ def _prune(nodes: list[_Node], contexts: list[LayerContext], history: dict[str, 
     if len(nodes) == 1:
         return nodes, contexts
     limit = min(logs) + (math.log1p(prune) if prune is not None else math.inf)
-    free = sorted((i for i in range(len(nodes)) if not protected.intersection(nodes[i].passes)), key=logs.__getitem__)
-    kept = sorted([i for i in range(len(nodes)) if protected.intersection(nodes[i].passes)]
-                  + [i for i in free[:beam] if logs[i] <= limit])
+    guarded = [i for i, node in enumerate(nodes) if protected.intersection(node.passes)]
+    free = sorted(set(range(len(nodes))) - set(guarded), key=logs.__getitem__)
+    kept = sorted(guarded + [i for i in free[:beam] if logs[i] <= limit])
     for i in set(range(len(nodes))) - set(kept):
         for name in nodes[i].passes:
             dropped[name] = contexts[i].index

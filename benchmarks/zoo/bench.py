@@ -5,7 +5,8 @@ on the first 200 Fashion-MNIST test images, under L2, at radii around the model'
 and at SDP-CROWN's Table-1 radius for its architecture (MNIST radii; Fashion-MNIST has the same
 28 x 28 input space in [0, 1], so the radii carry over unscaled):
 
-* lipcert: naive, ECLipsE-Fast, combined (and ``optimized`` / ``local=True`` when they exist);
+* lipcert: naive, ECLipsE-Fast, combined, optimized (``--optimized-seconds`` caps its wall time) and
+  ``local=True`` (on the first ``--local-n`` images, beside the best global bound on the same images);
   time = bound + certify pass for all 200 images;
 * auto_LiRPA 0.3: IBP and CROWN (margin lower bounds, one run per radius) on the first ``--lirpa-n``; alpha-CROWN
   (20 iterations, auto_LiRPA's default) on the first ``--alpha-n`` images at the SDP-CROWN radius and the
@@ -13,8 +14,8 @@ and at SDP-CROWN's Table-1 radius for its architecture (MNIST radii; Fashion-MNI
 * the Lipschitz-first strategy: lipcert's best radii, then CROWN only on the inputs left;
 * the PGD upper bound (``lipcert.attack``) and a soundness check of every certificate against it.
 
-Run from the repository root (one torch thread; the machine is shared, so times are inflated
-and only their ratios within one run are meaningful)::
+Run from the repository root (one torch thread; each model's section records the machine and its
+load average, and times are comparable within a model)::
 
     python benchmarks/zoo/bench.py --data-dir ../shared/data/datasets
 
@@ -24,7 +25,6 @@ writes ``benchmarks/results/zoo.md`` and ``benchmarks/results/zoo.png``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -45,6 +45,9 @@ from lipcert.attack import soundness_violations
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import build_model  # noqa: E402  (the zoo's architectures, one definition)
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from run_info import machine  # noqa: E402
 
 MODELS_DIR = REPO / "benchmarks" / "zoo" / "models"
 RAW_DIR = REPO / "benchmarks" / "zoo" / "results"
@@ -128,22 +131,35 @@ def bench_model(path: Path, x: np.ndarray, y: np.ndarray, args: argparse.Namespa
     seconds: dict[str, float] = {}
     for m in methods:
         start = time.perf_counter()
-        certs[m] = lipcert.certify(net, x, y, method=m, progress=False)
+        budget = {"pairs": True, "seconds": args.optimized_seconds}
+        bound = lipcert.lipschitz(net, m, options=budget) if m == "optimized" and args.optimized_seconds else None
+        certs[m] = lipcert.certify(net, x, y, method=m, bound=bound, progress=False)
         seconds[m] = time.perf_counter() - start
-    if args.local and "local" in inspect.signature(lipcert.certify).parameters:
+    n = len(y)
+    k_local = min(args.local_n or n, n)
+    local = None  # (certification, seconds) of local=True on the first k_local images
+    if args.local:
         start = time.perf_counter()
-        certs["local"] = lipcert.certify(net, x, y, method="combined", local=True, progress=False)
-        seconds["local"] = time.perf_counter() - start
+        cert = lipcert.certify(net, x[:k_local], y[:k_local], method="combined", local=True, progress=False)
+        local = cert, time.perf_counter() - start
+        if k_local == n:
+            certs["local"], seconds["local"] = local
+            local = None
     best = max(certs, key=lambda m: certs[m].radius_stats()["median"])
     median = certs[best].radius_stats()["median"]
     grid = radii_grid(median, SDP_CROWN_EPS[arch])
     grid_median = float(f"{median:.2g}")
     print(f"{name}: clean {certs['naive'].clean_accuracy:.3f}, median radius ({best}) {median:.3f}, radii {grid}",
           flush=True)
-    n = len(y)
     for m, cert in certs.items():
         rows += [Row(name, f"lipcert {m}", e, float(a), seconds[m], n)
                  for e, a in zip(grid, cert.certified_accuracy(grid))]
+    if local is not None:  # local on a subset, beside the best global bound on the same images
+        rows += [Row(name, f"lipcert local (first {k_local} images)", e, float(a), local[1], k_local)
+                 for e, a in zip(grid, local[0].certified_accuracy(grid))]
+        rows += [Row(name, f"lipcert {best} (local's {k_local} images)", e,
+                     float(certs[best].certified(e)[:k_local].mean()), seconds[best] * k_local / n, k_local)
+                 for e in grid]
     module = torch_module(path, card)
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
     violations = 0
@@ -170,6 +186,9 @@ def bench_model(path: Path, x: np.ndarray, y: np.ndarray, args: argparse.Namespa
                                 input_range=(0.0, 1.0), progress=False)
         rows.append(Row(name, "PGD upper bound", e, result.robust_accuracy, result.seconds, n))
         violations += sum(soundness_violations(c, result).size for c in certs.values())
+        if local is not None:
+            cert = local[0]
+            violations += int((cert.correct & (cert.radii_of("local") >= e) & result.success[:k_local]).sum())
     summary = {"model": name, "arch": arch, "clean": certs["naive"].clean_accuracy, "best": best,
                "median_radius": median, "grid": grid, "soundness_violations": violations,
                "lipschitz": {m: c.bounds[m].value for m, c in certs.items() if m in c.bounds},
@@ -220,14 +239,15 @@ def write_markdown(path: Path, rows: Sequence[Row], summaries: Sequence[dict]) -
     commands = sorted({s["command"] for s in summaries})
     lines = ["# Zoo benchmark: Lipschitz certification vs bound propagation on certifiably trained models", "",
              "Commands: " + "; ".join(f"`{c}`" for c in commands) + ". First 200 Fashion-MNIST test images, L2, "
-             "pixels in [0, 1], one torch thread on a 2-core machine shared with other jobs: wall times are "
-             "inflated; compare them within a model.", ""]
+             "pixels in [0, 1], one torch thread; times are comparable within a model (machine and load per "
+             "model below).", ""]
     lines += training_table(summaries) + targets(rows, summaries)
     for s in summaries:
         model_rows = [r for r in rows if r.model == s["model"]]
         lines += [f"## {s['model']} ({s['arch']}; trained with {s['training']})", "",
                   f"Clean accuracy {100 * s['clean']:.1f} %; median certified radius ({s['best']}) "
                   f"{s['median_radius']:.3f}; soundness violations against PGD: {s['soundness_violations']}.", "",
+                  f"Machine: {s.get('machine', 'not recorded (run before the machine line was kept)')}.", "",
                   "| method | images | " + " | ".join(f"eps {e:g}" for e in s["grid"]) + " | ms per image and radius |",
                   "|---|---:|" + "---:|" * (len(s["grid"]) + 1)]
         for method in dict.fromkeys(r.method for r in model_rows):
@@ -278,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", type=Path, default=None, help="default: the whole zoo")
     p.add_argument("--methods", nargs="+", default=list(LIPSCHITZ_METHODS), help="lipcert bound methods")
     p.add_argument("--no-local", dest="local", action="store_false", help="skip lipcert.certify(..., local=True)")
+    p.add_argument("--local-n", type=int, default=None, help="local=True on the first N images only (default: all)")
+    p.add_argument("--optimized-seconds", type=float, default=None,
+                   help="wall-time budget of method optimized (full vector and margin pairs; default: none)")
     p.add_argument("--alpha-n", type=int, default=25, help="images for alpha-CROWN (0: skip it)")
     p.add_argument("--lirpa-n", type=int, default=200, help="images for IBP, CROWN and Lipschitz-first")
     p.add_argument("--lirpa-batch", type=int, default=25)
@@ -293,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in args.models or zoo_models():
             rows, summary = bench_model(path, np.asarray(x, dtype=np.float64), np.asarray(y), args)
             summary["command"] = "python benchmarks/zoo/bench.py " + " ".join(argv)
+            summary["machine"] = machine(f"after {path.stem}")
             args.raw.mkdir(parents=True, exist_ok=True)
             (args.raw / f"{path.stem}.json").write_text(
                 json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")

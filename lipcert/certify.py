@@ -238,13 +238,13 @@ def pairwise_constants(bound: LipschitzBound, outputs: int) -> np.ndarray:
         return out
 
 
-def radii_from_margins(logits: np.ndarray, err: np.ndarray, labels: np.ndarray, pair: np.ndarray,
-                       scale: float) -> np.ndarray:
-    """Certified radii (L2 radius times ``scale``) of a batch from float64 logits and error bounds.
+def pair_radii(logits: np.ndarray, err: np.ndarray, labels: np.ndarray, pair: np.ndarray,
+               scale: float) -> np.ndarray:
+    """Radius (L2 radius times ``scale``) that each pair (y, j) proves, shape (N, K); inf at j = y.
 
     A pair (y, j) certifies (f_y - f_j - tol_j) / L_yj with tol_j = 2 err + 2 u |f_y - f_j|; a pair
-    with L_yj = 0 and a positive margin imposes no limit.  The result is shrunk by 8 ulps so that
-    every rounding in this computation errs towards a smaller radius.
+    with L_yj = 0 and a positive margin imposes no limit.  Radii are shrunk by 8 ulps so that every
+    rounding in this computation errs towards a smaller radius; a misclassified input gets 0.
     """
     rows = np.arange(labels.shape[0])
     fy = logits[rows, labels][:, None]
@@ -255,9 +255,14 @@ def radii_from_margins(logits: np.ndarray, err: np.ndarray, labels: np.ndarray, 
         r = np.where(lip > 0, low / lip, np.where(low > 0, np.inf, 0.0))
     r[rows, labels] = np.inf
     r[np.isnan(r)] = 0.0
-    best = np.clip(r.min(axis=1), 0.0, None) * scale * (1 - 8 * UNIT_ROUNDOFF)
-    predicted = logits.argmax(axis=1)
-    return np.where(predicted == labels, best, 0.0)
+    r = np.clip(r, 0.0, None) * scale * (1 - 8 * UNIT_ROUNDOFF)
+    return np.where((logits.argmax(axis=1) == labels)[:, None], r, 0.0)
+
+
+def radii_from_margins(logits: np.ndarray, err: np.ndarray, labels: np.ndarray, pair: np.ndarray,
+                       scale: float) -> np.ndarray:
+    """Certified radii (L2 radius times ``scale``) of a batch: the smallest :func:`pair_radii` of each input."""
+    return pair_radii(logits, err, labels, pair, scale).min(axis=1)
 
 
 # ---------------------------------------------------------------------------------- records

@@ -33,7 +33,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ _STAGE_TOL = 1e-5       # by less than _STAGE_TOL (log units), or when the line 
 
 
 @dataclass
-class _Point:
+class Point:
     """One feasible iterate: parameters, objective (surrogate plus barrier), certified value.
 
     The gradient is computed on first use (:meth:`grad`): rejected line-search trials skip the backward pass.
@@ -108,7 +108,7 @@ class _Problem:
                                          f"{ctx.gamma.shape[0]} live neurons")
             lam = torch.exp(part + ctx.log_scale)
             if barrier is not None:
-                barrier.append(_log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
+                barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
             yield _LABEL, lam
 
         return choose
@@ -131,7 +131,7 @@ class _Problem:
         logs = torch.log(eig.clamp(min=float(eig[-1]) * 1e-30))  # G_L is PSD; rounding can make tiny ones negative
         return _TAU * torch.logsumexp(logs / _TAU, dim=0) + result.log_scale
 
-    def evaluate(self, theta: torch.Tensor) -> _Point | None:
+    def evaluate(self, theta: torch.Tensor) -> Point | None:
         """The iterate at theta, or None if it is infeasible (a Cholesky failed) or not finite."""
         self.evaluations += 1
         var = theta.detach().clone().requires_grad_(True)
@@ -148,10 +148,10 @@ class _Problem:
         if not bool(torch.isfinite(objective)):
             return None
         detached = RecursionResult(result.gram.detach(), result.log_scale, [], [])
-        return _Point(var.detach(), float(objective.detach()), self.value(detached), (objective, var))
+        return Point(var.detach(), float(objective.detach()), self.value(detached), (objective, var))
 
 
-def _log_det_ratio(mat: torch.Tensor) -> torch.Tensor:
+def log_det_ratio(mat: torch.Tensor) -> torch.Tensor:
     """log det(mat) - sum_i log mat_ii (<= 0, -inf on the boundary): a barrier blind to diagonal scaling."""
     low, info = torch.linalg.cholesky_ex((mat + mat.T) / 2)
     if int(info) != 0:
@@ -176,12 +176,21 @@ def _lbfgs_direction(grad: torch.Tensor, memory: list[tuple[torch.Tensor, torch.
     return -q
 
 
-def _minimize(problem: _Problem, theta: torch.Tensor, iterations: int, deadline: float | None,
-              progress: bool | None, desc: str) -> tuple[_Point | None, list[float]]:
+class Objective(Protocol):
+    """What :func:`minimize` needs: a barrier weight ``mu`` and iterates (None where infeasible)."""
+
+    mu: float
+
+    def evaluate(self, theta: torch.Tensor) -> Point | None: ...
+
+
+def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline: float | None,
+             progress: bool | None, desc: str, target: float = 0.0) -> tuple[Point | None, list[float]]:
     """Barrier continuation with L-BFGS and backtracking from ``theta``.
 
     Returns the best iterate by certified value (None if ``theta`` itself is infeasible) and the
-    trajectory: the certified value at the start and after every accepted iteration.
+    trajectory: the certified value at the start and after every accepted iteration.  Stops early
+    once a certified value is at most ``target``.
     """
     from tqdm.auto import tqdm
 
@@ -197,7 +206,7 @@ def _minimize(problem: _Problem, theta: torch.Tensor, iterations: int, deadline:
     bar = tqdm(total=iterations, desc=desc, unit="it", disable=None if progress is None else not progress,
                leave=False)
     try:
-        while len(trajectory) <= iterations:
+        while len(trajectory) <= iterations and best.value > target:
             if deadline is not None and time.perf_counter() > deadline:
                 break
             accepted = _line_search(problem, point, memory, deadline)
@@ -231,8 +240,8 @@ def _minimize(problem: _Problem, theta: torch.Tensor, iterations: int, deadline:
     return best, trajectory
 
 
-def _line_search(problem: _Problem, point: _Point, memory: list[tuple[torch.Tensor, torch.Tensor]],
-                 deadline: float | None) -> _Point | None:
+def _line_search(problem: Objective, point: Point, memory: list[tuple[torch.Tensor, torch.Tensor]],
+                 deadline: float | None) -> Point | None:
     """Armijo backtracking along the L-BFGS direction; infeasible trials (failed Cholesky) are shrunk."""
     grad = point.grad()
     direction = _lbfgs_direction(grad, memory)
@@ -328,7 +337,7 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     problem.sizes = [int(m.sum()) for m in masks]
     theta0 = torch.cat([torch.log(m[mask]) for m, mask in zip(origin.multipliers, masks)])
     iterations = opts.get("iterations", DEFAULT_ITERATIONS)
-    best_point, trajectory = _minimize(problem, theta0, iterations, deadline, progress, _LABEL)
+    best_point, trajectory = minimize(problem, theta0, iterations, deadline, progress, _LABEL)
     out = {_LABEL: _finish(problem, best_point, origin, _LABEL, start_rule, trajectory, start_time)}
     if opts.get("pairs") and outputs > 1 and direction is None:
         warm = theta0 if best_point is None else best_point.theta
@@ -339,14 +348,14 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
             c[i], c[j] = 1.0, -1.0
             pair = _Problem(ws, relaxed, problem.sizes, c)
             name = f"{_LABEL}:{i}-{j}"
-            pair_best, pair_trajectory = _minimize(pair, warm, opts.get("pair_iterations", DEFAULT_PAIR_ITERATIONS),
+            pair_best, pair_trajectory = minimize(pair, warm, opts.get("pair_iterations", DEFAULT_PAIR_ITERATIONS),
                                                    deadline, progress, name)
             out[name] = _finish(pair, pair_best, origin, name, start_rule, pair_trajectory, start_time)
     out.update(passes)
     return out
 
 
-def _finish(problem: _Problem, best: _Point | None, origin: RecursionResult, name: str, start_rule: str,
+def _finish(problem: _Problem, best: Point | None, origin: RecursionResult, name: str, start_rule: str,
             trajectory: list[float], start_time: float) -> RecursionResult:
     """The best iterate recomputed through the recursion without autograd, or the start if that is not better."""
     result = origin

@@ -51,6 +51,7 @@ from run_info import machine  # noqa: E402
 
 MODELS_DIR = REPO / "benchmarks" / "zoo" / "models"
 RAW_DIR = REPO / "benchmarks" / "zoo" / "results"
+FINDINGS = REPO / "benchmarks" / "zoo" / "findings.md"
 ARCH_ORDER = ("mlp", "conv-small", "conv-deep")
 DEMO = REPO / "lipcert" / "data" / "demo_model.onnx"
 SDP_CROWN_EPS = {"mlp": 1.0, "conv-small": 0.3, "conv-deep": 0.3}  # Table 1, MNIST column
@@ -258,6 +259,8 @@ def write_markdown(path: Path, rows: Sequence[Row], summaries: Sequence[dict]) -
             lines.append(f"| {method} | {first.n} | " + " | ".join(
                 f"{100 * cells[e].accuracy:.1f} %" if e in cells else "-" for e in s["grid"]) + f" | {per_image:.3g} |")
         lines.append("")
+    if FINDINGS.exists():  # written by hand after a run; kept when the tables are rebuilt
+        lines += ["", FINDINGS.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
 
 

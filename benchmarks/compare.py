@@ -1,6 +1,6 @@
 """lipcert against auto_LiRPA (IBP, CROWN, alpha-CROWN) on the shared models and lipcert's demo model.
 
-Run:  python benchmarks/compare.py [--data ../shared/data] [--n 100] [--n-alpha 1] [--out benchmarks/results/compare.md]
+Run:  python benchmarks/compare.py [--data ../shared/data] [--n 100] [--n-alpha 10] [--out benchmarks/results/compare.md]
 
 For every ONNX model of the shared data folder (the models of benchmarks/certify.py) and the
 bundled Lipschitz-trained Fashion-MNIST demo model: certified accuracy at standard L2 and
@@ -135,7 +135,7 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, done: 
         "images), same property: the whole norm ball of radius eps (raw [0, 1] pixels, no clipping) keeps the "
         "true class; verifiers use the margin specification f_y - f_j for every j != y. Certified accuracy in % "
         f"of n inputs; alpha-CROWN (20 iterations) on the first {args.n_alpha} inputs at the first eps only (it took "
-        "up to a minute per input on the conv nets here). 'first' = lipschitz-first "
+        "up to 44 s per input on the conv nets here). 'first' = lipschitz-first "
         "(lipcert combined, then CROWN on the correct inputs it left, as lipcert.combine does); its accuracy "
         "is the union of the per-input results above and its time is lipcert's (including the one-off bound) plus "
         "CROWN's measured time per input times the inputs left. PGD: 1 restart of "
@@ -181,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--n-alpha", type=int, default=1)
+    parser.add_argument("--n-alpha", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="PGD steps")
     parser.add_argument("--only", default=None, help="comma-separated model labels to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "compare.md")

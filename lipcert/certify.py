@@ -359,6 +359,25 @@ def _bounds(net: Network, method: str | Sequence[str],
     return out, timings
 
 
+def _local_options(local: bool | Sequence[Any] | Mapping[str, Any], rules: Sequence[Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`lipcert.bounds.local.local_radii` from certify's ``local`` argument."""
+    if local is True:
+        return {"rules": tuple(rules)}
+    if not isinstance(local, Mapping):
+        return {"rules": tuple(local)}
+    unknown = sorted(set(local) - {"rules", "iterations", "seconds"})
+    if unknown:
+        raise InvalidArgumentError(f"unknown local option(s) {', '.join(map(repr, unknown))}; "
+                                   "known: 'rules', 'iterations', 'seconds'")
+    iterations = local.get("iterations", 0)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise InvalidArgumentError(f"local iterations must be an integer >= 0, got {iterations!r}")
+    seconds = local.get("seconds")
+    if seconds is not None and not (isinstance(seconds, int | float) and seconds >= 0):
+        raise InvalidArgumentError(f"local seconds must be a number >= 0, got {seconds!r}")
+    return {"rules": tuple(local.get("rules", rules)), **{k: v for k, v in local.items() if k != "rules"}}
+
+
 def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     inputs, labels = checked_batch(x, y, net.input_shape, net.output_dim)
     flat = inputs.reshape(inputs.shape[0], -1)
@@ -382,7 +401,7 @@ def certify(
     records: str | Path | None = None,
     resume: bool = False,
     progress: bool | None = None,
-    local: bool | Sequence[Any] = False,
+    local: bool | Sequence[Any] | Mapping[str, Any] = False,
 ) -> Certification:
     """Certified radius of every input: its prediction, margin and the radius proven by each bound.
 
@@ -415,11 +434,13 @@ def certify(
         without recomputing its finished batches.
     progress : bool, optional
         Show a tqdm progress bar (default: when stderr is a terminal).
-    local : bool or sequence of rules
+    local : bool, sequence of rules or mapping
         Also certify with per-input local Lipschitz constants (:mod:`lipcert.bounds.local`): an
         extra method ``"local"``, never below the best global radius; timings ``"local"`` (total)
         and ``"local_per_input"``.  Costs several local bounds per input.  A sequence of rules
-        (``Rule`` or names like ``"gcs(1)"``) replaces the default local rule set.
+        (``Rule`` or names like ``"gcs(1)"``) replaces the default local rule set; a mapping sets
+        any of ``rules``, ``iterations`` (of the optimized margins, 0 = off) and ``seconds`` (their
+        budget per input), see :func:`lipcert.bounds.local.local_radius`.
 
     Returns
     -------
@@ -449,7 +470,7 @@ def certify(
     if local:
         from .bounds.local import LOCAL_METHOD, LOCAL_RULES, local_method_bound, local_radii
 
-        local_rules = LOCAL_RULES if local is True else tuple(local)
+        local_options = _local_options(local, LOCAL_RULES)
         floor = np.minimum.reduce(list(pairs.values()))
         bounds[LOCAL_METHOD] = local_method_bound(bounds)
         local_seconds = 0.0
@@ -490,7 +511,7 @@ def certify(
                 t_local = time.perf_counter()
                 best = np.maximum.reduce([batch[f"radius:{m}"] for m in pairs])
                 batch[f"radius:{LOCAL_METHOD}"] = local_radii(net, xb, lab, logits, err, floor, norm_name, best,
-                                                              rules=local_rules)[0]
+                                                              **local_options)[0]
                 local_seconds += time.perf_counter() - t_local
             if store is not None:
                 store.append(_rows(batch, list(bounds)))

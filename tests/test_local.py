@@ -451,3 +451,18 @@ def test_optimized_margins_bound_quotients_and_never_loosen(name: str, rng: np.r
                 if trial == 0:
                     ratios.append(value / start)
     assert np.median(ratios) < 0.95  # measured 0.76-0.87 (relu 15 iterations on seed 5)
+
+
+def test_local_options_of_certify(rng: np.random.Generator) -> None:
+    """certify(local={...}) passes rules, iterations and seconds on; iterations=0 gives the closed-form
+    radii, which the default (optimized margins) never undercuts; bad options are named."""
+    net = _net("relu", 3)
+    x = torch.as_tensor(np.random.default_rng(3).normal(size=(6, 8)))
+    y = net(x).argmax(dim=1).numpy()
+    plain = lipcert.certify(net, x, y, local={"iterations": 0}).radii[LOCAL_METHOD]
+    default = lipcert.certify(net, x, y, local=True).radii[LOCAL_METHOD]
+    capped = lipcert.certify(net, x, y, local={"rules": ["gcs(1)"], "seconds": 0.0}).radii[LOCAL_METHOD]
+    assert np.all(default >= plain * (1 - 1e-9)) and np.all(capped > 0)
+    for bad, word in (({"iterations": -1}, "iterations"), ({"seconds": "x"}, "seconds"), ({"rule": []}, "rule")):
+        with pytest.raises(LipcertError, match=word):
+            lipcert.certify(net, x, y, local=bad)

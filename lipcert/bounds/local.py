@@ -73,7 +73,7 @@ from ..errors import InfeasibleCertificateError, ShapeMismatchError, UnknownActi
 from ..network import Network
 from .closed_form import rule_chooser
 from .intervals import anchored_slopes, image, slope_interval
-from .optimize import Point, log_det_ratio, minimize
+from .optimize import Point, minimize, offered
 from .recursion import LayerContext, factor_certificate
 from .result import Gram, LipschitzBound
 from .rules import Rule, parse_rule
@@ -405,13 +405,9 @@ class _MarginProblem:
         parts = dict(zip(self.layers, torch.split(theta, self.sizes)))
 
         def offer(ctx: LayerContext, alpha: torch.Tensor, beta: torch.Tensor) -> Iterator[torch.Tensor]:
-            part = parts.get(ctx.index)
-            if part is None or part.shape != ctx.gamma.shape[:1]:
-                return  # the free neurons changed: no multipliers to offer (infeasible)
-            lam = torch.exp(part + ctx.log_scale)
-            if barrier is not None:
-                barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
-            yield lam
+            part = parts[ctx.index]  # the free neurons depend on the fixed slopes only, not on theta
+            assert part.shape == ctx.gamma.shape[:1]
+            yield offered(part, ctx, barrier)
 
         return offer
 
@@ -441,15 +437,18 @@ class _MarginProblem:
 
 
 def optimized_margin(net: Network, bound: LocalBound, c: np.ndarray | torch.Tensor, *,
-                     iterations: int = 30, target: float = 0.0) -> float:
+                     iterations: int = DEFAULT_ITERATIONS, target: float = 0.0, deadline: float | None = None) -> float:
     """Bound on Lip(c^T f) on ``bound``'s ball (with ``anchored``, on |c^T (f(x') - f(x))| / ||x' - x||),
     with multipliers optimized from the best of ``bound``'s passes for c (L-BFGS on log lambda through
     the factored recursion, :func:`lipcert.bounds.optimize.minimize`).
 
     Every iterate is a certificate (same slopes, Cholesky-checked multipliers); the result is the best
-    one, never above the start, and the search stops once it is at most ``target``.
+    one, never above the start, and the search stops once it is at most ``target`` or at ``deadline``
+    (a :func:`time.perf_counter` value).
     """
     vec = np.asarray(c.detach().cpu() if isinstance(c, torch.Tensor) else c, np.float64).ravel()
+    if vec.shape != (net.output_dim,):
+        raise ShapeMismatchError(f"direction must have {net.output_dim} entries (one per output), got {vec.size}")
     start = min(bound.grams, key=lambda name: bound.grams[name].along(vec))
     value = bound.grams[start].along(vec)
     thetas = bound.multipliers.get(start, {})
@@ -459,7 +458,7 @@ def optimized_margin(net: Network, bound: LocalBound, c: np.ndarray | torch.Tens
     problem = _MarginProblem(net, bound, torch.from_numpy(vec), layers, [thetas[k].numel() for k in layers])
     with warnings.catch_warnings():  # the recursion reads its layer scales as floats: constants, by design
         warnings.filterwarnings("ignore", "Converting a tensor with requires_grad", UserWarning)
-        best, _ = minimize(problem, torch.cat([thetas[k] for k in layers]), iterations, None, False,
+        best, _ = minimize(problem, torch.cat([thetas[k] for k in layers]), iterations, deadline, False,
                            "local optimized", target)
     return value if best is None else min(value, best.value)
 
@@ -489,7 +488,8 @@ class LocalRadius:
 def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits: np.ndarray, error: float,
                  floor: np.ndarray, norm: str | float = 2, *, start: float = 0.0, rtol: float = DEFAULT_RTOL,
                  rules: Sequence[Rule | str] = LOCAL_RULES, dampings: Sequence[str] = LOCAL_DAMPINGS,
-                 intervals: Intervals | None = None, iterations: int = DEFAULT_ITERATIONS) -> LocalRadius:
+                 intervals: Intervals | None = None, iterations: int = DEFAULT_ITERATIONS,
+                 seconds: float | None = None) -> LocalRadius:
     """Largest radius whose own local constants prove the prediction, by geometric bisection.
 
     Parameters
@@ -519,6 +519,9 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
         Where the closed-form constants do not prove a radius r, the failing margins get
         multipliers optimized for their direction (:func:`optimized_margin`, this many L-BFGS
         iterations each, smallest radius first, until one stays short); 0 turns that off.
+    seconds : float, optional
+        Wall-time budget of those optimizations for this input (None: no limit); the closed-form
+        search always runs to ``rtol``.
 
     Returns
     -------
@@ -531,9 +534,10 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     most L_yj ||x' - x|| from its value at x) on the ball of radius r itself, so
     every accepted r is proven whether or not L grows with r.  The search starts at ``start``:
     rho = the radius its constants prove; if rho <= start nothing is tried.  Otherwise it
-    bisects [start, rho] in log scale; a proven mid-point m also lowers the upper end to the
-    radius its constants prove (a heuristic cut that assumes L grows with r; it never affects
-    soundness).
+    bisects [start, rho] in log scale.  Without optimization a proven mid-point m also lowers the
+    upper end to the radius its constants prove (a heuristic cut that assumes L grows with r; it
+    never affects soundness); with it the cut is skipped, since an optimized margin stops at the
+    constant that proves m and says nothing about larger radii.
     """
     t0 = time.perf_counter()
     norm_name = parse_norm(norm)
@@ -542,6 +546,7 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     centre = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x),
                              dtype=torch.float64).reshape(-1)
     calls = 0
+    deadline = None if seconds is None else t0 + seconds
 
     def proven(r: float) -> float:
         nonlocal calls
@@ -555,7 +560,10 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
                 break
             c = np.zeros(len(radii))
             c[label], c[j] = 1.0, -1.0
-            value = optimized_margin(net, lb, c, iterations=iterations, target=pair[label, j] * radii[j] / r * _SHORT)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            value = optimized_margin(net, lb, c, iterations=iterations, deadline=deadline,
+                                     target=pair[label, j] * radii[j] / r * _SHORT)
             pair[label, j] = pair[j, label] = min(pair[label, j], value)
             radii = pair_radii(logit_row, err_row, lab, pair, scale)[0]
             if radii[j] < r:  # this margin still fails at r
@@ -578,7 +586,7 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
         mid = math.sqrt(lo * hi)
         rho = proven(mid)
         if rho >= mid:
-            lo, hi = mid, min(hi, rho)
+            lo, hi = mid, (hi if iterations > 0 else min(hi, rho))
         else:
             hi = upper = mid
     return LocalRadius(lo, upper, calls, time.perf_counter() - t0)
@@ -588,17 +596,18 @@ def local_radii(net: Network, x: torch.Tensor, labels: np.ndarray, logits: np.nd
                 floor: np.ndarray, norm: str | float, start: np.ndarray, *, rtol: float = DEFAULT_RTOL,
                 rules: Sequence[Rule | str] = LOCAL_RULES, dampings: Sequence[str] = LOCAL_DAMPINGS,
                 intervals: Intervals | None = None, iterations: int = DEFAULT_ITERATIONS,
-                ) -> tuple[np.ndarray, np.ndarray]:
+                seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`local_radius` of a batch: radii (0 for misclassified inputs) and seconds per input."""
-    radii, seconds = np.array(start, dtype=np.float64), np.zeros(len(labels))
+    radii, spent = np.array(start, dtype=np.float64), np.zeros(len(labels))
     predicted = np.asarray(logits).argmax(axis=1)
     for i in range(len(labels)):
         if predicted[i] != labels[i]:
             continue
         res = local_radius(net, x[i], int(labels[i]), logits[i], float(errors[i]), floor, norm, start=float(start[i]),
-                           rtol=rtol, rules=rules, dampings=dampings, intervals=intervals, iterations=iterations)
-        radii[i], seconds[i] = max(res.radius, float(start[i])), res.seconds
-    return radii, seconds
+                           rtol=rtol, rules=rules, dampings=dampings, intervals=intervals, iterations=iterations,
+                           seconds=seconds)
+        radii[i], spent[i] = max(res.radius, float(start[i])), res.seconds
+    return radii, spent
 
 
 LOCAL_METHOD = "local"

@@ -106,10 +106,7 @@ class _Problem:
             if part.shape != ctx.gamma.shape[:1]:
                 raise ShapeMismatchError(f"layer {ctx.index}: {part.shape[0]} multipliers for "
                                          f"{ctx.gamma.shape[0]} live neurons")
-            lam = torch.exp(part + ctx.log_scale)
-            if barrier is not None:
-                barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
-            yield _LABEL, lam
+            yield _LABEL, offered(part, ctx, barrier)
 
         return choose
 
@@ -149,6 +146,15 @@ class _Problem:
             return None
         detached = RecursionResult(result.gram.detach(), result.log_scale, [], [])
         return Point(var.detach(), float(objective.detach()), self.value(detached), (objective, var))
+
+
+def offered(theta: torch.Tensor, ctx: LayerContext, barrier: list[torch.Tensor] | None) -> torch.Tensor:
+    """Multipliers exp(theta) (true units) in the normalized units of ``ctx``; appends the layer's barrier
+    term log det(2 Lambda^-1 - Gamma) - sum log diag to ``barrier`` when one is given."""
+    lam = torch.exp(theta + ctx.log_scale)
+    if barrier is not None:
+        barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
+    return lam
 
 
 def log_det_ratio(mat: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra absolute error allowed on every logit (e.g. the gap to float32 inference)")
     p.add_argument("--local", action="store_true",
                    help="also certify with per-input local Lipschitz constants (method 'local'; slower)")
+    p.add_argument("--local-iterations", type=int, default=None, metavar="N",
+                   help="with --local: L-BFGS iterations of each optimized margin (0: closed forms only; "
+                        "default: lipcert.bounds.local.DEFAULT_ITERATIONS)")
     p.add_argument("--attack-steps", type=int, default=50, help="PGD steps per restart (default: 50)")
     p.add_argument("--attack-restarts", type=int, default=3, help="PGD restarts (default: 3)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -191,7 +194,9 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
     if note:
         print(f"note: {note}", file=sys.stderr)
     cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size, index=np.arange(len(y)),
-                   tolerance=args.tolerance, records=records, resume=args.resume, local=args.local)
+                   tolerance=args.tolerance, records=records, resume=args.resume,
+                   local={"iterations": args.local_iterations} if args.local and args.local_iterations is not None
+                   else args.local)
     if cert.resumed:
         print(f"resumed: {cert.resumed} of {cert.n} inputs read from {records}", file=sys.stderr)
     attacks: list[AttackResult] = []

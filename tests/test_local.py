@@ -232,6 +232,13 @@ def test_cli_certify_local_reports_both_radii(shared_data: Path, tmp_path: Path,
     acc = rec["certified_accuracy"]
     assert all(a >= b for a, b in zip(acc[LOCAL_METHOD], acc["combined"]))
     assert "radius_local" in (out / "samples.csv").read_text().splitlines()[0]
+    # --local-iterations 0: closed-form local constants only, never more than the default certifies
+    plain = tmp_path / "plain"
+    assert main(["certify", str(model), "--dataset", "mnist", "--data-dir", str(shared_data / "datasets"), "--n", "3",
+                 "--eps", "0.02,0.1", "--out", str(plain), "--local", "--local-iterations", "0", "--no-plots"]) == 0
+    acc0 = json.loads((plain / "report.json").read_text())["certified_accuracy"]
+    assert all(b <= a for a, b in zip(acc[LOCAL_METHOD], acc0[LOCAL_METHOD]))
+    assert all(b >= c for b, c in zip(acc0[LOCAL_METHOD], acc0["combined"]))
 
 
 def test_external_intervals_are_intersected_soundly(shared_data: Path) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from .batch import checked_batch
 from .bounds import LipschitzBound, lipschitz
+from .bounds.optimize import check_options
 from .errors import LipcertError, ShapeMismatchError
 from .network import Network
 
@@ -369,13 +370,8 @@ def _local_options(local: bool | Sequence[Any] | Mapping[str, Any], rules: Seque
     if unknown:
         raise InvalidArgumentError(f"unknown local option(s) {', '.join(map(repr, unknown))}; "
                                    "known: 'rules', 'iterations', 'seconds'")
-    iterations = local.get("iterations", 0)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise InvalidArgumentError(f"local iterations must be an integer >= 0, got {iterations!r}")
-    seconds = local.get("seconds")
-    if seconds is not None and not (isinstance(seconds, int | float) and seconds >= 0):
-        raise InvalidArgumentError(f"local seconds must be a number >= 0, got {seconds!r}")
-    return {"rules": tuple(local.get("rules", rules)), **{k: v for k, v in local.items() if k != "rules"}}
+    budget = check_options({k: v for k, v in local.items() if k != "rules"})  # the optimizer's own checks
+    return {"rules": tuple(local.get("rules", rules)), **budget}
 
 
 def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

@@ -266,7 +266,8 @@ def _line_search(problem: Objective, point: Point, memory: list[tuple[torch.Tens
     return None
 
 
-def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of the optimizer, checked: known names, iteration counts integers >= 0, seconds >= 0."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)} for method 'optimized'; "
@@ -318,7 +319,7 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
         ``"optimized:i-j"`` for the pairs, then every closed-form pass.  Each is a valid certificate
         for all outputs; the optimized ones are never above their starting closed-form value.
     """
-    opts = _check_options(options or {})
+    opts = check_options(options or {})
     start_time = time.perf_counter()
     seconds = opts.get("seconds")
     deadline = None if seconds is None else start_time + float(seconds)

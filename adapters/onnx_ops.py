@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
 
 from .graph import AffineOp, NotCovered, Op, undilate
+from .modules import conv_module
 from .onnx_node import OnnxNode, linear, required, t64, torch_pad
 from .onnx_shape import (cast, concat, dropout, expand, flatten, gather, identity, pad, reshape, slice_, squeeze, tile,
                          transpose, unsqueeze)
-from .torch_build import conv_module
 
 FLOAT_LIMIT = 3.4e38  # |bound| at or above float32's largest value means "no bound" (old Clip defaults)
 

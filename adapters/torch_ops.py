@@ -21,7 +21,7 @@ from torch import nn
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
 
 from .graph import DYNAMIC, AffineOp, NotCovered, Op, undilate
-from .torch_build import torch_copy
+from .modules import torch_copy
 
 SOFTPLUS_MIN_THRESHOLD = 20.0
 

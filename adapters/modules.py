@@ -1,0 +1,108 @@
+"""Leaf ``torch.nn`` modules in float64 that the adapters and the rebuild share.
+
+A row-major reshape per sample, an elementwise ``x * w + b``, an activation calling its own
+function, a convolution after zero padding (grouped convolutions as one block-diagonal kernel)
+and a float64 copy of a user's module.  Nothing here reads models or knows the layer chain.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lipcert.activations import Activation
+from lipcert.errors import ModelLoadError
+
+_CONV_MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class Reshape(nn.Module):
+    """``x.reshape(-1, *shape)``: a row-major reshape of every sample (-1, not the batch size, so that
+    a traced graph takes any batch)."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class Scale(nn.Module):
+    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight + self.bias
+
+
+class ActivationModule(nn.Module):
+    """An elementwise :class:`~lipcert.Activation` as a module (calls its torch function)."""
+
+    def __init__(self, activation: Activation) -> None:
+        super().__init__()
+        if activation.fn is None:
+            raise ModelLoadError(f"activation {activation.name!r} is given only by its slopes and has no function "
+                                 "to rebuild the model with")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(x)
+
+    def extra_repr(self) -> str:
+        return self.activation.name
+
+
+def conv_module(weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int], pad: Sequence[int],
+                groups: int) -> nn.Module:
+    """A float64 ``ConvNd`` (dilation 1, one group) after zero padding ``pad`` (``F.pad`` order: last axis first).
+
+    A grouped convolution becomes one convolution with a block-diagonal kernel (the same map):
+    auto_LiRPA 0.3's CROWN bounds through grouped convolutions were unsound in our tests.
+    """
+    n = weight.ndim - 2
+    if groups > 1:
+        out_g, in_g = weight.shape[0] // groups, weight.shape[1]
+        full = weight.new_zeros(weight.shape[0], in_g * groups, *weight.shape[2:])
+        for g in range(groups):
+            full[g * out_g:(g + 1) * out_g, g * in_g:(g + 1) * in_g] = weight[g * out_g:(g + 1) * out_g]
+        weight, groups = full, 1
+    conv = _CONV_MODULES[n](weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride=tuple(stride),
+                            bias=bias is not None, dtype=torch.float64)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias.reshape(-1))
+    conv.requires_grad_(False)
+    begins, ends = list(pad[0::2])[::-1], list(pad[1::2])[::-1]
+    if begins == ends:
+        conv.padding = tuple(int(b) for b in begins)
+        return conv
+    return nn.Sequential(_Pad(pad), conv)
+
+
+class _Pad(nn.Module):
+    """Zero padding (``F.pad`` order), for asymmetric convolution pads."""
+
+    def __init__(self, pad: Sequence[int]) -> None:
+        super().__init__()
+        self.pad = tuple(int(p) for p in pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, self.pad)
+
+
+def torch_copy(module: nn.Module) -> nn.Module:
+    """A float64 copy of ``module`` without gradients (for ``Layer.module`` of torch models)."""
+    out = copy.deepcopy(module).to(torch.float64)
+    return out.requires_grad_(False)

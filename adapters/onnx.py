@@ -22,18 +22,16 @@ import onnx
 import torch
 from google.protobuf.message import DecodeError
 
-from lipcert.activations import Activation, get_activation
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
 from .common import RangeOption, finish
 from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
-from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, merge_why, why_not
+from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, identify, merge_why, why_not
 
 MIN_OPSET, MAX_TESTED_OPSET = 9, 21
 _SHAPE_ONLY = {"Shape", "Size"}
 _RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-_FUSION_CANDIDATES = ("relu", "sigmoid", "tanh", "softplus", "elu", "silu", "gelu", "gelu_tanh")
 _MAX_FUSED_NODES = 32
 
 
@@ -398,31 +396,6 @@ def t_const(arr: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(arr, dtype=np.float64))
 
 
-def identify(z: torch.Tensor, g: torch.Tensor) -> tuple[Activation | None, float, float] | None:
-    """(phi, a, d) with g = a * phi(z) + d on the grid (phi None: g is affine), or None."""
-    if not torch.isfinite(g).all():
-        return None
-    tol = 1e-6 * (1.0 + g.abs())
-    candidates: list[tuple[Activation | None, torch.Tensor]] = [(None, z)]
-    candidates += [(act, act(z)) for act in (get_activation(n) for n in _FUSION_CANDIDATES)]
-    for act, phi in candidates:
-        basis = torch.stack([phi, torch.ones_like(z)], dim=1)
-        coef = torch.linalg.lstsq(basis, g[:, None]).solution[:, 0]
-        a, d = _tidy(float(coef[0])), _tidy(float(coef[1]))
-        if a != 0.0 and bool(((a * phi + d - g).abs() <= tol).all()):
-            return act, a, d
-    return None
-
-
-def _tidy(v: float) -> float:
-    """A fitted coefficient rounded to 6 decimals when that changes it by less than 1e-7 (fit noise).
-
-    The rounded fit is what :func:`identify` then checks against the subgraph.
-    """
-    r = round(v, 6)
-    return r if abs(r - v) <= 1e-7 * max(1.0, abs(v)) else v
-
-
 def convert_model(model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None = None) -> Conversion:
     """Interpret a validated ONNX model (see :func:`analyze_onnx`)."""
     return _Interpreter(model, source, input_shape).run()
@@ -432,6 +405,10 @@ def analyze_onnx(source: str | Path | onnx.ModelProto, *, input_shape: Sequence[
     """Read an ONNX model into a :class:`~.graph.Conversion` (layers and every unsupported node), not built."""
     model = read_model(source)
     return convert_model(model, _name(source), input_shape)
+
+
+def _graph_input(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
+    return model.graph.input[[i.name for i in model.graph.input].index(name)]
 
 
 def _reference(model: onnx.ModelProto, conv: Conversion, elem_type: int) -> Any:
@@ -445,7 +422,7 @@ def _reference(model: onnx.ModelProto, conv: Conversion, elem_type: int) -> Any:
         raise ModelLoadError(f"{conv.source}: onnxruntime cannot run the model for the conversion check ({exc}); "
                              "pass check=False to skip the check") from exc
     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
-    dims = model.graph.input[[i.name for i in model.graph.input].index(conv.input_name)].type.tensor_type.shape.dim
+    dims = _graph_input(model, conv.input_name).type.tensor_type.shape.dim
     dynamic_batch = conv.has_batch_axis and not (dims[0].HasField("dim_value") and dims[0].dim_value == 1)
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -475,18 +452,27 @@ def from_onnx(source: str | Path | onnx.ModelProto, *, mean: Sequence[float] | f
         the message lists every offending node.
     """
     model = read_model(source)
-    name = _name(source)
-    conv = convert_model(model, name, input_shape)
+    conv = convert_model(model, _name(source), input_shape)
+    return to_network(model, conv, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
+                      check=check, rtol=rtol, check_samples=check_samples)
+
+
+def to_network(model: onnx.ModelProto, conv: Conversion, *, mean: Sequence[float] | float | None = None,
+               std: Sequence[float] | float | None = None, input_range: RangeOption = "auto",
+               max_dense_bytes: int | None = None, check: bool = True, rtol: float | None = None,
+               check_samples: int = 16) -> Network:
+    """The :class:`~lipcert.Network` of ``model`` from its conversion ``conv`` (:func:`convert_model`), checked
+    against onnxruntime; the options and errors are those of :func:`from_onnx`."""
     conv.raise_issues()
-    elem_type = _shapes(model, name, input_shape)[3]
+    elem_type = int(_graph_input(model, conv.input_name).type.tensor_type.elem_type)
     reference = _reference(model, conv, elem_type) if check else None
     ref_dtype = torch.float64 if elem_type == onnx.TensorProto.DOUBLE else torch.float32
     ops = sorted({n.op_type for n in model.graph.node})
-    info = {"source": name, "format": "onnx", "input_name": conv.input_name, "opset": opset_of(model),
+    info = {"source": conv.source, "format": "onnx", "input_name": conv.input_name, "opset": opset_of(model),
             "onnx_ops": ops, "channels_last": conv.channels_last}
     return finish(conv, reference, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
                   check=check, rtol=rtol, reference_dtype=ref_dtype, check_samples=check_samples,
                   channels_last=conv.channels_last, info=info)
 
 
-__all__ = ["analyze_onnx", "convert_model", "from_onnx", "identify", "read_model"]
+__all__ = ["analyze_onnx", "convert_model", "from_onnx", "identify", "read_model", "to_network"]

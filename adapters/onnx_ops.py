@@ -7,6 +7,7 @@ amounts to: :class:`AffineOp` (``fn(x, with_bias)`` on one sample, float64) or
 with the reason.  Handlers are written against the ONNX operator specification, one entry
 per operator type in :data:`HANDLERS`; attributes that moved to inputs between opsets
 (Squeeze axes, Clip bounds, Pad pads, Slice starts, ...) are read from either place.
+:func:`identify` names the activation that a fused subgraph of :data:`ELEMENTWISE` operators computes.
 """
 
 from __future__ import annotations
@@ -395,3 +396,31 @@ ELEMENTWISE: dict[str, Callable[..., torch.Tensor]] = {
     "Sqrt": torch.sqrt, "Relu": torch.relu, "Softplus": F.softplus, "Identity": lambda x: x,
 }
 """Scalar operators allowed inside a fused elementwise activation (SiLU, GELU written out)."""
+
+_FUSION_CANDIDATES = ("relu", "sigmoid", "tanh", "softplus", "elu", "silu", "gelu", "gelu_tanh")
+"""Activations that :func:`identify` tries, in this order, for a fused elementwise subgraph."""
+
+
+def identify(z: torch.Tensor, g: torch.Tensor) -> tuple[Activation | None, float, float] | None:
+    """(phi, a, d) with g = a * phi(z) + d on the grid (phi None: g is affine), or None."""
+    if not torch.isfinite(g).all():
+        return None
+    tol = 1e-6 * (1.0 + g.abs())
+    candidates: list[tuple[Activation | None, torch.Tensor]] = [(None, z)]
+    candidates += [(act, act(z)) for act in (get_activation(n) for n in _FUSION_CANDIDATES)]
+    for act, phi in candidates:
+        basis = torch.stack([phi, torch.ones_like(z)], dim=1)
+        coef = torch.linalg.lstsq(basis, g[:, None]).solution[:, 0]
+        a, d = _tidy(float(coef[0])), _tidy(float(coef[1]))
+        if a != 0.0 and bool(((a * phi + d - g).abs() <= tol).all()):
+            return act, a, d
+    return None
+
+
+def _tidy(v: float) -> float:
+    """A fitted coefficient rounded to 6 decimals when that changes it by less than 1e-7 (fit noise).
+
+    The rounded fit is what :func:`identify` then checks against the subgraph.
+    """
+    r = round(v, 6)
+    return r if abs(r - v) <= 1e-7 * max(1.0, abs(v)) else v

@@ -334,6 +334,16 @@ def from_module(module: nn.Module, *, input_shape: Sequence[int] | None = None,
         Layers outside the chain of affine maps and elementwise activations (all listed).
     """
     conv = analyze_module(module, input_shape=input_shape, source=source)
+    return to_network(module, conv, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
+                      check=check, rtol=rtol, check_samples=check_samples)
+
+
+def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | float | None = None,
+               std: Sequence[float] | float | None = None, input_range: RangeOption = "auto",
+               max_dense_bytes: int | None = None, check: bool = True, rtol: float | None = None,
+               check_samples: int = 16) -> Network:
+    """The :class:`~lipcert.Network` of ``module`` from its conversion ``conv`` (:func:`analyze_module`), checked
+    against the module itself; the options and errors are those of :func:`from_module`."""
     conv.raise_issues()
     reference, dtype = _reference(module, conv)
     info = {"source": conv.source, "format": "torch", "input_name": conv.input_name,
@@ -384,12 +394,4 @@ def load_file(path: str | Path) -> nn.Module:
     raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
 
 
-def from_file(path: str | Path, *, input_shape: Sequence[int] | None = None, **options: Any) -> Network:
-    """Load a .pt/.pth file holding a whole pickled module (see :func:`from_module`)."""
-    module = load_file(path)
-    if module.training:
-        module.eval()
-    return from_module(module, input_shape=input_shape, source=str(path), **options)
-
-
-__all__ = ["analyze_module", "from_file", "from_module", "load_file"]
+__all__ = ["analyze_module", "from_module", "load_file", "to_network"]

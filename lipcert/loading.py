@@ -71,23 +71,6 @@ def load(source: Any, *, input_shape: Sequence[int] | None = None,
         return from_module(source, input_shape=input_shape, mean=mean, std=std, **options)
     if not isinstance(source, str | Path):
         raise ModelLoadError(f"cannot load a {type(source).__name__}: expected a path, a torch.nn.Module or a Network")
-    path = Path(source)
-    if not path.exists():
-        raise ModelLoadError(f"no such model file: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        from .npz import load_npz
+    from .adapters.files import read
 
-        if mean is not None or std is not None or options:
-            raise ModelLoadError("mean/std and loading options are not supported for .npz networks; fold the "
-                                 "normalization into W1 and b1")
-        return load_npz(path)
-    if suffix == ".onnx":
-        from .adapters.onnx import from_onnx
-
-        return from_onnx(path, input_shape=input_shape, mean=mean, std=std, **options)
-    if suffix in (".pt", ".pth"):
-        from .adapters.torch import from_file
-
-        return from_file(path, input_shape=input_shape, mean=mean, std=std, **options)
-    raise ModelLoadError(f"unsupported model file {path.name!r}: expected .onnx, .pt, .pth or .npz")
+    return read(source, input_shape=input_shape).network(mean=mean, std=std, **options)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from ..errors import LipcertError, ModelLoadError
+from ..errors import LipcertError
 from ..network import Network
 from .common import add_model_arguments, load_model
 
@@ -30,21 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _analyze(args: argparse.Namespace) -> Any:
     """The adapters' Conversion for an .onnx or .pt/.pth model, None for .npz."""
-    path = Path(args.model)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from ..adapters.onnx import analyze_onnx
+    from ..adapters.files import read
 
-        return analyze_onnx(path, input_shape=args.input_shape)
-    if suffix in (".pt", ".pth"):
-        from ..adapters.torch import analyze_module, load_file
-
-        module = load_file(path)
-        module.eval()
-        return analyze_module(module, input_shape=args.input_shape, source=str(path))
-    if suffix == ".npz":
-        return None
-    raise ModelLoadError(f"unsupported model file {path.name!r}: expected .onnx, .pt, .pth or .npz")
+    return read(args.model, input_shape=args.input_shape).conversion
 
 
 def _shape(conv: Any, shape: tuple[int, ...]) -> str:

@@ -1,0 +1,112 @@
+"""Model files by their suffix: the one place that knows which reader a file needs.
+
+* ``.onnx``: :func:`.onnx.read_model`, then :func:`.onnx.convert_model` (the interpreted graph);
+* ``.pt``/``.pth``: :func:`.torch.load_file` (a whole pickled module, put in eval mode if it is in
+  training mode), then :func:`.torch.analyze_module` (the traced module);
+* ``.npz``: no conversion (the file *is* the dense chain of a Network); :func:`lipcert.npz.load_npz`
+  reads it when its Network is built, after mean, std and options have been refused.
+
+:func:`read` returns a :class:`ModelFile`: :func:`lipcert.load` builds its Network with
+:meth:`ModelFile.network`, and :mod:`.rebuild` turns its conversion (or, for ``.npz``, its
+Network) into a torch module.  The onnx and torch readers are imported only for a file that needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from lipcert.errors import ModelLoadError
+from lipcert.network import Network
+
+from .graph import Conversion
+
+Format = Literal["onnx", "torch", "npz"]
+SUFFIXES: dict[str, Format] = {".onnx": "onnx", ".pt": "torch", ".pth": "torch", ".npz": "npz"}
+"""Model-file suffixes (lower case) and their formats."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file, read: its format, the adapters' conversion and how its Network is built.
+
+    Attributes
+    ----------
+    path : Path
+    format : "onnx", "torch" or "npz"
+    conversion : Conversion or None
+        The layer chain with every unsupported operator (not yet raised); None for ``.npz``.
+    """
+
+    path: Path
+    format: Format
+    conversion: Conversion | None
+    _build: Callable[..., Network] = field(repr=False, compare=False)
+
+    def network(self, *, mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
+                **options: Any) -> Network:
+        """The Network :func:`lipcert.load` returns for this file (``options`` as for :func:`lipcert.load`).
+
+        Raises
+        ------
+        ModelLoadError, UnsupportedOperatorError
+            As :func:`lipcert.load`; for ``.npz``, any mean, std or option.
+        """
+        return self._build(mean=mean, std=std, **options)
+
+
+def read(path: str | Path, *, input_shape: Sequence[int] | None = None) -> ModelFile:
+    """Read a model file and convert it to the adapters' layer chain (no Network built yet).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.onnx``, ``.pt``/``.pth`` (a whole pickled module: unpickling runs code, read only
+        files you trust) or ``.npz``.
+    input_shape : sequence of int, optional
+        Shape of one input without the batch axis, as for :func:`lipcert.load` (ignored for ``.npz``).
+
+    Raises
+    ------
+    ModelLoadError
+        A missing file, an unsupported suffix, or what the format's reader raises (corrupt
+        file, a state_dict instead of a module, untraceable module, ...).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"no such model file: {path}")
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt == "onnx":
+        from . import onnx
+
+        model = onnx.read_model(path)
+        conv = onnx.convert_model(model, str(path), input_shape)
+        return ModelFile(path, fmt, conv, partial(onnx.to_network, model, conv))
+    if fmt == "torch":
+        from . import torch
+
+        module = torch.load_file(path)
+        if module.training:
+            module.eval()
+        conv = torch.analyze_module(module, input_shape=input_shape, source=str(path))
+        return ModelFile(path, fmt, conv, partial(torch.to_network, module, conv))
+    if fmt == "npz":
+        return ModelFile(path, fmt, None, partial(_npz_network, path))
+    raise ModelLoadError(f"unsupported model file {path.name!r}: expected .onnx, .pt, .pth or .npz")
+
+
+def _npz_network(path: Path, *, mean: Sequence[float] | float | None, std: Sequence[float] | float | None,
+                 **options: Any) -> Network:
+    """The Network of an .npz file, read here (after the options are refused, before any array is read)."""
+    from lipcert.npz import load_npz
+
+    if mean is not None or std is not None or options:
+        raise ModelLoadError("mean/std and loading options are not supported for .npz networks; fold the "
+                             "normalization into W1 and b1")
+    return load_npz(path)
+
+
+__all__ = ["Format", "ModelFile", "SUFFIXES", "read"]

@@ -1,6 +1,6 @@
 """auto_LiRPA (IBP, CROWN, alpha-CROWN) on the same model, inputs, norm and radius as lipcert.
 
-The verifier runs on :func:`lipcert.adapters.torch_build.to_torch` of the model: the same
+The verifier runs on :func:`lipcert.adapters.rebuild.to_torch` of the model: the same
 float64 function as the :class:`~lipcert.Network` lipcert bounds (convolutions kept), so both
 tools certify one model.  Each input is checked with the margin specification
 ``C[j] = e_y - e_j`` (true class minus every other class): the input is *verified* at eps
@@ -34,7 +34,8 @@ from lipcert.errors import LipcertError, MissingExtraError
 from lipcert.network import Network
 
 from .graph import Conversion
-from .torch_build import ActivationModule, conversion, to_torch
+from .modules import ActivationModule
+from .rebuild import chain_of, to_torch
 
 INSTALL = "pip install --no-deps auto-LiRPA==0.3 (after pip install 'lipcert[lirpa]')"
 METHODS = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}
@@ -169,8 +170,8 @@ def bounded_module(source: Any, *, input_shape: Sequence[int] | None = None,
 
     Parameters
     ----------
-    source : Network, path (.onnx, .pt, .pth), torch.nn.Module or LirpaModel
-        Rebuilt with :func:`~lipcert.adapters.torch_build.to_torch` (a LirpaModel is returned as is).
+    source : Network, path (.onnx, .pt, .pth, .npz), torch.nn.Module or LirpaModel
+        Rebuilt with :func:`~lipcert.adapters.rebuild.to_torch` (a LirpaModel is returned as is).
     input_shape, mean, std
         As for :func:`lipcert.load`; raw inputs in, normalization inside.
     """
@@ -178,7 +179,7 @@ def bounded_module(source: Any, *, input_shape: Sequence[int] | None = None,
         return source
     lirpa = load_auto_lirpa()
     if not isinstance(source, (Network, Conversion)):
-        source = conversion(source, input_shape=input_shape, mean=mean, std=std)
+        source = chain_of(source, input_shape=input_shape, mean=mean, std=std)
     module = to_torch(source)
     shape = tuple(source.input_shape)
     example = torch.zeros(1, *shape, dtype=torch.float64)

@@ -15,7 +15,7 @@ import torch
 
 import lipcert
 from lipcert.adapters import lirpa
-from lipcert.adapters.torch_build import to_torch
+from lipcert.adapters.rebuild import to_torch
 from lipcert.errors import LipcertError, MissingExtraError
 
 from _certify_models import mnist

@@ -13,7 +13,8 @@ layer by layer, convolutions stay convolutions:
 * an activation becomes a module calling the activation's own function.
 
 From a :class:`~lipcert.Network` alone (no conversion, e.g. ``.npz`` weights) the module is the
-dense chain ``Flatten, Linear, act, ..., Linear``.
+dense chain ``Flatten, Linear, act, ..., Linear``.  Model files are read by :func:`.files.read`,
+the dispatch :func:`lipcert.load` uses.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
+from .common import as_channels, normalization_layer
+from .files import read
 from .graph import Conversion, DenseBlock, Layer, materialize
 from .modules import ActivationModule, Reshape, Scale, conv_module
+from .torch import analyze_module
 
 
 def _is_reshape(layer: Layer) -> bool:
@@ -115,30 +119,28 @@ def from_network(net: Network) -> nn.Sequential:
     return nn.Sequential(*parts).eval()
 
 
-def conversion(source: str | Path | nn.Module, *, input_shape: Sequence[int] | None = None,
-               mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None
-               ) -> Conversion:
-    """The adapters' conversion of an ONNX file, a ``.pt``/``.pth`` module file or a torch module,
-    with the ``(x - mean) / std`` normalization prepended as :func:`lipcert.load` does."""
-    from .common import as_channels, normalization_layer
+def chain_of(source: str | Path | nn.Module, *, input_shape: Sequence[int] | None = None,
+             mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None
+             ) -> Conversion | Network:
+    """What :func:`to_torch` rebuilds for a model file or a torch module.
 
+    The adapters' conversion of a torch module or of an ``.onnx``/``.pt``/``.pth`` file
+    (:func:`.files.read`), with the ``(x - mean) / std`` normalization prepended as
+    :func:`lipcert.load` does; for an ``.npz`` file, its Network (the dense chain it stores;
+    mean and std are refused as by :func:`lipcert.load`).
+
+    Raises
+    ------
+    ModelLoadError, UnsupportedOperatorError
+        As :func:`lipcert.load` for the same source.
+    """
     if isinstance(source, nn.Module):
-        from .torch import analyze_module
-
         conv = analyze_module(source, input_shape=input_shape)
     else:
-        path = Path(source)
-        if path.suffix.lower() == ".onnx":
-            from .onnx import analyze_onnx
-
-            conv = analyze_onnx(path, input_shape=input_shape)
-        elif path.suffix.lower() in (".pt", ".pth"):
-            from .torch import analyze_module, load_file
-
-            conv = analyze_module(load_file(path), input_shape=input_shape, source=str(path))
-        else:
-            raise ModelLoadError(f"cannot rebuild {path.name!r} as a torch module with its structure: expected "
-                                 ".onnx, .pt or .pth (load other models with lipcert.load and pass the Network)")
+        found = read(source, input_shape=input_shape)
+        if found.conversion is None:
+            return found.network(mean=mean, std=std)
+        conv = found.conversion
     conv.raise_issues()
     m, s = as_channels(mean, "mean"), as_channels(std, "std")
     if m is not None or s is not None:
@@ -152,8 +154,9 @@ def to_torch(source: Any, *, input_shape: Sequence[int] | None = None, mean: Seq
 
     Parameters
     ----------
-    source : Network, Conversion, path (.onnx, .pt, .pth) or torch.nn.Module
-        A Network gives the dense chain; the others keep their structure (convolutions).
+    source : Network, Conversion, path (.onnx, .pt, .pth, .npz) or torch.nn.Module
+        A Network (also that of an .npz file) gives the dense chain; the others keep their
+        structure (convolutions).
     input_shape, mean, std
         As for :func:`lipcert.load`.
 
@@ -162,8 +165,6 @@ def to_torch(source: Any, *, input_shape: Sequence[int] | None = None, mean: Seq
     torch.nn.Sequential
         Takes raw inputs of shape ``(B, *input_shape)`` and returns logits ``(B, K)``.
     """
-    if isinstance(source, Network):
-        return from_network(source)
-    if isinstance(source, Conversion):
-        return from_conversion(source)
-    return from_conversion(conversion(source, input_shape=input_shape, mean=mean, std=std))
+    if not isinstance(source, Network | Conversion):
+        source = chain_of(source, input_shape=input_shape, mean=mean, std=std)
+    return from_network(source) if isinstance(source, Network) else from_conversion(source)

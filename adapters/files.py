@@ -84,7 +84,7 @@ def read(path: str | Path, *, input_shape: Sequence[int] | None = None) -> Model
 
         model = onnx.read_model(path)
         conv = onnx.convert_model(model, str(path), input_shape)
-        return ModelFile(path, fmt, conv, partial(onnx.to_network, model, conv))
+        return ModelFile(path, "onnx", conv, partial(onnx.to_network, model, conv))
     if fmt == "torch":
         from . import torch
 
@@ -92,9 +92,9 @@ def read(path: str | Path, *, input_shape: Sequence[int] | None = None) -> Model
         if module.training:
             module.eval()
         conv = torch.analyze_module(module, input_shape=input_shape, source=str(path))
-        return ModelFile(path, fmt, conv, partial(torch.to_network, module, conv))
+        return ModelFile(path, "torch", conv, partial(torch.to_network, module, conv))
     if fmt == "npz":
-        return ModelFile(path, fmt, None, partial(_npz_network, path))
+        return ModelFile(path, "npz", None, partial(_npz_network, path))
     raise ModelLoadError(f"unsupported model file {path.name!r}: expected .onnx, .pt, .pth or .npz")
 
 

@@ -147,7 +147,7 @@ def lipschitz(
     else:
         from . import sdp
 
-        results = {name: sdp.solve(name, weights, slopes, solver=solver, eps=eps)}
+        results = {name: sdp.solve(name, weights, slopes, solver=solver, tolerance=eps)}
     estimates: dict[str, float] = {}
     if dtype == torch.float32:
         estimates = {k: r.value for k, r in results.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,3 +166,10 @@ def test_misuse_raises_a_named_error(method: Any, options: Any, error: type[Exce
     net = gaussian([3, 4, 2], seed=0)
     with pytest.raises(error, match=message):
         lipcert.lipschitz(net, method, options=options)
+
+
+def test_vnnlib_check_names_a_bad_method_before_reading_anything(tmp_path: Path) -> None:
+    from lipcert.vnncomp import vnnlib_check
+
+    with pytest.raises(UnknownMethodError, match="unknown method 'magic'"):
+        vnnlib_check(tmp_path / "missing.onnx", tmp_path / "missing.vnnlib", method="magic")

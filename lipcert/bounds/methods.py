@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -55,7 +55,8 @@ class Method:
     float64_only : bool
         Runs in float64 whatever ``dtype`` asks (solvers, the optimizer, the spectral norms).
     margins : bool
-        Its results carry the K x K matrices of :meth:`LipschitzBound.pairwise` and ``along``.
+        Its certificates carry the K x K matrices behind :meth:`LipschitzBound.pairwise` and ``along``
+        (true of every method here: each one ends in Theorem 1's recursion).
     rule : callable, optional
         Single-rule methods: the rule for the given options.  A layer labelled otherwise fell back.
     mixes_rules : bool
@@ -80,7 +81,7 @@ class MethodCall:
     """A method with checked options (every option of the method, defaults filled in)."""
 
     method: Method
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any]
 
     @property
     def name(self) -> str:

@@ -31,6 +31,10 @@ class UnknownMethodError(LipcertError, ValueError):
     """A bound method name that lipcert does not implement."""
 
 
+class InvalidOptionError(LipcertError, ValueError):
+    """Options of a bound method that are not a mapping, or name an option the method does not take."""
+
+
 class UnsupportedOperatorError(LipcertError, NotImplementedError):
     """A model operator outside the chain of affine maps and elementwise activations."""
 

@@ -39,6 +39,7 @@ import torch
 
 from .adapters.vnnlib import VnnProperty, read_vnnlib
 from .bounds import lipschitz
+from .bounds.methods import resolve
 from .bounds.local import local_bound
 from .bounds.result import Gram
 from .certify import UNIT_ROUNDOFF, InvalidArgumentError, _layers, logit_error_bound
@@ -194,10 +195,7 @@ def _box_grams(net: Network, x0: np.ndarray, half: np.ndarray, method: str) -> l
     if method == "local":
         radius = float(half.max()) * (1 + 4 * UNIT_ROUNDOFF)
         return list(local_bound(net, x0, radius, "inf", anchored=True).grams.values())
-    bound = lipschitz(net, method)
-    if not bound.grams:
-        raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
-    return list(bound.grams.values())
+    return list(lipschitz(net, method).grams.values())
 
 
 # ---------------------------------------------------------------------------------- attack
@@ -299,6 +297,8 @@ def vnnlib_check(
     """
     if timeout is not None and not timeout > 0:
         raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if method != "local" and not resolve(method).method.margins:
+        raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
     clock = _Clock(timeout)
     timings: dict[str, float] = {}
     spec = prop if isinstance(prop, VnnProperty) else read_vnnlib(prop)

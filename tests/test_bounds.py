@@ -10,7 +10,7 @@ import torch
 
 import lipcert
 from lipcert.bounds.certificate import lipsdp_matrix
-from lipcert.errors import InvalidSlopeError, UnknownMethodError
+from lipcert.errors import InvalidOptionError, InvalidSlopeError, UnknownMethodError
 from lipcert.bounds.rules import InvalidParameterError
 from lipcert.random_nets import eclipse_benchmark, gaussian
 
@@ -79,7 +79,7 @@ def test_sn1_equals_eclipse_fast_reference(rng: np.random.Generator) -> None:
         reference = eclipse_fast_reference(weights)
         assert ours / (1 + 1e-8) == pytest.approx(reference, rel=1e-10)  # reported values carry a 1e-8 inflation
         assert ours >= reference
-        assert lipcert.lipschitz(net, "sn", c=1.0).value == ours
+        assert lipcert.lipschitz(net, "sn", options={"c": 1.0}).value == ours
 
 
 def has_negative_pivot(q: torch.Tensor, digits: int = 50) -> bool:
@@ -246,11 +246,11 @@ def test_bad_method_and_parameters() -> None:
     with pytest.raises(UnknownMethodError, match="valid methods: naive, eclipse-fast"):
         lipcert.lipschitz(net, "lipsdp-network")
     with pytest.raises(InvalidParameterError, match="0 < c < 2"):
-        lipcert.lipschitz(net, "gc", c=2.0)
+        lipcert.lipschitz(net, "gc", options={"c": 2.0})
     with pytest.raises(InvalidParameterError, match="c > 1"):
         lipcert.lipschitz(net, "shift(0.9)")
-    with pytest.raises(UnknownMethodError, match="takes no parameter"):
-        lipcert.lipschitz(net, "combined", c=1.5)
+    with pytest.raises(InvalidOptionError, match="unknown option.*'c' for method 'combined'; valid options"):
+        lipcert.lipschitz(net, "combined", options={"c": 1.5})
     with pytest.raises(InvalidSlopeError):
         lipcert.Network.from_weights([np.ones((3, 2)), np.ones((1, 3))], None, (float("nan"), 1.0))
 

@@ -56,6 +56,9 @@ def test_errors_are_one_line(tmp_path: Path, npz_net: Path, capsys: pytest.Captu
     assert "W2 are missing" in capsys.readouterr().err
     assert main(["bound", str(npz_net), "--method", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
+    # method names are checked before the model is read
+    assert main(["bound", str(tmp_path / "missing.npz"), "--method", "naive,gc(2.5)"]) == 2
+    assert "0 < c < 2" in capsys.readouterr().err
 
 
 def test_npz_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -13,6 +13,7 @@ import torch
 
 import lipcert
 from lipcert.bounds import sdp
+from lipcert.bounds.rules import InvalidParameterError
 from lipcert.errors import MissingExtraError, ProblemTooLargeError, UnknownMethodError
 
 pytestmark = pytest.mark.sdp
@@ -210,8 +211,10 @@ def test_bad_arguments(rng: np.random.Generator) -> None:
         sdp.solve("lipsdp-neuron", list(net.weights), net.slopes(), solver="mosek")
     with pytest.raises(UnknownMethodError, match="lipsdp-network"):
         sdp.solve("lipsdp-network", list(net.weights), net.slopes())
-    with pytest.raises(ValueError, match="eps"):
-        sdp.solve("eclipse", list(net.weights), net.slopes(), eps=0.0)
+    with pytest.raises(InvalidParameterError, match="tolerance must be a number in"):
+        sdp.solve("eclipse", list(net.weights), net.slopes(), tolerance=0.0)
+    with pytest.raises(UnknownMethodError, match="unknown SDP solver 3"):
+        sdp.solve("eclipse", list(net.weights), net.slopes(), solver=3)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", sdp.SDP_NAMES)

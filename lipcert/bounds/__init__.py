@@ -1,7 +1,7 @@
 """Upper and lower bounds on the L2 Lipschitz constant of a :class:`~lipcert.Network`."""
 
 from .certificate import CertificateCheck, check_certificate
-from .lipschitz import METHODS, lipschitz
+from .methods import METHODS, lipschitz
 from .lower import LowerBound, lower_bound
 from .result import LipschitzBound
 from .rules import DEFAULT_RULE_SET, Rule

@@ -8,14 +8,13 @@ objects that :func:`lipcert.lipschitz` turns into a :class:`~lipcert.bounds.resu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue
 from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, run_passes, solve_rt
-from .rules import DEFAULT_RULE_SET, InvalidParameterError, Rule
+from .rules import DEFAULT_RULE_SET, Rule
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -110,23 +109,6 @@ def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Ru
             return passes
     passes["naive"] = naive(weights, slopes)
     return passes
-
-
-COMBINED_OPTIONS = ("prune", "beam")
-
-
-def check_combined_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated keyword arguments of :func:`combined` from ``lipschitz(..., options=...)``."""
-    unknown = sorted(set(options) - set(COMBINED_OPTIONS))
-    if unknown:
-        raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)} for method 'combined'; "
-                                    f"valid: {', '.join(COMBINED_OPTIONS)}")
-    prune, beam = options.get("prune", "auto"), options.get("beam")
-    if prune not in ("auto", None) and (isinstance(prune, bool) or not isinstance(prune, int | float) or prune < 0):
-        raise InvalidParameterError(f"prune must be 'auto', None or a number >= 0, got {prune!r}")
-    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
-        raise InvalidParameterError(f"beam must be None or an integer >= 1, got {beam!r}")
-    return {"prune": prune, "beam": beam}
 
 
 def greedy_chooser(rules: Sequence[Rule]):

@@ -56,7 +56,7 @@ SOLVERS = ("SCS", "CLARABEL")
 SIZE_LIMITS = {"SCS": 1500, "CLARABEL": 150}
 # Automatic choice: Clarabel (interior point, accurate) up to this PSD size, SCS above it.
 CLARABEL_AUTO_MAX = 40
-DEFAULT_EPS = {"SCS": 1e-7, "CLARABEL": 1e-8}
+DEFAULT_TOLERANCE = {"SCS": 1e-7, "CLARABEL": 1e-8}
 # Certificate above the solver's sqrt(rho) by more than this (relative) triggers one SCS re-solve.
 REFINE_GAP = 1e-4
 SHRINK = (1 - 1e-6, 1 - 1e-5, 1 - 1e-4, 0.999, 0.99, 0.9, 0.5)
@@ -66,7 +66,7 @@ _FALLBACK = Rule("sn", 1.0)
 
 
 def solve(name: str, weights: list[torch.Tensor], slopes: Slopes, *, solver: str | None = None,
-          eps: float | None = None) -> RecursionResult:
+          tolerance: float | None = None) -> RecursionResult:
     """Certified upper bound from one of the SDP methods ``eclipse``, ``lipsdp-neuron``, ``lipsdp-layer``.
 
     Parameters
@@ -79,8 +79,9 @@ def solve(name: str, weights: list[torch.Tensor], slopes: Slopes, *, solver: str
         Exact per-neuron slope bounds (alpha_k, beta_k) of each hidden layer.
     solver : {"SCS", "CLARABEL"}, optional
         Default: Clarabel for PSD size <= :data:`CLARABEL_AUTO_MAX`, SCS above.
-    eps : float, optional
-        Solver tolerance (SCS eps_abs = eps_rel; Clarabel gap and feasibility tolerances).
+    tolerance : float, optional
+        Solver tolerance in (0, 1) (SCS eps_abs = eps_rel; Clarabel gap and feasibility tolerances);
+        default :data:`DEFAULT_TOLERANCE` of the solver.
 
     Returns
     -------
@@ -98,20 +99,34 @@ def solve(name: str, weights: list[torch.Tensor], slopes: Slopes, *, solver: str
     require_extra("cvxpy", "sdp")
     if name not in SDP_NAMES:
         raise UnknownMethodError(f"unknown SDP method {name!r}; valid: {', '.join(SDP_NAMES)}")
-    if solver is not None:
-        solver = solver.upper()
-        if solver not in SOLVERS:
-            raise UnknownMethodError(f"unknown SDP solver {solver!r}; valid: {', '.join(SOLVERS)}")
-    if eps is not None and not (0 < eps < 1):
-        raise InvalidParameterError(f"eps must be in (0, 1), got {eps}")
+    solver, tolerance = check_solver(solver), check_tolerance(tolerance)
     if len(weights) == 1:  # no hidden layer: Lip = ||W_1|| exactly, nothing to solve
         return run(weights, slopes, rule_chooser(_FALLBACK))
     live = _live_masks(weights, slopes)
     if any(not bool(m.any()) for m in live) or not bool(weights[-1].any()):  # f is constant
         return run(weights, slopes, rule_chooser(_FALLBACK))
     if name == "eclipse":
-        return _eclipse(weights, slopes, live, solver, eps)
-    return _lipsdp(weights, slopes, live, solver, eps, per_neuron=name == "lipsdp-neuron")
+        return _eclipse(weights, slopes, live, solver, tolerance)
+    return _lipsdp(weights, slopes, live, solver, tolerance, per_neuron=name == "lipsdp-neuron")
+
+
+def check_solver(solver: str | None) -> str | None:
+    """``solver`` in upper case, or None (automatic choice); raises for a solver lipcert does not drive."""
+    if solver is None:
+        return None
+    name = solver.upper() if isinstance(solver, str) else solver
+    if name not in SOLVERS:
+        raise UnknownMethodError(f"unknown SDP solver {name!r}; valid: {', '.join(SOLVERS)}")
+    return name
+
+
+def check_tolerance(tolerance: float | None) -> float | None:
+    """``tolerance`` as a float in (0, 1), or None (the solver's :data:`DEFAULT_TOLERANCE`)."""
+    if tolerance is None:
+        return None
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 < tolerance < 1:
+        raise InvalidParameterError(f"tolerance must be a number in (0, 1), got {tolerance!r}")
+    return float(tolerance)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -137,11 +152,11 @@ def _pick_solver(solver: str | None, size: int) -> str:
     return chosen
 
 
-def _run_solver(problem: Any, solver: str, eps: float | None, *, warm: bool = False) -> tuple[str, float]:
+def _run_solver(problem: Any, solver: str, tolerance: float | None, *, warm: bool = False) -> tuple[str, float]:
     """Solve a cvxpy problem; returns (status, seconds).  Solver errors become status 'error: ...'."""
     import cvxpy as cp
 
-    tol = DEFAULT_EPS[solver] if eps is None else eps
+    tol = DEFAULT_TOLERANCE[solver] if tolerance is None else tolerance
     if solver == "SCS":
         opts: dict[str, Any] = {"eps_abs": tol, "eps_rel": tol, "max_iters": 100_000}
     else:
@@ -277,11 +292,11 @@ def _prepare(weights: list[torch.Tensor], slopes: Slopes, live: list[torch.Tenso
 
 
 def _lipsdp(weights: list[torch.Tensor], slopes: Slopes, live: list[torch.Tensor], solver: str | None,
-            eps: float | None, *, per_neuron: bool) -> RecursionResult:
+            tolerance: float | None, *, per_neuron: bool) -> RecursionResult:
     """LipSDP-Neuron / -Layer on the prepared network, certified by Theorem 1 at Lambda_k = T_k / rho.
 
     With SCS at its default tolerance, a certificate more than :data:`REFINE_GAP` above the
-    solver's sqrt(rho) triggers one warm-started re-solve at eps / 100; the smaller of the two
+    solver's sqrt(rho) triggers one warm-started re-solve at tolerance / 100; the smaller of the two
     certificates is returned (both are valid).
     """
     label = "lipsdp-neuron" if per_neuron else "lipsdp-layer"
@@ -312,13 +327,13 @@ def _lipsdp(weights: list[torch.Tensor], slopes: Slopes, live: list[torch.Tensor
         solver_value = math.sqrt(rho_val * math.exp(-log_c[-1])) if ok else None
         if not ok:
             result.notes.append(f"{chosen} did not solve the SDP ({status}); every layer fell back to sn(1)")
-        result.extras.update(solver=chosen, solver_status=status, solver_value=solver_value, solver_eps=tol,
+        result.extras.update(solver=chosen, solver_status=status, solver_value=solver_value, solver_tolerance=tol,
                              solver_seconds=seconds, psd_size=size, input_reduced=(n0, ws[0].shape[1]))
         return result
 
-    tol = DEFAULT_EPS[chosen] if eps is None else eps
+    tol = DEFAULT_TOLERANCE[chosen] if tolerance is None else tolerance
     best = attempt(tol, False)
-    if chosen == "SCS" and eps is None and _gap(best) > REFINE_GAP:
+    if chosen == "SCS" and tolerance is None and _gap(best) > REFINE_GAP:
         second = attempt(tol / 100, True)
         second.extras["solver_seconds"] += best.extras["solver_seconds"]
         if second.value <= best.value:
@@ -327,7 +342,7 @@ def _lipsdp(weights: list[torch.Tensor], slopes: Slopes, live: list[torch.Tensor
             best.extras["solver_seconds"] = second.extras["solver_seconds"]
     if _gap(best) > 1e-3 and best.extras["solver_value"] is not None:
         best.notes.append(f"the solver's multipliers certify {best.value:.6g}, its sqrt(rho) is "
-                          f"{best.extras['solver_value']:.6g}; a tighter eps may close the gap")
+                          f"{best.extras['solver_value']:.6g}; a tighter tolerance may close the gap")
     return best
 
 
@@ -338,8 +353,8 @@ def _gap(result: RecursionResult) -> float:
 
 
 # --------------------------------------------------------------------------- ECLipsE
-def _eclipse_multipliers(gamma: np.ndarray, nxt: np.ndarray, q: np.ndarray, solver: str, eps: float | None
-                         ) -> tuple[np.ndarray | None, str, float]:
+def _eclipse_multipliers(gamma: np.ndarray, nxt: np.ndarray, q: np.ndarray, solver: str,
+                         tolerance: float | None) -> tuple[np.ndarray | None, str, float]:
     """Solve ECLipsE's per-layer SDP (math.md 4.4) in the recursion's normalized units.
 
     maximize s s.t. [[2 Lambda - s N^T N, Lambda G^{1/2}], [G^{1/2} Lambda, I + 2 G^{1/2} diag(q lambda) G^{1/2}]] >= 0
@@ -365,14 +380,14 @@ def _eclipse_multipliers(gamma: np.ndarray, nxt: np.ndarray, q: np.ndarray, solv
         lower = lower + 2 * half @ cp.diag(cp.multiply(q, lam)) @ half
     mat = cp.bmat([[2 * big_lam - s * ntn, big_lam @ half], [half @ big_lam, lower]])
     problem = cp.Problem(cp.Maximize(s), [(mat + mat.T) / 2 >> 0, s >= 1e-20])
-    status, seconds = _run_solver(problem, solver, eps)
+    status, seconds = _run_solver(problem, solver, tolerance)
     ok = status in ("optimal", "optimal_inaccurate") and s.value is not None and float(s.value) > 0
     values = np.asarray(lam.value, dtype=np.float64) if ok else None
     return (values if _usable(values) else None), status, seconds
 
 
 def _eclipse(weights: list[torch.Tensor], slopes: Slopes, live: list[torch.Tensor], solver: str | None,
-             eps: float | None) -> RecursionResult:
+             tolerance: float | None) -> RecursionResult:
     """ECLipsE: one small SDP per hidden layer inside the recursion; failed layers fall back to SN(1)."""
     largest = 2 * max(int(m.sum()) for m in live)
     chosen = [_pick_solver(solver, 2 * int(m.sum())) for m in live]
@@ -387,7 +402,7 @@ def _eclipse(weights: list[torch.Tensor], slopes: Slopes, live: list[torch.Tenso
         q = qs[ctx.index - 1]
         values = None
         if q.shape == gamma.shape[:1]:
-            values, status, secs = _eclipse_multipliers(gamma, nxt, q, chosen[ctx.index - 1], eps)
+            values, status, secs = _eclipse_multipliers(gamma, nxt, q, chosen[ctx.index - 1], tolerance)
             statuses.append(status)
             seconds += secs
         lam = None if values is None else torch.from_numpy(values).to(ctx.gamma)

@@ -7,11 +7,16 @@ loaded already.  A fixed count keeps sums in the same order on every machine and
 oversubscribing shared cores.  Other BLAS settings of the machine (OPENBLAS_CORETYPE, ...) are kept.
 
 Seeds.  One session seed, ``LIPCERT_TEST_SEED`` or drawn at random, is shown in the header.  Every
-test's seed is derived from it and the test's node id (:func:`test_seed`), so a test draws the same
+test's seed is derived from it and the test's node id (:func:`seed_of`), so a test draws the same
 numbers whichever tests run with it and in whatever order.  Tests take it from the ``seed`` or ``rng``
 fixture; before every test the global generators of torch, numpy and ``random`` are seeded from it as
 well, so draws without an explicit generator replay too.  A failing test's report gives its command
 to replay, ``LIPCERT_TEST_SEED=<session seed> python -m pytest '<node id>'``.
+
+Slow tests.  Tests marked ``slow`` are left out of a plain ``python -m pytest`` on a developer's
+machine (shared cores make the whole suite take several times its CPU time); they run with
+``-m slow`` (only them), ``-m 'slow or not slow'`` (everything), under CI (CI=true), and when a test
+is named by its node id, so a replay command always runs its test.
 
 Data.  Tests that need real data use the ``shared_data`` fixture.  Under CI (CI=true) missing data is
 a failure; elsewhere those tests are skipped with a message naming the data they need.
@@ -54,6 +59,7 @@ torch.set_num_threads(TEST_THREADS)
 REPO = Path(__file__).resolve().parents[1]
 SEED_VARIABLE = "LIPCERT_TEST_SEED"
 _session_seed: int | None = None
+_SLOW_LEFT_OUT = pytest.StashKey[bool]()
 
 
 def session_seed() -> int:
@@ -71,11 +77,10 @@ def session_seed() -> int:
     return _session_seed
 
 
-def test_seed(nodeid: str) -> int:
+def seed_of(nodeid: str) -> int:
     """64-bit seed of one test: SHA-256 of the session seed and the test's node id."""
     digest = hashlib.sha256(f"{session_seed()}:{nodeid}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
-
 
 
 def replay_command(nodeid: str, config: pytest.Config) -> str:
@@ -85,9 +90,18 @@ def replay_command(nodeid: str, config: pytest.Config) -> str:
     return f"{SEED_VARIABLE}={session_seed()} python -m pytest {shlex.quote(where + sep + rest)}"
 
 
+def _slow_left_out(config: pytest.Config) -> bool:
+    """Whether this run leaves out the ``slow`` tests: yes, unless ``-m`` is given, CI=true, or a test is named."""
+    return (not config.option.markexpr and os.environ.get("CI", "").lower() != "true"
+            and not any("::" in str(arg) for arg in config.args))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Processes started by tests (and pytest-xdist workers) see the same session seed.
     os.environ[SEED_VARIABLE] = str(session_seed())
+    config.stash[_SLOW_LEFT_OUT] = _slow_left_out(config)
+    if config.stash[_SLOW_LEFT_OUT]:
+        config.option.markexpr = "not slow"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -95,6 +109,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [f"random draws: {SEED_VARIABLE}={session_seed()} (replay a test: "
              f"{SEED_VARIABLE}={session_seed()} python -m pytest <node id>)",
              f"threads: {TEST_THREADS} ({how}{'/'.join(_THREAD_VARIABLES[:3])}, torch.set_num_threads)"]
+    if config.stash.get(_SLOW_LEFT_OUT, False):
+        lines.append("slow tests left out (CI=true runs them): -m slow runs only them, -m 'slow or not slow' all")
     if _LOADED_BEFORE and not _THREADPOOLCTL:
         lines.append(f"warning: {', '.join(_LOADED_BEFORE)} imported before tests/conftest.py and no threadpoolctl: "
                      "their BLAS thread count is not pinned")
@@ -106,7 +122,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        report.sections.append(("replay", f"test seed {test_seed(item.nodeid)} from session seed {session_seed()}; "
+        report.sections.append(("replay", f"test seed {seed_of(item.nodeid)} from session seed {session_seed()}; "
                                           f"replay: {replay_command(item.nodeid, item.config)}"))
 
 
@@ -121,8 +137,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture
 def seed(request: pytest.FixtureRequest) -> int:
-    """This test's seed (see :func:`test_seed`); also recorded in the test's user properties."""
-    value = test_seed(request.node.nodeid)
+    """This test's seed (see :func:`seed_of`); also recorded in the test's user properties."""
+    value = seed_of(request.node.nodeid)
     request.node.user_properties.append(("seed", value))
     return value
 
@@ -136,7 +152,7 @@ def rng(seed: int) -> np.random.Generator:
 @pytest.fixture(autouse=True)
 def _seed_global_generators(request: pytest.FixtureRequest) -> None:
     """Seed torch's, numpy's legacy and python's global generators with this test's seed."""
-    value = test_seed(request.node.nodeid)
+    value = seed_of(request.node.nodeid)
     torch.manual_seed(value)
     np.random.seed(value % 2**32)
     random.seed(value)

@@ -1,18 +1,161 @@
-"""Shared fixtures: seeded generators and the real data in ../shared/data (or LIPCERT_DATA).
+"""Shared test setup: pinned BLAS threads, replayable random draws, and the real data in ../shared/data.
 
-Tests that need real data use the ``shared_data`` fixture.  Under CI (CI=true) missing data is
+Threads.  BLAS and OpenMP run on ``TEST_THREADS`` threads in every test (and in the processes tests
+start): the environment variables below are set before numpy, scipy and torch are imported, torch's
+pool is set with ``torch.set_num_threads``, and threadpoolctl, if installed, limits the libraries
+loaded already.  A fixed count keeps sums in the same order on every machine and keeps the suite from
+oversubscribing shared cores.  Other BLAS settings of the machine (OPENBLAS_CORETYPE, ...) are kept.
+
+Seeds.  One session seed, ``LIPCERT_TEST_SEED`` or drawn at random, is shown in the header.  Every
+test's seed is derived from it and the test's node id (:func:`seed_of`), so a test draws the same
+numbers whichever tests run with it and in whatever order.  Tests take it from the ``seed`` or ``rng``
+fixture; before every test the global generators of torch, numpy and ``random`` are seeded from it as
+well, so draws without an explicit generator replay too.  A failing test's report gives its command
+to replay, ``LIPCERT_TEST_SEED=<session seed> python -m pytest '<node id>'``.
+
+Slow tests.  Tests marked ``slow`` are left out of a plain ``python -m pytest`` on a developer's
+machine (shared cores make the whole suite take several times its CPU time); they run with
+``-m slow`` (only them), ``-m 'slow or not slow'`` (everything), under CI (CI=true), and when a test
+is named by its node id, so a replay command always runs its test.
+
+Data.  Tests that need real data use the ``shared_data`` fixture.  Under CI (CI=true) missing data is
 a failure; elsewhere those tests are skipped with a message naming the data they need.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import sys
 
-import numpy as np
-import pytest
+TEST_THREADS = 1
+"""Threads of BLAS, OpenMP and torch in the test session."""
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_LOADED_BEFORE = sorted(m for m in ("numpy", "scipy", "torch") if m in sys.modules)
+for _variable in _THREAD_VARIABLES:
+    os.environ[_variable] = str(TEST_THREADS)
+
+import hashlib  # noqa: E402  (the thread settings above must precede numpy and torch)
+import random  # noqa: E402
+import secrets  # noqa: E402
+import shlex  # noqa: E402
+from collections.abc import Generator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # the environment variables alone pin the libraries loaded after them
+    _THREADPOOLCTL = False
+else:
+    _THREADPOOL_LIMITS = threadpool_limits(TEST_THREADS)  # kept for the whole session
+    _THREADPOOLCTL = True
+torch.set_num_threads(TEST_THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
+SEED_VARIABLE = "LIPCERT_TEST_SEED"
+_session_seed: int | None = None
+_SLOW_LEFT_OUT = pytest.StashKey[bool]()
+
+
+def session_seed() -> int:
+    """The session seed: ``LIPCERT_TEST_SEED`` (decimal or 0x-hex) or, unset, 32 random bits drawn once."""
+    global _session_seed
+    if _session_seed is None:
+        value = os.environ.get(SEED_VARIABLE, "").strip()
+        if value:
+            try:
+                _session_seed = int(value, 0)
+            except ValueError:
+                raise pytest.UsageError(f"{SEED_VARIABLE} must be an integer, got {value!r}") from None
+        else:
+            _session_seed = secrets.randbits(32)
+    return _session_seed
+
+
+def seed_of(nodeid: str) -> int:
+    """64-bit seed of one test: SHA-256 of the session seed and the test's node id."""
+    digest = hashlib.sha256(f"{session_seed()}:{nodeid}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def replay_command(nodeid: str, config: pytest.Config) -> str:
+    """The shell command that reruns one test with this session's draws, from pytest's working directory."""
+    path, sep, rest = nodeid.partition("::")
+    where = os.path.relpath(config.rootpath / path, config.invocation_params.dir)
+    return f"{SEED_VARIABLE}={session_seed()} python -m pytest {shlex.quote(where + sep + rest)}"
+
+
+def _slow_left_out(config: pytest.Config) -> bool:
+    """Whether this run leaves out the ``slow`` tests: yes, unless ``-m`` is given, CI=true, or a test is named."""
+    return (not config.option.markexpr and os.environ.get("CI", "").lower() != "true"
+            and not any("::" in str(arg) for arg in config.args))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Processes started by tests (and pytest-xdist workers) see the same session seed.
+    os.environ[SEED_VARIABLE] = str(session_seed())
+    config.stash[_SLOW_LEFT_OUT] = _slow_left_out(config)
+    if config.stash[_SLOW_LEFT_OUT]:
+        config.option.markexpr = "not slow"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    how = "threadpoolctl, " if _THREADPOOLCTL else ""
+    lines = [f"random draws: {SEED_VARIABLE}={session_seed()} (replay a test: "
+             f"{SEED_VARIABLE}={session_seed()} python -m pytest <node id>)",
+             f"threads: {TEST_THREADS} ({how}{'/'.join(_THREAD_VARIABLES[:3])}, torch.set_num_threads)"]
+    if config.stash.get(_SLOW_LEFT_OUT, False):
+        lines.append("slow tests left out (CI=true runs them): -m slow runs only them, -m 'slow or not slow' all")
+    if _LOADED_BEFORE and not _THREADPOOLCTL:
+        lines.append(f"warning: {', '.join(_LOADED_BEFORE)} imported before tests/conftest.py and no threadpoolctl: "
+                     "their BLAS thread count is not pinned")
+    return lines
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        report.sections.append(("replay", f"test seed {seed_of(item.nodeid)} from session seed {session_seed()}; "
+                                          f"replay: {replay_command(item.nodeid, item.config)}"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    failed = [r.nodeid for kind in ("failed", "error") for r in terminalreporter.stats.get(kind, [])
+              if getattr(r, "nodeid", "")]
+    if failed:
+        terminalreporter.section("replay")
+        for nodeid in dict.fromkeys(failed):
+            terminalreporter.write_line(replay_command(nodeid, terminalreporter.config))
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """This test's seed (see :func:`seed_of`); also recorded in the test's user properties."""
+    value = seed_of(request.node.nodeid)
+    request.node.user_properties.append(("seed", value))
+    return value
+
+
+@pytest.fixture
+def rng(seed: int) -> np.random.Generator:
+    """A numpy generator seeded with this test's seed."""
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators(request: pytest.FixtureRequest) -> None:
+    """Seed torch's, numpy's legacy and python's global generators with this test's seed."""
+    value = seed_of(request.node.nodeid)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
 
 
 def find_shared_data() -> Path | None:
@@ -42,12 +185,3 @@ def shared_data() -> Path:
     if root is None:
         _need("the shared data folder")
     return root  # type: ignore[return-value]
-
-
-@pytest.fixture
-def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    """A generator seeded freshly per test run (the seed is printed on failure)."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    request.node.user_properties.append(("seed", seed))
-    print(f"rng seed: {seed}")
-    return np.random.default_rng(seed)

@@ -47,7 +47,8 @@ def test_margins_match_the_forward_pass_and_the_error_bound_covers_rounding(
     cert = lipcert.certify(net, x, y, method="naive")
     f = net(x)
     others = np.where(np.eye(5, dtype=bool)[y], -np.inf, f)
-    np.testing.assert_array_equal(cert.margin, f[np.arange(200), y] - others.max(axis=1))
+    # certify's forward pass is its own code: its margins agree with net(x) to within its rounding bound
+    assert np.all(np.abs(cert.margin - (f[np.arange(200), y] - others.max(axis=1))) <= 2 * cert.logit_error)
     np.testing.assert_array_equal(cert.prediction, f.argmax(axis=1))
     if np.finfo(np.longdouble).nmant > 52:
         exact = longdouble_logits(net, x)

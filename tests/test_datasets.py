@@ -242,8 +242,8 @@ def test_download_with_bad_checksum_is_not_kept(shared_data: Path, isolated: Pat
     assert not list((datasets.cache_dir() / "mnist").iterdir())
 
 
-def test_download_function_with_file_url(tmp_path: Path) -> None:
-    payload = os.urandom(3000)
+def test_download_function_with_file_url(tmp_path: Path, rng: np.random.Generator) -> None:
+    payload = rng.bytes(3000)
     src = tmp_path / "src.bin"
     src.write_bytes(payload)
     dest = tmp_path / "out" / "file.bin"

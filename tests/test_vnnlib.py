@@ -331,13 +331,22 @@ INSTANCES = [   # (model, property, lipcert's answer with the default settings; 
 def test_vnncomp2021_instances_agree_with_recorded_outcomes(shared_data: Path, onnx_file: str, vnnlib_file: str,
                                                              expected: str | None) -> None:
     """Never unsat on a recorded violation, never sat on a recorded proof; every sat checked
-    with onnxruntime; and the answers lipcert gives today (regressions fail)."""
+    with onnxruntime; and the answers lipcert gives today (regressions fail).
+
+    Compared modulo ``timeout``: a timeout is never wrong (the instances take seconds, but a loaded
+    machine may exceed the budget), so it skips the comparison with today's answer and says so; a
+    wrong definite answer always fails.
+    """
     outcome = recorded(shared_data)[(onnx_file, vnnlib_file)]
     model, path = shared_data / "models" / onnx_file, shared_data / "models" / vnnlib_file
     res = vnnlib_check(model, path, timeout=120)
+    assert res.status in STATUSES
     assert res.status != {"violated": "unsat", "holds": "sat"}[outcome]
     if res.status == "sat":
         check_counterexample(model, read_vnnlib(path), res)
     if res.status == "unsat":
         assert res.proven.all() and (res.radii > res.radius).all()
+    if res.status == "timeout":
+        pytest.skip(f"timeout ({res.note}): not wrong, but not compared with today's answer "
+                    f"{expected or 'unsat or unknown'}")
     assert res.status == expected if expected else res.status in ("unsat", "unknown")

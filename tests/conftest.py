@@ -13,10 +13,8 @@ fixture; before every test the global generators of torch, numpy and ``random`` 
 well, so draws without an explicit generator replay too.  A failing test's report gives its command
 to replay, ``LIPCERT_TEST_SEED=<session seed> python -m pytest '<node id>'``.
 
-Slow tests.  Tests marked ``slow`` are left out of a plain ``python -m pytest`` on a developer's
-machine (shared cores make the whole suite take several times its CPU time); they run with
-``-m slow`` (only them), ``-m 'slow or not slow'`` (everything), under CI (CI=true), and when a test
-is named by its node id, so a replay command always runs its test.
+Slow tests.  Tests marked ``slow`` (the full activation grids) are part of the default run, which
+fits CI's budget; ``-m 'not slow'`` leaves them out for a quick run while working.
 
 Data.  Tests that need real data use the ``shared_data`` fixture.  Under CI (CI=true) missing data is
 a failure; elsewhere those tests are skipped with a message naming the data they need.
@@ -59,7 +57,6 @@ torch.set_num_threads(TEST_THREADS)
 REPO = Path(__file__).resolve().parents[1]
 SEED_VARIABLE = "LIPCERT_TEST_SEED"
 _session_seed: int | None = None
-_SLOW_LEFT_OUT = pytest.StashKey[bool]()
 
 
 def session_seed() -> int:
@@ -90,18 +87,9 @@ def replay_command(nodeid: str, config: pytest.Config) -> str:
     return f"{SEED_VARIABLE}={session_seed()} python -m pytest {shlex.quote(where + sep + rest)}"
 
 
-def _slow_left_out(config: pytest.Config) -> bool:
-    """Whether this run leaves out the ``slow`` tests: yes, unless ``-m`` is given, CI=true, or a test is named."""
-    return (not config.option.markexpr and os.environ.get("CI", "").lower() != "true"
-            and not any("::" in str(arg) for arg in config.args))
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # Processes started by tests (and pytest-xdist workers) see the same session seed.
     os.environ[SEED_VARIABLE] = str(session_seed())
-    config.stash[_SLOW_LEFT_OUT] = _slow_left_out(config)
-    if config.stash[_SLOW_LEFT_OUT]:
-        config.option.markexpr = "not slow"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -109,8 +97,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [f"random draws: {SEED_VARIABLE}={session_seed()} (replay a test: "
              f"{SEED_VARIABLE}={session_seed()} python -m pytest <node id>)",
              f"threads: {TEST_THREADS} ({how}{'/'.join(_THREAD_VARIABLES[:3])}, torch.set_num_threads)"]
-    if config.stash.get(_SLOW_LEFT_OUT, False):
-        lines.append("slow tests left out (CI=true runs them): -m slow runs only them, -m 'slow or not slow' all")
     if _LOADED_BEFORE and not _THREADPOOLCTL:
         lines.append(f"warning: {', '.join(_LOADED_BEFORE)} imported before tests/conftest.py and no threadpoolctl: "
                      "their BLAS thread count is not pinned")

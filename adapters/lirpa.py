@@ -30,7 +30,7 @@ import torch
 
 from lipcert.batch import checked_batch
 from lipcert.certify import check_eps, parse_norm
-from lipcert.errors import LipcertError, MissingExtraError
+from lipcert.errors import MissingExtraError, UnknownVerifierError
 from lipcert.network import Network
 
 from .graph import Conversion
@@ -45,10 +45,6 @@ unstable (``activation.py``: ``self.alpha_indices = None`` is indented under ``i
 sparse specs on conv models (``assert self.alpha_lookup_idx[start_node.name] is None``)."""
 RADIUS_STEPS = 12
 """Bisection steps of :func:`certified_radius`: the bracket shrinks by 2**-12 (0.025 %)."""
-
-
-class UnknownVerifierError(LipcertError, ValueError):
-    """A verifier name other than ibp, crown and alpha-crown."""
 
 
 def _shim_numpy_arraysetops() -> None:

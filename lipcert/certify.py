@@ -29,28 +29,12 @@ import torch
 from .batch import checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import LipcertError, ShapeMismatchError
+from .errors import InvalidArgumentError, InvalidNormError, InvalidRadiusError, ResumeError, ShapeMismatchError
 from .network import Network
 
 UNIT_ROUNDOFF = 2.0**-53
 NORMS = ("2", "inf")
 RECORDS_VERSION = 1
-
-
-class InvalidArgumentError(LipcertError, ValueError):
-    """An argument outside its valid range (a batch size below 1, a negative tolerance, ...)."""
-
-
-class InvalidRadiusError(InvalidArgumentError):
-    """An eps (radius) that is negative, NaN or infinite."""
-
-
-class InvalidNormError(LipcertError, ValueError):
-    """A norm other than 2 and infinity."""
-
-
-class ResumeError(LipcertError, ValueError):
-    """A records file that belongs to another run, or one that exists when resume was not asked for."""
 
 
 def parse_norm(norm: str | float | int) -> str:

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidParameterError
 from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue
 from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, run_passes, solve_rt
-from .rules import DEFAULT_RULE_SET, InvalidParameterError, Rule
+from .rules import DEFAULT_RULE_SET, Rule
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -38,10 +38,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..errors import InfeasibleCertificateError, ShapeMismatchError
+from ..errors import InfeasibleCertificateError, InvalidParameterError, ShapeMismatchError
 from . import closed_form
 from .recursion import Candidate, LayerContext, RecursionResult, run
-from .rules import DEFAULT_RULE_SET, InvalidParameterError, Rule
+from .rules import DEFAULT_RULE_SET, Rule
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .attack import AttackResult, attack, soundness_violations
-from .certify import Certification, certify
+from .attacks import AttackResult, attack, soundness_violations
+from .certification import Certification, certify
 from .errors import DemoDataError
 from .loading import load
 from .network import Network

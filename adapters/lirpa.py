@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from lipcert.batch import checked_batch
-from lipcert.certify import check_eps, parse_norm
-from lipcert.errors import LipcertError, MissingExtraError
+from lipcert.errors import MissingExtraError, UnknownVerifierError
+from lipcert.local.bound import Intervals
 from lipcert.network import Network
+from lipcert.norms import check_eps, parse_norm
 
 from .graph import Conversion
 from .modules import ActivationModule
@@ -46,10 +47,6 @@ unstable (``activation.py``: ``self.alpha_indices = None`` is indented under ``i
 sparse specs on conv models (``assert self.alpha_lookup_idx[start_node.name] is None``)."""
 RADIUS_STEPS = 12
 """Bisection steps of :func:`certified_radius`: the bracket shrinks by 2**-12 (0.025 %)."""
-
-
-class UnknownVerifierError(LipcertError, ValueError):
-    """A verifier name other than ibp, crown and alpha-crown."""
 
 
 def _shim_numpy_arraysetops() -> None:
@@ -463,3 +460,21 @@ def preactivation_bounds(model: Any, x: Any, eps: float, *, norm: str | float = 
         lows.append(low.detach().numpy())
         highs.append(high.detach().numpy())
     return PreactivationBounds(lows, highs, name, norm_name, e)
+
+
+def lirpa_intervals(net: Network, norm: str | float = 2, verifier: str = "crown") -> Intervals:
+    """An ``intervals`` provider for :func:`lipcert.local.local_radius` from :func:`preactivation_bounds`.
+
+    Each call bounds every prefix of the network with ``verifier`` (``"ibp"``, ``"crown"`` or
+    ``"alpha-crown"``) on the same float64 function; it costs about one verifier call per hidden
+    layer.  Needs the auto_LiRPA extra.
+    """
+    model = bounded_module(net)
+    norm_name = parse_norm(norm)
+
+    def provide(centre: torch.Tensor, radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        pb = preactivation_bounds(model, centre.reshape(1, *net.input_shape).numpy(), radius,
+                                  norm=norm_name, verifier=verifier)
+        return [(lo[0], hi[0]) for lo, hi in zip(pb.lower, pb.upper)]
+
+    return provide

@@ -25,7 +25,7 @@ import torch
 
 import lipcert
 from lipcert import datasets
-from lipcert.attack import soundness_violations
+from lipcert.attacks import soundness_violations
 
 from run_info import SHARED_DATA, machine
 

@@ -24,9 +24,9 @@ import torch
 
 import lipcert
 from lipcert import datasets
-from lipcert.attack import soundness_violations
-from lipcert.bounds.local import LOCAL_DAMPINGS, LOCAL_METHOD, LOCAL_RULES, lirpa_intervals, local_radii
+from lipcert.attacks import soundness_violations
 from lipcert.bounds.rules import Rule
+from lipcert.local import LOCAL_DAMPINGS, LOCAL_METHOD, LOCAL_RULES, local_radii
 
 from run_info import SHARED_DATA, load_average, machine
 
@@ -75,13 +75,13 @@ def bench(model, root: Path, n: int, n_alpha: int, lirpa, steps: int, restarts: 
     out["local+crown"] = None
     count = min(n_crown_intervals, len(y)) if lirpa is not None else 0
     if count:  # option (b): CROWN pre-activation bounds intersected with lipcert's in every local bound
-        from lipcert.certify import _layers, logit_error_bound
+        from lipcert.rounding import error_layers, logit_error_bound
 
         flat = torch.as_tensor(x[:count].reshape(count, -1))
-        logits, err = logit_error_bound(_layers(net), flat)
+        logits, err = logit_error_bound(error_layers(net), flat)
         start = time.perf_counter()
         radii, _ = local_radii(net, flat, y[:count], logits.numpy(), err.numpy(), bound.pairwise(), "2",
-                               lcert.radii[LOCAL_METHOD][:count], rules=rules, intervals=lirpa_intervals(net))
+                               lcert.radii[LOCAL_METHOD][:count], rules=rules, intervals=lirpa.lirpa_intervals(net))
         acc = [float(np.mean((radii >= e) & lcert.correct[:count])) for e in eps]
         out["local+crown"] = (acc, (time.perf_counter() - start) / count, count)
         print(f"  local with CROWN intervals: {acc}", flush=True)

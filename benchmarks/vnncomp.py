@@ -82,7 +82,7 @@ def render(rows: list[tuple[str, dict[str, str], VnnResult]], args: argparse.Nam
         f"{seconds / 60:.1f} min"
         + ("" if done else " **(run in progress or interrupted)**") + ".",
         "",
-        "lipcert answers `unsat` when local constants on the input box (lipcert.bounds.local with secants "
+        "lipcert answers `unsat` when local constants on the input box (lipcert.local with secants "
         "anchored at the box centre, valid for the pairs (x, centre); the box enclosed in the L-infinity ball of "
         "its largest half-width) times the L2 radius of the box around its "
         "centre stay below the output margins at the centre for every disjunct of the violation; `sat` when PGD "

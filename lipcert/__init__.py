@@ -8,11 +8,11 @@
 
 from . import errors, random_nets
 from .activations import Activation, get_activation
-from .attack import AttackResult, attack
+from .attacks import AttackResult, attack
 from .bounds import (METHODS, CertificateCheck, LipschitzBound, LowerBound, Rule, check_certificate,
                      lipschitz, lower_bound)
-from .certify import Certification, certify
-from .combine import BatchCertificates, Combination, certify_batch, combine
+from .certification import Certification, certify
+from .combination import BatchCertificates, Combination, certify_batch, combine
 from .loading import load
 from .network import Network
 from .vnncomp import VnnResult, vnnlib_check

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .attack import AttackResult, attack, soundness_violations
-from .certify import Certification, certify
-from .errors import LipcertError
+from .attacks import AttackResult, attack, soundness_violations
+from .certification import Certification, certify
+from .errors import DemoDataError
 from .loading import load
 from .network import Network
 
@@ -36,10 +36,6 @@ CARD_FILE = "demo_model.json"
 DEFAULT_EPS = (0.5, 1.0, 1.58)
 METHODS = ("combined", "naive")
 INPUT_RANGE = (0.0, 1.0)
-
-
-class DemoDataError(LipcertError, RuntimeError):
-    """A bundled demo file is missing or does not match the model card (a broken install)."""
 
 
 @dataclass(frozen=True, eq=False)

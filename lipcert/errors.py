@@ -63,6 +63,38 @@ class VnnlibError(LipcertError, ValueError):
     """A VNN-LIB property file that is malformed or uses a form lipcert does not support."""
 
 
+class InvalidArgumentError(LipcertError, ValueError):
+    """An argument outside its valid range (a batch size below 1, a negative tolerance, ...)."""
+
+
+class InvalidRadiusError(InvalidArgumentError):
+    """An eps (radius) that is negative, NaN or infinite."""
+
+
+class InvalidNormError(LipcertError, ValueError):
+    """A norm other than 2 and infinity."""
+
+
+class InvalidParameterError(LipcertError, ValueError):
+    """A method parameter or option outside its valid range (a rule's c, an optimizer option, ...)."""
+
+
+class ResumeError(LipcertError, ValueError):
+    """A records file that belongs to another run, or one that exists when resume was not asked for."""
+
+
+class ReportError(LipcertError, ValueError):
+    """A run folder without a readable report, or a report that does not follow the schema."""
+
+
+class DemoDataError(LipcertError, RuntimeError):
+    """A bundled demo file is missing or does not match the model card (a broken install)."""
+
+
+class UnknownVerifierError(LipcertError, ValueError):
+    """A verifier name other than ibp, crown and alpha-crown."""
+
+
 def require_extra(module: str, extra: str, install: str | None = None) -> None:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib

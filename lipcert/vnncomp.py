@@ -9,11 +9,11 @@ violation region, a row i with
 
 makes the disjunct infeasible on the box, because a_i^T f(x) >= a_i^T f(x0) - Lip(a_i^T f) ||x - x0||.
 Lip(a_i^T f) need only hold for the pairs (x, x0), x in the box: by default the anchored local
-constants of :func:`lipcert.bounds.local.local_bound` on the L-infinity ball of radius max_j h_j
+constants of :func:`lipcert.local.local_bound` on the L-infinity ball of radius max_j h_j
 around x0, which contains the box (h the half-widths; per-neuron slopes of the secants from z(x0),
 from interval and Lipschitz bounds of the pre-activations over that ball), or a global bound (any
 method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
-(:func:`lipcert.certify.logit_error_bound`).  The property holds when every disjunct is infeasible.
+(:func:`lipcert.rounding.logit_error_bound`).  The property holds when every disjunct is infeasible.
 No bound is computed when some disjunct has no row with a_i^T f(x0) - b_i > ||grad a_i^T f(x0)|| r:
 the gradient norm at the centre is a lower bound on any such Lipschitz constant, so the proof
 would fail (this skip only saves time; it never changes an answer to ``unsat``).
@@ -40,12 +40,11 @@ import torch
 from .adapters.vnnlib import VnnProperty, read_vnnlib
 from .bounds import lipschitz
 from .bounds.methods import resolve
-from .bounds.local import local_bound
 from .bounds.result import Gram
-from .certify import UNIT_ROUNDOFF, InvalidArgumentError, _layers, logit_error_bound
-from .errors import ShapeMismatchError, UnknownMethodError
-
+from .errors import InvalidArgumentError, ShapeMismatchError, UnknownMethodError
+from .local.bound import local_bound
 from .network import Network
+from .rounding import UNIT_ROUNDOFF, error_layers, logit_error_bound
 
 STATUSES = ("unsat", "sat", "unknown", "timeout")
 
@@ -284,7 +283,7 @@ def vnnlib_check(
         Seconds; when exceeded the answer is ``timeout`` (checked between steps, so a single
         Lipschitz bound computation can run over it).
     method : str
-        ``"local"`` (default): constants valid on the box (:func:`lipcert.bounds.local.local_bound`,
+        ``"local"`` (default): constants valid on the box (:func:`lipcert.local.local_bound`,
         usually far tighter); or a global method of :data:`lipcert.METHODS` giving margin bounds.
     net : Network, optional
         ``lipcert.load(model)`` when already loaded (saves the conversion).
@@ -312,7 +311,7 @@ def vnnlib_check(
     oracle = OnnxOracle(model)
     timings["load"] = clock.elapsed()
     x0, half, radius = enclosing_ball(spec.lower, spec.upper)
-    f0, err = logit_error_bound(_layers(net), torch.as_tensor(x0)[None])
+    f0, err = logit_error_bound(error_layers(net), torch.as_tensor(x0)[None])
     rows = _row_margins(spec, f0[0].numpy(), float(err[0]))
     n = len(spec.disjuncts)
     margins = np.array([m.max() if m.size else -np.inf for m in rows])

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import lipcert
-from lipcert.attack import attack, soundness_violations, verify
-from lipcert.certify import InvalidArgumentError, InvalidNormError, InvalidRadiusError
-from lipcert.errors import ShapeMismatchError
+from lipcert.attacks import attack, soundness_violations, verify
+from lipcert.errors import InvalidArgumentError, InvalidNormError, InvalidRadiusError, ShapeMismatchError
 
 
 def linear_problem(rng: np.random.Generator, n: int = 120, d: int = 16, k: int = 4):

@@ -10,8 +10,7 @@ import torch
 
 import lipcert
 from lipcert.bounds.certificate import lipsdp_matrix
-from lipcert.errors import InvalidOptionError, InvalidSlopeError, UnknownMethodError
-from lipcert.bounds.rules import InvalidParameterError
+from lipcert.errors import InvalidOptionError, InvalidParameterError, InvalidSlopeError, UnknownMethodError
 from lipcert.random_nets import eclipse_benchmark, gaussian
 
 CLOSED_FORMS = ("naive", "eclipse-fast", "sn", "gc", "shift", "gcs", "greedy", "combined",

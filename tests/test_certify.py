@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -13,11 +12,10 @@ import torch
 
 import lipcert
 from _certify_models import MNIST_MLPS, lipschitz_mlp, mnist
-from lipcert.attack import attack, soundness_violations
-from lipcert.certify import InvalidArgumentError, InvalidNormError, InvalidRadiusError, ResumeError
-from lipcert.errors import ShapeMismatchError, UnknownMethodError
-
-certify_module = importlib.import_module("lipcert.certify")  # lipcert.certify is the function
+from lipcert import certification
+from lipcert.attacks import attack, soundness_violations
+from lipcert.errors import (InvalidArgumentError, InvalidNormError, InvalidRadiusError, ResumeError, ShapeMismatchError,
+                            UnknownMethodError)
 
 
 def random_net(rng: np.random.Generator, activation: str = "relu", d: int = 12, k: int = 5) -> lipcert.Network:
@@ -152,13 +150,13 @@ def test_resume_continues_without_recomputing_finished_inputs(
     # interrupted in the middle of writing input 257: keep 256 full records and half a line
     records.write_bytes(b"".join(lines[:257]) + lines[257][: len(lines[257]) // 2])
     computed = []
-    real = certify_module.logit_error_bound
+    real = certification.logit_error_bound
 
     def counting(layers, batch):  # type: ignore[no-untyped-def]
         computed.append(batch.shape[0])
         return real(layers, batch)
 
-    monkeypatch.setattr(certify_module, "logit_error_bound", counting)
+    monkeypatch.setattr(certification, "logit_error_bound", counting)
     resumed = lipcert.certify(net, x, y, method="naive,combined", batch_size=100, records=records, resume=True)
     assert resumed.resumed == 200  # whole batches only, so the remaining batches are the same as before
     assert sum(computed) == 330

@@ -14,6 +14,7 @@ import lipcert
 from lipcert import datasets
 from lipcert import demo
 from lipcert.cli import main
+from lipcert.errors import DemoDataError
 
 EPS = (0.5, 1.0, 1.58)
 
@@ -125,5 +126,5 @@ def test_demo_without_attack(tmp_path):
 @pytest.mark.parametrize("load", [demo.load_model, demo.load_samples])
 def test_a_corrupted_bundled_file_is_reported(monkeypatch, load):
     monkeypatch.setattr(demo, "model_card", lambda: {"sha256": "0" * 64, "samples": {"sha256": "0" * 64}})
-    with pytest.raises(demo.DemoDataError, match="does not match the sha256"):
+    with pytest.raises(DemoDataError, match="does not match the sha256"):
         load()

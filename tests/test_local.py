@@ -1,4 +1,4 @@
-"""Local (per-input) Lipschitz certification: slope intervals, local constants, radii (issue 8).
+"""Local (per-input) Lipschitz certification: slope intervals, local constants, radii.
 
 Soundness is checked against quantities computed independently of the bounds: derivatives and
 secants of the activations by torch autograd / direct evaluation, Jacobians of f_y - f_j by
@@ -17,10 +17,9 @@ import torch
 import lipcert
 from lipcert.activations import get_activation
 from lipcert.bounds.intervals import _CRITICAL, anchored_slopes, image, slope_interval
-from lipcert.bounds.local import (DEFAULT_ITERATIONS, LOCAL_METHOD, LOCAL_RULES, local_bound, local_radius,
-                                  optimized_margin)
-from lipcert.certify import InvalidRadiusError, _layers, logit_error_bound
-from lipcert.errors import LipcertError, UnknownActivationError
+from lipcert.errors import InvalidRadiusError, LipcertError, ResumeError, UnknownActivationError
+from lipcert.local import DEFAULT_ITERATIONS, LOCAL_METHOD, LOCAL_RULES, local_bound, local_radius, optimized_margin
+from lipcert.rounding import error_layers, logit_error_bound
 
 from _certify_models import mnist
 
@@ -167,7 +166,7 @@ def test_local_radius_is_sound_and_not_below_global(name: str, rng: np.random.Ge
             assert not np.any(hit.success & cert.correct)
             # Each local radius is proven by the constants of its own ball (closed-form, or optimized
             # for the margins they leave short).
-            logits, err = logit_error_bound(_layers(net), x)
+            logits, err = logit_error_bound(error_layers(net), x)
             floor = cert.bounds["combined"].pairwise()
             for i in np.flatnonzero(local > glob)[:3]:
                 r = float(local[i])
@@ -204,7 +203,7 @@ def test_local_radius_search_and_errors(rng: np.random.Generator) -> None:
     net = _net("relu", 3)
     x = torch.as_tensor(rng.normal(size=8))
     y = int(net(x).argmax())
-    logits, err = logit_error_bound(_layers(net), x.reshape(1, -1))
+    logits, err = logit_error_bound(error_layers(net), x.reshape(1, -1))
     floor = lipcert.lipschitz(net).pairwise()
     res = local_radius(net, x, y, logits[0].numpy(), float(err[0]), floor, 2, start=1e-6, rtol=1e-3)
     assert res.radius >= 1e-6 and res.evaluations >= 1
@@ -251,19 +250,17 @@ def test_external_intervals_are_intersected_soundly(shared_data: Path) -> None:
         lirpa.load_auto_lirpa()
     except LipcertError:
         pytest.skip("needs auto_LiRPA: pip install --no-deps auto-LiRPA==0.3")
-    from lipcert.bounds.local import lirpa_intervals
-
     net = lipcert.load(shared_data / "models" / "eran_mnist_6_100" / "mnist_6_100_nat.onnx")
     data = mnist(shared_data, limit=2)
     x = torch.as_tensor(data.x.reshape(2, -1), dtype=torch.float64)
-    crown = lirpa_intervals(net)
+    crown = lirpa.lirpa_intervals(net)
     known = crown(x[0], 0.25)
     own, both = local_bound(net, x[0], 0.25), local_bound(net, x[0], 0.25, known=known)
     assert bool((both.lower[0] >= own.lower[0]).all() and (both.upper[0] <= own.upper[0]).all())
     for k in range(len(known)):  # later layers depend on the chain; each is inside CROWN's (padded) interval
         assert bool((both.lower[k] >= torch.as_tensor(known[k][0]) - 1e-5).all())
         assert bool((both.upper[k] <= torch.as_tensor(known[k][1]) + 1e-5).all())
-    logits, err = logit_error_bound(_layers(net), x)
+    logits, err = logit_error_bound(error_layers(net), x)
     floor = lipcert.lipschitz(net).pairwise()
     y = int(data.y[0])
     res = local_radius(net, x[0], y, logits[0].numpy(), float(err[0]), floor, 2, start=1e-3, rtol=0.3,
@@ -311,8 +308,6 @@ def test_fixed_slopes_in_the_general_recursion_are_sound_and_merged_exactly(rng:
 
 
 def test_local_radii_are_recorded_and_resumed(tmp_path: Path, rng: np.random.Generator) -> None:
-    from lipcert.certify import ResumeError
-
     net = _net("relu", int(rng.integers(1 << 30)))
     x = torch.as_tensor(rng.normal(size=(6, 8)))
     y = net(x).argmax(dim=1).numpy()

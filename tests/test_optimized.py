@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import lipcert
-from lipcert.bounds.rules import InvalidParameterError
-from lipcert.errors import InvalidOptionError, ShapeMismatchError
+from lipcert.errors import InvalidOptionError, InvalidParameterError, ShapeMismatchError, UnknownMethodError
 from lipcert.random_nets import gaussian
 from test_bounds import assert_certificate_is_valid_and_tight, random_net
 

@@ -12,7 +12,7 @@ import pytest
 import lipcert
 import lipcert.report.plots as plots
 from _certify_models import lipschitz_mlp, mnist
-from lipcert.attack import attack
+from lipcert.attacks import attack
 from lipcert.report import (REPORT_SCHEMA, SAMPLE_COLUMNS, SCHEMA_VERSION, ReportError, compare_runs, read_run,
                             validate_record, write_run)
 

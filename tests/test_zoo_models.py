@@ -11,7 +11,7 @@ import pytest
 
 import lipcert
 from lipcert import datasets
-from lipcert.attack import soundness_violations
+from lipcert.attacks import soundness_violations
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = [REPO / "lipcert" / "data" / "demo_model.onnx"] + sorted((REPO / "benchmarks" / "zoo" / "models").glob("*.onnx"))

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..errors import InvalidParameterError
 from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue
 from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, run_passes, solve_rt
 from .rules import DEFAULT_RULE_SET, Rule

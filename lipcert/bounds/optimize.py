@@ -38,10 +38,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..errors import InfeasibleCertificateError, ShapeMismatchError
+from ..errors import InfeasibleCertificateError, InvalidParameterError, ShapeMismatchError
 from . import closed_form
 from .recursion import Candidate, LayerContext, RecursionResult, run
-from .rules import DEFAULT_RULE_SET, InvalidParameterError, Rule
+from .result import Gram
+from .rules import DEFAULT_RULE_SET, Rule
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -111,11 +112,10 @@ class _Problem:
         return choose
 
     def value(self, result: RecursionResult) -> float:
-        """Certified bound of one pass: sqrt(lambda_max(G_L)) or sqrt(c^T G_L c), inflated by 1e-8."""
+        """Certified bound of one pass: sqrt(lambda_max(G_L)) or sqrt(c^T G_L c), as :class:`.result.Gram` reads it."""
         if self.direction is None:
             return result.value
-        q = float(self.direction @ result.gram @ self.direction)
-        return math.sqrt(max(q, 0.0)) * math.exp(result.log_scale / 2) * (1 + 1e-8)
+        return Gram(result.gram, result.log_scale).along(self.direction.detach().cpu().numpy())
 
     def surrogate(self, result: RecursionResult) -> torch.Tensor:
         """The smooth objective (log units) whose gradient drives the steps."""

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import InfeasibleCertificateError
+from .result import Gram
 from .rules import spectral_top
 
 # Safety margin before every Cholesky, relative to the diagonal, in units of n * machine epsilon.
@@ -67,9 +68,8 @@ class RecursionResult:
 
     @property
     def value(self) -> float:
-        """sqrt(lambda_max(G_L)) inflated by a relative 1e-8 (math.md section 5, rigour)."""
-        top = float(torch.linalg.eigvalsh(self.gram)[-1]) if self.gram.shape[0] > 1 else float(self.gram[0, 0])
-        return math.sqrt(max(top, 0.0)) * math.exp(self.log_scale / 2) * (1 + 1e-8)
+        """sqrt(lambda_max(G_L)), inflated (:func:`lipcert.rounding.certified_root`; math.md section 5, rigour)."""
+        return Gram(self.gram, self.log_scale).value
 
 
 def upper_cholesky(mat: torch.Tensor) -> torch.Tensor | None:

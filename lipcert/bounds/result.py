@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,31 +9,41 @@ import numpy as np
 import torch
 
 from ..errors import ShapeMismatchError
+from ..rounding import certified_root
 
-# Floor added to c^T G c before the square root: covers cancellation in G_ii + G_jj - 2 G_ij.
-_CANCEL = 1e-11
-_INFLATE = 1 + 1e-8
+
+def largest_eigenvalue(matrix: torch.Tensor) -> float:
+    """lambda_max of a symmetric matrix in its own dtype (the entry itself for 1 x 1)."""
+    return float(torch.linalg.eigvalsh(matrix)[-1]) if matrix.shape[0] > 1 else float(matrix[0, 0])
 
 
 @dataclass(frozen=True)
 class Gram:
-    """G_L = exp(log_scale) * matrix: every margin bound of one certificate, Lip(c^T f) <= sqrt(c^T G_L c)."""
+    """G_L = exp(log_scale) * matrix: every bound of one certificate, Lip(c^T f) <= sqrt(c^T G_L c).
+
+    All three readings end with :func:`lipcert.rounding.certified_root`.
+    """
 
     matrix: torch.Tensor
     log_scale: float
 
+    @property
+    def value(self) -> float:
+        """Bound on Lip_2(f): sqrt(lambda_max(G_L)), inflated."""
+        return float(certified_root(largest_eigenvalue(self.matrix), self.log_scale))
+
     def along(self, c: np.ndarray) -> float:
+        """Bound on Lip_2(c^T f): sqrt(c^T G_L c) with the cancellation floor, inflated."""
         g = self.matrix.detach().cpu().double().numpy()
-        q = float(c @ g @ c)
-        floor = _CANCEL * float(np.abs(c) @ np.sqrt(np.clip(np.diag(g), 0, None))) ** 2
-        return math.sqrt(max(q, 0.0) + floor) * math.exp(self.log_scale / 2) * _INFLATE
+        spread = float(np.abs(c) @ np.sqrt(np.clip(np.diag(g), 0, None)))
+        return float(certified_root(float(c @ g @ c), self.log_scale, spread))
 
     def pairwise(self) -> np.ndarray:
+        """K x K bounds on Lip_2(f_i - f_j): :meth:`along` for every c = e_i - e_j at once (0 on the diagonal)."""
         g = self.matrix.detach().cpu().double().numpy()
         d = np.diag(g)
-        q = d[:, None] + d[None, :] - 2 * g
-        out = np.sqrt(np.clip(q, 0, None) + _CANCEL * (d[:, None] + d[None, :])) * math.exp(self.log_scale / 2)
-        out *= _INFLATE
+        root = np.sqrt(np.clip(d, 0, None))
+        out = certified_root(d[:, None] + d[None, :] - 2 * g, self.log_scale, root[:, None] + root[None, :])
         np.fill_diagonal(out, 0.0)
         return out
 

@@ -25,15 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import LipcertError
+from ..errors import InvalidParameterError
 from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue  # lambda_max: re-exported for sdp
 
 RULE_KINDS = ("sn", "gc", "shift", "gcs")
 DEFAULT_C = {"sn": 1.0, "gc": 1.99, "shift": 1.5, "gcs": 1.5}
-
-
-class InvalidParameterError(LipcertError, ValueError):
-    """A rule parameter c outside its valid range."""
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ProblemTooLargeError, UnknownMethodError, require_extra
+from ..errors import InvalidParameterError, ProblemTooLargeError, UnknownMethodError, require_extra
 from .closed_form import rule_chooser
 from .recursion import Candidate, LayerContext, RecursionResult, run, upper_cholesky
-from .rules import InvalidParameterError, Rule, lambda_max
+from .rules import Rule, lambda_max
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..attack import AttackResult, attack
+from ..attacks import AttackResult, attack
 from ..bounds import METHODS
-from ..certify import Certification, InvalidRadiusError, ResumeError, certify, check_eps, parse_norm
-from ..errors import DatasetError, ShapeMismatchError
+from ..certification import Certification, certify
+from ..errors import DatasetError, InvalidRadiusError, ResumeError, ShapeMismatchError
 from ..network import Network
+from ..norms import check_eps, parse_norm
 from ..report import RunReport
 from .common import add_model_arguments, floats, load_model
 
@@ -67,7 +68,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="also certify with per-input local Lipschitz constants (method 'local'; slower)")
     p.add_argument("--local-iterations", type=int, default=None, metavar="N",
                    help="with --local: L-BFGS iterations of each optimized margin (0: closed forms only; "
-                        "default: lipcert.bounds.local.DEFAULT_ITERATIONS)")
+                        "default: lipcert.local.DEFAULT_ITERATIONS)")
     p.add_argument("--attack-steps", type=int, default=50, help="PGD steps per restart (default: 50)")
     p.add_argument("--attack-restarts", type=int, default=3, help="PGD restarts (default: 3)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -39,7 +39,8 @@ def _command(args: argparse.Namespace, eps: list[float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import demo
-    from ..certify import InvalidArgumentError, check_eps
+    from ..errors import InvalidArgumentError
+    from ..norms import check_eps
 
     eps = [float(e) for e in check_eps(args.eps if args.eps else demo.DEFAULT_EPS)]
     if args.attack and (args.attack_steps < 1 or args.attack_restarts < 1):

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..attack import AttackResult
-from ..certify import Certification, check_eps
+from ..attacks import AttackResult
+from ..certification import Certification
+from ..errors import ReportError
 from ..network import Network
+from ..norms import check_eps
 from . import plots as _plots
 from .record import SAMPLE_COLUMNS, attack_eps, build_record, read_samples, write_samples
 from .render import PLOT_NOTE, comparison_sections, html_page, markdown, run_sections
-from .schema import REPORT_SCHEMA, SCHEMA_VERSION, ReportError, validate_record
+from .schema import REPORT_SCHEMA, SCHEMA_VERSION, validate_record
 
 __all__ = ["REPORT_SCHEMA", "SAMPLE_COLUMNS", "SCHEMA_VERSION", "ComparisonReport", "ReportError", "RunReport",
            "compare_runs", "read_run", "validate_record", "write_run"]

@@ -12,10 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from ..attack import AttackResult, soundness_violations
-from ..certify import Certification, check_eps, network_hash
+from ..attacks import AttackResult, soundness_violations
+from ..bounds import LipschitzBound
+from ..certification import Certification
+from ..errors import ReportError
+from ..local.radius import LOCAL_METHOD
 from ..network import Network
-from .schema import SCHEMA_VERSION, ReportError
+from ..norms import check_eps
+from ..records import network_hash
+from .schema import SCHEMA_VERSION
 
 SAMPLE_COLUMNS = ("index", "label", "prediction", "margin", "radius", "logit_error")
 
@@ -81,6 +86,24 @@ def default_eps(cert: Certification) -> list[float]:
     return [0.0] if top == 0 else [float(v) for v in np.linspace(0, top, 11)[1:]]
 
 
+def lipschitz_section(cert: Certification) -> dict[str, dict[str, Any]]:
+    """Per method, the global bound behind its radii: value, winning rule, per-rule values, seconds, status.
+
+    The local radii have no bound of their own; their entry is the best global bound, which caps every
+    local constant they use, with a status that says so.
+    """
+    def entry(b: LipschitzBound, status: str) -> dict[str, Any]:
+        return {"value": number(b.value), "rule": b.rule, "per_rule": {k: number(v) for k, v in b.per_rule.items()},
+                "seconds": b.seconds, "status": status}
+
+    out = {m: entry(b, b.status) for m, b in cert.bounds.items()}
+    if LOCAL_METHOD in cert.radii and LOCAL_METHOD not in cert.bounds:
+        best = min(cert.bounds.values(), key=lambda b: b.value)
+        out[LOCAL_METHOD] = entry(best, f"per-input local constants on each certified ball; value: the global "
+                                        f"{best.method} bound, used per pair when smaller")
+    return out
+
+
 def build_record(cert: Certification, *, network: Network | None, model: str | Path | None, dataset: Any,
                  split: str | None, eps: Sequence[float] | None, attacks: Sequence[AttackResult],
                  timings: dict[str, float] | None, command: str | None) -> dict[str, Any]:
@@ -119,9 +142,7 @@ def build_record(cert: Certification, *, network: Network | None, model: str | P
                                           "; valid because ||v||_2 <= sqrt(d) ||v||_inf")),
         "radius_units": "the network's input space (raw inputs, before any normalization it carries)",
         "methods": methods,
-        "lipschitz": {m: {"value": number(b.value), "rule": b.rule,
-                          "per_rule": {k: number(v) for k, v in b.per_rule.items()},
-                          "seconds": b.seconds, "status": b.status} for m, b in cert.bounds.items()},
+        "lipschitz": lipschitz_section(cert),
         "eps": grid,
         "clean_accuracy": cert.clean_accuracy,
         "certified_accuracy": certified,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import LipcertError
+from ..errors import ReportError
 
 SCHEMA_VERSION = 1
 
@@ -47,10 +47,6 @@ REPORT_SCHEMA: dict[str, str] = {
                 "attack (when run), total (when known)"),
     "files": "object: name -> file name of the other outputs of the run (samples.csv, report.md, report.html)",
 }
-
-
-class ReportError(LipcertError, ValueError):
-    """A run folder without a readable report, or a report that does not follow the schema."""
 
 
 def validate_record(record: dict[str, Any]) -> None:

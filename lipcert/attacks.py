@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .certify import Certification, InvalidArgumentError, InvalidNormError, check_eps, parse_norm
-from .errors import ShapeMismatchError
+from .certification import Certification
+from .errors import InvalidArgumentError, InvalidNormError, ShapeMismatchError
 from .network import Network
+from .norms import check_eps, parse_norm
 
 _SHRINK = 1 - 1e-9  # project slightly inside the ball so the float64 check never fails on rounding
 

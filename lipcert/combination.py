@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from .bounds import LipschitzBound
-from .certify import Certification, InvalidArgumentError, _as_inputs, certify, check_eps, parse_norm
+from .certification import Certification, _as_inputs, certify
+from .errors import InvalidArgumentError
 from .loading import load
 from .network import Network
+from .norms import check_eps, parse_norm
 
 LIPCERT, NONE = "lipcert", "none"
 

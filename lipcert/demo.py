@@ -81,7 +81,7 @@ class DemoResult:
 
 
 def _data(name: str) -> Any:
-    return resources.files("lipcert").joinpath("data", name)
+    return resources.files("lipcert") / "data" / name
 
 
 def _read_bytes(name: str) -> bytes:

@@ -305,7 +305,10 @@ def local_bound(net: Network, x: np.ndarray | torch.Tensor, radius: float, norm:
         box = image(act, lo, hi, alpha, beta)
         if anchored:
             alpha, beta = anchored_slopes(act, lo, hi, zl0, zu0, alpha, beta)
-        lowers.append(lo), uppers.append(hi), alphas.append(alpha), betas.append(beta)
+        lowers.append(lo)
+        uppers.append(hi)
+        alphas.append(alpha)
+        betas.append(beta)
         point = image(act, zl0, zu0, *slope_interval(act, zl0, zu0))
         passes, live = _layer(net, k, passes, vs, alpha, beta)
     grams = {}
@@ -630,7 +633,7 @@ def lirpa_intervals(net: Network, norm: str | float = 2, verifier: str = "crown"
     ``"alpha-crown"``) on the same float64 function; it costs about one verifier call per hidden
     layer.  Needs the auto_LiRPA extra.
     """
-    from ..adapters import lirpa  # type: ignore[attr-defined]  # lipcert.adapters lives in ./adapters
+    from ..adapters import lirpa
 
     model = lirpa.bounded_module(net)
     norm_name = parse_norm(norm)

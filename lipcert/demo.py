@@ -129,7 +129,7 @@ def run(out_dir: str | Path, *, eps: Sequence[float] = DEFAULT_EPS, attack_steps
     attack_steps, attack_restarts : int
         PGD budget per eps; ``attack_steps=0`` skips the attack.
     plots : bool
-        Draw plots into report.html (needs matplotlib).
+        Draw plots into report.html.
     command : str, optional
         Command line recorded in the report.
 

@@ -16,6 +16,7 @@ compatibility shims in :func:`load_auto_lirpa` are applied only when this adapte
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import sys
 import time
@@ -54,7 +55,7 @@ def _shim_numpy_arraysetops() -> None:
     if "numpy.lib.arraysetops" in sys.modules:
         return
     try:
-        import numpy.lib.arraysetops  # noqa: F401  (numpy < 2)
+        importlib.import_module("numpy.lib.arraysetops")  # numpy < 2
     except ImportError:
         shim = types.ModuleType("numpy.lib.arraysetops")
         shim.isin = np.isin  # type: ignore[attr-defined]
@@ -71,7 +72,7 @@ def _shim_set_opset_version() -> None:
     try:
         from torch.onnx._internal.torchscript_exporter._globals import GLOBALS  # torch >= 2.9
     except ImportError:
-        from torch.onnx._globals import GLOBALS  # type: ignore[no-redef]
+        GLOBALS = importlib.import_module("torch.onnx._globals").GLOBALS  # torch < 2.9
 
     def _set_opset_version(version: int) -> None:
         GLOBALS.export_onnx_opset_version = version
@@ -88,7 +89,7 @@ def _shim_node_getitem() -> None:
     def _node_getitem(node: Any, key: str) -> Any:
         return getattr(node, node.kindOf(key))(key)
 
-    torch._C.Node.__getitem__ = _node_getitem  # type: ignore[attr-defined]
+    torch._C.Node.__getitem__ = _node_getitem  # type: ignore[method-assign]  # torch's stub still declares it
 
 
 def _shim_named_members(lirpa: types.ModuleType) -> None:
@@ -154,7 +155,7 @@ class LirpaModel:
         K, the number of classes.
     """
 
-    module: torch.nn.Module
+    module: torch.nn.Sequential
     bounded: Any
     input_shape: tuple[int, ...]
     outputs: int
@@ -374,7 +375,7 @@ def certified_radius(model: Any, x: Any, y: Any, *, norm: str | float = 2, verif
     name, norm_name = verifier_name(verifier), parse_norm(norm)
     xt, yt = _inputs(lm, x, y)
     n = xt.shape[0]
-    starts = np.broadcast_to(check_eps(start), (n,)) if np.ndim(start) else np.full(n, float(start))
+    starts = np.broadcast_to(check_eps(start), (n,)) if np.ndim(start) else np.full(n, start, dtype=np.float64)
     radius, upper, seconds = np.zeros(n), np.full(n, np.inf), np.zeros(n)
     calls = 0
     for i in range(n):

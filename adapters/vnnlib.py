@@ -107,7 +107,7 @@ class VnnProperty:
     def in_box(self, x: np.ndarray) -> np.ndarray:
         """Mask (N,) of inputs (N, n) inside the box (float64 comparison)."""
         xs = np.atleast_2d(np.asarray(x, dtype=np.float64)).reshape(-1, self.num_inputs)
-        return ((xs >= self.lower) & (xs <= self.upper)).all(axis=1)
+        return np.asarray(((xs >= self.lower) & (xs <= self.upper)).all(axis=1))
 
 
 # ---------------------------------------------------------------------------------- reading

@@ -171,6 +171,6 @@ def get_activation(spec: str | Activation | tuple[float, float]) -> Activation:
     except ValueError as exc:
         raise UnknownActivationError(f"cannot parse the parameters of activation {spec!r}") from exc
     try:
-        return _FIXED[name](*args)  # type: ignore[call-arg]
+        return _FIXED[name](*args)
     except TypeError as exc:
         raise UnknownActivationError(f"activation {name!r} takes no parameters like {spec!r}") from exc

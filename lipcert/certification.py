@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -157,7 +157,7 @@ def _bounds(net: Network, method: str | Sequence[str],
     return out, timings
 
 
-def _local_options(local: bool | Sequence[Any] | Mapping[str, Any], rules: Sequence[Any]) -> dict[str, Any]:
+def _local_options(local: Literal[True] | Sequence[Any] | Mapping[str, Any], rules: Sequence[Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`lipcert.local.local_radii` from certify's ``local`` argument."""
     if local is True:
         return {"rules": tuple(rules)}

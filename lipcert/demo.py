@@ -77,7 +77,7 @@ class DemoResult:
 
 
 def _data(name: str) -> Any:
-    return resources.files("lipcert").joinpath("data", name)
+    return resources.files("lipcert") / "data" / name
 
 
 def _read_bytes(name: str) -> bytes:
@@ -125,7 +125,7 @@ def run(out_dir: str | Path, *, eps: Sequence[float] = DEFAULT_EPS, attack_steps
     attack_steps, attack_restarts : int
         PGD budget per eps; ``attack_steps=0`` skips the attack.
     plots : bool
-        Draw plots into report.html (needs matplotlib).
+        Draw plots into report.html.
     command : str, optional
         Command line recorded in the report.
 

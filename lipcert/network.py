@@ -220,7 +220,7 @@ class Network:
         returns the same kind of array it was given, with shape (B, n_L) or (n_L,).
         """
         is_numpy = not isinstance(x, torch.Tensor)
-        t = torch.as_tensor(np.asarray(x)) if is_numpy else x
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
         single = tuple(t.shape) == self.input_shape
         if not single and tuple(t.shape[1:]) != self.input_shape:
             raise ShapeMismatchError(f"expected inputs of shape (B, {', '.join(map(str, self.input_shape))}) "

@@ -24,7 +24,7 @@ def save_npz(net: Network, path: str | Path) -> None:
         arrays[f"b{k}"] = b.numpy()
     arrays["activation"] = np.array(net.activation_names or ["relu"])
     arrays["input_shape"] = np.array(net.input_shape)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # mypy lets **arrays fill savez's allow_pickle: bool
 
 
 def load_npz(path: str | Path) -> Network:

@@ -184,8 +184,8 @@ def _gradient_norms(net: Network, x0: np.ndarray, prop: VnnProperty) -> list[np.
     (where f is differentiable at x0), used only to skip hopeless proofs."""
     x = torch.as_tensor(x0).reshape(1, -1).requires_grad_(True)
     y = net(x.reshape(1, *net.input_shape))[0]
-    jac = torch.stack([torch.autograd.grad(y[j], x, retain_graph=True)[0][0] for j in range(y.numel())])
-    jac = jac.detach().numpy()
+    grads = torch.stack([torch.autograd.grad(y[j], x, retain_graph=True)[0][0] for j in range(y.numel())])
+    jac = grads.detach().numpy()
     return [np.linalg.norm(d.a @ jac, axis=1) for d in prop.disjuncts]
 
 

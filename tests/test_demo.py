@@ -15,6 +15,7 @@ from lipcert import datasets
 from lipcert import demo
 from lipcert.cli import main
 from lipcert.errors import DemoDataError
+from lipcert.report.render import PLOT_NOTE
 
 EPS = (0.5, 1.0, 1.58)
 
@@ -113,6 +114,8 @@ def test_demo_command_writes_the_full_report(tmp_path, card, capsys):
     assert attack["violations"] == [0, 0, 0]
     assert all(u >= c for u, c in zip(attack["upper_bound"], record["certified_accuracy"]["combined"]))
     assert record["model"]["sha256"] == card["sha256"]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and PLOT_NOTE not in page  # matplotlib is a dependency
     printed = capsys.readouterr().out
     assert "clean accuracy" in printed and str(out / "report.html") in printed
 
@@ -121,6 +124,8 @@ def test_demo_without_attack(tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--no-attack", "--no-plots", "--eps", "1"]) == 0
     record = json.loads((tmp_path / "report.json").read_text())
     assert record["attack"] is None and record["eps"] == [1.0]
+    page = (tmp_path / "report.html").read_text()
+    assert "data:image/png" not in page and PLOT_NOTE not in page
 
 
 @pytest.mark.parametrize("load", [demo.load_model, demo.load_samples])

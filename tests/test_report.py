@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from _certify_models import lipschitz_mlp, mnist
 from lipcert.attacks import attack
 from lipcert.report import (REPORT_SCHEMA, SAMPLE_COLUMNS, SCHEMA_VERSION, ReportError, compare_runs, read_run,
                             validate_record, write_run)
+from lipcert.report.render import PLOT_NOTE
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,14 @@ def test_html_without_matplotlib_has_tables_and_a_note(run, tmp_path: Path,  # t
     monkeypatch.setattr(plots, "available", lambda: False)
     report = write_run(tmp_path, cert, network=net, dataset=data)
     page = report.files["html"].read_text()
-    assert "data:image/png" not in page and "install the &#x27;plot&#x27; extra" in page and "<table>" in page
+    assert "data:image/png" not in page and html.escape(PLOT_NOTE) in page and "<table>" in page
+
+
+def test_importing_lipcert_does_not_load_matplotlib() -> None:
+    code = ("import sys, lipcert, lipcert.report, lipcert.cli, lipcert.demo; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
 
 
 @pytest.mark.data

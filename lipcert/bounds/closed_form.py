@@ -8,7 +8,8 @@ objects that :func:`lipcert.lipschitz` turns into a :class:`~lipcert.bounds.resu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -79,7 +80,7 @@ math.md Table A/B nets of width 20-200 and depth 2-50 and the shared CNNs, where
 
 
 def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Rule] = DEFAULT_RULE_SET,
-             *, prune: float | None | str = "auto", beam: int | None = None) -> dict[str, RecursionResult]:
+             *, prune: float | Literal["auto"] | None = "auto", beam: int | None = None) -> dict[str, RecursionResult]:
     """One pass per rule, plus the naive product; the caller reports the minimum.
 
     Each pass is a valid certificate.  With slopes alpha beta = 0 (after the closed-form
@@ -128,8 +129,7 @@ def greedy_chooser(rules: Sequence[Rule]):
             y = solve_rt(found[1], ctx.next_weight.T)
             m = y.shape[1]
             dense = y.T @ y if m < ESTIMATE_DENSE_BELOW else None
-            score = top_eigenvalue(lambda v, y=y: y.T @ (y @ v), m, dtype=y.dtype, device=y.device,
-                                   dense=dense)
+            score = top_eigenvalue(lambda v: y.T @ (y @ v), m, dtype=y.dtype, device=y.device, dense=dense)
             scored.append((score, rule.name, lam))
         scored.sort(key=lambda t: t[0])
         for _, name, lam in scored:

@@ -132,8 +132,8 @@ def image(act: Activation, lower: torch.Tensor, upper: torch.Tensor,
     phi(z) in phi(l) + [min(alpha, 0), max(beta, 0)] (u - l), intersected with the same from u.
     Computed values of phi are widened (see ``_pad``).
     """
-    fl, fu = act(lower), act(upper)
-    fl, fu = (fl - _pad(fl, lower), fl + _pad(fl, lower)), (fu - _pad(fu, upper), fu + _pad(fu, upper))
+    vl, vu = act(lower), act(upper)
+    fl, fu = (vl - _pad(vl, lower), vl + _pad(vl, lower)), (vu - _pad(vu, upper), vu + _pad(vu, upper))
     if act.alpha >= 0:
         return fl[0], fu[1]
     width = upper - lower

@@ -236,7 +236,7 @@ def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline:
                     break
                 problem.mu = _BARRIER[stage]
                 memory.clear()
-                point = problem.evaluate(point.theta)  # type: ignore[assignment]
+                point = problem.evaluate(point.theta)
                 if point is None:
                     break
                 recent = [point.objective]

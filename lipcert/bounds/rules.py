@@ -128,16 +128,17 @@ def _top(gamma: torch.Tensor, memo: dict[str, object], kind: str) -> float:
     if isinstance(cached, float):
         return cached
     n = gamma.shape[0]
-    opts = {"dtype": gamma.dtype, "device": gamma.device}
+    dtype, device = gamma.dtype, gamma.device
     if kind == "sn":
-        value = top_eigenvalue(lambda v: gamma @ v, n, dense=gamma, **opts)
+        value = top_eigenvalue(lambda v: gamma @ v, n, dense=gamma, dtype=dtype, device=device)
     elif kind == "shift":
         diag = torch.diagonal(gamma)
         dense = gamma - torch.diag(diag) if n < ESTIMATE_DENSE_BELOW else None
-        value = top_eigenvalue(lambda v: gamma @ v - diag * v, n, dense=dense, **opts)
+        value = top_eigenvalue(lambda v: gamma @ v - diag * v, n, dense=dense, dtype=dtype, device=device)
     else:
         inv_sqrt = _rows(gamma, memo).rsqrt()
         dense = gamma * inv_sqrt[:, None] * inv_sqrt[None, :] if n < ESTIMATE_DENSE_BELOW else None
-        value = top_eigenvalue(lambda v: inv_sqrt * (gamma @ (inv_sqrt * v)), n, dense=dense, **opts)
+        value = top_eigenvalue(lambda v: inv_sqrt * (gamma @ (inv_sqrt * v)), n, dense=dense,
+                               dtype=dtype, device=device)
     memo[key] = value
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from typing import Any
 
 from ..bounds import METHODS, lipschitz, lower_bound
 from ..bounds.methods import resolve
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             notes[name] = b.status
     lower = None if args.no_lower else lower_bound(net)
     if args.json:
-        out = {"model": str(args.model), "widths": list(net.widths), "bounds": bounds,
+        out: dict[str, Any] = {"model": str(args.model), "widths": list(net.widths), "bounds": bounds,
                "lower_bound": None if lower is None else lower.value, "seconds": seconds}
         if notes:
             out["notes"] = notes

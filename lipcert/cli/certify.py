@@ -105,7 +105,7 @@ def _inputs(net: Network, x: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _load_data(args: argparse.Namespace) -> Any:
-    from .. import datasets  # type: ignore[attr-defined]  # lipcert.datasets lives in ./datasets
+    from .. import datasets
 
     if args.n is not None and args.n < 1:
         raise DatasetError(f"--n must be a positive integer, got {args.n}")

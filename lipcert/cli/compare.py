@@ -125,7 +125,7 @@ def build_record(args: argparse.Namespace, base: CertifyRun, names: list[str],
     rec = base.report.record
     lip = {e: cert.certified(e) for e in eps}
     timings = cert.timings
-    lipcert = {"run_dir": "lipcert", "methods": list(cert.methods),
+    lipcert: dict[str, Any] = {"run_dir": "lipcert", "methods": list(cert.methods),
                "certified_accuracy": {m: [float(cert.certified(e, m).mean()) for e in eps] for m in cert.methods},
                "seconds": dict(timings), "seconds_per_input": float(sum(timings.values())) / max(n, 1)}
     if len(cert.methods) > 1:

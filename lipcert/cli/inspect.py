@@ -63,7 +63,8 @@ def _report(args: argparse.Namespace, conv: Any, net: Network | None, build_erro
         if not conv.issues:
             blocks = dense_plan(conv)
             out["dense"] = [{"layers": b.label, "rows": b.rows, "cols": b.cols, "bytes": b.nbytes,
-                             "activation": None if b.activation is None else b.activation.activation.name}
+                             "activation": (None if b.activation is None or b.activation.activation is None
+                                            else b.activation.activation.name)}
                             for b in blocks]
             out["dense_bytes_total"] = sum(b.nbytes for b in blocks)
     if net is not None:

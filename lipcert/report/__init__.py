@@ -110,7 +110,7 @@ def write_run(
     command : str, optional
         The command line, recorded for reproduction.
     plots : bool
-        Draw plots into report.html (needs matplotlib; without it the page says so).
+        Draw plots into report.html (if matplotlib does not import, the page says so instead).
 
     Returns
     -------

@@ -1,6 +1,7 @@
-"""Matplotlib figures as base64 PNGs for the self-contained HTML report (the optional 'plot' extra).
+"""Matplotlib figures as base64 PNGs for the self-contained HTML report.
 
-matplotlib is imported lazily and without pyplot (no global state, no display needed).
+matplotlib (a dependency) is imported lazily, so that ``import lipcert`` does not load it, and
+without pyplot (no global state, no display needed).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-PLOT_NOTE = "Plots need matplotlib: install the 'plot' extra (pip install 'lipcert[plot]'); the tables are complete."
+PLOT_NOTE = ("No plots: matplotlib, a dependency of lipcert, could not be imported here (pip install matplotlib); "
+             "the tables are complete.")
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@ def sections(rec: dict[str, Any]) -> list[Section]:
     out = [Section("Setup", ("field", "value"), setup),
            Section(f"Certified accuracy ({norm_name(rec['norm'])})", ("method", "clean (%)") + cols, tuple(rows))]
     if rec["agreement"]:
-        body = tuple((name, eps_label(e), str(a["both"]), str(a["only_lipcert"]), str(a["only_verifier"]),
-                      str(a["neither"])) for name, per in rec["agreement"].items() for e, a in zip(eps, per))
+        body: tuple[tuple[str, ...], ...] = tuple(
+            (name, eps_label(e), str(a["both"]), str(a["only_lipcert"]), str(a["only_verifier"]), str(a["neither"]))
+            for name, per in rec["agreement"].items() for e, a in zip(eps, per))
         out.append(Section("Agreement (lipcert best radius vs verifier)",
                            ("verifier", "eps", "both", "only lipcert", "only verifier", "neither"), body))
     if rec["combined"]:

@@ -8,15 +8,17 @@ and a float64 copy of a user's module.  Nothing here reads models or knows the l
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from lipcert.activations import Activation
 from lipcert.errors import ModelLoadError
 
-_CONV_MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+# kernel and stride are n-tuples for ConvNd: the classes' stubs fix n, which the lookup by n loses
+_CONV_MODULES: dict[int, Callable[..., _ConvNd]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 class Reshape(nn.Module):
@@ -81,7 +83,7 @@ def conv_module(weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequenc
                             bias=bias is not None, dtype=torch.float64)
     with torch.no_grad():
         conv.weight.copy_(weight)
-        if bias is not None:
+        if bias is not None and conv.bias is not None:  # conv has a bias exactly when ``bias`` is given
             conv.bias.copy_(bias.reshape(-1))
     conv.requires_grad_(False)
     begins, ends = list(pad[0::2])[::-1], list(pad[1::2])[::-1]

@@ -277,7 +277,10 @@ def local_bound(net: Network, x: np.ndarray | torch.Tensor, radius: float, norm:
         box = image(act, lo, hi, alpha, beta)
         if anchored:
             alpha, beta = anchored_slopes(act, lo, hi, zl0, zu0, alpha, beta)
-        lowers.append(lo), uppers.append(hi), alphas.append(alpha), betas.append(beta)
+        lowers.append(lo)
+        uppers.append(hi)
+        alphas.append(alpha)
+        betas.append(beta)
         point = image(act, zl0, zu0, *slope_interval(act, zl0, zu0))
         passes, live = next_passes(net, k, passes, vs, alpha, beta)
     grams = {}

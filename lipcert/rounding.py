@@ -60,11 +60,20 @@ def certified_root(q: float | np.ndarray, log_scale: float, spread: float | np.n
 class Chain(Protocol):
     """What :func:`error_layers` reads of a :class:`~lipcert.Network`."""
 
-    weights: Sequence[torch.Tensor]
-    biases: Sequence[torch.Tensor]
-    activations: Sequence[Any]
-    alphas: Sequence[torch.Tensor]
-    betas: Sequence[torch.Tensor]
+    @property
+    def weights(self) -> Sequence[torch.Tensor]: ...
+
+    @property
+    def biases(self) -> Sequence[torch.Tensor]: ...
+
+    @property
+    def activations(self) -> Sequence[Any]: ...
+
+    @property
+    def alphas(self) -> Sequence[torch.Tensor]: ...
+
+    @property
+    def betas(self) -> Sequence[torch.Tensor]: ...
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,16 @@ class Chain(Protocol):
 
     @property
     def weights(self) -> Sequence[torch.Tensor]: ...
+
     @property
     def biases(self) -> Sequence[torch.Tensor]: ...
+
     @property
     def activations(self) -> Sequence[Any]: ...
+
     @property
     def alphas(self) -> Sequence[torch.Tensor]: ...
+
     @property
     def betas(self) -> Sequence[torch.Tensor]: ...
 

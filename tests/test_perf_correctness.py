@@ -1,4 +1,4 @@
-"""Correctness of the fast paths (issue 7): passes run together, pruning, Lanczos estimates, float32, devices.
+"""Correctness of the fast paths: passes run together, pruning, Lanczos estimates, float32, devices.
 
 No timings here; benchmarks/speed.py measures speed.
 """

@@ -94,8 +94,8 @@ def top_eigenvalue(matvec: MatVec, n: int, *, dtype: torch.dtype, device: torch.
     """Estimate of lambda_max of a symmetric operator (a Ritz value: an estimate, not a bound).
 
     ``dense``, if given, is the operator as a matrix; below :data:`ESTIMATE_DENSE_BELOW` rows it
-    is solved densely, which is faster there.  The default tolerance left relative errors of
-    1e-11 to 1.5e-9 (measured at n = 200-1000), far below what changes a rule's multipliers.
+    is solved densely, which is faster there.  The default tolerance leaves relative errors far
+    below what changes a rule's multipliers (an upper bound is still enforced by the caller).
     """
     if dense is not None and n < ESTIMATE_DENSE_BELOW:
         return float(torch.linalg.eigvalsh(dense)[-1])

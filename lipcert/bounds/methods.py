@@ -345,8 +345,8 @@ def replay_in_float64(call: MethodCall, results: Mapping[str, RecursionResult], 
     LipschitzBound
         The best float32 certificate's multipliers replayed in float64 (one pass of Gram
         matrices, Cholesky factors and solves, no eigenvalues; math.md section 5): a float64
-        certificate (a float32 value alone was measured 3 % below what its own multipliers
-        certify on a 20-layer SiLU net).  ``per_rule`` and the margin bounds hold that
+        certificate, since a float32 value alone can lie below what its own multipliers certify
+        (docs/decisions.md 11(c)).  ``per_rule`` and the margin bounds hold that
         certificate only; ``extras["float32_estimates"]`` has the float32 value of every
         certificate.  If the replay fails a Cholesky test, ``call`` is rerun in float64 (said in
         ``status``).  ``seconds`` covers the replay (and rerun) only.

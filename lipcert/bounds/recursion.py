@@ -203,7 +203,7 @@ def gram(y: torch.Tensor) -> torch.Tensor:
 
     A recursive block version of BLAS syrk, which torch lacks: the off-diagonal block is one
     product, mirrored, and the diagonal blocks recurse, so about half of the product's flops
-    are spent at large sizes (measured 25 % faster than the full product at n = 500-2000).
+    are spent at large sizes (docs/decisions.md 11).
     """
     n = y.shape[-1]
     if n <= _SYRK_BLOCK:
@@ -252,9 +252,10 @@ def run_passes(
 
     Passes whose multipliers agree exactly share their trajectory (so all of them share layer 1,
     where M_0 = I), and each distinct trajectory computes its Gamma once.  Every pass performs
-    exactly the operations of :func:`run`, so its result is bitwise that of running it alone
-    (combined <= ECLipsE-Fast holds exactly).  Batched torch calls were not used: on the CPU they
-    were no faster at n >= 200 and saved under 0.1 ms per layer below (benchmarks/results/speed.md).
+    the operations of :func:`run`, so its result is that of running it alone, bitwise when no
+    neuron is constant (constant neurons are dropped before the Gram product here and after it
+    in :func:`run`, which changes the order of the sums; both are certificates).  Batched torch
+    calls are not used (docs/decisions.md 11).
 
     ``prune``: from the second to the last-but-one hidden layer, drop trajectories whose truncated
     bound exp(log_scale) lambda_max(Gamma_k) (the bound of the net cut after W_k) exceeds the

@@ -128,7 +128,7 @@ def margin_matrix(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def margin_lower_bounds(model: LirpaModel, x: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                        norm: str, method: str) -> torch.Tensor:
+                        norm: str, method: Verifier) -> torch.Tensor:
     """Verifier lower bounds (B, K-1) of f_y(x') - f_j(x') over ``||x' - x||_norm <= eps``."""
     lirpa = load_auto_lirpa()
     p = 2.0 if norm == "2" else np.inf

@@ -12,7 +12,7 @@ Lip(a_i^T f) need only hold for the pairs (x, x0), x in the box: by default the 
 constants of :func:`lipcert.local.local_bound` on the L-infinity ball of radius max_j h_j
 around x0, which contains the box (h the half-widths; per-neuron slopes of the secants from z(x0),
 from interval and Lipschitz bounds of the pre-activations over that ball), or a global bound (any
-method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
+method of :data:`lipcert.bounds.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
 (:func:`lipcert.rounding.logit_error_bound`).  The property holds when every disjunct is infeasible.
 No bound is computed when some disjunct has no row with a_i^T f(x0) - b_i > ||grad a_i^T f(x0)|| r:
 the gradient norm at the centre is a lower bound on any such Lipschitz constant, so the proof
@@ -284,7 +284,7 @@ def vnnlib_check(
         Lipschitz bound computation can run over it).
     method : str
         ``"local"`` (default): constants valid on the box (:func:`lipcert.local.local_bound`,
-        usually far tighter); or a global method of :data:`lipcert.METHODS` giving margin bounds.
+        usually far tighter); or a global method of :data:`lipcert.bounds.METHODS` giving margin bounds.
     net : Network, optional
         ``lipcert.load(model)`` when already loaded (saves the conversion).
     attack_steps, attack_restarts, seed : int

@@ -97,7 +97,8 @@ def bench(case: Case, root: Path, n: int, n_alpha: int, steps: int) -> dict:
                         "crown_alone_s": row["seconds"]["crown"] * len(y)}
         row["upper"], row["violations"] = [], 0
         for i, e in enumerate(eps):
-            att = lipcert.attack(net, x, y, norm=norm, eps=e, steps=steps, restarts=1, input_range=net.input_range or (0.0, 1.0))
+            att = lipcert.attack(net, x, y, norm=norm, eps=e, steps=steps, restarts=1,
+                                 input_range=net.input_range or (0.0, 1.0))
             row["upper"].append(float(att.robust_accuracy))
             for tool, m in masks.items():
                 if i < len(m):

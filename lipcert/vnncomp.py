@@ -41,7 +41,7 @@ from .adapters.vnnlib import VnnProperty, read_vnnlib
 from .bounds import lipschitz
 from .bounds.methods import resolve
 from .bounds.result import Gram
-from .errors import InvalidArgumentError, ShapeMismatchError, UnknownMethodError
+from .errors import InvalidArgumentError, ModelLoadError, ShapeMismatchError, UnknownMethodError
 from .local.bound import local_bound
 from .network import Network
 from .rounding import UNIT_ROUNDOFF, error_layers, logit_error_bound
@@ -276,7 +276,8 @@ def vnnlib_check(
     Parameters
     ----------
     model : str or Path
-        The ONNX model; onnxruntime on it is the reference for counterexamples.
+        The ONNX model; onnxruntime on it is the reference for counterexamples (so a torch module
+        or a Network alone is refused: export it to ONNX first).
     prop : str, Path or VnnProperty
         The property (a ``.vnnlib`` file, plain or gzip) whose assertions describe a violation.
     timeout : float, optional
@@ -296,6 +297,10 @@ def vnnlib_check(
     """
     if timeout is not None and not timeout > 0:
         raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(model, str | Path):
+        raise ModelLoadError(f"vnnlib_check needs the ONNX file of the model (onnxruntime on it checks "
+                             f"counterexamples), got a {type(model).__name__}; export it with torch.onnx.export "
+                             "and pass the path (and net=lipcert.load(...) to reuse a loaded Network)")
     if method != "local" and not resolve(method).method.margins:
         raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
     clock = _Clock(timeout)

@@ -197,7 +197,8 @@ def test_trained_model_radii_are_sound_and_ordered(shared_data: Path) -> None:
     for norm in ("2", "inf"):
         c = cert if norm == "2" else lipcert.certify(net, data.x, data.y, norm="inf", bound=cert.bounds["combined"])
         target = c.correct & (c.radius > 0)
-        below = attack(net, data.x[target], data.y[target], norm=norm, eps=0.999 * c.radius[target], steps=30, restarts=2)
+        below = attack(net, data.x[target], data.y[target], norm=norm, eps=0.999 * c.radius[target], steps=30,
+                       restarts=2)
         assert not below.success.any(), f"attack broke {below.success.sum()} certified L{norm} radii"
         # the same attack is not toothless: at a few times the radius it breaks inputs
         above = attack(net, data.x[target], data.y[target], norm=norm, eps=4 * c.radius[target], steps=30, restarts=1)
@@ -240,8 +241,8 @@ def test_conv_model_with_normalization_radii_are_sound_in_pixel_space(shared_dat
     target = cert.correct & (cert.radius > 0)
     for norm in ("2", "inf"):
         c = cert if norm == "2" else lipcert.certify(net, data.x, data.y, norm="inf", bound=cert.bounds["eclipse-fast"])
-        below = attack(net, data.x[target], data.y[target], norm=norm, eps=0.999 * c.radius[target], steps=20, restarts=2,
-                       input_range=(0.0, 1.0))
+        below = attack(net, data.x[target], data.y[target], norm=norm, eps=0.999 * c.radius[target], steps=20,
+                       restarts=2, input_range=(0.0, 1.0))
         assert not below.success.any()
         above = attack(net, data.x[target], data.y[target], norm=norm, eps=50 * c.radius[target], steps=20, restarts=1,
                        input_range=(0.0, 1.0))

@@ -4,6 +4,7 @@ and every certification result answering :class:`lipcert.Certificates` consisten
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +58,18 @@ def test_a_torch_module_needs_an_input_shape_in_the_bound_verbs(rng: np.random.G
         bounds.lipschitz(module)
     with pytest.raises(NotANetworkError, match=r"lipcert\.load"):
         bounds.lower_bound(module)
+
+
+def test_vnnlib_check_needs_the_onnx_file(rng: np.random.Generator, tmp_path: Path) -> None:
+    module, net, _, _ = _linear(rng)
+    prop = tmp_path / "prop.vnnlib"
+    prop.write_text("".join(f"(declare-const X_{i} Real)\n" for i in range(6))
+                    + "".join(f"(declare-const Y_{j} Real)\n" for j in range(4))
+                    + "".join(f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 0.1))\n" for i in range(6))
+                    + "(assert (>= Y_1 Y_0))\n")
+    for model in (module, net):
+        with pytest.raises(ModelLoadError, match="ONNX file"):
+            lipcert.vnnlib_check(model, prop)
 
 
 def test_norm_and_eps_are_keyword_only(rng: np.random.Generator) -> None:

@@ -247,7 +247,7 @@ def require_network(net: Any, verb: str) -> Network:
     (``lipcert.lipschitz``, ``lipcert.certify``, ...) load any model first.
     """
     if not isinstance(net, Network):
-        raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: use lipcert.{verb}, which "
-                               "loads paths and torch modules, or load it first with lipcert.load(model, "
-                               "input_shape=...)")
+        raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: load the model first "
+                               "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "
+                               "lipcert.certify, ... load paths and torch modules themselves)")
     return net

@@ -58,6 +58,8 @@ def test_a_torch_module_needs_an_input_shape_in_the_bound_verbs(rng: np.random.G
         bounds.lipschitz(module)
     with pytest.raises(NotANetworkError, match=r"lipcert\.load"):
         bounds.lower_bound(module)
+    with pytest.raises(NotANetworkError, match="check_certificate"):
+        bounds.check_certificate(module, lipcert.lipschitz(net))
 
 
 def test_vnnlib_check_needs_the_onnx_file(rng: np.random.Generator, tmp_path: Path) -> None:

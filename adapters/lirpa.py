@@ -10,37 +10,37 @@ is exactly the one a lipcert radius >= eps proves.  Bounds are computed in float
 
 auto_LiRPA is an optional dependency: ``pip install --no-deps auto-LiRPA==0.3`` (its metadata
 pins torch<1.13, so pip cannot install it as a normal dependency next to torch 2.x).  The
-compatibility shims in :func:`load_auto_lirpa` are applied only when this adapter is used.
+compatibility shims in :func:`~lipcert.adapters.lirpa_import.load_auto_lirpa` are applied only
+when this adapter is used.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
-import sys
 import time
-import types
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
 from lipcert.batch import checked_batch
-from lipcert.errors import MissingExtraError, UnknownVerifierError
+from lipcert.errors import UnknownVerifierError
 from lipcert.local.bound import Intervals
 from lipcert.network import Network
-from lipcert.norms import check_eps, parse_norm
+from lipcert.norms import Norm, check_eps, parse_norm
+from lipcert.results import EpsLike, grid_rows, largest_proven
 
 from .graph import Conversion
+from .lirpa_import import load_auto_lirpa
 from .modules import ActivationModule
 from .rebuild import chain_of, to_torch
 
-INSTALL = "pip install --no-deps auto-LiRPA==0.3 (after pip install 'lipcert[lirpa]')"
-METHODS = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}
+Verifier = Literal["ibp", "crown", "alpha-crown"]
+"""A parsed verifier name (:func:`verifier_name`)."""
+METHODS: dict[Verifier, str] = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}
 """Verifier names accepted here -> auto_LiRPA's ``compute_bounds(method=...)``."""
 BOUND_OPTS = {"sparse_features_alpha": False, "sparse_spec_alpha": False}
 """auto_LiRPA 0.3's sparse alphas crash alpha-CROWN: sparse features when > 90 % of a ReLU layer is
@@ -50,95 +50,14 @@ RADIUS_STEPS = 12
 """Bisection steps of :func:`certified_radius`: the bracket shrinks by 2**-12 (0.025 %)."""
 
 
-def _shim_numpy_arraysetops() -> None:
-    # numpy 2 removed numpy.lib.arraysetops; auto_LiRPA 0.3 (operators/base.py) imports `isin` from it.
-    if "numpy.lib.arraysetops" in sys.modules:
-        return
-    try:
-        importlib.import_module("numpy.lib.arraysetops")  # numpy < 2
-    except ImportError:
-        shim = types.ModuleType("numpy.lib.arraysetops")
-        shim.isin = np.isin  # type: ignore[attr-defined]
-        sys.modules["numpy.lib.arraysetops"] = shim
-
-
-def _shim_set_opset_version() -> None:
-    # torch 2.x no longer exports symbolic_helper._set_opset_version, which auto_LiRPA 0.3's
-    # parse_graph.py imports; it only sets the opset of the TorchScript-based ONNX pass.
-    import torch.onnx.symbolic_helper as helper
-
-    if hasattr(helper, "_set_opset_version"):
-        return
-    try:
-        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS  # torch >= 2.9
-    except ImportError:
-        GLOBALS = importlib.import_module("torch.onnx._globals").GLOBALS  # torch < 2.9
-
-    def _set_opset_version(version: int) -> None:
-        GLOBALS.export_onnx_opset_version = version
-
-    helper._set_opset_version = _set_opset_version  # type: ignore[attr-defined]
-
-
-def _shim_node_getitem() -> None:
-    # torch._C.Node lost __getitem__ (node["value"]); auto_LiRPA 0.3 parse_graph.py reads node
-    # attributes that way.  Same lookup as torch's own symbolic_helper._node_get.
-    if hasattr(torch._C.Node, "__getitem__"):
-        return
-
-    def _node_getitem(node: Any, key: str) -> Any:
-        return getattr(node, node.kindOf(key))(key)
-
-    torch._C.Node.__getitem__ = _node_getitem  # type: ignore[method-assign]  # torch's stub still declares it
-
-
-def _shim_named_members(lirpa: types.ModuleType) -> None:
-    # torch 2.x's Module.parameters() passes remove_duplicate= to _named_members, which auto_LiRPA
-    # 0.3's BoundedModule overrides without that argument (TypeError when CROWN builds a dense
-    # identity for intermediate bounds); the override keeps its own de-duplication.
-    cls = lirpa.BoundedModule
-    original = cls._named_members
-    if getattr(original, "lipcert_shim", False):
-        return
-
-    def _named_members(self: Any, get_members_fn: Any, prefix: str = "", recurse: bool = True,
-                       remove_duplicate: bool = True) -> Any:
-        return original(self, get_members_fn, prefix, recurse)
-
-    _named_members.lipcert_shim = True  # type: ignore[attr-defined]
-    cls._named_members = _named_members
-
-
-def load_auto_lirpa() -> types.ModuleType:
-    """Import auto_LiRPA after the compatibility shims, or raise :class:`MissingExtraError`."""
-    _shim_numpy_arraysetops()
-    _shim_set_opset_version()
-    _shim_node_getitem()
-    try:
-        # auto_LiRPA 0.3 calls warnings.simplefilter("once") at import, which would override the
-        # caller's warning filters process-wide, and its @torch.jit.script operators warn that
-        # torch.jit.script is deprecated: import it with the filters saved and restored, and pass
-        # on every import-time warning but that one.
-        with warnings.catch_warnings(record=True) as caught:
-            import auto_LiRPA
-    except ImportError as exc:
-        raise MissingExtraError(f"auto_LiRPA is needed to compare with IBP/CROWN/alpha-CROWN but cannot be "
-                                f"imported ({exc}); install it with: {INSTALL}") from exc
-    for w in caught:
-        if "torch.jit.script" not in str(w.message):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    _shim_named_members(auto_LiRPA)
-    return auto_LiRPA
-
-
-def verifier_name(name: str) -> str:
+def verifier_name(name: str) -> Verifier:
     """``"CROWN"``, ``"alpha_crown"``, ... -> the canonical key of :data:`METHODS`."""
     key = str(name).strip().lower().replace("_", "-").replace("α", "alpha-").replace("alpha--", "alpha-")
     if key in ("crown-optimized", "alphacrown"):
         key = "alpha-crown"
     if key not in METHODS:
         raise UnknownVerifierError(f"unknown verifier {name!r}; use one of {', '.join(METHODS)}")
-    return key
+    return cast(Verifier, key)
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,7 +128,7 @@ def margin_matrix(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def margin_lower_bounds(model: LirpaModel, x: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                        norm: str, method: str) -> torch.Tensor:
+                        norm: str, method: Verifier) -> torch.Tensor:
     """Verifier lower bounds (B, K-1) of f_y(x') - f_j(x') over ``||x' - x||_norm <= eps``."""
     lirpa = load_auto_lirpa()
     p = 2.0 if norm == "2" else np.inf
@@ -234,23 +153,31 @@ class Verification:
         ``"2"`` or ``"inf"``.
     eps : ndarray (E,)
     index, label, prediction : ndarray of int64 (N,)
-    certified : ndarray of bool (E, N)
-        Every margin lower bound at eps is > 0.
+    verified : ndarray of bool (E, N)
+        Every margin lower bound at eps is > 0 (which implies the label is the exact argmax at x).
     lower : ndarray of float64 (E, N, K-1)
         Lower bounds of f_y - f_j over the eps-ball, the other classes j in increasing order.
-    seconds : ndarray of float64 (E, N)
+    input_seconds : ndarray of float64 (E, N)
         Time per input (the time of its batch divided by the batch size).
+    seconds : float
+        Wall time of the :func:`verify` call.
+
+    Answers :class:`lipcert.results.Certificates` on its eps grid: ``certified(eps)`` and
+    ``certified_accuracy(eps)`` take eps of :attr:`eps` only (:class:`~lipcert.errors.EpsNotInGridError`
+    otherwise); ``radius`` is the largest verified eps per input, 0 if none (a sound lower bound on
+    the robust radius).
     """
 
-    verifier: str
-    norm: str
+    verifier: Verifier
+    norm: Norm
     eps: np.ndarray
     index: np.ndarray
     label: np.ndarray
     prediction: np.ndarray
-    certified: np.ndarray
+    verified: np.ndarray
     lower: np.ndarray
-    seconds: np.ndarray
+    input_seconds: np.ndarray
+    seconds: float
 
     @property
     def n(self) -> int:
@@ -258,23 +185,26 @@ class Verification:
 
     @property
     def min_lower(self) -> np.ndarray:
-        """(E, N): the smallest margin lower bound per input (certified iff > 0)."""
+        """(E, N): the smallest margin lower bound per input (verified iff > 0)."""
         return self.lower.min(axis=2)
 
-    def certified_accuracy(self) -> np.ndarray:
-        """(E,): share of inputs certified at each eps."""
-        return self.certified.mean(axis=1) if self.n else np.zeros(len(self.eps))
+    @property
+    def radius(self) -> np.ndarray:
+        """(N,): the largest eps verified per input, 0 if none."""
+        return largest_proven(self.eps, self.verified)
 
-    def certified_at(self, eps: float) -> np.ndarray:
-        """Mask (N,) of inputs certified at ``eps`` (one of :attr:`eps`)."""
-        hits = np.flatnonzero(np.isclose(self.eps, eps, rtol=1e-12, atol=0.0))
-        if hits.size == 0:
-            raise KeyError(f"eps {eps!r} was not verified; verified eps: {self.eps.tolist()}")
-        return self.certified[hits[0]]
+    def certified(self, eps: float) -> np.ndarray:
+        """(N,): verified at ``eps``, one of :attr:`eps`."""
+        return self.verified[grid_rows(self.eps, eps)[0]]
+
+    def certified_accuracy(self, eps: EpsLike | None = None) -> np.ndarray:
+        """(E,): share of inputs verified at each eps (default: every eps of the grid)."""
+        rows = grid_rows(self.eps, eps)
+        return self.verified[rows].mean(axis=1) if self.n else np.zeros(len(rows))
 
     def seconds_per_input(self) -> float:
         """Mean time per input and eps."""
-        return float(self.seconds.mean()) if self.seconds.size else 0.0
+        return float(self.input_seconds.mean()) if self.input_seconds.size else 0.0
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
@@ -282,18 +212,25 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
         yield lo, x[lo:lo + batch_size], y[lo:lo + batch_size]
 
 
+def _bounded(model: Any, x: Any) -> LirpaModel:
+    """The verb's model as a LirpaModel, a torch module's input shape read from the inputs ``x``."""
+    shape = tuple(np.shape(x)[1:]) if isinstance(model, torch.nn.Module) else None
+    return bounded_module(model, input_shape=shape)
+
+
 def _inputs(model: LirpaModel, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     inputs, labels = checked_batch(x, y, tuple(model.input_shape), model.outputs)
     return inputs.to(torch.float64), torch.from_numpy(labels)
 
 
-def verify(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: str | float = 2,
+def verify(model: Any, x: Any, y: Any, *, eps: float | Sequence[float], norm: str | float = 2,
            verifier: str = "crown", batch_size: int = 32, index: Any = None) -> Verification:
     """Verify every input at every eps with one auto_LiRPA method and the margin specification.
 
     Parameters
     ----------
     model : LirpaModel or anything :func:`bounded_module` accepts
+        A torch module's input shape is read from ``x``.
     x : array (N, *input_shape)
         Raw inputs (the model's input space, as lipcert's radii).
     y : array (N,)
@@ -311,8 +248,9 @@ def verify(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: st
     -------
     Verification
     """
-    lm = bounded_module(model)
+    wall = time.perf_counter()
     name, norm_name, grid = verifier_name(verifier), parse_norm(norm), check_eps(eps)
+    lm = _bounded(model, x)
     xt, yt = _inputs(lm, x, y)
     n, k = xt.shape[0], lm.outputs
     with torch.no_grad():
@@ -326,7 +264,7 @@ def verify(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: st
             seconds[i, lo:lo + len(yb)] = (time.perf_counter() - start) / len(yb)
     idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
     return Verification(name, norm_name, grid, idx, yt.numpy(), prediction.astype(np.int64),
-                        lower.min(axis=2, initial=np.inf) > 0, lower, seconds)
+                        lower.min(axis=2, initial=np.inf) > 0, lower, seconds, time.perf_counter() - wall)
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,19 +283,37 @@ class RadiusSearch:
         Bisection steps after the bracketing phase.
     calls : int
         compute_bounds calls per input.
-    seconds : ndarray of float64 (N,)
+    input_seconds : ndarray of float64 (N,)
         Time per input.
+    seconds : float
+        Wall time of the :func:`certified_radius` call.
+
+    Answers :class:`lipcert.results.Certificates` at any eps: an input is certified at eps when
+    its radius is positive and >= eps (a verified eps > 0 implies the label is the exact argmax).
     """
 
-    verifier: str
-    norm: str
+    verifier: Verifier
+    norm: Norm
     index: np.ndarray
     label: np.ndarray
     radius: np.ndarray
     upper: np.ndarray
     steps: int
     calls: int
-    seconds: np.ndarray
+    input_seconds: np.ndarray
+    seconds: float
+
+    def certified(self, eps: float) -> np.ndarray:
+        """(N,): a verified radius >= ``eps`` (and > 0)."""
+        e = float(check_eps(eps)[0])
+        return (self.radius > 0) & (self.radius >= e)
+
+    def certified_accuracy(self, eps: EpsLike) -> np.ndarray:
+        """(E,): share of inputs certified at each eps."""
+        grid = check_eps(eps)
+        if self.radius.size == 0:
+            return np.zeros_like(grid)
+        return np.stack([self.certified(e) for e in grid]).mean(axis=1)
 
 
 def certified_radius(model: Any, x: Any, y: Any, *, norm: str | float = 2, verifier: str = "crown",
@@ -371,8 +327,9 @@ def certified_radius(model: Any, x: Any, y: Any, *, norm: str | float = 2, verif
     eps that was verified; hi / lo - 1 <= 2**-steps after the search (unless a limit was hit).
     Inputs are processed one at a time (each has its own eps).
     """
-    lm = bounded_module(model)
+    wall = time.perf_counter()
     name, norm_name = verifier_name(verifier), parse_norm(norm)
+    lm = _bounded(model, x)
     xt, yt = _inputs(lm, x, y)
     n = xt.shape[0]
     starts = np.broadcast_to(check_eps(start), (n,)) if np.ndim(start) else np.full(n, start, dtype=np.float64)
@@ -411,7 +368,8 @@ def certified_radius(model: Any, x: Any, y: Any, *, norm: str | float = 2, verif
         radius[i], upper[i], seconds[i] = lo, hi, time.perf_counter() - t0
         calls = max(calls, count)
     idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
-    return RadiusSearch(name, norm_name, idx, yt.numpy(), radius, upper, steps, calls, seconds)
+    return RadiusSearch(name, norm_name, idx, yt.numpy(), radius, upper, steps, calls, seconds,
+                        time.perf_counter() - wall)
 
 
 @dataclass(frozen=True, eq=False)
@@ -435,7 +393,7 @@ class PreactivationBounds:
     eps: float
 
 
-def preactivation_bounds(model: Any, x: Any, eps: float, *, norm: str | float = 2,
+def preactivation_bounds(model: Any, x: Any, *, eps: float, norm: str | float = 2,
                          verifier: str = "crown") -> PreactivationBounds:
     """auto_LiRPA bounds of every hidden layer's pre-activations over ``||x' - x||_norm <= eps``.
 
@@ -443,7 +401,7 @@ def preactivation_bounds(model: Any, x: Any, eps: float, *, norm: str | float = 
     of the chain (as many entries as ``Network.activations``), flattened.  Each prefix of the
     model up to an activation is bounded on its own (IBP, CROWN or alpha-CROWN on the prefix).
     """
-    lm = bounded_module(model)
+    lm = _bounded(model, x)
     name, norm_name = verifier_name(verifier), parse_norm(norm)
     e = float(check_eps(eps)[0])
     xt, _ = _inputs(lm, x, np.zeros(np.shape(x)[0], dtype=np.int64))
@@ -474,7 +432,7 @@ def lirpa_intervals(net: Network, norm: str | float = 2, verifier: str = "crown"
     norm_name = parse_norm(norm)
 
     def provide(centre: torch.Tensor, radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        pb = preactivation_bounds(model, centre.reshape(1, *net.input_shape).numpy(), radius,
+        pb = preactivation_bounds(model, centre.reshape(1, *net.input_shape).numpy(), eps=radius,
                                   norm=norm_name, verifier=verifier)
         return [(lo[0], hi[0]) for lo, hi in zip(pb.lower, pb.upper)]
 

@@ -95,7 +95,8 @@ def bench_model(model: Model, root: Path, attack_n: int, steps: int, restarts: i
         sub = lipcert.certify(net, x[:n_att], y[:n_att], norm=norm, bound=list(bounds.values()), batch_size=batch)
         box = net.input_range or (0.0, 1.0)
         for e in eps:
-            res = lipcert.attack(net, x[:n_att], y[:n_att], norm, e, steps=steps, restarts=restarts, input_range=box)
+            res = lipcert.attack(net, x[:n_att], y[:n_att], norm=norm, eps=e, steps=steps, restarts=restarts,
+                                 input_range=box)
             row["upper"].append(res.robust_accuracy)
             row["violations"] += int(soundness_violations(sub, res).size)
             print(f"  L{norm} eps={e:.4g}: certified {c.certified_accuracy(e)[0]:.4f}, "

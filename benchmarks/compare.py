@@ -81,10 +81,10 @@ def bench(case: Case, root: Path, n: int, n_alpha: int, steps: int) -> dict:
         masks = {m: [cert.certified(e, m) for e in eps] for m in METHODS}
         for v in VERIFIERS:
             k, grid = (out["n_alpha"], eps[:1]) if v == "alpha-crown" else (len(y), eps)
-            res = lirpa.verify(lm, x[:k], y[:k], grid, norm=norm, verifier=v)
-            row["verifier"][v] = [float(c.mean()) for c in res.certified] + [None] * (len(eps) - len(grid))
+            res = lirpa.verify(lm, x[:k], y[:k], eps=grid, norm=norm, verifier=v)
+            row["verifier"][v] = [float(c.mean()) for c in res.verified] + [None] * (len(eps) - len(grid))
             row["seconds"][v] = res.seconds_per_input()
-            masks[v] = list(res.certified)
+            masks[v] = list(res.verified)
             print(f"  L{norm} {v}: {row['verifier'][v]} ({1e3 * row['seconds'][v]:.3g} ms/input)", flush=True)
         # lipschitz-first from the same per-input results (CROWN bounds each input independently of its
         # batch): lipcert combined, then CROWN on the correct inputs it left, at CROWN's measured time per input
@@ -97,7 +97,8 @@ def bench(case: Case, root: Path, n: int, n_alpha: int, steps: int) -> dict:
                         "crown_alone_s": row["seconds"]["crown"] * len(y)}
         row["upper"], row["violations"] = [], 0
         for i, e in enumerate(eps):
-            att = lipcert.attack(net, x, y, norm, e, steps=steps, restarts=1, input_range=net.input_range or (0.0, 1.0))
+            att = lipcert.attack(net, x, y, norm=norm, eps=e, steps=steps, restarts=1,
+                                 input_range=net.input_range or (0.0, 1.0))
             row["upper"].append(float(att.robust_accuracy))
             for tool, m in masks.items():
                 if i < len(m):

@@ -87,7 +87,7 @@ def bench(model, root: Path, n: int, n_alpha: int, lirpa, steps: int, restarts: 
         print(f"  local with CROWN intervals: {acc}", flush=True)
     box = net.input_range or (0.0, 1.0)
     for e in eps:
-        res = lipcert.attack(net, x, y, 2, e, steps=steps, restarts=restarts, input_range=box)
+        res = lipcert.attack(net, x, y, norm=2, eps=e, steps=steps, restarts=restarts, input_range=box)
         out["upper"].append(res.robust_accuracy)
         out["violations"] += int(soundness_violations(lcert, res, LOCAL_METHOD).size)
     for name, count in (("crown", len(y)), ("alpha-crown", min(n_alpha, len(y)))):
@@ -95,12 +95,12 @@ def bench(model, root: Path, n: int, n_alpha: int, lirpa, steps: int, restarts: 
             out[name] = None if lirpa is None else "not run"
             continue
         try:
-            ver = lirpa.verify(net, x[:count], y[:count], eps, norm=2, verifier=name)
+            ver = lirpa.verify(net, x[:count], y[:count], eps=eps, norm=2, verifier=name)
         except Exception as exc:  # noqa: BLE001  auto_LiRPA 0.3 asserts inside alpha-CROWN on some nets
             out[name] = f"failed: {type(exc).__name__} inside auto_LiRPA"
             print(f"  {name} failed: {exc!r}", flush=True)
             continue
-        out[name] = (ver.certified_accuracy(), ver.seconds_per_input(), count)
+        out[name] = (ver.certified_accuracy(eps), ver.seconds_per_input(), count)
         print(f"  {name}: {out[name][0]} ({out[name][1]:.2f} s/input/eps)", flush=True)
     return out
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from .certification import Certification
 from .errors import InvalidArgumentError, InvalidNormError, ShapeMismatchError
+from .loading import as_network
 from .network import Network
 from .norms import check_eps, parse_norm
 
@@ -121,12 +123,12 @@ def verify(net: Network, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Ten
 
 
 def attack(
-    net: Network,
+    model: Any,
     x: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,
-    norm: str | float = 2,
-    eps: float | np.ndarray = 0.0,
     *,
+    norm: str | float = 2,
+    eps: float | np.ndarray,
     steps: int = 50,
     restarts: int = 3,
     step_size: float | None = None,
@@ -140,9 +142,10 @@ def attack(
 
     Parameters
     ----------
-    net : Network
-        The network attacked (its own forward pass, differentiated by torch autograd).
-    x : array (N, *net.input_shape) or (N, d)
+    model : Network, path or torch.nn.Module
+        The model attacked, loaded with :func:`lipcert.load` (a torch module's input shape is read
+        from ``x``): the Network's own forward pass, differentiated by torch autograd.
+    x : array (N, *input_shape) or (N, d)
         Clean inputs.
     y : array (N,)
         Labels.
@@ -177,6 +180,7 @@ def attack(
     """
     start = time.perf_counter()
     norm_name = parse_norm(norm)
+    net = as_network(model, x, verb="attack")
     if dtype not in (torch.float32, torch.float64):
         raise InvalidArgumentError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     for name, value in (("steps", steps), ("restarts", restarts), ("batch_size", batch_size)):

@@ -25,6 +25,7 @@ from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
 from .errors import InvalidArgumentError, ResumeError, ShapeMismatchError
 from .local.bound import LOCAL_RULES
+from .loading import as_network
 from .local.radius import LOCAL_METHOD, local_radii
 from .network import Network
 from .norms import Norm, check_eps, parse_norm, radius_scale
@@ -63,6 +64,11 @@ class Certification:
         Number of inputs read back from a records file instead of computed.
     tolerance : float
         Extra absolute tolerance subtracted from every logit difference (besides float64 rounding).
+    seconds : float
+        Wall time of the :func:`certify` call (bounds, loading of the model and radii).
+
+    Answers :class:`lipcert.results.Certificates`; ``certified`` and ``certified_accuracy`` also
+    take one ``method`` (default: the best radius over methods).
     """
 
     index: np.ndarray
@@ -77,6 +83,7 @@ class Certification:
     timings: dict[str, float] = field(default_factory=dict)
     resumed: int = 0
     tolerance: float = 0.0
+    seconds: float = 0.0
 
     def __repr__(self) -> str:
         accs = ", ".join(f"{m}: median r={self.radius_stats(m)['median']:.4g}" for m in self.methods)
@@ -190,7 +197,7 @@ def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, 
 
 
 def certify(
-    net: Network,
+    model: Any,
     x: Any,
     y: Any,
     *,
@@ -209,9 +216,10 @@ def certify(
 
     Parameters
     ----------
-    net : Network
-        The classifier; radii refer to its input space (raw inputs when it carries its normalization).
-    x : array (N, *net.input_shape) or (N, d)
+    model : Network, path or torch.nn.Module
+        The classifier, loaded with :func:`lipcert.load` (a torch module's input shape is read from
+        ``x``); radii refer to its input space (raw inputs when it carries its normalization).
+    x : array (N, *input_shape) or (N, d)
         Inputs (numpy or torch); evaluated in float64.
     y : array (N,)
         Integer labels in 0..K-1.
@@ -254,11 +262,13 @@ def certify(
     logits' rounding error (:func:`lipcert.rounding.logit_error_bound`) plus ``tolerance``, so a reported radius is
     never larger than what the bound proves for the exact network.
     """
+    wall = time.perf_counter()
     norm_name = parse_norm(norm)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise InvalidArgumentError(f"tolerance must be finite and >= 0, got {tolerance!r}")
+    net = as_network(model, x, verb="certify")
     flat, labels, idx = _as_inputs(net, x, y, index)
     bounds, timings = _bounds(net, method, bound)
     pairs = {}
@@ -329,5 +339,5 @@ def certify(
         margin=col("margin", np.float64), logit_error=col("logit_error", np.float64),
         radii={m: col(f"radius:{m}", np.float64) for m in methods},
         norm=norm_name, input_dim=net.input_dim, bounds=bounds, timings=timings, resumed=resumed,
-        tolerance=float(tolerance))
+        tolerance=float(tolerance), seconds=time.perf_counter() - wall)
 

@@ -22,9 +22,10 @@ import torch
 from .bounds import LipschitzBound
 from .certification import Certification, _as_inputs, certify
 from .errors import InvalidArgumentError
-from .loading import load
+from .loading import as_network
 from .network import Network
-from .norms import check_eps, parse_norm
+from .norms import Norm, check_eps, parse_norm
+from .results import EpsLike, grid_rows, largest_proven
 
 LIPCERT, NONE = "lipcert", "none"
 
@@ -41,12 +42,12 @@ class Combination:
     eps : ndarray (E,)
     index, label : ndarray of int64 (N,)
     by_lipcert : ndarray of bool (E, N)
-        Certified by lipcert (correct and radius >= eps).
+        Certified by lipcert (correct and lipcert's radius >= eps).
     by_verifier : ndarray of bool (E, N)
         Certified by the verifier; False where it did not run.
     ran_verifier : ndarray of bool (E, N)
         Inputs handed to the verifier (correct and not certified by lipcert).
-    radius : ndarray of float64 (N,)
+    lipcert_radius : ndarray of float64 (N,)
         lipcert's certified radius per input.
     lipcert_seconds : float
         Time of lipcert's bound and radii (all inputs, every eps: computed once).
@@ -54,41 +55,58 @@ class Combination:
         Time of the verifier on the remaining inputs, per eps.
     verifier_seconds_per_input : ndarray of float64 (E,)
         Mean verifier time per input it ran on (NaN where it ran on none).
+    seconds : float
+        Wall time of the :func:`combine` call.
+
+    Answers :class:`lipcert.results.Certificates`; the verifier's part is known only on the eps
+    grid, so ``certified(eps)`` and ``certified_accuracy(eps)`` take eps of :attr:`eps` only
+    (:class:`~lipcert.errors.EpsNotInGridError` otherwise).
     """
 
     verifier: str
-    norm: str
+    norm: Norm
     eps: np.ndarray
     index: np.ndarray
     label: np.ndarray
     by_lipcert: np.ndarray
     by_verifier: np.ndarray
     ran_verifier: np.ndarray
-    radius: np.ndarray
+    lipcert_radius: np.ndarray
     lipcert_seconds: float
     verifier_seconds: np.ndarray
     verifier_seconds_per_input: np.ndarray
+    seconds: float
 
     @property
     def n(self) -> int:
         return int(self.label.shape[0])
 
     @property
-    def certified(self) -> np.ndarray:
+    def by_either(self) -> np.ndarray:
         """(E, N): certified by either tool."""
         return self.by_lipcert | self.by_verifier
 
     @property
+    def radius(self) -> np.ndarray:
+        """(N,): the larger of lipcert's radius and the largest eps the verifier proved (0 if none)."""
+        return np.maximum(self.lipcert_radius, largest_proven(self.eps, self.by_verifier))
+
+    def certified(self, eps: float) -> np.ndarray:
+        """(N,): certified by either tool at ``eps``, one of :attr:`eps`."""
+        return self.by_either[grid_rows(self.eps, eps)[0]]
+
+    def certified_accuracy(self, eps: EpsLike | None = None) -> np.ndarray:
+        """(E,): share of inputs certified by either tool at each eps (default: every eps of the grid)."""
+        rows = grid_rows(self.eps, eps)
+        return self.by_either[rows].mean(axis=1) if self.n else np.zeros(len(rows))
+
+    @property
     def provenance(self) -> np.ndarray:
         """(E, N) strings: ``"lipcert"``, the verifier's name, or ``"none"`` (lipcert first)."""
-        out = np.full(self.certified.shape, NONE, dtype=object)
+        out = np.full(self.by_either.shape, NONE, dtype=object)
         out[self.by_verifier] = self.verifier
         out[self.by_lipcert] = LIPCERT
         return out
-
-    def certified_accuracy(self) -> np.ndarray:
-        """(E,): share of inputs certified by either tool."""
-        return self.certified.mean(axis=1) if self.n else np.zeros(len(self.eps))
 
     @property
     def total_seconds(self) -> np.ndarray:
@@ -109,7 +127,7 @@ class Combination:
         return alone - self.total_seconds
 
 
-def combine(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: str | float = 2,
+def combine(model: Any, x: Any, y: Any, *, eps: float | Sequence[float], norm: str | float = 2,
             verifier: str = "crown", method: str | Sequence[str] = "combined",
             certification: Certification | None = None, input_shape: Sequence[int] | None = None,
             mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
@@ -119,7 +137,8 @@ def combine(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: s
     Parameters
     ----------
     model : path, torch.nn.Module or Network
-        The model, as :func:`lipcert.load` takes it (with ``input_shape``, ``mean``, ``std``).
+        The model, as :func:`lipcert.load` takes it (with ``input_shape``, ``mean``, ``std``; a
+        torch module's input shape defaults to that of ``x``).
     x, y : arrays (N, *input_shape), (N,)
         Raw inputs and labels.
     eps : float or list of float
@@ -143,7 +162,9 @@ def combine(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: s
 
     name, norm_name, grid = verifier_name(verifier), parse_norm(norm), check_eps(eps)
     start = time.perf_counter()
-    net = load(model, input_shape=input_shape, mean=mean, std=std)  # a Network passes through
+    if input_shape is None and isinstance(model, torch.nn.Module):
+        input_shape = tuple(np.shape(x)[1:])
+    net = as_network(model, x, input_shape=input_shape, mean=mean, std=std, verb="combine")
     if certification is None:
         certification = certify(net, x, y, norm=norm_name, method=method)
         lip_seconds = time.perf_counter() - start
@@ -167,49 +188,70 @@ def combine(model: Any, x: Any, y: Any, eps: float | Sequence[float], *, norm: s
         if todo.size == 0:
             continue
         t0 = time.perf_counter()
-        res = verify(lm, xs[todo], certification.label[todo], [float(e)], norm=norm_name, verifier=name,
+        res = verify(lm, xs[todo], certification.label[todo], eps=[float(e)], norm=norm_name, verifier=name,
                      batch_size=batch_size, index=certification.index[todo])
         ver_seconds[i] = time.perf_counter() - t0
         per_input[i] = ver_seconds[i] / todo.size
-        by_ver[i, todo] = res.certified[0]
+        by_ver[i, todo] = res.verified[0]
     return Combination(name, norm_name, grid, certification.index, certification.label, by_lip, by_ver, ran,
-                       certification.radius, lip_seconds, ver_seconds, per_input)
+                       certification.radius, lip_seconds, ver_seconds, per_input, time.perf_counter() - start)
 
 
 @dataclass(frozen=True, eq=False)
 class BatchCertificates:
-    """lipcert's certificates of one batch at one eps.
+    """lipcert's certificates of one batch.
 
     Attributes
     ----------
-    certified : ndarray of bool (B,)
-        Correctly classified with a certified radius >= eps.
     radius : ndarray of float64 (B,)
         Certified radius (in ``norm``, input units; 0 when misclassified).
+    correct : ndarray of bool (B,)
+        Correctly classified (float64 argmax of the logits is the label).
     eps : float
+        The eps of the call, the default of :meth:`certified`.
     norm : str
     bound : LipschitzBound
         The bound used (pass it back as ``bound=`` to skip recomputing it on the next batch).
+    seconds : float
+        Wall time of the :func:`certify_batch` call.
+
+    Answers :class:`lipcert.results.Certificates` at any eps (the radii are known).
     """
 
-    certified: np.ndarray
     radius: np.ndarray
+    correct: np.ndarray
     eps: float
-    norm: str
+    norm: Norm
     bound: LipschitzBound
+    seconds: float
+
+    def certified(self, eps: float | None = None) -> np.ndarray:
+        """(B,): correctly classified with a certified radius >= eps (default: the call's eps)."""
+        e = self.eps if eps is None else float(check_eps(eps)[0])
+        return self.correct & (self.radius >= e)
+
+    def certified_accuracy(self, eps: EpsLike | None = None) -> np.ndarray:
+        """(E,): share of the batch certified at each eps (default: the call's eps)."""
+        grid = check_eps(self.eps if eps is None else eps)
+        if self.radius.size == 0:
+            return np.zeros_like(grid)
+        r = np.where(self.correct, self.radius, -np.inf)
+        return (r[None, :] >= grid[:, None]).mean(axis=1)
 
 
-def certify_batch(model: Any, x: Any, y: Any, eps: float, *, norm: str | float = 2, method: str = "combined",
+def certify_batch(model: Any, x: Any, y: Any, *, eps: float, norm: str | float = 2, method: str = "combined",
                   bound: LipschitzBound | None = None, mean: Sequence[float] | float | None = None,
                   std: Sequence[float] | float | None = None) -> BatchCertificates:
     """lipcert's certified mask and radii of a batch, e.g. inside an auto_LiRPA verification loop.
 
     ``model`` is the torch module the script bounds (its input shape is read from ``x``), a
     model file or a Network; ``x`` and ``y`` are the batch (torch or numpy).  Merge with the
-    script's own result: ``certified = lip.certified | verifier_certified``.
+    script's own result: ``certified = lip.certified(eps) | verifier_certified``.
     """
-    xs = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    net = load(model, input_shape=tuple(xs.shape[1:]), mean=mean, std=std)
-    cert = certify(net, xs, y, norm=norm, method=method, bound=bound)
+    start = time.perf_counter()
     e = float(check_eps(eps)[0])
-    return BatchCertificates(cert.certified(e), cert.radius, e, cert.norm, next(iter(cert.bounds.values())))
+    xs = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    net = as_network(model, xs, input_shape=tuple(xs.shape[1:]), mean=mean, std=std, verb="certify_batch")
+    cert = certify(net, xs, y, norm=norm, method=method, bound=bound)
+    return BatchCertificates(cert.radius, cert.correct, e, cert.norm, next(iter(cert.bounds.values())),
+                             time.perf_counter() - start)

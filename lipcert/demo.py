@@ -139,7 +139,7 @@ def run(out_dir: str | Path, *, eps: Sequence[float] = DEFAULT_EPS, attack_steps
     net = load_model()
     samples = load_samples()
     cert = certify(net, samples.x, samples.y, method=list(METHODS), index=samples.index, progress=False)
-    attacks = [attack(net, samples.x, samples.y, 2, e, steps=attack_steps, restarts=attack_restarts,
+    attacks = [attack(net, samples.x, samples.y, norm=2, eps=e, steps=attack_steps, restarts=attack_restarts,
                       input_range=INPUT_RANGE, progress=False) for e in eps] if attack_steps > 0 else []
     violations = {float(e): int(soundness_violations(cert, a).size) for e, a in zip(eps, attacks)}
     meta = info(samples.dataset)

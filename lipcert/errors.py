@@ -95,6 +95,14 @@ class UnknownVerifierError(LipcertError, ValueError):
     """A verifier name other than ibp, crown and alpha-crown."""
 
 
+class NotANetworkError(LipcertError, TypeError):
+    """A model where a loaded :class:`~lipcert.Network` is needed (load it with ``lipcert.load`` first)."""
+
+
+class EpsNotInGridError(InvalidArgumentError):
+    """An eps at which a verifier was not run (a result of a verifier knows only the eps of its grid)."""
+
+
 def require_extra(module: str, extra: str, install: str | None = None) -> None:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import ModelLoadError
 from .network import Network
 
@@ -74,3 +76,38 @@ def load(source: Any, *, input_shape: Sequence[int] | None = None,
     from .adapters.files import read
 
     return read(source, input_shape=input_shape).network(mean=mean, std=std, **options)
+
+
+def as_network(model: Any, x: Any = None, *, input_shape: Sequence[int] | None = None,
+               mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
+               verb: str = "this verb") -> Network:
+    """The model of a verb as a :class:`~lipcert.Network`: the one coercion at every verb's boundary.
+
+    Parameters
+    ----------
+    model : Network, str, Path or torch.nn.Module
+        As :func:`load` takes it; a Network passes through unchanged.
+    x : array (N, *input_shape), optional
+        The verb's inputs: a torch module's ``input_shape`` is read from them when not given.
+    input_shape, mean, std
+        As for :func:`load`.
+    verb : str
+        Name of the calling verb, for the error message.
+
+    Raises
+    ------
+    ModelLoadError
+        A torch module with neither inputs nor ``input_shape`` (its input shape is unknown), or
+        any error of :func:`load`.
+    """
+    if isinstance(model, Network):
+        return model
+    import torch
+
+    if isinstance(model, torch.nn.Module) and input_shape is None:
+        if x is None:
+            raise ModelLoadError(f"{verb} got a torch module but no input shape: pass input_shape=(...) (one input "
+                                 "without the batch axis, e.g. (1, 28, 28)) or load it first with "
+                                 "lipcert.load(module, input_shape=...)")
+        input_shape = tuple(int(s) for s in getattr(x, "shape", np.shape(x))[1:])
+    return load(model, input_shape=input_shape, mean=mean, std=std)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .activations import Activation, get_activation
-from .errors import NonFiniteWeightsError, ShapeMismatchError
+from .errors import NonFiniteWeightsError, NotANetworkError, ShapeMismatchError
 
 ArrayLike = np.ndarray | torch.Tensor
 ActivationSpec = str | Activation | tuple[float, float]
@@ -238,3 +238,16 @@ class Network:
         acts = ", ".join(self.activation_names) or "none"
         return (f"Network(widths={list(self.widths)}, activations=[{acts}], "
                 f"input_shape={self.input_shape}, parameters={self.num_parameters})")
+
+
+def require_network(net: Any, verb: str) -> Network:
+    """``net`` itself when it is a :class:`Network`, else :class:`~lipcert.errors.NotANetworkError`.
+
+    For the functions below the verbs, which take a loaded Network only; the public verbs
+    (``lipcert.lipschitz``, ``lipcert.certify``, ...) load any model first.
+    """
+    if not isinstance(net, Network):
+        raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: load the model first "
+                               "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "
+                               "lipcert.certify, ... load paths and torch modules themselves)")
+    return net

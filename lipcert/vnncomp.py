@@ -12,7 +12,7 @@ Lip(a_i^T f) need only hold for the pairs (x, x0), x in the box: by default the 
 constants of :func:`lipcert.local.local_bound` on the L-infinity ball of radius max_j h_j
 around x0, which contains the box (h the half-widths; per-neuron slopes of the secants from z(x0),
 from interval and Lipschitz bounds of the pre-activations over that ball), or a global bound (any
-method of :data:`lipcert.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
+method of :data:`lipcert.bounds.METHODS`); tol_i covers the float64 error of the computed a_i^T f(x0)
 (:func:`lipcert.rounding.logit_error_bound`).  The property holds when every disjunct is infeasible.
 No bound is computed when some disjunct has no row with a_i^T f(x0) - b_i > ||grad a_i^T f(x0)|| r:
 the gradient norm at the centre is a lower bound on any such Lipschitz constant, so the proof
@@ -41,7 +41,7 @@ from .adapters.vnnlib import VnnProperty, read_vnnlib
 from .bounds import lipschitz
 from .bounds.methods import resolve
 from .bounds.result import Gram
-from .errors import InvalidArgumentError, ShapeMismatchError, UnknownMethodError
+from .errors import InvalidArgumentError, ModelLoadError, ShapeMismatchError, UnknownMethodError
 from .local.bound import local_bound
 from .network import Network
 from .rounding import UNIT_ROUNDOFF, error_layers, logit_error_bound
@@ -276,7 +276,8 @@ def vnnlib_check(
     Parameters
     ----------
     model : str or Path
-        The ONNX model; onnxruntime on it is the reference for counterexamples.
+        The ONNX model; onnxruntime on it is the reference for counterexamples (so a torch module
+        or a Network alone is refused: export it to ONNX first).
     prop : str, Path or VnnProperty
         The property (a ``.vnnlib`` file, plain or gzip) whose assertions describe a violation.
     timeout : float, optional
@@ -284,7 +285,7 @@ def vnnlib_check(
         Lipschitz bound computation can run over it).
     method : str
         ``"local"`` (default): constants valid on the box (:func:`lipcert.local.local_bound`,
-        usually far tighter); or a global method of :data:`lipcert.METHODS` giving margin bounds.
+        usually far tighter); or a global method of :data:`lipcert.bounds.METHODS` giving margin bounds.
     net : Network, optional
         ``lipcert.load(model)`` when already loaded (saves the conversion).
     attack_steps, attack_restarts, seed : int
@@ -296,6 +297,10 @@ def vnnlib_check(
     """
     if timeout is not None and not timeout > 0:
         raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(model, str | Path):
+        raise ModelLoadError(f"vnnlib_check needs the ONNX file of the model (onnxruntime on it checks "
+                             f"counterexamples), got a {type(model).__name__}; export it with torch.onnx.export "
+                             "and pass the path (and net=lipcert.load(...) to reuse a loaded Network)")
     if method != "local" and not resolve(method).method.margins:
         raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
     clock = _Clock(timeout)

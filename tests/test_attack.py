@@ -31,10 +31,10 @@ def test_attack_meets_the_exact_distance_of_a_linear_model(rng: np.random.Genera
     cert = lipcert.certify(net, x, y, method="naive")
     np.testing.assert_allclose(cert.radius, l2, rtol=2e-8)  # exact for one layer, up to the 1e-8 inflation
     assert np.all(cert.radius <= l2)
-    assert not attack(net, x, y, 2, 0.99 * l2).success.any()
-    assert attack(net, x, y, 2, 1.01 * l2, steps=20, restarts=4).success.all()  # untargeted + each class
-    assert not attack(net, x, y, "inf", 0.99 * linf).success.any()
-    broken = attack(net, x, y, "linf", 1.01 * linf, steps=20, restarts=4)
+    assert not attack(net, x, y, norm=2, eps=0.99 * l2).success.any()
+    assert attack(net, x, y, norm=2, eps=1.01 * l2, steps=20, restarts=4).success.all()  # untargeted + each class
+    assert not attack(net, x, y, norm="inf", eps=0.99 * linf).success.any()
+    broken = attack(net, x, y, norm="linf", eps=1.01 * linf, steps=20, restarts=4)
     assert broken.success.all()
     assert np.all(np.abs(broken.adversarial - x).max(axis=1) <= 1.01 * linf)
     assert np.all(broken.margin <= 0)
@@ -45,13 +45,13 @@ def test_float64_gradients_give_the_same_verdicts(rng: np.random.Generator) -> N
 
     net, x, y, l2, _ = linear_problem(rng, n=40)
     for factor, expected in ((0.98, False), (1.02, True)):
-        result = attack(net, x, y, 2, factor * l2, steps=20, restarts=4, dtype=torch.float64)
+        result = attack(net, x, y, norm=2, eps=factor * l2, steps=20, restarts=4, dtype=torch.float64)
         assert np.all(result.success == expected)
 
 
 def test_verify_checks_ball_box_and_label(rng: np.random.Generator) -> None:
     net, x, y, l2, _ = linear_problem(rng, n=30)
-    found = attack(net, x, y, 2, 1.05 * l2, steps=20, restarts=4)
+    found = attack(net, x, y, norm=2, eps=1.05 * l2, steps=20, restarts=4)
     assert found.success.all()
     assert verify(net, x, y, found.adversarial, 2, 1.05 * l2).all()
     assert not verify(net, x, y, found.adversarial, 2, 0.9 * l2).any()  # outside a smaller ball
@@ -66,19 +66,19 @@ def test_attack_stays_in_the_input_range_and_counts_misclassified_inputs(rng: np
     x = rng.uniform(0, 1, size=(200, 10))
     y = (x @ w.T).argmax(axis=1)
     y[:20] = (y[:20] + 1) % 3  # misclassified: broken without moving
-    result = attack(net, x, y, "inf", 0.5, steps=20)
+    result = attack(net, x, y, norm="inf", eps=0.5, steps=20)
     assert np.all((result.adversarial >= 0) & (result.adversarial <= 1))
     assert result.success[:20].all()
     np.testing.assert_array_equal(result.adversarial[:20], x[:20])
     assert result.robust_accuracy <= 0.9
-    zero = attack(net, x, y, 2, 0.0)
+    zero = attack(net, x, y, norm=2, eps=0.0)
     np.testing.assert_array_equal(zero.success, np.arange(200) < 20)
 
 
 def test_soundness_check_flags_a_wrong_certificate(rng: np.random.Generator) -> None:
     net, x, y, l2, _ = linear_problem(rng, n=50)
     cert = lipcert.certify(net, x, y, method="naive")
-    result = attack(net, x, y, 2, 1.5 * l2, steps=20)
+    result = attack(net, x, y, norm=2, eps=1.5 * l2, steps=20)
     assert soundness_violations(cert, result).size == 0 and result.success.any()
     inflated = dataclasses.replace(cert, radii={"naive": 2 * cert.radius})
     np.testing.assert_array_equal(soundness_violations(inflated, result), np.flatnonzero(result.success))
@@ -89,14 +89,14 @@ def test_soundness_check_flags_a_wrong_certificate(rng: np.random.Generator) -> 
 def test_bad_attack_arguments_raise_named_errors(rng: np.random.Generator) -> None:
     net, x, y, _, _ = linear_problem(rng, n=10)
     with pytest.raises(InvalidRadiusError):
-        attack(net, x, y, 2, -1.0)
+        attack(net, x, y, norm=2, eps=-1.0)
     with pytest.raises(ShapeMismatchError, match="one per input"):
-        attack(net, x, y, 2, np.ones(3))
+        attack(net, x, y, norm=2, eps=np.ones(3))
     with pytest.raises(InvalidNormError):
-        attack(net, x, y, 1, 0.1)
+        attack(net, x, y, norm=1, eps=0.1)
     with pytest.raises(ShapeMismatchError):
-        attack(net, x[:, :5], y, 2, 0.1)
+        attack(net, x[:, :5], y, norm=2, eps=0.1)
     with pytest.raises(ShapeMismatchError, match="labels"):
-        attack(net, x, y + 10, 2, 0.1)
+        attack(net, x, y + 10, norm=2, eps=0.1)
     with pytest.raises(InvalidArgumentError, match="restarts"):
-        attack(net, x, y, 2, 0.1, restarts=0)
+        attack(net, x, y, norm=2, eps=0.1, restarts=0)

@@ -197,10 +197,11 @@ def test_trained_model_radii_are_sound_and_ordered(shared_data: Path) -> None:
     for norm in ("2", "inf"):
         c = cert if norm == "2" else lipcert.certify(net, data.x, data.y, norm="inf", bound=cert.bounds["combined"])
         target = c.correct & (c.radius > 0)
-        below = attack(net, data.x[target], data.y[target], norm, 0.999 * c.radius[target], steps=30, restarts=2)
+        below = attack(net, data.x[target], data.y[target], norm=norm, eps=0.999 * c.radius[target], steps=30,
+                       restarts=2)
         assert not below.success.any(), f"attack broke {below.success.sum()} certified L{norm} radii"
         # the same attack is not toothless: at a few times the radius it breaks inputs
-        above = attack(net, data.x[target], data.y[target], norm, 4 * c.radius[target], steps=30, restarts=1)
+        above = attack(net, data.x[target], data.y[target], norm=norm, eps=4 * c.radius[target], steps=30, restarts=1)
         assert above.success.mean() > 0.2
 
 
@@ -216,12 +217,12 @@ def test_real_models_radii_are_sound(shared_data: Path, model: str) -> None:
     assert np.all(cert.radii["combined"] >= cert.radii["eclipse-fast"])
     assert np.all(cert.radii["combined"] >= cert.radii["naive"])
     target = cert.correct & (cert.radius > 0)
-    below = attack(net, x[target], data.y[target], 2, 0.999 * cert.radius[target], steps=20, restarts=1)
+    below = attack(net, x[target], data.y[target], norm=2, eps=0.999 * cert.radius[target], steps=20, restarts=1)
     assert not below.success.any()
     grid = [float(np.median(cert.radius[target])), 0.5]
     acc = cert.certified_accuracy(grid)
     for e, a in zip(grid, acc):
-        result = attack(net, x, data.y, 2, e, steps=10, restarts=1)
+        result = attack(net, x, data.y, norm=2, eps=e, steps=10, restarts=1)
         assert soundness_violations(cert, result).size == 0
         assert a <= result.robust_accuracy <= cert.clean_accuracy
     assert acc[0] > acc[1] == 0.0  # a normally trained MLP certifies nothing at L2 0.5 (honest, not a goal)
@@ -240,10 +241,10 @@ def test_conv_model_with_normalization_radii_are_sound_in_pixel_space(shared_dat
     target = cert.correct & (cert.radius > 0)
     for norm in ("2", "inf"):
         c = cert if norm == "2" else lipcert.certify(net, data.x, data.y, norm="inf", bound=cert.bounds["eclipse-fast"])
-        below = attack(net, data.x[target], data.y[target], norm, 0.999 * c.radius[target], steps=20, restarts=2,
-                       input_range=(0.0, 1.0))
+        below = attack(net, data.x[target], data.y[target], norm=norm, eps=0.999 * c.radius[target], steps=20,
+                       restarts=2, input_range=(0.0, 1.0))
         assert not below.success.any()
-        above = attack(net, data.x[target], data.y[target], norm, 50 * c.radius[target], steps=20, restarts=1,
+        above = attack(net, data.x[target], data.y[target], norm=norm, eps=50 * c.radius[target], steps=20, restarts=1,
                        input_range=(0.0, 1.0))
         assert above.success.mean() > 0.2
 

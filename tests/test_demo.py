@@ -85,10 +85,10 @@ def test_certified_radii_survive_the_attack(net, samples, certification):
     radius = certification.radii_of("combined")
     ok = certification.correct & (radius > 0)
     x, y, r = samples.x[ok], samples.y[ok], radius[ok]
-    at_radius = lipcert.attack(net, x, y, 2, r, steps=50, restarts=2, input_range=(0.0, 1.0), progress=False)
+    at_radius = lipcert.attack(net, x, y, norm=2, eps=r, steps=50, restarts=2, input_range=(0.0, 1.0), progress=False)
     assert not at_radius.success.any()
     # The attack is not vacuous, and the radii are tight: at twice the radius it breaks most inputs.
-    beyond = lipcert.attack(net, x, y, 2, 2 * r, steps=50, restarts=2, input_range=(0.0, 1.0), progress=False)
+    beyond = lipcert.attack(net, x, y, norm=2, eps=2 * r, steps=50, restarts=2, input_range=(0.0, 1.0), progress=False)
     assert beyond.success.mean() > 0.5
 
 

@@ -80,7 +80,7 @@ def test_linear_model_exact_for_both(norm: str) -> None:
     x = gen.uniform(-1, 1, (8, 6))
     y = (x @ w.T + b).argmax(axis=1)
     eps = 0.05
-    res = lirpa.verify(net, x, y, [eps], norm=norm, verifier="crown")
+    res = lirpa.verify(net, x, y, eps=[eps], norm=norm, verifier="crown")
     dual = 2 if norm == "2" else 1
     for i in range(len(y)):
         others = [j for j in range(4) if j != y[i]]
@@ -104,7 +104,7 @@ def test_verify_names_bad_inputs_and_labels() -> None:
     for bad_x, bad_y, message in ((np.zeros((2, 5)), y, "inputs of shape"), (x, np.array([0, 3]), "out of range"),
                                   (x, np.array([0]), "labels must have shape"), (x, np.array([0.5, 1]), "integers")):
         with pytest.raises(lipcert.errors.ShapeMismatchError, match=message):
-            lirpa.verify(net, bad_x, bad_y, [0.1])
+            lirpa.verify(net, bad_x, bad_y, eps=[0.1])
 
 
 def test_nothing_certified_is_broken_by_the_attack(shared_data: Path) -> None:
@@ -114,11 +114,11 @@ def test_nothing_certified_is_broken_by_the_attack(shared_data: Path) -> None:
     lm = lirpa.bounded_module(shared_data / MLP)
     for norm, eps in (("inf", 0.01), ("2", 0.3)):
         cert = lipcert.certify(net, x, y, norm=norm, method="combined")
-        res = lirpa.verify(lm, x, y, [eps], norm=norm, verifier="crown")
-        att = lipcert.attack(net, x, y, norm, eps, steps=20, restarts=1, input_range=None)
-        assert res.certified[0].any()
-        assert not (att.success & (res.certified[0] | cert.certified(eps))).any()
-        assert np.all(res.certified[0] <= (res.prediction == y))
+        res = lirpa.verify(lm, x, y, eps=[eps], norm=norm, verifier="crown")
+        att = lipcert.attack(net, x, y, norm=norm, eps=eps, steps=20, restarts=1, input_range=None)
+        assert res.verified[0].any()
+        assert not (att.success & (res.verified[0] | cert.certified(eps))).any()
+        assert np.all(res.verified[0] <= (res.prediction == y))
 
 
 def test_preactivation_bounds_contain_sampled_values() -> None:
@@ -126,7 +126,7 @@ def test_preactivation_bounds_contain_sampled_values() -> None:
     net = lipcert.Network.from_weights([gen.standard_normal((6, 4)), gen.standard_normal((5, 6)),
                                         gen.standard_normal((2, 5))])
     x = gen.standard_normal((3, 4))
-    bounds = lirpa.preactivation_bounds(net, x, 0.1, norm="inf")
+    bounds = lirpa.preactivation_bounds(net, x, eps=0.1, norm="inf")
     assert [b.shape for b in bounds.lower] == [(3, 6), (3, 5)]
     pts = x[:, None, :] + gen.uniform(-0.1, 0.1, (3, 200, 4))
     z1 = pts @ net.weights[0].numpy().T + net.biases[0].numpy()
@@ -143,18 +143,18 @@ def test_combine_union_and_provenance() -> None:
     y[:4] = (y[:4] + 1) % 3  # a few misclassified inputs
     cert = lipcert.certify(net, x, y, norm=2)
     eps = [float(np.quantile(cert.radius[cert.correct], 0.4)), 0.2]
-    out = lipcert.combine(net, x, y, eps, norm=2, verifier="crown")
-    assert np.array_equal(out.certified, out.by_lipcert | out.by_verifier)
+    out = lipcert.combine(net, x, y, eps=eps, norm=2, verifier="crown")
+    assert np.array_equal(out.by_either, out.by_lipcert | out.by_verifier)
     assert np.array_equal(out.ran_verifier, cert.correct[None, :] & ~out.by_lipcert)
     assert not (out.by_verifier & ~out.ran_verifier).any()
     assert out.by_lipcert[0].sum() >= 20 and out.by_verifier.any()
-    alone = lirpa.verify(net, x, y, eps, norm=2, verifier="crown")
-    assert np.array_equal(out.by_verifier, alone.certified & out.ran_verifier)
-    assert np.array_equal(out.certified, alone.certified | out.by_lipcert)
+    alone = lirpa.verify(net, x, y, eps=eps, norm=2, verifier="crown")
+    assert np.array_equal(out.by_verifier, alone.verified & out.ran_verifier)
+    assert np.array_equal(out.by_either, alone.verified | out.by_lipcert)
     prov = out.provenance
     assert set(prov[out.by_lipcert]) == {"lipcert"} and set(prov[out.by_verifier & ~out.by_lipcert]) <= {"crown"}
-    assert set(prov[~out.certified]) == {"none"}
-    saved = out.time_saved(alone.seconds.sum(axis=1))
+    assert set(prov[~out.by_either]) == {"none"}
+    saved = out.time_saved(alone.input_seconds.sum(axis=1))
     assert np.all(np.isfinite(saved)) and np.all(np.isfinite(out.time_saved()))
 
 
@@ -167,9 +167,9 @@ def test_combine_rejects_a_certification_of_another_norm_or_inputs() -> None:
     cert = lipcert.certify(net, x, y, norm=2)
     assert cert.radius[0] >= 1 / 8 and np.asarray(net(x - 1 / 8)).argmax(axis=1)[0] != 0
     with pytest.raises(LipcertError, match="does not match"):
-        lipcert.combine(net, x, y, [1 / 8], norm="inf", certification=cert)
+        lipcert.combine(net, x, y, eps=[1 / 8], norm="inf", certification=cert)
     with pytest.raises(LipcertError, match="does not match"):
-        lipcert.combine(net, x[:1], y[:1], [1 / 8], norm=2, certification=cert)
+        lipcert.combine(net, x[:1], y[:1], eps=[1 / 8], norm=2, certification=cert)
 
 
 def test_compare_cli_end_to_end(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -225,8 +225,8 @@ def test_verify_normalized_conv_with_sigmoid() -> None:
     x = gen.uniform(0, 1, (5, 3, 7, 7))
     logits = np.asarray(net(x))
     y = logits.argmax(axis=1)
-    res = lirpa.verify(lm, x, y, [0.0, 0.02], norm="inf", verifier="crown")
-    assert res.certified[0].all()
+    res = lirpa.verify(lm, x, y, eps=[0.0, 0.02], norm="inf", verifier="crown")
+    assert res.verified[0].all()
     margins = np.stack([logits[i, y[i]] - np.delete(logits[i], y[i]) for i in range(5)])
     np.testing.assert_allclose(res.lower[0], margins, rtol=1e-9, atol=1e-9)
     pts = x[:, None] + gen.uniform(-0.02, 0.02, (5, 50, 3, 7, 7))

@@ -162,7 +162,7 @@ def test_local_radius_is_sound_and_not_below_global(name: str, rng: np.random.Ge
             # reach the inputs where every neuron's interval is wide.
             if name != "sigmoid" and trial == 0:
                 assert np.mean(local > glob * (1.5 if name in ("relu", "tanh", "silu") else 1.01)) > 0.5
-            hit = lipcert.attack(net, x, y, norm, np.maximum(local, 1e-12), steps=20, restarts=2)
+            hit = lipcert.attack(net, x, y, norm=norm, eps=np.maximum(local, 1e-12), steps=20, restarts=2)
             assert not np.any(hit.success & cert.correct)
             # Each local radius is proven by the constants of its own ball (closed-form, or optimized
             # for the margins they leave short).
@@ -188,7 +188,7 @@ def test_real_mlp_local_radii_are_sound(shared_data: Path, rng: np.random.Genera
     cert = lipcert.certify(net, x, data.y, norm=2, local=True)
     local, glob = cert.radii[LOCAL_METHOD], cert.radii["combined"]
     assert np.all(local >= glob) and np.all(local[cert.correct] > 2 * glob[cert.correct])
-    hit = lipcert.attack(net, x, data.y, 2, np.maximum(local, 1e-12), steps=40, restarts=3)
+    hit = lipcert.attack(net, x, data.y, norm=2, eps=np.maximum(local, 1e-12), steps=40, restarts=3)
     assert not np.any(hit.success & cert.correct)
     i = int(np.flatnonzero(cert.correct)[0])
     y = int(data.y[i])
@@ -266,9 +266,9 @@ def test_external_intervals_are_intersected_soundly(shared_data: Path) -> None:
     res = local_radius(net, x[0], y, logits[0].numpy(), float(err[0]), floor, 2, start=1e-3, rtol=0.3,
                        intervals=crown)
     assert res.radius > 1e-3
-    hit = lipcert.attack(net, x[:1], data.y[:1], 2, res.radius, steps=40, restarts=3)
+    hit = lipcert.attack(net, x[:1], data.y[:1], norm=2, eps=res.radius, steps=40, restarts=3)
     assert not hit.success[0]
-    assert lirpa.verify(net, x[:1].reshape(1, 1, 28, 28).numpy(), data.y[:1], [1e-3], norm=2).certified.all()
+    assert lirpa.verify(net, x[:1].reshape(1, 1, 28, 28).numpy(), data.y[:1], eps=[1e-3], norm=2).verified.all()
 
 
 def test_known_intervals_are_widened_before_they_are_trusted(rng: np.random.Generator) -> None:

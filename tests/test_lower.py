@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lipcert
+import lipcert.random_nets
 from lipcert.bounds.lower import jacobian_bound, pattern_bound
 
 

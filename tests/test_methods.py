@@ -31,8 +31,8 @@ def fixed_nets() -> list[lipcert.Network]:
 
 
 def test_registry_lists_every_method_once() -> None:
-    assert list(lipcert.METHODS) == list(REGISTRY)
-    assert lipcert.METHODS["combined"] == REGISTRY["combined"].description
+    assert list(lipcert.bounds.METHODS) == list(REGISTRY)
+    assert lipcert.bounds.METHODS["combined"] == REGISTRY["combined"].description
     assert {n for n, m in REGISTRY.items() if m.float64_only} == {"naive", "eclipse", "lipsdp-neuron",
                                                                   "lipsdp-layer", "optimized"}
     assert set(REGISTRY["optimized"].options) == {"rules", "iterations", "seconds", "direction", "pairs",

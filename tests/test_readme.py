@@ -38,4 +38,4 @@ def test_readme_cli_commands_exist() -> None:
     named = set(re.findall(r"^lipcert (\w+)", README.read_text(), flags=re.M))
     assert named and named <= set(COMMANDS)
     for method in re.findall(r"^\| `([a-z0-9-]+)`", README.read_text(), flags=re.M):
-        assert method in lipcert.METHODS
+        assert method in lipcert.bounds.METHODS

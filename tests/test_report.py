@@ -26,7 +26,7 @@ def run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):  # type: i
     net = lipschitz_mlp(shared_data)
     data = mnist(shared_data, 150)
     cert = lipcert.certify(net, data.x, data.y, method="naive,combined")
-    attacks = [attack(net, data.x, data.y, 2, e, steps=10, restarts=1) for e in (0.5, 1.0)]
+    attacks = [attack(net, data.x, data.y, norm=2, eps=e, steps=10, restarts=1) for e in (0.5, 1.0)]
     out = tmp_path_factory.mktemp("run")
     report = write_run(out, cert, network=net, dataset=data, eps=[0.25, 0.5, 1.0], attack=attacks,
                        command="pytest")

@@ -16,15 +16,15 @@ MAX_LINES = 500
 
 # docs/code-map.md: a module may import from its own layer and the layers before it (prefixes of dotted names)
 LAYERS = (
-    ("vocabulary", ("lipcert.errors", "lipcert.norms", "lipcert.rounding", "lipcert.batch")),
+    ("vocabulary", ("lipcert.errors", "lipcert.norms", "lipcert.rounding", "lipcert.batch", "lipcert.results")),
     ("representation", ("lipcert.activations", "lipcert.network", "lipcert.npz", "lipcert.random_nets",
                         "lipcert.reference_models")),
     ("bounds", ("lipcert.bounds",)),
     ("radii", ("lipcert.radii", "lipcert.local")),
-    ("certification", ("lipcert.records", "lipcert.certification", "lipcert.attacks")),
     ("loading", ("lipcert.loading", "lipcert.adapters", "lipcert.datasets")),
-    ("applications", ("lipcert.combination", "lipcert.vnncomp", "lipcert.demo", "lipcert.report", "lipcert.cli",
-                      "lipcert.__main__")),
+    ("certification", ("lipcert.records", "lipcert.certification", "lipcert.attacks")),
+    ("applications", ("lipcert.verbs", "lipcert.combination", "lipcert.vnncomp", "lipcert.demo", "lipcert.report",
+                      "lipcert.cli", "lipcert.__main__")),
 )
 
 

@@ -51,7 +51,7 @@ def test_model_reproduces_its_card_and_its_radii_survive_the_attack(path, shared
     # PGD at each certified input's own (ECLipsE-Fast) radius finds nothing; at three times the radius it breaks some.
     chosen = np.flatnonzero(cert.correct & (cert.radius > 0))[:12]
     sub = lipcert.certify(net, x[chosen], y[chosen], method="eclipse-fast", progress=False)
-    at_radius = lipcert.attack(net, x[chosen], y[chosen], 2, sub.radius, steps=50, restarts=2, progress=False)
+    at_radius = lipcert.attack(net, x[chosen], y[chosen], norm=2, eps=sub.radius, steps=50, restarts=2, progress=False)
     assert soundness_violations(sub, at_radius).size == 0
-    beyond = lipcert.attack(net, x[chosen], y[chosen], 2, 3 * sub.radius, steps=50, restarts=2, progress=False)
+    beyond = lipcert.attack(net, x[chosen], y[chosen], norm=2, eps=3 * sub.radius, steps=50, restarts=2, progress=False)
     assert beyond.success.any()

@@ -127,7 +127,7 @@ def bench_model(path: Path, x: np.ndarray, y: np.ndarray, args: argparse.Namespa
     arch = card["architecture"].split(":")[0]
     net = lipcert.load(path, input_range=(0.0, 1.0))
     rows: list[Row] = []
-    methods = [m for m in args.methods if m in lipcert.METHODS]
+    methods = [m for m in args.methods if m in lipcert.bounds.METHODS]
     certs: dict[str, lipcert.Certification] = {}
     seconds: dict[str, float] = {}
     for m in methods:
@@ -183,7 +183,7 @@ def bench_model(path: Path, x: np.ndarray, y: np.ndarray, args: argparse.Namespa
                         else (np.zeros(0, dtype=bool), 0.0))
         rows.append(Row(name, "Lipschitz first, then CROWN", e,
                         float((lipschitz_mask[:k].sum() + rest_mask.sum()) / k), seconds[best] * k / n + s, k))
-        result = lipcert.attack(net, x, y, 2, e, steps=args.pgd_steps, restarts=args.pgd_restarts,
+        result = lipcert.attack(net, x, y, norm=2, eps=e, steps=args.pgd_steps, restarts=args.pgd_restarts,
                                 input_range=(0.0, 1.0), progress=False)
         rows.append(Row(name, "PGD upper bound", e, result.robust_accuracy, result.seconds, n))
         violations += sum(soundness_violations(c, result).size for c in certs.values())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ShapeMismatchError
-from ..network import Network
+from ..network import Network, require_network
 from .result import LipschitzBound
 
 MAX_CHECK_SIZE = 6000
@@ -64,7 +64,9 @@ def check_certificate(net: Network, bound: LipschitzBound, *, scale: float = 1.0
 
     For a valid bound Q is PSD at scale 1 (math.md section 8.2).  L^2 is the smallest rho
     that the multipliers certify (Theorem 1), so at scale 1 - 1e-6 Q is indefinite.  Small nets only.
+    ``net`` is the Network the bound was computed for (:class:`~lipcert.errors.NotANetworkError` otherwise).
     """
+    net = require_network(net, "check_certificate")
     if not bound.multipliers and net.depth > 1:
         raise ShapeMismatchError(f"the {bound.method!r} bound (rule {bound.rule!r}) carries no LipSDP "
                                  "multipliers to check")

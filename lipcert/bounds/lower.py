@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..network import Network
+from ..network import Network, require_network
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,11 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
 
 
 def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: int = 0) -> LowerBound:
-    """The larger of the pattern bound and the sampled Jacobian bound (math.md 8.3)."""
+    """The larger of the pattern bound and the sampled Jacobian bound (math.md 8.3).
+
+    ``net`` must be a Network (:func:`lipcert.lower_bound` loads paths and torch modules).
+    """
+    net = require_network(net, "lower_bound")
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     pattern = pattern_bound(net, restarts=restarts, generator=gen)

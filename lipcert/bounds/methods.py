@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import InfeasibleCertificateError, InvalidOptionError, UnknownMethodError
-from ..network import Network
+from ..network import Network, require_network
 from . import closed_form, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
@@ -294,6 +294,8 @@ def lipschitz(
     ------
     UnknownMethodError, InvalidOptionError, InvalidParameterError
         See :func:`resolve`.
+    NotANetworkError
+        ``net`` is no Network (:func:`lipcert.lipschitz` loads paths and torch modules).
 
     Notes
     -----
@@ -302,6 +304,7 @@ def lipschitz(
     Lip(f) <= ||W_L M_{L-1}^{-1} W_L^T||^{1/2}.  Each rule picks a diagonal Lambda_k in
     closed form; ECLipsE-Fast is Lambda_k = I / lambda_max(Gamma_k).
     """
+    net = require_network(net, "lipschitz")
     call = resolve(method, options)
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")

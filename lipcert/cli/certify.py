@@ -134,7 +134,7 @@ def _attack_all(args: argparse.Namespace, net: Network, x: np.ndarray, y: np.nda
         if e in done:
             out.append(done[e])
             continue
-        res = attack(net, x, y, norm, e, steps=args.attack_steps, restarts=args.attack_restarts,
+        res = attack(net, x, y, norm=norm, eps=e, steps=args.attack_steps, restarts=args.attack_restarts,
                      input_range=input_range)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"eps": e, "norm": norm, "n": len(y), "steps": res.steps, "restarts": res.restarts,

@@ -14,6 +14,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def _done_lines(path: Path, n: int, norm: str, strategy: str) -> dict[tuple[str,
     return done
 
 
-def _run_verifiers(args: argparse.Namespace, base: CertifyRun, out: Path, names: list[str]
+def _run_verifiers(args: argparse.Namespace, base: CertifyRun, out: Path, names: Sequence[str]
                    ) -> dict[tuple[str, float], dict[str, Any]]:
     """Each verifier at each eps (on all inputs, or those lipcert left); one JSON line each."""
     from ..adapters.lirpa import bounded_module, verify
@@ -80,10 +81,10 @@ def _run_verifiers(args: argparse.Namespace, base: CertifyRun, out: Path, names:
             seconds = 0.0
             if todo.size:
                 lm = lm or bounded_module(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std)
-                res = verify(lm, base.x[todo], base.y[todo], [e], norm=base.norm, verifier=name,
+                res = verify(lm, base.x[todo], base.y[todo], eps=[e], norm=base.norm, verifier=name,
                              batch_size=args.verifier_batch_size, index=todo)
-                certified[todo], lower[todo] = res.certified[0], res.min_lower[0]
-                seconds = float(res.seconds[0].sum())
+                certified[todo], lower[todo] = res.verified[0], res.min_lower[0]
+                seconds = float(res.input_seconds[0].sum())
             rec = {"verifier": name, "eps": e, "norm": base.norm, "n": n, "strategy": args.strategy,
                    "run_on": todo.tolist(), "certified": certified.astype(int).tolist(),
                    "min_lower": [None if np.isnan(v) else float(v) for v in lower], "seconds": seconds}
@@ -110,12 +111,12 @@ def _radius(args: argparse.Namespace, base: CertifyRun) -> dict[str, Any] | None
     radius[idx] = res.radius
     return {"verifier": "crown", "steps": res.steps, "calls": res.calls,
             "median": float(np.median(radius[cert.correct])) if idx.size else 0.0,
-            "seconds_per_input": float(res.seconds.mean()) if idx.size else 0.0,
+            "seconds_per_input": float(res.input_seconds.mean()) if idx.size else 0.0,
             "lipcert_median": float(np.median(cert.radius[cert.correct])) if idx.size else 0.0,
             "radii": radius.tolist()}
 
 
-def build_record(args: argparse.Namespace, base: CertifyRun, names: list[str],
+def build_record(args: argparse.Namespace, base: CertifyRun, names: Sequence[str],
                  lines: dict[tuple[str, float], dict[str, Any]], radius: dict[str, Any] | None
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The comparison record and the per-input columns of comparison_samples.csv."""

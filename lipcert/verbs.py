@@ -1,0 +1,61 @@
+"""``lipcert.lipschitz`` and ``lipcert.lower_bound``: the bound verbs on any model source.
+
+The bounds in :mod:`lipcert.bounds` take a loaded :class:`~lipcert.Network` (``bounds/`` imports
+nothing from loading or the adapters); these verbs load a path or a torch module first with
+:func:`lipcert.load`, as every other verb does.  A torch module needs ``input_shape=`` here:
+these verbs have no inputs to read it from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .bounds import methods
+from .bounds import lower as lower_bounds
+from .bounds.lower import LowerBound
+from .bounds.result import LipschitzBound
+from .loading import as_network
+
+
+def lipschitz(
+    model: Any,
+    method: str = "combined",
+    *,
+    options: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> LipschitzBound:
+    """Upper bound on the L2 Lipschitz constant of a model.
+
+    Parameters
+    ----------
+    model : Network, path or torch.nn.Module
+        Loaded with :func:`lipcert.load` (a torch module needs ``input_shape``).
+    method, options, dtype, device
+        See :func:`lipcert.bounds.methods.lipschitz`: a method name of :data:`lipcert.bounds.METHODS`,
+        its options mapping, the precision and device of the closed-form recursions.
+    input_shape : sequence of int, optional
+        Shape of one input without the batch axis, for a torch module.
+
+    Returns
+    -------
+    LipschitzBound
+        ``value`` >= Lip_2(f) of the loaded Network (raw inputs when it carries its normalization).
+    """
+    net = as_network(model, input_shape=input_shape, verb="lipschitz")
+    return methods.lipschitz(net, method, options=options, dtype=dtype, device=device)
+
+
+def lower_bound(model: Any, *, restarts: int = 8, samples: int = 256, seed: int = 0,
+                input_shape: Sequence[int] | None = None) -> LowerBound:
+    """Lower bound on the L2 Lipschitz constant of a model (see :func:`lipcert.bounds.lower.lower_bound`).
+
+    ``model`` is loaded with :func:`lipcert.load` (a torch module needs ``input_shape``);
+    ``restarts``, ``samples`` and ``seed`` are those of the pattern and sampled-Jacobian bounds.
+    """
+    net = as_network(model, input_shape=input_shape, verb="lower_bound")
+    return lower_bounds.lower_bound(net, restarts=restarts, samples=samples, seed=seed)

@@ -58,6 +58,7 @@ _LABEL = "optimized"
 _BARRIER = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 _STAGE_WINDOW = 5       # a stage ends when its last _STAGE_WINDOW iterations lowered its objective
 _STAGE_TOL = 1e-5       # by less than _STAGE_TOL (log units), or when the line search fails
+_STAGE_REL = 0.0
 
 
 @dataclass
@@ -106,7 +107,7 @@ class _Problem:
             if part.shape != ctx.gamma.shape[:1]:
                 raise ShapeMismatchError(f"layer {ctx.index}: {part.shape[0]} multipliers for "
                                          f"{ctx.gamma.shape[0]} live neurons")
-            yield _LABEL, offered(part, ctx, barrier)
+            yield _LABEL, relative(part, ctx, barrier)
 
         return choose
 
@@ -152,6 +153,18 @@ def offered(theta: torch.Tensor, ctx: LayerContext, barrier: list[torch.Tensor] 
     """Multipliers exp(theta) (true units) in the normalized units of ``ctx``; appends the layer's barrier
     term log det(2 Lambda^-1 - Gamma) - sum log diag to ``barrier`` when one is given."""
     lam = torch.exp(theta + ctx.log_scale)
+    if barrier is not None:
+        barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
+    return lam
+
+
+def relative(phi: torch.Tensor, ctx: LayerContext, barrier: list[torch.Tensor] | None) -> torch.Tensor:
+    """Multipliers lambda_i = exp(phi_i) / Gamma_ii (in any units: both scale alike); appends the layer's
+    barrier term like :func:`offered`.
+
+    Gamma_k depends on the earlier layers' multipliers, and this dependence is differentiated through.
+    """
+    lam = torch.exp(phi) / torch.diagonal(ctx.gamma)
     if barrier is not None:
         barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
     return lam
@@ -229,7 +242,8 @@ def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline:
                     memory.append((s, y))
                     del memory[:-_MEMORY]
                 point = accepted
-            stalled = len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < _STAGE_TOL
+            tol = max(_STAGE_TOL, _STAGE_REL * problem.mu)
+            stalled = len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < tol
             if accepted is None or stalled:  # this barrier weight has converged: lower it, or stop after the last
                 stage += 1
                 if stage == len(_BARRIER):
@@ -342,12 +356,15 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     origin = candidates[start_rule]
     masks = [m > 0 for m in origin.multipliers]  # the live neurons the recursion keeps
     problem.sizes = [int(m.sum()) for m in masks]
-    theta0 = torch.cat([torch.log(m[mask]) for m, mask in zip(origin.multipliers, masks)])
+    theta0 = _relative_start(ws, relaxed, next(rule for rule in rules if rule.name == start_rule))
     iterations = opts.get("iterations", DEFAULT_ITERATIONS)
-    best_point, trajectory = minimize(problem, theta0, iterations, deadline, progress, _LABEL)
+    best_point, trajectory = (None, []) if theta0 is None else minimize(problem, theta0, iterations, deadline,
+                                                                        progress, _LABEL)
     out = {_LABEL: _finish(problem, best_point, origin, _LABEL, start_rule, trajectory, start_time)}
     if opts.get("pairs") and outputs > 1 and direction is None:
         warm = theta0 if best_point is None else best_point.theta
+        if warm is None:
+            return {**out, **passes}
         for i, j in itertools.combinations(range(outputs), 2):
             if deadline is not None and time.perf_counter() > deadline:
                 break
@@ -360,6 +377,30 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
             out[name] = _finish(pair, pair_best, origin, name, start_rule, pair_trajectory, start_time)
     out.update(passes)
     return out
+
+
+def _relative_start(weights: list[torch.Tensor], slopes: Slopes, rule: Rule) -> torch.Tensor | None:
+    """phi = log(lambda_i Gamma_ii) of the pass of ``rule`` (with its fallbacks) on the live neurons, or None
+    if that pass is infeasible.
+
+    The rule is run again rather than its stored multipliers replayed: replaying fixed multipliers is
+    ill-conditioned on deep nets (docs/decisions.md), while the relative multipliers re-evaluate stably.
+    """
+    logs: dict[int, torch.Tensor] = {}  # per layer, the last candidate offered: run() accepts the first feasible one
+    chooser = closed_form.rule_chooser(rule)
+
+    def choose(ctx: LayerContext) -> Iterator[Candidate]:
+        log_diag = torch.log(torch.diagonal(ctx.gamma))
+        for label, lam in chooser(ctx):
+            logs[ctx.index] = torch.log(lam) + log_diag
+            yield label, lam
+
+    try:
+        with torch.no_grad():
+            run(weights, slopes, choose)
+    except InfeasibleCertificateError:
+        return None
+    return torch.cat([logs[k] for k in sorted(logs)])
 
 
 def _finish(problem: _Problem, best: Point | None, origin: RecursionResult, name: str, start_rule: str,

@@ -12,11 +12,11 @@ with gradients from torch autograd through the float64 recursion itself (:func:`
 The multipliers are not the variables: at hidden layer k the chooser builds them from the Gamma_k
 it is handed, with a shape phi_k (one per live neuron) and a margin psi_k (one per layer),
 
-    u_i = exp(phi_i) / Gamma_ii,   lambda = c_k u / lambda_max(U^1/2 Gamma_k U^1/2),   c_k = 2 sigmoid(psi_k),
+    u_i = exp(phi_i) / Gamma_ii,   lambda = c_k u / top(U^1/2 Gamma_k U^1/2),   c_k = 2 sigmoid(psi_k),
 
-so lambda_max(Lambda^1/2 Gamma_k Lambda^1/2) = c_k < 2: every layer is feasible by construction (up
-to the Cholesky margins), at a distance from the boundary set by c_k alone, whatever the earlier layers
-did.  Fixed multipliers (or their logs) re-evaluate ill-conditionedly on deep nets: a layer at
+with top a smooth upper bound on lambda_max (:func:`top_eigenvalue`), so lambda_max(Lambda^1/2 Gamma_k
+Lambda^1/2) <= c_k < 2: every layer is feasible by construction (up to the Cholesky margins), at a
+distance from the boundary set by c_k alone, whatever the earlier layers did.  Fixed multipliers (or their logs) re-evaluate ill-conditionedly on deep nets: a layer at
 lambda_max(Lambda^1/2 Gamma Lambda^1/2) = c amplifies changes of Gamma along its top direction by
 about 1/(1 - c/2) in M_k^{-1}, hence in Gamma_{k+1}, so the sensitivity to the first layers grows
 geometrically with depth (docs/decisions.md).  Every objective evaluation *is* a run of the certified
@@ -70,6 +70,8 @@ _STAGE_WINDOW = 5       # a stage ends when its last _STAGE_WINDOW iterations lo
 _STAGE_TOL = 1e-5       # by less than max(_STAGE_TOL, mu) (log units), or when the line search fails
 _DENSE_TOP = 512        # lambda_max of U^1/2 Gamma U^1/2 by eigvalsh up to this width, power iteration above
 _POWER_STEPS = 60
+_SOFT_TOP = 0.01        # temperature of the smooth top eigenvalue, relative to lambda_max
+_MAX_START_C = 1.999
 
 
 @dataclass
@@ -174,7 +176,7 @@ def offered(theta: torch.Tensor, ctx: LayerContext, barrier: list[torch.Tensor] 
 
 def scaled(phi: torch.Tensor, psi: torch.Tensor, ctx: LayerContext, barrier: list[torch.Tensor] | None
            ) -> torch.Tensor:
-    """Multipliers c u / lambda_max(U^1/2 Gamma U^1/2) with u_i = exp(phi_i) / Gamma_ii and c = 2 sigmoid(psi)
+    """Multipliers c u / top(U^1/2 Gamma U^1/2) with u_i = exp(phi_i) / Gamma_ii and c = 2 sigmoid(psi)
     (in any units: lambda scales like 1 / Gamma); appends the layer's barrier term like :func:`offered`.
 
     Gamma_k depends on the earlier layers' multipliers, and this dependence is differentiated through.
@@ -187,13 +189,20 @@ def scaled(phi: torch.Tensor, psi: torch.Tensor, ctx: LayerContext, barrier: lis
 
 
 def top_eigenvalue(u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """lambda_max(U^1/2 Gamma U^1/2), differentiable: eigvalsh up to width :data:`_DENSE_TOP`; above, the
-    Rayleigh quotient at a power-iteration vector (exact gradient at the eigenvector; an estimate below
-    lambda_max only moves c closer to 2, and the recursion's Cholesky still decides feasibility)."""
+    """A smooth upper bound on lambda_max(U^1/2 Gamma U^1/2), differentiable.
+
+    Up to width :data:`_DENSE_TOP`: t log sum_i exp(mu_i / t) over its eigenvalues mu_i, t = 0.01 mu_max
+    (>= mu_max, so c / top <= c / mu_max keeps c < 2 feasible; lambda_max itself is not differentiable
+    where the top eigenvalue is multiple, which is typical near the optimum).  Above: the Rayleigh
+    quotient at a power-iteration vector (an estimate below lambda_max only moves c closer to 2, and
+    the recursion's Cholesky still decides feasibility).
+    """
     root = torch.sqrt(u)
     mat = root[:, None] * gamma * root[None, :]
     if mat.shape[0] <= _DENSE_TOP:
-        return torch.linalg.eigvalsh(mat)[-1]
+        eig = torch.linalg.eigvalsh(mat)
+        t = _SOFT_TOP * float(eig[-1])
+        return t * torch.logsumexp(eig / t, dim=0)
     with torch.no_grad():
         v = torch.ones_like(u) / math.sqrt(u.shape[0])
         for _ in range(_POWER_STEPS):
@@ -413,7 +422,7 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
 
 def _scaled_start(weights: list[torch.Tensor], slopes: Slopes, rule: Rule) -> torch.Tensor | None:
     """(phi, psi) reproducing the pass of ``rule`` (with its fallbacks) on the live neurons, or None if that
-    pass is infeasible: phi = log(lambda_i Gamma_ii), c_k = lambda_max(Lambda^1/2 Gamma_k Lambda^1/2).
+    pass is infeasible: phi = log(lambda_i Gamma_ii), c_k = top(Lambda^1/2 Gamma_k Lambda^1/2).
 
     The rule is run again rather than its stored multipliers replayed: replaying fixed multipliers is
     ill-conditioned on deep nets (docs/decisions.md), while (phi, psi) re-evaluate stably.
@@ -434,9 +443,9 @@ def _scaled_start(weights: list[torch.Tensor], slopes: Slopes, rule: Rule) -> to
             run(weights, slopes, choose)
     except InfeasibleCertificateError:
         return None
-    if not all(0 < tops[k] < 2 for k in tops):  # general slopes: the recursion may accept such a candidate
-        return None
-    psi = [math.log(tops[k] / (2 - tops[k])) for k in sorted(tops)]
+    # top >= lambda_max: near-boundary rules (GC(1.99)) can have top >= 2; their start is then scaled
+    # down to c = 1.999 (a slightly different certificate; the result is never worse than the rule's).
+    psi = [math.log(c / (2 - c)) for c in (min(tops[k], _MAX_START_C) for k in sorted(tops))]
     return torch.cat([phis[k] for k in sorted(phis)] + [torch.tensor(psi, dtype=weights[0].dtype)])
 
 

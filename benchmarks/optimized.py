@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 import lipcert
+from lipcert.bounds.sdp import SIZE_LIMITS
 from lipcert.errors import LipcertError
 from lipcert.random_nets import eclipse_benchmark, gaussian
 
@@ -134,7 +135,8 @@ def measure_deep(net: lipcert.Network, sdp: bool, ref_eps: float | None) -> dict
     row["load_opt"] = load_average()
     row["lipsdp"] = bound(net, "lipsdp-neuron") if sdp else None
     row["load_sdp"] = load_average() if sdp else None
-    row["reference"] = reference(net, opt, ref_eps) if ref_eps else None
+    size = net.weights[0].shape[1] + sum(w.shape[0] for w in net.weights[:-1])
+    row["reference"] = reference(net, opt, ref_eps) if ref_eps and size <= SIZE_LIMITS["SCS"] else None
     start = time.perf_counter()
     low = lipcert.lower_bound(net, restarts=4)
     row["pattern"] = (low.pattern, time.perf_counter() - start)
@@ -167,6 +169,8 @@ def deep(args: argparse.Namespace, command: str) -> int:
             for w in DEEP_WIDTHS for d in DEEP_DEPTHS]
     nets += [(f"ECLipsE depth {d} (width 80)", lambda d=d: eclipse_benchmark(d)) for d in DEEP_DEPTHS]
     for name, make in nets:
+        if args.only and not any(part in name for part in args.only):
+            continue
         print(name, flush=True)
         rows.append((name, measure_deep(make(), args.sdp, args.reference)))
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdp", action="store_true", help="with --deep: lipcert's LipSDP-Neuron where it runs")
     parser.add_argument("--reference", type=float, default=None, metavar="EPS",
                         help="with --deep: LipSDP-Neuron by SCS at this eps on the net rescaled by the certificate")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="with --deep: only the nets whose row name contains NAME (repeatable)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/optimized.py", *sys.argv[1:]])

@@ -16,10 +16,11 @@ it is handed, with a shape phi_k (one per live neuron) and a margin psi_k (one p
 
 with top a smooth upper bound on lambda_max (:func:`top_eigenvalue`), so lambda_max(Lambda^1/2 Gamma_k
 Lambda^1/2) <= c_k < 2: every layer is feasible by construction (up to the Cholesky margins), at a
-distance from the boundary set by c_k alone, whatever the earlier layers did.  Fixed multipliers (or their logs) re-evaluate ill-conditionedly on deep nets: a layer at
-lambda_max(Lambda^1/2 Gamma Lambda^1/2) = c amplifies changes of Gamma along its top direction by
-about 1/(1 - c/2) in M_k^{-1}, hence in Gamma_{k+1}, so the sensitivity to the first layers grows
-geometrically with depth (docs/decisions.md).  Every objective evaluation *is* a run of the certified
+distance from the boundary set by c_k alone, whatever the earlier layers did.  Fixed multipliers (or
+their logs) re-evaluate ill-conditionedly on deep nets: a layer at lambda_max(Lambda^1/2 Gamma
+Lambda^1/2) = c amplifies changes of Gamma along its top direction by about c / (2 - c) in M_k^{-1},
+hence in Gamma_{k+1}, so the sensitivity to the first layers grows geometrically with depth
+(docs/decisions.md).  Every objective evaluation *is* a run of the certified
 recursion, with its Cholesky safety margins and log-space scaling: a step whose Cholesky fails at
 some layer is infeasible and is shrunk (backtracking), so every accepted iterate is a certificate
 and stopping at any iteration is safe.  The sublevel sets of the bound in lambda are convex (1/L^2

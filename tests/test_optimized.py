@@ -166,3 +166,61 @@ def test_recursion_stays_differentiable_in_the_multipliers() -> None:
     except RuntimeError as exc:  # pragma: no cover - the message is the point
         pytest.fail(f"recursion.run is no longer differentiable in the multipliers (method 'optimized' needs it): {exc}")
     assert all(bool(torch.isfinite(g).all()) and bool((g != 0).any()) for g in grads)
+
+
+def _recorded_iterates(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, torch.Tensor, float]]:
+    """Every feasible point the optimizer evaluates: (problem, theta, certified value)."""
+    from lipcert.bounds import optimize
+
+    seen: list[tuple[object, torch.Tensor, float]] = []
+    evaluate = optimize._Problem.evaluate
+
+    def recording(self, theta):
+        point = evaluate(self, theta)
+        if point is not None:
+            seen.append((self, point.theta.clone(), point.value))
+        return point
+
+    monkeypatch.setattr(optimize._Problem, "evaluate", recording)
+    return seen
+
+
+def test_every_iterate_of_the_scaled_schedule_is_a_certificate(rng: np.random.Generator,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each feasible (phi, psi) the schedule evaluates, rebuilt through the recursion without autograd,
+    gives the value it reported, and its multipliers make the LipSDP matrix PSD at value^2 (50 digits)."""
+    from lipcert.bounds.certificate import lipsdp_matrix
+    from lipcert.bounds.closed_form import closed_form_slopes
+    from lipcert.bounds.recursion import run
+    from test_bounds import has_negative_pivot
+
+    seen = _recorded_iterates(monkeypatch)
+    net = gaussian([6] * 4 + [2], seed=rng)  # three hidden layers: stored multipliers still re-evaluate accurately
+    bound = optimized(net, iterations=12)
+    assert len(seen) > 5
+    slopes = closed_form_slopes(net.slopes())
+    low = lipcert.lower_bound(net, restarts=4, samples=32).value
+    for problem, theta, value in seen[:: max(1, len(seen) // 8)]:
+        with torch.no_grad():
+            result = run(list(net.weights), slopes, problem.chooser(theta))
+        assert result.value == pytest.approx(value, rel=1e-9)
+        assert low <= value
+        rho = value**2
+        q = lipsdp_matrix(net, rho, [rho * m for m in result.multipliers], slopes)
+        assert not has_negative_pivot(q), value
+    assert bound.value <= min(v for _, _, v in seen) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("seed", (0, 1))
+def test_deep_nets_never_above_the_start_nor_below_the_pattern_bound(seed: int, rng: np.random.Generator) -> None:
+    """Depth 16 (the relative scale + shape parameterization is for deep nets): a seeded draw and a random
+    one (soundness), the fixed one also for the gain over the closed forms (quality)."""
+    for draw in (seed, rng):
+        net = gaussian([8] * 16 + [1], seed=draw)
+        comb = lipcert.lipschitz(net, "combined").value
+        bound = optimized(net, iterations=30)
+        trajectory = bound.extras["trajectory"]
+        assert trajectory[0] <= comb * (1 + 1e-9) and bound.value <= trajectory[0]
+        low = lipcert.lower_bound(net, restarts=4, samples=32)
+        assert max(low.value, low.pattern) <= bound.value
+        assert draw is rng or bound.value < 0.7 * comb, (seed, bound.value, comb)

@@ -2,23 +2,34 @@
 
 By Theorem 1 every positive diagonal choice of Lambda_1..Lambda_{L-1} with all M_k > 0 certifies
 Lip(c^T f) <= sqrt(c^T G_L c), G_L = W_L M_{L-1}^{-1} W_L^T, and optimizing over all of them is
-LipSDP-Neuron.  Starting from the best closed-form certificate (``combined``), this module improves
-theta_k = log lambda_k (per neuron, true scale) by L-BFGS steps on
+LipSDP-Neuron.  Starting from the best closed-form certificate (``combined``), this module improves the
+multipliers by L-BFGS steps on
 
     log c^T G_L c                                   (a margin direction c), or
     tau log sum_i (mu_i)^(1/tau)  >= log lambda_max(G_L)   (mu_i the eigenvalues of G_L; the full vector),
 
-with gradients from torch autograd through the float64 recursion itself
-(:func:`.recursion.run`, fed by a chooser that returns exp(theta_k) in the layer's normalized
-coordinates).  Every objective evaluation *is* a run of the certified recursion, with its
-Cholesky safety margins and log-space scaling: a step whose Cholesky fails at some layer is
-infeasible and is shrunk (backtracking), so every accepted iterate is a certificate and stopping
-at any iteration is safe.  The problem is convex in lambda (1/L^2 is the largest sigma with
-Q(1/sigma, Lambda/sigma) / (1/sigma) >= 0, a linear matrix inequality in (lambda, sigma)), so the
-iterates approach LipSDP-Neuron.  Its optimum typically sits where some M_k is singular (M_{L-1}
-along the null space of W_L, for instance), so the steps minimize objective + mu * barrier with
-barrier = -sum_k log(det C_k / prod diag C_k), C_k = 2 Lambda_k^{-1} - Gamma_k, for mu = 1e-2 down
-to 0 (path following; each stage warm-starts the next), which keeps early iterates off the
+with gradients from torch autograd through the float64 recursion itself (:func:`.recursion.run`).
+The multipliers are not the variables: at hidden layer k the chooser builds them from the Gamma_k
+it is handed, with a shape phi_k (one per live neuron) and a margin psi_k (one per layer),
+
+    u_i = exp(phi_i) / Gamma_ii,   lambda = c_k u / top(U^1/2 Gamma_k U^1/2),   c_k = 2 sigmoid(psi_k),
+
+with top a smooth upper bound on lambda_max (:func:`top_eigenvalue`), so lambda_max(Lambda^1/2 Gamma_k
+Lambda^1/2) <= c_k < 2: every layer is feasible by construction (up to the Cholesky margins), at a
+distance from the boundary set by c_k alone, whatever the earlier layers did.  Fixed multipliers (or
+their logs) re-evaluate ill-conditionedly on deep nets: a layer at lambda_max(Lambda^1/2 Gamma
+Lambda^1/2) = c amplifies changes of Gamma along its top direction by about c / (2 - c) in M_k^{-1},
+hence in Gamma_{k+1}, so the sensitivity to the first layers grows geometrically with depth
+(docs/decisions.md).  Every objective evaluation *is* a run of the certified
+recursion, with its Cholesky safety margins and log-space scaling: a step whose Cholesky fails at
+some layer is infeasible and is shrunk (backtracking), so every accepted iterate is a certificate
+and stopping at any iteration is safe.  The sublevel sets of the bound in lambda are convex (1/L^2
+is the largest sigma with Q(1/sigma, Lambda/sigma) / (1/sigma) >= 0, a linear matrix inequality in
+(lambda, sigma)), and the iterates approach LipSDP-Neuron.  Its optimum often sits where some M_k
+is singular (M_{L-1} along the null space of W_L, for instance), so the steps minimize objective +
+mu * barrier with barrier = -sum_k log(det C_k / prod diag C_k), C_k = 2 Lambda_k^{-1} - Gamma_k,
+for mu = 1e-2 down to 0 (path following; each stage warm-starts the next and ends once its
+objective changes by less than max(1e-5, mu) over 5 iterations), which keeps early iterates off the
 boundary where the recursion's margins would stall the line search.
 
 The certificate uses the closed forms' slopes (alpha >= 0 relaxed to 0, math.md 7(ii)); negative
@@ -49,7 +60,7 @@ Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 DEFAULT_ITERATIONS = 100
 DEFAULT_PAIR_ITERATIONS = 20
 OPTIONS = ("iterations", "seconds", "direction", "pairs", "pair_iterations", "progress")
-_MEMORY = 10            # L-BFGS history length
+_MEMORY = 40            # L-BFGS history length
 _ARMIJO = 1e-4          # sufficient-decrease constant of the backtracking line search
 _MAX_BACKTRACKS = 30
 _TAU = 0.01             # temperature of the smooth lambda_max surrogate (log units)
@@ -58,7 +69,11 @@ _LABEL = "optimized"
 # Barrier weights mu of the continuation: objective + mu * sum_k -log(det M_k / prod diag M_k).
 _BARRIER = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 _STAGE_WINDOW = 5       # a stage ends when its last _STAGE_WINDOW iterations lowered its objective
-_STAGE_TOL = 1e-5       # by less than _STAGE_TOL (log units), or when the line search fails
+_STAGE_TOL = 1e-5       # by less than max(_STAGE_TOL, mu) (log units), or when the line search fails
+_DENSE_TOP = 512        # lambda_max of U^1/2 Gamma U^1/2 by eigvalsh up to this width, power iteration above
+_POWER_STEPS = 60
+_SOFT_TOP = 0.01        # temperature of the smooth top eigenvalue, relative to lambda_max
+_MAX_START_C = 1.999
 
 
 @dataclass
@@ -95,19 +110,22 @@ class _Problem:
         self.evaluations = 0
 
     def chooser(self, theta: torch.Tensor, barrier: list[torch.Tensor] | None = None):
-        """Chooser offering exp(theta_k) at layer k; appends each layer's barrier term to ``barrier``.
+        """Chooser building layer k's multipliers from (phi_k, psi_k) (:func:`scaled`); appends each layer's
+        barrier term to ``barrier``.
 
-        With negative alpha the recursion tests 2 D - S W X^{-1} W^T S, which is below 2 D - Gamma;
-        the barrier then only steers, and feasibility is still decided by the recursion.
+        ``theta`` is phi_1..phi_{L-1} (``sizes`` entries each) followed by psi_1..psi_{L-1}.  With negative
+        alpha the recursion tests 2 D - S W X^{-1} W^T S, which is below 2 D - Gamma; the barrier then only
+        steers, and feasibility is still decided by the recursion.
         """
-        parts = torch.split(theta, self.sizes)
+        parts = torch.split(theta, self.sizes + [len(self.sizes)])
+        margins = parts[-1]
 
         def choose(ctx: LayerContext) -> Iterator[Candidate]:
             part = parts[ctx.index - 1]
             if part.shape != ctx.gamma.shape[:1]:
                 raise ShapeMismatchError(f"layer {ctx.index}: {part.shape[0]} multipliers for "
                                          f"{ctx.gamma.shape[0]} live neurons")
-            yield _LABEL, offered(part, ctx, barrier)
+            yield _LABEL, scaled(part, margins[ctx.index - 1], ctx, barrier)
 
         return choose
 
@@ -155,6 +173,43 @@ def offered(theta: torch.Tensor, ctx: LayerContext, barrier: list[torch.Tensor] 
     if barrier is not None:
         barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
     return lam
+
+
+def scaled(phi: torch.Tensor, psi: torch.Tensor, ctx: LayerContext, barrier: list[torch.Tensor] | None
+           ) -> torch.Tensor:
+    """Multipliers c u / top(U^1/2 Gamma U^1/2) with u_i = exp(phi_i) / Gamma_ii and c = 2 sigmoid(psi)
+    (in any units: lambda scales like 1 / Gamma); appends the layer's barrier term like :func:`offered`.
+
+    Gamma_k depends on the earlier layers' multipliers, and this dependence is differentiated through.
+    """
+    u = torch.exp(phi) / torch.diagonal(ctx.gamma)
+    lam = 2 * torch.sigmoid(psi) * u / top_eigenvalue(u, ctx.gamma)
+    if barrier is not None:
+        barrier.append(log_det_ratio(torch.diag(2 / lam) - ctx.gamma))
+    return lam
+
+
+def top_eigenvalue(u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """A smooth upper bound on lambda_max(U^1/2 Gamma U^1/2), differentiable.
+
+    Up to width :data:`_DENSE_TOP`: t log sum_i exp(mu_i / t) over its eigenvalues mu_i, t = 0.01 mu_max
+    (>= mu_max, so c / top <= c / mu_max keeps c < 2 feasible; lambda_max itself is not differentiable
+    where the top eigenvalue is multiple, which is typical near the optimum).  Above: the Rayleigh
+    quotient at a power-iteration vector (an estimate below lambda_max only moves c closer to 2, and
+    the recursion's Cholesky still decides feasibility).
+    """
+    root = torch.sqrt(u)
+    mat = root[:, None] * gamma * root[None, :]
+    if mat.shape[0] <= _DENSE_TOP:
+        eig = torch.linalg.eigvalsh(mat)
+        t = _SOFT_TOP * float(eig[-1])
+        return t * torch.logsumexp(eig / t, dim=0)
+    with torch.no_grad():
+        v = torch.ones_like(u) / math.sqrt(u.shape[0])
+        for _ in range(_POWER_STEPS):
+            v = mat @ v
+            v = v / v.norm()
+    return v @ (mat @ v)
 
 
 def log_det_ratio(mat: torch.Tensor) -> torch.Tensor:
@@ -229,7 +284,8 @@ def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline:
                     memory.append((s, y))
                     del memory[:-_MEMORY]
                 point = accepted
-            stalled = len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < _STAGE_TOL
+            tol = max(_STAGE_TOL, problem.mu)
+            stalled = len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < tol
             if accepted is None or stalled:  # this barrier weight has converged: lower it, or stop after the last
                 stage += 1
                 if stage == len(_BARRIER):
@@ -342,12 +398,15 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     origin = candidates[start_rule]
     masks = [m > 0 for m in origin.multipliers]  # the live neurons the recursion keeps
     problem.sizes = [int(m.sum()) for m in masks]
-    theta0 = torch.cat([torch.log(m[mask]) for m, mask in zip(origin.multipliers, masks)])
+    theta0 = _scaled_start(ws, relaxed, next(rule for rule in rules if rule.name == start_rule))
     iterations = opts.get("iterations", DEFAULT_ITERATIONS)
-    best_point, trajectory = minimize(problem, theta0, iterations, deadline, progress, _LABEL)
+    best_point, trajectory = (None, []) if theta0 is None else minimize(problem, theta0, iterations, deadline,
+                                                                        progress, _LABEL)
     out = {_LABEL: _finish(problem, best_point, origin, _LABEL, start_rule, trajectory, start_time)}
     if opts.get("pairs") and outputs > 1 and direction is None:
         warm = theta0 if best_point is None else best_point.theta
+        if warm is None:
+            return {**out, **passes}
         for i, j in itertools.combinations(range(outputs), 2):
             if deadline is not None and time.perf_counter() > deadline:
                 break
@@ -360,6 +419,35 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
             out[name] = _finish(pair, pair_best, origin, name, start_rule, pair_trajectory, start_time)
     out.update(passes)
     return out
+
+
+def _scaled_start(weights: list[torch.Tensor], slopes: Slopes, rule: Rule) -> torch.Tensor | None:
+    """(phi, psi) reproducing the pass of ``rule`` (with its fallbacks) on the live neurons, or None if that
+    pass is infeasible: phi = log(lambda_i Gamma_ii), c_k = top(Lambda^1/2 Gamma_k Lambda^1/2).
+
+    The rule is run again rather than its stored multipliers replayed: replaying fixed multipliers is
+    ill-conditioned on deep nets (docs/decisions.md), while (phi, psi) re-evaluate stably.
+    """
+    phis: dict[int, torch.Tensor] = {}  # per layer, the last candidate offered: run() accepts the first feasible one
+    tops: dict[int, float] = {}
+    chooser = closed_form.rule_chooser(rule)
+
+    def choose(ctx: LayerContext) -> Iterator[Candidate]:
+        log_diag = torch.log(torch.diagonal(ctx.gamma))
+        for label, lam in chooser(ctx):
+            phis[ctx.index] = torch.log(lam) + log_diag
+            tops[ctx.index] = float(top_eigenvalue(lam, ctx.gamma))
+            yield label, lam
+
+    try:
+        with torch.no_grad():
+            run(weights, slopes, choose)
+    except InfeasibleCertificateError:
+        return None
+    # top >= lambda_max: near-boundary rules (GC(1.99)) can have top >= 2; their start is then scaled
+    # down to c = 1.999 (a slightly different certificate; the result is never worse than the rule's).
+    psi = [math.log(c / (2 - c)) for c in (min(tops[k], _MAX_START_C) for k in sorted(tops))]
+    return torch.cat([phis[k] for k in sorted(phis)] + [torch.tensor(psi, dtype=weights[0].dtype)])
 
 
 def _finish(problem: _Problem, best: Point | None, origin: RecursionResult, name: str, start_rule: str,

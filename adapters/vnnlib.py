@@ -25,6 +25,7 @@ polyhedra {y : A y <= b} (rows marked ``strict`` need A_i y < b_i), for inputs x
 from __future__ import annotations
 
 import gzip
+import math
 import re
 from dataclasses import dataclass
 from itertools import product
@@ -278,9 +279,12 @@ class _Parser:
             if _VARIABLE.match(t):
                 raise self.error(line, f"variable {t} is not declared")
             try:
-                return {}, float(t)
+                value = float(t)
             except ValueError:
                 raise self.error(line, f"unknown symbol {t!r}") from None
+            if not math.isfinite(value):  # nan/inf would make an empty box look non-empty (nan > x is False)
+                raise self.error(line, f"non-finite constant {t!r}: bounds and coefficients must be finite numbers")
+            return {}, value
         if not t or not isinstance(t[0], str):
             raise self.error(t.line, f"expected a term, got {t!r}")
         head, args = t[0], [self.term(a, t.line) for a in t[1:]]
@@ -296,6 +300,8 @@ class _Parser:
             if len(variable) > 1:
                 raise self.error(t.line, "nonlinear term: a product of variables")
             scale = float(np.prod([a[1] for a in args if not a[0]]))
+            if not math.isfinite(scale):
+                raise self.error(t.line, f"the constant factors of '*' overflow to {scale!r}")
             coef, const = variable[0] if variable else ({}, 1.0)
             return {v: scale * c for v, c in coef.items()}, scale * const
         if head == "/":
@@ -331,6 +337,8 @@ class _Parser:
         value = -const / c  # c x + const <= 0
         if abs(c) != 1.0:   # the division rounded: widen outward
             value = float(np.nextafter(value, np.inf if c > 0 else -np.inf))
+        if not math.isfinite(value):
+            raise self.error(line, f"the bound on X_{i} is {value!r}: input bounds must be finite")
         if c > 0:
             upper[i] = min(upper.get(i, np.inf), value)
         else:

@@ -159,6 +159,14 @@ class OnnxOracle:
         return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
+def counterexample_holds(prop: VnnProperty, x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether ``x`` (flat input) and ``y`` (its model output) are finite, ``x`` lies in the box and ``y``
+    in the violation region: the last check before a ``sat`` answer is given."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return bool(np.isfinite(xs).all() and np.isfinite(ys).all() and xs.size == prop.num_inputs
+                and prop.in_box(xs)[0] and prop.violated_by(ys)[0])
+
+
 # ---------------------------------------------------------------------------------- proof
 def enclosing_ball(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Centre x0 of the box, half-widths h with |x - x0| <= h elementwise for every x in the box
@@ -325,6 +333,8 @@ def vnnlib_check(
     note = ""
 
     def result(status: str, cex: tuple[np.ndarray, np.ndarray] | None = None, why: str = "") -> VnnResult:
+        if status == "sat" and (cex is None or not counterexample_holds(spec, *cex)):
+            status, cex, why = "unknown", None, "a counterexample failed its final check (finite, in the box, violating)"
         return VnnResult(status, cex, clock.elapsed(), radius, margins, lips, radii, radii > radius, method,
                          timings, why or note)
 

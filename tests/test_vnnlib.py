@@ -123,6 +123,11 @@ BAD = [
     ("(assert (<= Y_0 0)", "'(' is never closed"),
     ("(assert (<= Y_0 zero))", "unknown symbol 'zero'"),
     ("(assert true)", "expected a formula, got 'true'"),
+    ("(assert (<= X_0 nan))", "non-finite constant 'nan'"),
+    ("(assert (>= X_1 -inf))", "non-finite constant '-inf'"),
+    ("(assert (>= Y_0 inf))", "non-finite constant 'inf'"),
+    ("(assert (<= (* 1e300 1e300 X_0) 1))", "overflow"),
+    ("(assert (<= (* 1e-320 X_0) 1))", "input bounds must be finite"),
 ]
 
 
@@ -350,3 +355,16 @@ def test_vnncomp2021_instances_agree_with_recorded_outcomes(shared_data: Path, o
         pytest.skip(f"timeout ({res.note}): not wrong, but not compared with today's answer "
                     f"{expected or 'unsat or unknown'}")
     assert res.status == expected if expected else res.status in ("unsat", "unknown")
+
+
+def test_a_counterexample_is_finite_in_the_box_and_violating() -> None:
+    """The last gate before ``sat``: a NaN bound once let an infinite input through as a counterexample."""
+    from lipcert.vnncomp import counterexample_holds
+
+    prop = parse_vnnlib(declare(2, 2) + box(np.zeros(2), np.ones(2)) + "(assert (>= Y_0 Y_1))\n")
+    assert counterexample_holds(prop, np.array([0.5, 1.0]), np.array([2.0, 1.0]))
+    assert not counterexample_holds(prop, np.array([0.5, np.inf]), np.array([2.0, 1.0]))    # not finite
+    assert not counterexample_holds(prop, np.array([0.5, 1.5]), np.array([2.0, 1.0]))       # outside the box
+    assert not counterexample_holds(prop, np.array([0.5, 1.0]), np.array([1.0, 2.0]))       # not violating
+    assert not counterexample_holds(prop, np.array([0.5, 1.0]), np.array([np.nan, 1.0]))   # output not finite
+    assert not counterexample_holds(prop, np.array([0.5]), np.array([2.0, 1.0]))            # wrong size

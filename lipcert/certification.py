@@ -23,7 +23,7 @@ import torch
 from .batch import checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import InvalidArgumentError, ResumeError, ShapeMismatchError
+from .errors import BoundMismatchError, InvalidArgumentError, ResumeError, ShapeMismatchError
 from .local.bound import LOCAL_RULES
 from .loading import as_network
 from .local.radius import LOCAL_METHOD, local_radii
@@ -148,11 +148,16 @@ def _bounds(net: Network, method: str | Sequence[str],
             ) -> tuple[dict[str, LipschitzBound], dict[str, float]]:
     timings: dict[str, float] = {}
     if bound is not None:
-        if isinstance(bound, LipschitzBound):
-            return {bound.method: bound}, timings
-        if isinstance(bound, Mapping):
-            return dict(bound), timings
-        return {b.method: b for b in bound}, timings
+        given = ({bound.method: bound} if isinstance(bound, LipschitzBound) else
+                 dict(bound) if isinstance(bound, Mapping) else {b.method: b for b in bound})
+        fingerprint = net.fingerprint()
+        for name, b in given.items():
+            if b.network != fingerprint:
+                why = "carries no network fingerprint" if not b.network else "was computed for another network"
+                raise BoundMismatchError(
+                    f"bound {name!r} (value {b.value:.6g}) {why}: its radii would not hold for this one (a changed "
+                    "normalization, weights or slopes); compute it with lipcert.lipschitz on this network")
+        return given, timings
     names = [method] if isinstance(method, str) else list(method)
     names = [m.strip() for item in names for m in item.split(",") if m.strip()]
     out = {}

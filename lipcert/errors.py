@@ -91,6 +91,10 @@ class DemoDataError(LipcertError, RuntimeError):
     """A bundled demo file is missing or does not match the model card (a broken install)."""
 
 
+class BoundMismatchError(LipcertError, ValueError):
+    """A Lipschitz bound computed for another network than the one being certified."""
+
+
 class UnknownVerifierError(LipcertError, ValueError):
     """A verifier name other than ibp, crown and alpha-crown."""
 

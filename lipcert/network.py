@@ -8,6 +8,7 @@ certifier evaluates it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -187,6 +188,17 @@ class Network:
     def num_parameters(self) -> int:
         return sum(w.numel() + b.numel() for w, b in zip(self.weights, self.biases))
 
+    def fingerprint(self) -> str:
+        """sha256 over the float64 weights, biases, slopes, activation names and input shape.
+
+        Two networks with the same fingerprint compute the same function (the normalization a model
+        carries is part of W_1, b_1), so a bound or a run recorded with it belongs to this network.
+        """
+        arrays = [t.numpy() for t in (*self.weights, *self.biases, *self.alphas, *self.betas)]
+        h = hashlib.sha256(array_hash(*arrays).encode())
+        h.update(repr((self.activation_names, self.input_shape)).encode())
+        return h.hexdigest()
+
     def slopes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-neuron (alpha_k, beta_k) of every hidden layer."""
         return list(zip(self.alphas, self.betas))
@@ -251,3 +263,13 @@ def require_network(net: Any, verb: str) -> Network:
                                "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "
                                "lipcert.certify, ... load paths and torch modules themselves)")
     return net
+
+
+def array_hash(*arrays: np.ndarray) -> str:
+    """sha256 over the dtype, shape and bytes of each array in turn."""
+    h = hashlib.sha256()
+    for a in arrays:
+        c = np.ascontiguousarray(a)
+        h.update(str((c.dtype.str, c.shape)).encode())
+        h.update(c.tobytes())
+    return h.hexdigest()

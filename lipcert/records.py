@@ -16,27 +16,14 @@ from typing import Any
 import numpy as np
 
 from .errors import ResumeError
-from .network import Network
+from .network import Network, array_hash
 
 RECORDS_VERSION = 1
 
 
-def array_hash(*arrays: np.ndarray) -> str:
-    """sha256 over the dtype, shape and bytes of each array in turn."""
-    h = hashlib.sha256()
-    for a in arrays:
-        c = np.ascontiguousarray(a)
-        h.update(str((c.dtype.str, c.shape)).encode())
-        h.update(c.tobytes())
-    return h.hexdigest()
-
-
 def network_hash(net: Network) -> str:
-    """sha256 over the float64 weights, biases, slopes and activation names of a network."""
-    arrays = [t.numpy() for t in (*net.weights, *net.biases, *net.alphas, *net.betas)]
-    h = hashlib.sha256(array_hash(*arrays).encode())
-    h.update(repr((net.activation_names, net.input_shape)).encode())
-    return h.hexdigest()
+    """The network's :meth:`~lipcert.Network.fingerprint` (weights, biases, slopes, activations, input shape)."""
+    return net.fingerprint()
 
 
 class RecordStore:

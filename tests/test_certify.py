@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ import lipcert
 from _certify_models import MNIST_MLPS, lipschitz_mlp, mnist
 from lipcert import certification
 from lipcert.attacks import attack, soundness_violations
-from lipcert.errors import (InvalidArgumentError, InvalidNormError, InvalidRadiusError, ResumeError, ShapeMismatchError,
+from lipcert.errors import (BoundMismatchError, InvalidArgumentError, InvalidNormError, InvalidRadiusError, ResumeError, ShapeMismatchError,
                             UnknownMethodError)
 
 
@@ -137,6 +138,30 @@ def test_a_given_bound_is_used_as_is(rng: np.random.Generator) -> None:
     b = lipcert.certify(net, x, y, method="eclipse-fast")
     assert a.methods == ("eclipse-fast",) and not any(k.startswith("bound:") for k in a.timings)
     np.testing.assert_array_equal(a.radius, b.radius)
+
+
+def test_a_bound_of_another_network_is_refused(rng: np.random.Generator) -> None:
+    """A bound computed before a reload with another normalization (or other weights) would give radii
+    its network does not have: certify refuses it by the network's fingerprint."""
+    net = random_net(rng)
+    x, y = rng.uniform(size=(20, 12)), rng.integers(0, 5, size=20)
+    bound = lipcert.lipschitz(net, "eclipse-fast")
+    normalized = lipcert.Network.from_weights([net.weights[0] / 0.3081, *net.weights[1:]],
+                                              [net.biases[0] - net.weights[0].sum(1) * 0.1307 / 0.3081,
+                                               *net.biases[1:]], "relu")
+    scaled = lipcert.Network.from_weights([w * 10 for w in net.weights], list(net.biases), "relu")
+    for other in (normalized, scaled):
+        assert lipcert.lipschitz(other, "eclipse-fast").value > bound.value  # the slip gives too large radii
+        with pytest.raises(BoundMismatchError, match="computed for another network"):
+            lipcert.certify(other, x, y, bound=bound)
+        with pytest.raises(BoundMismatchError):
+            lipcert.certify(other, x, y, bound={"mine": bound})
+    unmarked = dataclasses.replace(bound, network="")
+    with pytest.raises(BoundMismatchError, match="carries no network fingerprint"):
+        lipcert.certify(net, x, y, bound=[unmarked])
+    same = lipcert.Network.from_weights([w.clone() for w in net.weights], [b.clone() for b in net.biases], "relu")
+    assert same.fingerprint() == net.fingerprint() == bound.network
+    assert lipcert.certify(same, x, y, bound=bound).methods == ("eclipse-fast",)
 
 
 def test_resume_continues_without_recomputing_finished_inputs(

@@ -309,7 +309,8 @@ def lipschitz(
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    return _compute(call, net, torch.float64 if call.method.float64_only else dtype, dev)
+    bound = _compute(call, net, torch.float64 if call.method.float64_only else dtype, dev)
+    return replace(bound, network=net.fingerprint())
 
 
 def _on(net: Network, device: torch.device, dtype: torch.dtype) -> tuple[Weights, Slopes]:

@@ -73,6 +73,9 @@ class LipschitzBound:
         Wall time of the computation.
     status : str
         ``"ok"``, or a short note (fallbacks taken, solver status).
+    network : str
+        :meth:`~lipcert.Network.fingerprint` of the network bounded (empty when unknown); consumers
+        refuse a bound whose fingerprint is not that of the network they certify.
     """
 
     value: float
@@ -85,6 +88,7 @@ class LipschitzBound:
     status: str = "ok"
     grams: dict[str, Gram] = field(default_factory=dict, repr=False)
     extras: dict[str, Any] = field(default_factory=dict, repr=False)
+    network: str = field(default="", repr=False)
 
     def __repr__(self) -> str:
         return (f"LipschitzBound(value={self.value:.6g}, method={self.method!r}, rule={self.rule!r}, "

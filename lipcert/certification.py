@@ -10,6 +10,7 @@ per-input local constants prove (:mod:`lipcert.local`).  Radii are in the networ
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ import torch
 from .batch import checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import BoundMismatchError, InvalidArgumentError, ResumeError, ShapeMismatchError
+from .errors import InvalidArgumentError, ResumeError, ShapeMismatchError
 from .local.bound import LOCAL_RULES
 from .loading import as_network
 from .local.radius import LOCAL_METHOD, local_radii
@@ -31,6 +32,7 @@ from .network import Network
 from .norms import Norm, check_eps, parse_norm, radius_scale
 from .radii import pairwise_constants, radii_from_margins
 from .records import RECORDS_VERSION, RecordStore, array_hash, batch_rows, network_hash, record_columns
+from .runfolder import hold
 from .rounding import error_layers, logit_error_bound
 
 
@@ -151,12 +153,8 @@ def _bounds(net: Network, method: str | Sequence[str],
         given = ({bound.method: bound} if isinstance(bound, LipschitzBound) else
                  dict(bound) if isinstance(bound, Mapping) else {b.method: b for b in bound})
         fingerprint = net.fingerprint()
-        for name, b in given.items():
-            if b.network != fingerprint:
-                why = "carries no network fingerprint" if not b.network else "was computed for another network"
-                raise BoundMismatchError(
-                    f"bound {name!r} (value {b.value:.6g}) {why}: its radii would not hold for this one (a changed "
-                    "normalization, weights or slopes); compute it with lipcert.lipschitz on this network")
+        for b in given.values():
+            b.require_network(fingerprint)
         return given, timings
     names = [method] if isinstance(method, str) else list(method)
     names = [m.strip() for item in names for m in item.split(",") if m.strip()]
@@ -276,12 +274,7 @@ def certify(
     net = as_network(model, x, verb="certify")
     flat, labels, idx = _as_inputs(net, x, y, index)
     bounds, timings = _bounds(net, method, bound)
-    pairs = {}
-    for name, b in bounds.items():
-        p = pairwise_constants(b, net.output_dim)
-        if p.shape != (net.output_dim, net.output_dim):
-            raise ShapeMismatchError(f"bound {name!r} has {p.shape[0]} outputs, the network {net.output_dim}")
-        pairs[name] = p
+    pairs = {name: pairwise_constants(b, net) for name, b in bounds.items()}
     scale = radius_scale(norm_name, net.input_dim)
     n = flat.shape[0]
     methods = list(bounds) + ([LOCAL_METHOD] if local else [])
@@ -293,22 +286,23 @@ def certify(
     done: list[dict[str, np.ndarray]] = []
     store = None
     resumed = 0
-    if records is not None:
-        store = RecordStore(Path(records), _header(net, flat, labels, idx, norm_name, tolerance, bounds, methods),
-                            resume, batch_size)
-        resumed = len(store.rows)
-        if resumed:
-            done.append(record_columns(store.rows, methods))
-            if not np.array_equal(done[0]["index"], idx[:resumed]):
-                raise ResumeError(f"{records}: recorded indices do not match the inputs")
+    with contextlib.ExitStack() as stack:  # the records' lock and the progress bar
+        if records is not None:
+            stack.enter_context(hold(records))
+            store = RecordStore(Path(records), _header(net, flat, labels, idx, norm_name, tolerance, bounds, methods),
+                                resume)
+            resumed = len(store.rows)
+            if resumed:
+                done.append(record_columns(store.rows, methods))
+                if not np.array_equal(done[0]["index"], idx[:resumed]):
+                    raise ResumeError(f"{records}: recorded indices do not match the inputs")
 
-    layers = error_layers(net)
-    start = time.perf_counter()
-    from tqdm.auto import tqdm
+        layers = error_layers(net)
+        start = time.perf_counter()
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=resumed, unit="input", desc="certify",
-               disable=None if progress is None else not progress, leave=False)
-    try:
+        bar = stack.enter_context(tqdm(total=n, initial=resumed, unit="input", desc="certify",
+                                       disable=None if progress is None else not progress, leave=False))
         for lo in range(resumed, n, batch_size):
             hi = min(lo + batch_size, n)
             xb = flat[lo:hi].to(torch.float64)
@@ -327,11 +321,9 @@ def certify(
                                                               **local_options)[0]
                 local_seconds += time.perf_counter() - t_local
             if store is not None:
-                store.append(batch_rows(batch, methods))
+                store.append(batch_rows(batch, methods, lo))
             done.append(batch)
             bar.update(hi - lo)
-    finally:
-        bar.close()
     timings["radii"] = time.perf_counter() - start
     if local:
         timings.update({"local": local_seconds, "local_per_input": local_seconds / max(n - resumed, 1)})

@@ -107,6 +107,14 @@ class EpsNotInGridError(InvalidArgumentError):
     """An eps at which a verifier was not run (a result of a verifier knows only the eps of its grid)."""
 
 
+class RunFolderError(LipcertError, ValueError):
+    """An output folder that is a file, cannot be written, or holds files lipcert would overwrite."""
+
+
+class RunLockedError(LipcertError, RuntimeError):
+    """A run folder (records file) that another lipcert process is writing."""
+
+
 def require_extra(module: str, extra: str, install: str | None = None) -> None:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib
@@ -118,3 +126,4 @@ def require_extra(module: str, extra: str, install: str | None = None) -> None:
         raise MissingExtraError(
             f"{module} is needed here but is not installed; install the '{extra}' extra: {line}"
         ) from exc
+

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
-from .common import RangeOption, finish
+from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
 from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, identify, merge_why, why_not
 
@@ -118,6 +118,9 @@ class _Interpreter:
         self.nodes = list(self.graph.node)
         self.input_name, self.sample_shape, self.input_shape, self.elem_type = _shapes(model, source, input_shape)
         self.env: dict[str, Any] = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        require_finite(self.env, lambda name: f"{source}: initializer {name!r} (used by "
+                       + (", ".join(f"{n.op_type} node {n.name!r}" for n in self.nodes if name in n.input) or "no node")
+                       + ")")
         gen = torch.Generator().manual_seed(0)
         self.env[self.input_name] = Dyn(torch.rand(self.sample_shape, generator=gen, dtype=torch.float64))
         self.consumers: dict[str, list[int]] = {}

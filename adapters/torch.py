@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import operator
 import pickle
-import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
-from .common import RangeOption, finish
+from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
 
@@ -290,6 +289,8 @@ def analyze_module(module: nn.Module, *, input_shape: Sequence[int] | None, sour
         raise ModelLoadError("TorchScript modules cannot be traced by torch.fx; load the original Python module, or "
                              "export to ONNX and load the .onnx file")
     name = source or type(module).__name__
+    require_finite({k: t.detach().cpu().numpy() for k, t in [*module.named_parameters(), *module.named_buffers()]
+                    if t.is_floating_point()}, lambda key: f"{name}: parameter {key!r}")
     shape = _shape(input_shape, name)
     if not any(m.training for m in module.modules() if isinstance(m, _STATEFUL)):  # running it has no side effects
         try:
@@ -314,7 +315,7 @@ def _reference(module: nn.Module, conv: Conversion) -> tuple[Any, torch.dtype]:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             out = module(torch.as_tensor(x, dtype=dtype, device=device))
-        return out.detach().to("cpu", torch.float64).reshape(x.shape[0], -1).numpy()
+        return out.detach().to("cpu", torch.float64).numpy()  # its shape is checked by check_conversion
 
     return run, dtype
 
@@ -384,9 +385,9 @@ def load_file(path: str | Path) -> nn.Module:
         except Exception as exc2:  # noqa: BLE001 - unpickling can raise anything
             raise ModelLoadError(f"{path} could not be unpickled ({type(exc2).__name__}: {exc2}); a whole module "
                                  "needs its class importable under the same name") from exc2
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - reading arbitrary bytes as a checkpoint can raise anything
         raise ModelLoadError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc}); it may be "
-                             "truncated or corrupt") from exc
+                             "truncated, corrupt or another kind of file") from exc
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):

@@ -11,8 +11,8 @@ per-input local constants prove (:mod:`lipcert.local`).  Radii are in the networ
 from __future__ import annotations
 
 import contextlib
-import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .batch import checked_batch
+from .batch import check_count, check_number, checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import InvalidArgumentError, ResumeError, ShapeMismatchError
+from .errors import InputRangeWarning, InvalidArgumentError, ResumeError, ShapeMismatchError
 from .local.bound import LOCAL_RULES
 from .loading import as_network
 from .local.radius import LOCAL_METHOD, local_radii
@@ -191,12 +191,29 @@ def _header(net: Network, flat: torch.Tensor, labels: np.ndarray, idx: np.ndarra
 
 
 def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    shape = net.info.get("output_shape")
+    if shape is not None and sum(int(d) != 1 for d in shape) > 1:
+        raise ShapeMismatchError(f"the model's output has shape {tuple(shape)} per input, not one vector of logits: "
+                                 "its entries are no classes to certify (select or flatten the logits in the model "
+                                 "if that is what it means)")
     inputs, labels = checked_batch(x, y, net.input_shape, net.output_dim)
     flat = inputs.reshape(inputs.shape[0], -1)
     idx = np.arange(flat.shape[0], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
     if idx.shape != labels.shape:
         raise ShapeMismatchError(f"index must have shape {labels.shape}, got {idx.shape}")
     return flat, labels, idx
+
+
+def _warn_outside_range(net: Network, flat: torch.Tensor) -> None:
+    """Warn (InputRangeWarning) when the inputs leave the model's declared input range."""
+    if net.input_range is None or flat.numel() == 0:
+        return
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo < net.input_range[0] or hi > net.input_range[1]:
+        warnings.warn(InputRangeWarning(
+            f"the inputs range over [{lo:.4g}, {hi:.4g}] but the model declares inputs in [{net.input_range[0]:.4g}, "
+            f"{net.input_range[1]:.4g}] (pixels in 0..255 for a model of [0, 1] inputs?); the radii are in the "
+            "units of the inputs given"), stacklevel=3)
 
 
 def certify(
@@ -267,12 +284,11 @@ def certify(
     """
     wall = time.perf_counter()
     norm_name = parse_norm(norm)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise InvalidArgumentError(f"tolerance must be finite and >= 0, got {tolerance!r}")
+    batch_size = check_count("batch_size", batch_size)
+    tolerance = check_number("tolerance", tolerance)
     net = as_network(model, x, verb="certify")
     flat, labels, idx = _as_inputs(net, x, y, index)
+    _warn_outside_range(net, flat)
     bounds, timings = _bounds(net, method, bound)
     pairs = {name: pairwise_constants(b, net) for name, b in bounds.items()}
     scale = radius_scale(norm_name, net.input_dim)

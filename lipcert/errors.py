@@ -11,7 +11,11 @@ class LipcertError(Exception):
     """Base class of every error raised on purpose by lipcert."""
 
 
-class NonFiniteWeightsError(LipcertError, ValueError):
+class InvalidWeightsError(LipcertError, ValueError):
+    """A weight matrix or bias that is not an array of real numbers (complex, text, objects)."""
+
+
+class NonFiniteWeightsError(InvalidWeightsError):
     """A weight matrix or bias holds NaN or infinity."""
 
 
@@ -113,6 +117,10 @@ class RunFolderError(LipcertError, ValueError):
 
 class RunLockedError(LipcertError, RuntimeError):
     """A run folder (records file) that another lipcert process is writing."""
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs outside the range the model declares (e.g. pixels in 0..255 for a model of [0, 1] inputs)."""
 
 
 def require_extra(module: str, extra: str, install: str | None = None) -> None:

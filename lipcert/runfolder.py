@@ -99,6 +99,22 @@ def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missi
     return path
 
 
+def check_output_file(file: str | Path) -> Path:
+    """The path ``file`` if a result file may be written there (not a folder; its folder exists and is
+    writable), else :class:`~lipcert.errors.RunFolderError`; checked before anything is computed."""
+    path = Path(file)
+    if path.is_dir():
+        raise RunFolderError(f"--out {path} is a folder; give the path of the result file")
+    if not path.parent.is_dir():
+        raise RunFolderError(f"--out {path}: the folder {path.parent} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise RunFolderError(f"--out {path} cannot be written ({path.parent}: {exc.strerror or exc})") from None
+    return path
+
+
 @contextlib.contextmanager
 def hold(records: str | Path) -> Iterator[None]:
     """Hold the exclusive lock of a records file (``<records>.lock``) for the duration of the block.

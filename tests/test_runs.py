@@ -1,7 +1,8 @@
 """Run folders survive careless use: validated reports, no overwritten files, resume at any batch size, one writer.
 
-Each test is one case of issue 16 (3-7) that failed before run folders had manifests, locks and
-set-aside overwrites.  Runs use the bundled demo model and samples (no external data).
+Manifests seal finished runs, foreign folders are refused, --overwrite sets the old run aside, records
+resume at any batch size, and a file lock admits one writer.  Runs use the bundled demo model and
+samples (no external data).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-# ------------------------------------------------------------------- case 3: reports validate the run
+# ------------------------------------------------------------------- reports validate the run
 def test_report_refuses_a_run_whose_samples_were_cut(finished: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     record, samples = read_run(finished)
@@ -77,7 +78,7 @@ def test_report_refuses_an_unfinished_run(finished: Path, tmp_path: Path) -> Non
         read_run(run)
 
 
-# ------------------------------------------------------------------- case 4: no overwritten user files
+# ------------------------------------------------------------------- no overwritten user files
 def test_certify_refuses_a_folder_with_foreign_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "mine"
     out.mkdir()
@@ -110,7 +111,7 @@ def test_a_run_folder_needs_resume_or_overwrite(finished: Path, tmp_path: Path,
     assert "exclude each other" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------- case 5: overwrite loses nothing early
+# ------------------------------------------------------------------- overwrite loses nothing early
 def test_overwrite_with_a_mistyped_model_keeps_the_old_run(finished: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     run = _copy(finished, tmp_path / "run")
@@ -143,7 +144,7 @@ def test_overwrite_sets_the_old_run_aside_until_the_new_one_finishes(
     assert record["n_inputs"] == 30 and not list(run.glob("previous-run-*"))
 
 
-# ------------------------------------------------------------------- case 6: resume at another batch size
+# ------------------------------------------------------------------- resume at another batch size
 def test_resume_with_another_batch_size_keeps_every_finished_input(
         finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _copy(finished, tmp_path / "run")
@@ -169,7 +170,7 @@ def test_resume_with_another_model_is_an_error(finished: Path, tmp_path: Path,
     assert "belongs to another run: bounds, network differ" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------- case 7: one writer per run folder
+# ------------------------------------------------------------------- one writer per run folder
 def test_a_second_writer_is_refused_naming_the_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     holder = subprocess.Popen(

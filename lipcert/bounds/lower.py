@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..batch import check_count
 from ..network import Network, require_network
 
 
@@ -137,6 +138,8 @@ def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: in
     ``net`` must be a Network (:func:`lipcert.lower_bound` loads paths and torch modules).
     """
     net = require_network(net, "lower_bound")
+    restarts, samples = check_count("restarts", restarts, 0), check_count("samples", samples, 0)
+    seed = check_count("seed", seed, 0)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     pattern = pattern_bound(net, restarts=restarts, generator=gen)

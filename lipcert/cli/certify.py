@@ -96,10 +96,14 @@ def _eps(args: argparse.Namespace, norm: str) -> list[float]:
         if not args.eps:
             raise InvalidRadiusError("--eps is empty")
         return [float(e) for e in check_eps(args.eps)]
-    key = (str(args.dataset).lower(), norm)
-    if key not in DEFAULT_EPS:
-        raise DatasetError(f"no default --eps for data set {args.dataset!r} and norm {norm}; pass --eps")
-    return floats(DEFAULT_EPS[key])
+    name = str(args.dataset)
+    if Path(name).suffix.lower() not in (".npz", ".npy"):
+        from .. import datasets
+
+        name = datasets.info(name).name  # an unknown data set name is refused here, naming the known ones
+    if (name, norm) not in DEFAULT_EPS:
+        raise InvalidRadiusError(f"no default --eps for data set {args.dataset!r} and norm {norm}; pass --eps")
+    return floats(DEFAULT_EPS[name, norm])
 
 
 def _inputs(net: Network, x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -211,7 +215,7 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
             data = _load_data(args)
             x, note = _inputs(net, np.asarray(data.x))
             y = np.asarray(data.y)
-            _say_data_notes(args, net, data, x, note)
+            _say_data_notes(args, x, note)
             aside = set_aside(out) if args.overwrite else None
             (out / MANIFEST).unlink(missing_ok=True)  # the run is open again until its reports are rewritten
             cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size,
@@ -255,20 +259,14 @@ def _has_rows(records: Path) -> bool:
         return sum(1 for _ in zip(range(2), fh)) > 1
 
 
-def _say_data_notes(args: argparse.Namespace, net: Network, data: Any, x: np.ndarray, note: str) -> None:
-    """Print on the terminal what the report files would otherwise say alone: reshaped inputs, fewer
-    inputs than --n, and inputs outside the model's declared input range."""
+def _say_data_notes(args: argparse.Namespace, x: np.ndarray, note: str) -> None:
+    """Print on the terminal what the report files would otherwise say alone: reshaped inputs and fewer
+    inputs than --n (inputs outside the model's input range: a warning of :func:`lipcert.certify`)."""
     if note:
         print(f"note: {note}", file=sys.stderr)
     if args.n is not None and len(x) < args.n:
         print(f"note: --n {args.n} asks for more inputs than the data set holds; certifying all {len(x)}",
               file=sys.stderr)
-    if net.input_range is not None and x.size:
-        lo, hi = float(np.min(x)), float(np.max(x))
-        if lo < net.input_range[0] or hi > net.input_range[1]:
-            print(f"warning: the inputs range over [{lo:.4g}, {hi:.4g}] but the model declares inputs in "
-                  f"[{net.input_range[0]:.4g}, {net.input_range[1]:.4g}] (pixels in 0..255 for a model of "
-                  "[0, 1] inputs?); radii are in the units of the inputs given", file=sys.stderr)
 
 
 def _print_summary(rec: dict[str, Any]) -> None:

@@ -29,8 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runfolder import check_output_file
     from ..vnncomp import vnnlib_check
 
+    if args.out:
+        check_output_file(args.out)
     result = vnnlib_check(args.model, args.property, timeout=args.timeout, method=args.method,
                           attack_steps=args.attack_steps, attack_restarts=args.attack_restarts)
     if args.out:

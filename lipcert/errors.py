@@ -118,3 +118,7 @@ def require_extra(module: str, extra: str, install: str | None = None) -> None:
         raise MissingExtraError(
             f"{module} is needed here but is not installed; install the '{extra}' extra: {line}"
         ) from exc
+
+
+class CheckpointMismatchError(ModelLoadError):
+    """State-dict weights that do not fit the model class (missing, unexpected or misshapen keys)."""

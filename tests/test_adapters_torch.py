@@ -173,11 +173,11 @@ def test_pickled_whole_module_file_and_state_dict_file(tmp_path: Path, rng: np.r
     assert torch.equal(net.weights[1], model[3].weight.double())
     weights = tmp_path / "weights.pth"
     torch.save(model.state_dict(), weights)
-    with pytest.raises(ModelLoadError, match=r"(?s)holds a state_dict.*module class.*model.load_state_dict\("):
+    with pytest.raises(ModelLoadError, match=r"(?s)holds a state_dict.*weights=.*--weights.*lipcert.load\(module\)"):
         lipcert.load(weights, input_shape=(4,))
     checkpoint = tmp_path / "checkpoint.pth"
     torch.save({"state_dict": model.state_dict(), "epoch": 3}, checkpoint)
-    with pytest.raises(ModelLoadError, match=r'checkpoint.*\["state_dict"\]'):
+    with pytest.raises(ModelLoadError, match=r"holds a checkpoint"):
         lipcert.load(checkpoint, input_shape=(4,))
     broken = tmp_path / "broken.pt"
     broken.write_bytes(whole.read_bytes()[:100])

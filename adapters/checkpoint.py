@@ -129,7 +129,8 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
         obj = obj[key]
     keys = list(obj)[:8] if isinstance(obj, Mapping) else []
     raise ModelLoadError(f"{path} holds no state_dict: expected a dict of tensors, or one under "
-                         f"{', '.join(NESTED_KEYS)}; found {type(obj).__name__}" + (f" with keys {keys}" if keys else ""))
+                         f"{', '.join(NESTED_KEYS)}; found {type(obj).__name__}"
+                         + (f" with keys {keys}" if keys else ""))
 
 
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

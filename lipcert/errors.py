@@ -122,3 +122,7 @@ def require_extra(module: str, extra: str, install: str | None = None) -> None:
 
 class CheckpointMismatchError(ModelLoadError):
     """State-dict weights that do not fit the model class (missing, unexpected or misshapen keys)."""
+
+
+class ConfigError(LipcertError, ValueError):
+    """A verifier config (alpha-beta-CROWN YAML) that is unreadable or holds fields lipcert cannot map."""

@@ -27,6 +27,7 @@ from lipcert.network import Network
 
 from .common import RangeOption, finish
 from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
+from .maxpool import for_input
 from .onnx_opset import upgrade
 from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, identify, merge_why, why_not
 
@@ -267,7 +268,7 @@ class _Interpreter:
         view = OnnxNode(node, self.opset, tuple(DYNAMIC if k == dyn else v for k, v in enumerate(inputs)), dyn,
                         tuple(probe.shape))
         try:
-            ops = handler(view)
+            ops = for_input(handler(view), self.layers, node.input[dyn])
             layers, out = make_layers(self.label(i), node.op_type, node.input[dyn], node.output[0], ops, probe)
         except NotCovered as exc:
             self.issue(i, str(exc.args[0]))

@@ -29,6 +29,7 @@ from lipcert.network import Network
 
 from .common import RangeOption, finish
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
+from .maxpool import for_input
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
 
 _SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
@@ -209,7 +210,7 @@ class _Interpreter:
                     raise NotCovered(function_why(key) if node.op == "call_function" else
                                      f"Tensor.{key} is not an affine map or an elementwise activation known to lipcert")
                 ops = fn_handler(Call(name, key, tuple(marked_args), dict(marked_kwargs), tuple(probe.shape)))
-            layers, out = make_layers(name, op_type, source, node.name, ops, probe)
+            layers, out = make_layers(name, op_type, source, node.name, for_input(ops, self.layers, source), probe)
         except NotCovered as exc:
             self.issue(node, op_type, str(exc.args[0]), name)
             return

@@ -27,6 +27,8 @@ from lipcert.network import Network
 
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
+from .maxpool import for_input
+from .onnx_opset import upgrade
 from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, identify, merge_why, why_not
 
 MIN_OPSET, MAX_TESTED_OPSET = 9, 21
@@ -112,6 +114,10 @@ class _Interpreter:
     """One pass over the graph, building layers and issues."""
 
     def __init__(self, model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None) -> None:
+        self.notes: list[str] = []
+        if opset_of(model) < MIN_OPSET:
+            model, note = upgrade(model, opset_of(model), source)
+            self.notes.append(note)
         self.model, self.source = model, source
         self.graph = model.graph
         self.opset = opset_of(model)
@@ -131,7 +137,6 @@ class _Interpreter:
         self.outputs = [o.name for o in self.graph.output]
         self.layers: list[Layer] = []
         self.issues: list[tuple[int, Issue]] = []
-        self.notes: list[str] = []
         self.fused: set[int] = set()
         self.folded: set[int] = set()
         self.tried_fusion: set[str] = set()
@@ -195,9 +200,6 @@ class _Interpreter:
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> Conversion:
-        if self.opset < MIN_OPSET:
-            raise ModelLoadError(f"{self.source}: opset {self.opset} is older than {MIN_OPSET}; convert it first with "
-                                 "onnx.version_converter.convert_version(model, 13)")
         if self.opset > MAX_TESTED_OPSET:
             self.notes.append(f"opset {self.opset} is newer than the opsets tested ({MIN_OPSET}-{MAX_TESTED_OPSET})")
         for i, node in enumerate(self.nodes):  # fold the constant part of the graph first
@@ -269,7 +271,7 @@ class _Interpreter:
         view = OnnxNode(node, self.opset, tuple(DYNAMIC if k == dyn else v for k, v in enumerate(inputs)), dyn,
                         tuple(probe.shape))
         try:
-            ops = handler(view)
+            ops = for_input(handler(view), self.layers, node.input[dyn])
             layers, out = make_layers(self.label(i), node.op_type, node.input[dyn], node.output[0], ops, probe)
         except NotCovered as exc:
             self.issue(i, str(exc.args[0]))
@@ -400,7 +402,8 @@ def t_const(arr: Any) -> torch.Tensor:
 
 
 def convert_model(model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None = None) -> Conversion:
-    """Interpret a validated ONNX model (see :func:`analyze_onnx`)."""
+    """Interpret a validated ONNX model (see :func:`analyze_onnx`); an opset older than 9 is first converted
+    (:mod:`.onnx_opset`), which the Conversion's notes say."""
     return _Interpreter(model, source, input_shape).run()
 
 

@@ -28,6 +28,7 @@ from lipcert.network import Network
 
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
+from .maxpool import for_input
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
 
 _SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
@@ -208,7 +209,7 @@ class _Interpreter:
                     raise NotCovered(function_why(key) if node.op == "call_function" else
                                      f"Tensor.{key} is not an affine map or an elementwise activation known to lipcert")
                 ops = fn_handler(Call(name, key, tuple(marked_args), dict(marked_kwargs), tuple(probe.shape)))
-            layers, out = make_layers(name, op_type, source, node.name, ops, probe)
+            layers, out = make_layers(name, op_type, source, node.name, for_input(ops, self.layers, source), probe)
         except NotCovered as exc:
             self.issue(node, op_type, str(exc.args[0]), name)
             return
@@ -357,17 +358,16 @@ def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | f
 def _state_dict_message(path: Path, obj: dict[Any, Any]) -> str:
     keys = list(obj)[:6]
     nested = next((k for k in ("state_dict", "model_state_dict", "model", "net") if k in obj), None)
-    weights = f'torch.load("{path}")' + (f'["{nested}"]' if nested else "")
     return (
         f"{path} holds a {'checkpoint' if nested else 'state_dict'} (a dict with keys {keys}"
         f"{' ...' if len(obj) > 6 else ''}), "
-        "not a whole pickled module. A state_dict has no architecture, so lipcert needs the module class: build the "
-        "model, load the weights, and pass the module:\n"
-        "    model = MyNet()                      # the architecture these weights belong to\n"
-        f"    model.load_state_dict({weights})\n"
-        "    model.eval()\n"
-        "    net = lipcert.load(model, input_shape=(1, 28, 28))   # one input, without the batch axis\n"
-        "(the ERAN and auto_LiRPA benchmark checkpoints load with lipcert.reference_models.load_checkpoint(path))")
+        "not a whole pickled module. A state_dict has no architecture; name the model class it belongs to:\n"
+        f"    lipcert.load(\"mymodels:MyNet\", weights=\"{path}\", input_shape=(1, 28, 28))\n"
+        f"    lipcert bound --model mymodels:MyNet --weights {path} --input-shape 1,28,28\n"
+        "('module:Class' or 'file.py:Class'; model_args= / --model-args for its arguments, model_path= / "
+        "--model-path for the folder of its code). In Python, lipcert.load(module) also works on a module with "
+        "the weights already loaded (model.load_state_dict(...); model.eval()). The ERAN and auto_LiRPA benchmark "
+        "checkpoints load with lipcert.reference_models.load_checkpoint(path)")
 
 
 def load_file(path: str | Path) -> nn.Module:

@@ -135,3 +135,10 @@ def require_extra(module: str, extra: str, install: str | None = None) -> None:
             f"{module} is needed here but is not installed; install the '{extra}' extra: {line}"
         ) from exc
 
+
+class CheckpointMismatchError(ModelLoadError):
+    """State-dict weights that do not fit the model class (missing, unexpected or misshapen keys)."""
+
+
+class ConfigError(LipcertError, ValueError):
+    """A verifier config (alpha-beta-CROWN YAML) that is unreadable or holds fields lipcert cannot map."""

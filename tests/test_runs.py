@@ -88,7 +88,7 @@ def test_certify_refuses_a_folder_with_foreign_files(tmp_path: Path, capsys: pyt
         assert "holds files that lipcert did not write (report.md)" in capsys.readouterr().err
     assert (out / "report.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["report.md"]
     with pytest.raises(RunFolderError, match="holds files that lipcert did not write"):
-        write_run(out, lipcert.certify(lipcert.load(MODEL), np.load(SAMPLES)["x"][:3], np.load(SAMPLES)["y"][:3],
+        write_run(out, lipcert.certify(lipcert.load(MODEL), np.load(SAMPLES)["x"][:3] / 255, np.load(SAMPLES)["y"][:3],
                                        method="naive"))
 
 
@@ -183,7 +183,7 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path: Path, capsys: pyt
         assert _certify(out, "--resume") == 2
         err = capsys.readouterr().err
         assert f"is being written by another lipcert run (pid {holder.pid} on" in err
-        x, y = np.load(SAMPLES)["x"][:3], np.load(SAMPLES)["y"][:3]
+        x, y = np.load(SAMPLES)["x"][:3] / 255, np.load(SAMPLES)["y"][:3]
         with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
             lipcert.certify(lipcert.load(MODEL), x, y, method="naive", records=out / "records.jsonl", resume=True)
     finally:

@@ -32,6 +32,7 @@ from ..report import RunReport, write_run
 from ..runfolder import (MANIFEST, RUN_FILES, check_output_folder, discard_aside, folder_kind, hold,
                          set_aside)
 from .common import add_model_arguments, floats, load_model
+from .config_source import add_config_argument, apply_config
 
 DEFAULT_EPS = {
     ("mnist", "2"): "0.5,1,1.58", ("fashion-mnist", "2"): "0.5,1,1.58",
@@ -53,13 +54,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Data, norm, eps, methods and output options of a certification run (also used by ``lipcert compare``)."""
-    p.add_argument("--dataset", required=True,
-                   help="mnist, fashion-mnist, cifar10, or a .npz (arrays x, y) / .npy file of your own")
+    p.add_argument("--dataset", default=None,
+                   help="mnist, fashion-mnist, cifar10, or a .npz (arrays x, y) / .npy file of your own (required "
+                        "unless --config names one)")
     p.add_argument("--split", default="test", help="data set split (default: test)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set files (default: search "
                                                     "$LIPCERT_DATA, the cache, /usr/share/datasets)")
     p.add_argument("--n", type=int, default=None, help="certify the first N inputs (default: all)")
-    p.add_argument("--norm", default="2", help="2 (l2) or inf (linf); L-inf radii are L2 radii / sqrt(d)")
+    p.add_argument("--norm", default=None, help="2 (l2, default) or inf (linf); L-inf radii are L2 radii / sqrt(d)")
     p.add_argument("--eps", type=floats, default=None,
                    help="radii for the tables, e.g. 0.5,1,1.58 or 36/255,72/255 (defaults per data set and norm)")
     p.add_argument("--method", action="append", default=None,
@@ -79,6 +81,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     p.add_argument("--no-plots", action="store_true", help="HTML report without plots")
+    add_config_argument(p)
 
 
 def _methods(requested: list[str] | None) -> list[str]:
@@ -198,7 +201,10 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
     puts it back.
     """
     start = time.perf_counter()
-    norm = parse_norm(args.norm)
+    config = apply_config(args)
+    if args.dataset is None:
+        raise DatasetError("--dataset is required (or a --config whose data.dataset names one)")
+    norm = parse_norm(args.norm or "2")
     eps = _eps(args, norm)
     methods = _methods(args.method)
     if args.resume and args.overwrite:
@@ -212,6 +218,8 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
     try:
         with hold(records):
             net = load_model(args)
+            if config is not None:
+                net.info["config"] = str(config.path)
             data = _load_data(args)
             x, note = _inputs(net, np.asarray(data.x))
             y = np.asarray(data.y)

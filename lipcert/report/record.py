@@ -55,6 +55,7 @@ def model_section(network: Network | None, model: str | Path | None) -> dict[str
         "input_range": list(network.input_range) if network is not None and network.input_range else None,
         "preprocessing": info.get("preprocessing"),
         "conversion_error": info.get("conversion_error"),
+        "config": info.get("config"),
     }
     return _jsonable(out)
 

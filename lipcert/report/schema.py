@@ -21,7 +21,8 @@ REPORT_SCHEMA: dict[str, str] = {
     "model": ("object: path (str|null, the model file), sha256 (str|null, sha256 of the model file), "
               "network_sha256 (str|null, sha256 of the float64 weights certified), source, widths (list[int]), "
               "activations (list[str]), parameters (int), input_shape (list[int]), input_range ([lo, hi]|null), "
-              "preprocessing (object|null), conversion_error (float|null)"),
+              "preprocessing (object|null), conversion_error (float|null), config (str|null, the verifier config "
+              "(alpha-beta-CROWN YAML) the run was read from)"),
     "dataset": ("object: name (str|null), split (str|null), total (int|null, inputs the source holds), "
                 "indices ([first, last]|null), note (str)"),
     "n_inputs": "int: number of inputs certified",

@@ -118,3 +118,7 @@ def require_extra(module: str, extra: str, install: str | None = None) -> None:
         raise MissingExtraError(
             f"{module} is needed here but is not installed; install the '{extra}' extra: {line}"
         ) from exc
+
+
+class UnsupportedSlopesError(LipcertError, ValueError):
+    """Per-neuron slopes that a bound method cannot certify soundly (e.g. |.| neurons mixed with others)."""

@@ -80,13 +80,15 @@ def comparator_stage(channels: int, comparators: Sequence[Comparator]) -> Stage:
     return Stage(to, tuple(mask), to.T.contiguous())
 
 
-def groupsort_stages(channels: int, group: int | None) -> list[Stage]:
+def groupsort_stages(channels: int, group: int | None, *, descending: bool = False) -> list[Stage]:
     """GroupSort on consecutive groups of ``group`` channels, ascending (FullSort for None)."""
     size = channels if group is None else group
     if size < 1 or channels % size:
         raise ShapeMismatchError(f"GroupSort with group size {size} needs a channel count divisible by it, got "
                                  f"{channels}")
     per_group = batcher_stages(size)
+    if descending:  # sorting the mirrored positions ascending
+        per_group = [[(size - 1 - lo, size - 1 - hi) for lo, hi in stage] for stage in per_group]
     return [comparator_stage(channels, [(g + lo, g + hi) for g in range(0, channels, size) for lo, hi in stage])
             for stage in per_group]
 

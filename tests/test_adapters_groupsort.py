@@ -116,3 +116,19 @@ def test_other_max_min_subgraphs_are_refused_with_their_node_names(tmp_path: Pat
     assert "Max" in str(info.value) and "node" in str(info.value)
     with pytest.raises(UnsupportedOperatorError, match="node '"):
         lipcert.load(model(Cubed(), seed), input_shape=(5,))
+
+
+def test_conv_feature_maps_through_both_adapters(tmp_path: Path, seed: int) -> None:
+    """GroupSort on the channels of conv feature maps: the torch module and its ONNX export give one Network."""
+    torch.manual_seed(seed)
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), torchlip.GroupSort2(), nn.Conv2d(4, 4, 3),
+                         orthogonium_acts.MaxMin(), nn.Flatten(), nn.Linear(4, 3)).double()
+    from_torch = lipcert.load(conv, input_shape=(1, 7, 7))
+    assert from_torch.info["conversion_error"] <= 1e-12
+    x = torch.randn(1, 1, 7, 7)
+    torch.onnx.export(conv.float(), x, str(tmp_path / "conv.onnx"), dynamo=False, opset_version=17)
+    from_onnx = lipcert.load(tmp_path / "conv.onnx")
+    assert from_onnx.widths == from_torch.widths
+    a, b = lipcert.lipschitz(from_torch).value, lipcert.lipschitz(from_onnx).value
+    assert a == pytest.approx(b, rel=1e-5)  # float32 weights of the export
+    check_sound(from_torch, seed)

@@ -26,6 +26,7 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
+from . import groupsort, torch_sort
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
 from .maxpool import for_input
@@ -66,12 +67,19 @@ def _replace(value: Any, how: Any) -> Any:
     return value
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return groupsort.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(module: nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a clear error for untraceable modules."""
-    if torch.fx.Tracer().is_leaf_module(module, ""):  # fx would trace into the forward of a bare torch layer
+    if _Tracer().is_leaf_module(module, ""):  # fx would trace into the forward of a bare torch layer
         module = nn.Sequential(OrderedDict([(type(module).__name__, module)]))
     try:
-        return torch.fx.symbolic_trace(module)
+        return torch.fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
         raise ModelLoadError(
             f"torch.fx could not trace {type(module).__name__} ({type(exc).__name__}: {exc}). lipcert reads general "
@@ -91,6 +99,8 @@ class _Interpreter:
         self.issues: list[tuple[torch.fx.Node, Issue]] = []
         self.input_name = ""
         self.output: Any = None
+        self.fused: set[torch.fx.Node] = set()
+        self.tried: set[torch.fx.Node] = set()
 
     def run(self) -> Conversion:
         for node in self.gm.graph.nodes:
@@ -119,6 +129,8 @@ class _Interpreter:
         self.env[node.name] = Dyn(out.detach().to(torch.float64) if known else None)
 
     def step(self, node: torch.fx.Node) -> None:
+        if node in self.fused:
+            return
         if node.op == "placeholder":
             if not self.input_name:
                 self.input_name = node.name
@@ -150,10 +162,31 @@ class _Interpreter:
             self.env[node.name] = self._call(node, probe_args, _replace(kwargs, lambda d: d.probe))
             return
         op_type, name = self._describe(node)
+        if self._fuse_sorting(node, dyns[0]):
+            return
         if len(dyns) > 1:
             self.issue(node, op_type, _merge_why(op_type), name)
             return
         self.convert(node, args, kwargs, dyns[0], op_type, name)
+
+    def _fuse_sorting(self, node: torch.fx.Node, dyn: Dyn) -> bool:
+        """Convert the calls from ``node`` on that compute a sorting activation (:mod:`.torch_sort`), if they do."""
+        source = next(n for n in node.all_input_nodes if self.env.get(n.name) is dyn)
+        if source in self.tried or not (len(source.users) > 1 or torch_sort.starts(node)) or dyn.probe is None:
+            return False
+        self.tried.add(source)
+        constants = {k: v for k, v in self.env.items() if not isinstance(v, Dyn)}
+        match = torch_sort.find(self.gm.graph, constants, source, node, tuple(dyn.probe.shape))
+        if match is None:
+            return False
+        names = ", ".join(n.name for n in match.region)
+        layers, out = make_layers(f"{match.label}({names})", match.label, source.name, match.exit.name, match.ops,
+                                  dyn.probe)
+        self.layers += layers
+        self.fused.update(match.region)
+        self.env.update({n.name: Dyn(None) for n in match.region})
+        self.env[match.exit.name] = Dyn(out)
+        return True
 
     def _attr(self, target: str) -> Any:
         obj: Any = self.gm

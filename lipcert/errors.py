@@ -142,3 +142,7 @@ class CheckpointMismatchError(ModelLoadError):
 
 class ConfigError(LipcertError, ValueError):
     """A verifier config (alpha-beta-CROWN YAML) that is unreadable or holds fields lipcert cannot map."""
+
+
+class UnsupportedSlopesError(LipcertError, ValueError):
+    """Per-neuron slopes that a bound method cannot certify soundly (e.g. |.| neurons mixed with others)."""

@@ -131,8 +131,8 @@ class Network:
                                          f"got {len(acts)}")
         n0 = ws[0].shape[1]
         shape = tuple(int(s) for s in input_shape) if input_shape is not None else (n0,)
-        alphas = [torch.full((w.shape[0],), a.alpha, dtype=torch.float64) for w, a in zip(ws, acts)]
-        betas = [torch.full((w.shape[0],), a.beta, dtype=torch.float64) for w, a in zip(ws, acts)]
+        slopes = [a.neuron_slopes(w.shape[0]) for w, a in zip(ws, acts)]
+        alphas, betas = [s[0] for s in slopes], [s[1] for s in slopes]
         return cls._normalized(ws, bs, acts, alphas, betas, shape, input_range, dict(info or {}))
 
     @classmethod
@@ -163,9 +163,11 @@ class Network:
             if not bool(dead.any()):
                 continue
             if acts[k].fn is not None:
-                bs[k + 1] = bs[k + 1] + ws[k + 1][:, dead] @ acts[k](bs[k][dead])
+                bs[k + 1] = bs[k + 1] + ws[k + 1][:, dead] @ acts[k].restricted(dead)(bs[k][dead])
             keep = ~dead
             ws[k], bs[k], alphas[k], betas[k] = ws[k][keep], bs[k][keep], alphas[k][keep], betas[k][keep]
+            if bool(keep.any()):
+                acts[k] = acts[k].restricted(keep)
             ws[k + 1] = ws[k + 1][:, keep]
             if not bool(keep.any()):  # the output does not depend on the input
                 const = bs[k + 1] if k + 1 == len(ws) - 1 else None
@@ -204,7 +206,7 @@ class Network:
         return sum(w.numel() + b.numel() for w, b in zip(self.weights, self.biases))
 
     def fingerprint(self) -> str:
-        """sha256 over the float64 weights, biases, slopes, activation names and input shape.
+        """sha256 over the float64 weights, biases, slopes, activation names (and masks) and input shape.
 
         Two networks with the same fingerprint compute the same function (the normalization a model
         carries is part of W_1, b_1), so a bound or a run recorded with it belongs to this network.
@@ -212,6 +214,9 @@ class Network:
         arrays = [t.numpy() for t in (*self.weights, *self.biases, *self.alphas, *self.betas)]
         h = hashlib.sha256(array_hash(*arrays).encode())
         h.update(repr((self.activation_names, self.input_shape)).encode())
+        masks = [a.mask for a in self.activations]
+        if any(m is not None for m in masks):  # activations acting on some neurons only
+            h.update(repr(masks).encode())
         return h.hexdigest()
 
     def slopes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

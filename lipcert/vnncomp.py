@@ -313,14 +313,14 @@ def vnnlib_check(
         raise ModelLoadError(f"vnnlib_check needs the ONNX file of the model (onnxruntime on it checks "
                              f"counterexamples), got a {type(model).__name__}; export it with torch.onnx.export "
                              "and pass the path (and net=lipcert.load(...) to reuse a loaded Network)")
+    if method != "local" and not resolve(method).method.margins:
+        raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
     if not Path(model).is_file():
         raise ModelLoadError(f"no such model file: {model}")
     if (kind := sniff(Path(model))) != "onnx":
-        raise ModelLoadError(f"{model} is not an ONNX model (its content: {kind or 'no model format'}); VNN-LIB properties are "
-                             "answered on ONNX models (onnxruntime on the file checks every counterexample): export "
-                             "the model with torch.onnx.export and pass the .onnx file")
-    if method != "local" and not resolve(method).method.margins:
-        raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
+        raise ModelLoadError(f"{model} is not an ONNX model (its content: {kind or 'no model format'}); VNN-LIB "
+                             "properties are answered on ONNX models (onnxruntime on the file checks every "
+                             "counterexample): export the model with torch.onnx.export and pass the .onnx file")
     clock = _Clock(timeout)
     timings: dict[str, float] = {}
     spec = prop if isinstance(prop, VnnProperty) else read_vnnlib(prop)

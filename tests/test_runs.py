@@ -88,8 +88,8 @@ def test_certify_refuses_a_folder_with_foreign_files(tmp_path: Path, capsys: pyt
         assert "holds files that lipcert did not write (report.md)" in capsys.readouterr().err
     assert (out / "report.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["report.md"]
     with pytest.raises(RunFolderError, match="holds files that lipcert did not write"):
-        write_run(out, lipcert.certify(lipcert.load(MODEL), np.load(SAMPLES)["x"][:3] / 255, np.load(SAMPLES)["y"][:3],
-                                       method="naive"))
+        x, y = np.load(SAMPLES)["x"][:3] / 255, np.load(SAMPLES)["y"][:3]
+        write_run(out, lipcert.certify(lipcert.load(MODEL), x, y, method="naive"))
 
 
 def test_report_refuses_to_write_into_a_run(finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,6 +34,9 @@ RUN_FILES = ("records.jsonl", "attack.jsonl", "report.json", "samples.csv", "rep
 """The files a certification run writes into its folder."""
 COMPARISON_FILES = ("comparison.json", "report.md", "report.html")
 """The files ``lipcert report`` writes into its output folder."""
+VERIFIER_FILES = ("lipcert", "verifiers.jsonl", "comparison.json", "comparison_samples.csv", "report.md",
+                  "report.html")
+"""What ``lipcert compare`` writes into its output folder (``lipcert/`` is its certification run)."""
 MANIFEST = "manifest.json"
 ASIDE_PREFIX = "previous-run-"
 _LOCK_SUFFIX = ".lock"
@@ -55,7 +58,8 @@ def _is_bookkeeping(name: str) -> bool:
 
 def folder_kind(folder: Path) -> str:
     """``"missing"``, ``"empty"``, ``"run"`` (files of a certification run only), ``"comparison"``
-    (files of ``lipcert report`` only) or ``"foreign"`` (anything else, including a mix)."""
+    (files of ``lipcert report`` only), ``"verifiers"`` (of ``lipcert compare``) or ``"foreign"``
+    (anything else, including a mix)."""
     if not folder.exists():
         return "missing"
     names = {p.name for p in folder.iterdir() if not _is_bookkeeping(p.name)}
@@ -65,6 +69,8 @@ def folder_kind(folder: Path) -> str:
         return "comparison"
     if names & {"records.jsonl", "report.json", MANIFEST} and names <= set(RUN_FILES):
         return "run"
+    if names & {"lipcert", "verifiers.jsonl"} and names <= set(VERIFIER_FILES):
+        return "verifiers"
     return "foreign"
 
 

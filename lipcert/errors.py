@@ -126,3 +126,7 @@ class CheckpointMismatchError(ModelLoadError):
 
 class ConfigError(LipcertError, ValueError):
     """A verifier config (alpha-beta-CROWN YAML) that is unreadable or holds fields lipcert cannot map."""
+
+
+class MemoryBudgetError(LipcertError, MemoryError):
+    """A computation whose estimated working memory is over the limit (CLI ``--max-dense-gb``)."""

@@ -1,8 +1,9 @@
 """Working memory of each bound method, estimated from the layer widths before anything is allocated.
 
-``naive`` holds the smaller Gram matrix of one weight matrix at a time; the recursion methods hold a few dense n x n float64 matrices per pass for the widest hidden layer
-(Gamma_k, M_k, its Cholesky factor and their products), ``combined`` one set per rule it runs, and
-the optimizer also their gradients.  The factors below are peaks measured on random nets of hidden
+``naive`` holds the smaller Gram matrix of one weight matrix at a time; the recursion methods hold a
+few dense n x n float64 matrices per pass for the widest hidden layer (Gamma_k, M_k, its Cholesky
+factor and their products), ``combined`` one set per rule it runs, and the optimizer also their
+gradients.  The factors below are peaks measured on random nets of hidden
 width 1000-2000 (docs/decisions.md 24), rounded up; the weights themselves are counted twice (the copy
 each method converts to its dtype), and :data:`OVERHEAD` is added.  The lower bound holds products
 of width x input size and a batch of Jacobians.

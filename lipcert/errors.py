@@ -146,3 +146,7 @@ class ConfigError(LipcertError, ValueError):
 
 class UnsupportedSlopesError(LipcertError, ValueError):
     """Per-neuron slopes that a bound method cannot certify soundly (e.g. |.| neurons mixed with others)."""
+
+
+class MemoryBudgetError(LipcertError, MemoryError):
+    """A computation whose estimated working memory is over the limit (CLI ``--max-dense-gb``)."""

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 
 from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
+from ..memory import check_budget
 from ..network import Network, require_network
 from . import closed_form, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
+from .workspace import method_bytes
 
 Weights = list[torch.Tensor]
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -251,6 +253,7 @@ def lipschitz(
     options: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
+    max_bytes: float | None = None,
 ) -> LipschitzBound:
     """Upper bound on the L2 Lipschitz constant of ``net``.
 
@@ -284,6 +287,9 @@ def lipschitz(
         methods and ``optimized`` always run in float64.
     device : str or torch.device, optional
         Where to compute (``"cuda"`` when available); default CPU.
+    max_bytes : float, optional
+        Limit on the method's estimated working memory (:mod:`lipcert.bounds.workspace`), checked
+        before anything is allocated; default 80 % of the memory available.
 
     Returns
     -------
@@ -296,6 +302,8 @@ def lipschitz(
         See :func:`resolve`.
     NotANetworkError
         ``net`` is no Network (:func:`lipcert.lipschitz` loads paths and torch modules).
+    MemoryBudgetError
+        The estimated working memory is over ``max_bytes`` (the message names ``--max-dense-gb``).
 
     Notes
     -----
@@ -309,6 +317,8 @@ def lipschitz(
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
+    check_budget(f"method {call.name} on widths {list(net.widths)}",
+                 method_bytes(net, call.method.name, call.options), max_bytes)
     bound = _compute(call, net, torch.float64 if call.method.float64_only else dtype, dev)
     return replace(bound, network=net.fingerprint())
 

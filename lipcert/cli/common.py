@@ -34,7 +34,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
                    help="input shape without batch, e.g. 1,28,28 (needed for some .pt files)")
     p.add_argument("--max-dense-gb", type=float, default=None,
-                   help="limit on the dense weight matrices of a converted model, in GB (default 4)")
+                   help="limit on the dense weight matrices of a converted model (default 4) and on the working "
+                        "memory of each bound (default 80%% of the memory available), in GB")
     add_class_arguments(p)
 
 

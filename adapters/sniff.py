@@ -17,9 +17,11 @@ from lipcert.errors import ModelLoadError
 Format = Literal["onnx", "torch", "npz"]
 
 
-def sniff(path: Path) -> Format | None:
+def sniff(path: Path, *, parse_onnx: bool = True) -> Format | None:
     """The format of the model file ``path`` by its content, or ``None`` when the content is none of them.
 
+    Zip archives and pickles are told by their first bytes; anything else is ONNX only if it parses as
+    one (skipped with ``parse_onnx=False``, for a ``.onnx`` file, which its own reader parses anyway).
     Raises :class:`~lipcert.errors.ModelLoadError` for a directory or an empty file.
     """
     if path.is_dir():
@@ -41,7 +43,7 @@ def sniff(path: Path) -> Format | None:
         return None
     if head[0] == 0x80:
         return "torch"
-    return "onnx" if _parses_as_onnx(path) else None
+    return "onnx" if parse_onnx and _parses_as_onnx(path) else None
 
 
 def _parses_as_onnx(path: Path) -> bool:

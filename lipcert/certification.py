@@ -24,7 +24,7 @@ import torch
 from .batch import check_count, check_number, checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import InputRangeWarning, InvalidArgumentError, ResumeError, ShapeMismatchError
+from .errors import InputRangeWarning, InvalidArgumentError, ResumeError, ShapeMismatchError, UnknownMethodError
 from .local.bound import LOCAL_RULES
 from .loading import as_network
 from .local.radius import LOCAL_METHOD, local_radii
@@ -151,13 +151,21 @@ def _bounds(net: Network, method: str | Sequence[str],
     timings: dict[str, float] = {}
     if bound is not None:
         given = ({bound.method: bound} if isinstance(bound, LipschitzBound) else
-                 dict(bound) if isinstance(bound, Mapping) else {b.method: b for b in bound})
+                 dict(bound) if isinstance(bound, Mapping) else
+                 {b.method: b for b in bound} if isinstance(bound, Sequence) else {})
+        if not given or not all(isinstance(b, LipschitzBound) for b in given.values()):
+            raise InvalidArgumentError(f"bound must be a LipschitzBound (from lipcert.lipschitz), a non-empty list "
+                                       f"or mapping of them, or None; got {type(bound).__name__} {bound!r:.60}")
         fingerprint = net.fingerprint()
         for b in given.values():
             b.require_network(fingerprint)
         return given, timings
-    names = [method] if isinstance(method, str) else list(method)
-    names = [m.strip() for item in names for m in item.split(",") if m.strip()]
+    items = [method] if isinstance(method, str) else list(method) if isinstance(method, Sequence) else [method]
+    if not all(isinstance(m, str) for m in items):
+        raise UnknownMethodError(f"method must be a method name or a list of them, got {method!r:.60}")
+    names = [m.strip() for item in items for m in item.split(",") if m.strip()]
+    if not names:
+        raise UnknownMethodError(f"method {method!r} names no method")
     out = {}
     for name in dict.fromkeys(names):
         # optimized: also every margin direction e_i - e_j, warm-started from the full-vector optimum
@@ -171,6 +179,9 @@ def _local_options(local: Literal[True] | Sequence[Any] | Mapping[str, Any], rul
     """Keyword arguments of :func:`lipcert.local.local_radii` from certify's ``local`` argument."""
     if local is True:
         return {"rules": tuple(rules)}
+    if isinstance(local, str) or not isinstance(local, Sequence | Mapping):
+        raise InvalidArgumentError(f"local must be True/False, a list of rules or a mapping of options, got "
+                                   f"{local!r:.60}")
     if not isinstance(local, Mapping):
         return {"rules": tuple(local)}
     unknown = sorted(set(local) - {"rules", "iterations", "seconds"})
@@ -187,7 +198,8 @@ def _header(net: Network, flat: torch.Tensor, labels: np.ndarray, idx: np.ndarra
     value of the global bound behind its radii (for the local radii: the best global bound, their floor)."""
     values = {m: bounds[m].value if m in bounds else min(b.value for b in bounds.values()) for m in methods}
     return {"version": RECORDS_VERSION, "network": network_hash(net), "n": flat.shape[0],
-            "data": array_hash(flat.numpy(), labels, idx), "norm": norm, "tolerance": tolerance, "bounds": values}
+            "data": array_hash(flat.numpy(), labels, idx), "norm": norm, "tolerance": tolerance, "methods": list(methods),
+            "bounds": values}
 
 
 def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -197,6 +209,8 @@ def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, 
                                  "its entries are no classes to certify (select or flatten the logits in the model "
                                  "if that is what it means)")
     inputs, labels = checked_batch(x, y, net.input_shape, net.output_dim)
+    if labels.size == 0:
+        raise ShapeMismatchError("no inputs to certify (0 rows)")
     flat = inputs.reshape(inputs.shape[0], -1)
     idx = np.arange(flat.shape[0], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
     if idx.shape != labels.shape:
@@ -306,7 +320,7 @@ def certify(
         if records is not None:
             stack.enter_context(hold(records))
             store = RecordStore(Path(records), _header(net, flat, labels, idx, norm_name, tolerance, bounds, methods),
-                                resume)
+                                resume, batch_size)
             resumed = len(store.rows)
             if resumed:
                 done.append(record_columns(store.rows, methods))

@@ -43,7 +43,7 @@ def check_eps(eps: float | Sequence[float] | np.ndarray) -> np.ndarray:
         raise InvalidRadiusError(f"eps must be a number or a flat list of numbers, got shape {arr.shape}")
     bad = ~np.isfinite(arr) | (arr < 0)
     if bad.any():
-        raise InvalidRadiusError(f"eps must be finite and >= 0, got {arr[bad][0]!r}")
+        raise InvalidRadiusError(f"eps must be finite and >= 0, got {float(arr[bad][0])!r}")
     return arr
 
 

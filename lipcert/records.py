@@ -29,11 +29,13 @@ def network_hash(net: Network) -> str:
 class RecordStore:
     """A JSON-lines file: one header (the run's fingerprint), then one line per finished input."""
 
-    def __init__(self, path: Path, header: dict[str, Any], resume: bool) -> None:
+    def __init__(self, path: Path, header: dict[str, Any], resume: bool, batch_size: int) -> None:
         """Open ``path``: write the header of a new file, or read back the finished batches of an existing one.
 
         An existing file must carry the same ``header`` and ``resume`` must be set, else
-        :class:`~lipcert.errors.ResumeError`; a partial last batch and a torn last line are dropped.
+        :class:`~lipcert.errors.ResumeError`; a partial last batch and a torn or malformed tail are
+        dropped (and recomputed).  A version-1 file (rows without batch tags) keeps its rows in whole
+        batches of ``batch_size``, as version 1 resumed, and is rewritten as version 2.
         """
         self.path = path
         self.rows: list[dict[str, Any]] = []
@@ -41,45 +43,57 @@ class RecordStore:
             if not resume:
                 raise ResumeError(f"records file {path} exists; resume the run (resume=True, --resume) "
                                   "or choose another output")
-            self._read(header)
+            self._read(header, batch_size)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps({"record": "header", **header}) + "\n")
 
-    def _read(self, header: dict[str, Any]) -> None:
-        good_end = 0
+    def _read(self, header: dict[str, Any], batch_size: int) -> None:
         with open(self.path, "rb") as fh:
             first = fh.readline()
             try:
                 old = json.loads(first)
             except ValueError:
-                raise ResumeError(f"{self.path} does not start with a lipcert records header") from None
-            if not first.endswith(b"\n") or old.get("record") != "header":
+                old = None
+            if not first.endswith(b"\n") or not isinstance(old, dict) or old.get("record") != "header":
                 raise ResumeError(f"{self.path} does not start with a lipcert records header")
-            if old.get("version") != header["version"]:
-                raise ResumeError(f"{self.path} was written by another records version ({old.get('version')}, "
-                                  f"this lipcert writes {header['version']}); start the run over (--overwrite)")
+            version = old.get("version")
+            if version == 1:  # version 1 had no per-method list: its bounds name the methods
+                old = {**old, "version": RECORDS_VERSION, "methods": list(old.get("bounds") or {})}
+            elif version != header["version"]:
+                raise ResumeError(f"{self.path} was written by records version {version!r}, which this lipcert "
+                                  f"(version {header['version']}) cannot resume; start the run over (--overwrite)")
             diff = sorted(k for k in set(header) | set(old) - {"record"} if old.get(k) != header.get(k))
             if diff:
                 raise ResumeError(f"{self.path} belongs to another run: {', '.join(diff)} differ "
-                                  "(same model, data, norm, methods and bounds are needed to resume)")
-            good_end = fh.tell()
-            ends = []
+                                  "(the same model, data, norm, tolerance and methods are needed to resume)")
+            ends, end = [], fh.tell()
             for line in fh:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    row = json.loads(line)
-                except ValueError:
+                row = _row(line, header["methods"])
+                if row is None:
                     break
                 self.rows.append(row)
-                ends.append(good_end := good_end + len(line))
+                ends.append(end := end + len(line))
+        if version == 1:
+            self._migrate(header, batch_size)
+            return
         keep = complete_batches(self.rows)  # a torn last batch is redone
         self.rows = self.rows[:keep]
-        end = ends[keep - 1] if keep else len(first)
         with open(self.path, "r+b") as fh:
-            fh.truncate(end)
+            fh.truncate(ends[keep - 1] if keep else len(first))
+
+    def _migrate(self, header: dict[str, Any], batch_size: int) -> None:
+        """Keep the version-1 rows in whole batches of ``batch_size`` and rewrite the file as version 2."""
+        keep = len(self.rows) // batch_size * batch_size
+        self.rows = [{**r, "batch": [i // batch_size * batch_size, (i // batch_size + 1) * batch_size]}
+                     for i, r in enumerate(self.rows[:keep])]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in [{"record": "header", **header}, *self.rows]))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Append the records of one finished batch and flush them to disk."""
@@ -87,6 +101,22 @@ class RecordStore:
             fh.write("".join(json.dumps(r) + "\n" for r in rows))
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def _row(line: bytes, methods: list[str]) -> dict[str, Any] | None:
+    """A records line as a row, or None for a torn or malformed line (the end of what is kept)."""
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    numbers = ("index", "label", "prediction", "margin", "logit_error")
+    if not (isinstance(row, dict) and all(isinstance(row.get(k), int | float) for k in numbers)
+            and isinstance(row.get("radius"), dict)
+            and all(isinstance(row["radius"].get(m), int | float) for m in methods)):
+        return None
+    return row
 
 
 def complete_batches(rows: list[dict[str, Any]]) -> int:

@@ -52,30 +52,66 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+_BOOKKEEPING = {f"{name}{suffix}" for name in ("records.jsonl", "verifiers.jsonl")
+                for suffix in (_LOCK_SUFFIX, _OWNER_SUFFIX)} | {f"{name}.tmp" for name in RUN_FILES + VERIFIER_FILES}
+
+
 def _is_bookkeeping(name: str) -> bool:
-    return name.endswith((_LOCK_SUFFIX, _OWNER_SUFFIX, ".tmp")) or name.startswith(ASIDE_PREFIX)
+    return name in _BOOKKEEPING or name.startswith(ASIDE_PREFIX)
+
+
+def _first_json(path: Path) -> Any:
+    """The JSON value on the first line of a JSON-lines file, or of a whole JSON file; None if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.readline() if path.suffix == ".jsonl" else fh.read(1 << 26)
+        return json.loads(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _written_by_lipcert(path: Path) -> bool:
+    """Whether a marker file (records, manifest, report or comparison JSON) has lipcert's own content."""
+    value = _first_json(path)
+    if not isinstance(value, dict):
+        return False
+    if path.name in ("records.jsonl", "verifiers.jsonl"):
+        return value.get("record") == "header" or path.name == "verifiers.jsonl" and "verifier" in value
+    if path.name == MANIFEST:
+        return value.get("complete") is True and isinstance(value.get("sha256"), dict)
+    if path.name == "report.json":
+        return "schema_version" in value and "lipcert_version" in value
+    return value.get("kind") in ("comparison", "verifier-comparison") and "schema_version" in value
 
 
 def folder_kind(folder: Path) -> str:
-    """``"missing"``, ``"empty"``, ``"run"`` (files of a certification run only), ``"comparison"``
-    (files of ``lipcert report`` only), ``"verifiers"`` (of ``lipcert compare``) or ``"foreign"``
-    (anything else, including a mix)."""
+    """``"missing"``, ``"empty"``, ``"run"`` (a certification run), ``"comparison"`` (``lipcert report``'s
+    output), ``"verifiers"`` (``lipcert compare``'s) or ``"foreign"`` (anything else, including a mix).
+
+    Files are recognized by name and by content: a folder is lipcert's only if its marker files
+    (records.jsonl, manifest.json, report.json, comparison.json, verifiers.jsonl) were written by lipcert
+    and every other file is one lipcert writes there.
+    """
     if not folder.exists():
         return "missing"
     names = {p.name for p in folder.iterdir() if not _is_bookkeeping(p.name)}
     if not names:
         return "empty"
-    if "comparison.json" in names and names <= set(COMPARISON_FILES):
+    markers = names & {"records.jsonl", MANIFEST, "report.json", "comparison.json", "verifiers.jsonl"}
+    if not markers or not all(_written_by_lipcert(folder / m) for m in markers):
+        return "foreign"
+    if names <= set(COMPARISON_FILES):
         return "comparison"
-    if names & {"records.jsonl", "report.json", MANIFEST} and names <= set(RUN_FILES):
+    if names <= set(RUN_FILES):
         return "run"
-    if names & {"lipcert", "verifiers.jsonl"} and names <= set(VERIFIER_FILES):
+    if names <= set(VERIFIER_FILES) and ("lipcert" not in names or folder_kind(folder / "lipcert") == "run"):
         return "verifiers"
     return "foreign"
 
 
-def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missing", "empty")) -> Path:
-    """The folder ``folder`` if a run may write there: not a file, writable, and of a kind in ``accept``.
+def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missing", "empty")) -> str:
+    """The :func:`folder_kind` of ``folder`` if a run may write there: not a file, writable, and of a kind
+    in ``accept``.
 
     Creates nothing; raises :class:`~lipcert.errors.RunFolderError` naming the problem.  Writability
     is tested on the folder or on its nearest existing parent (where it would be created).
@@ -102,15 +138,28 @@ def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missi
             raise RunFolderError(f"--out {path} holds files that lipcert did not write ({shown}); refusing to "
                                  "write over them: choose an empty or new folder")
         raise RunFolderError(f"--out {path} holds a lipcert {kind}; choose another folder")
-    return path
+    return kind
 
 
-def check_output_file(file: str | Path) -> Path:
-    """The path ``file`` if a result file may be written there (not a folder; its folder exists and is
-    writable), else :class:`~lipcert.errors.RunFolderError`; checked before anything is computed."""
+def check_output_file(file: str | Path, *, inputs: tuple[str | Path, ...] = (),
+                      first_lines: tuple[str, ...] = ()) -> Path:
+    """The path ``file`` if a result file may be written there, else :class:`~lipcert.errors.RunFolderError`;
+    checked before anything is computed.
+
+    Refused: a folder, a missing or unwritable folder, one of the command's ``inputs`` (the model, the
+    property), and an existing file whose first line is none of ``first_lines`` (not an earlier result).
+    """
     path = Path(file)
     if path.is_dir():
         raise RunFolderError(f"--out {path} is a folder; give the path of the result file")
+    if path.exists():
+        if any(Path(i).exists() and path.samefile(i) for i in inputs):
+            raise RunFolderError(f"--out {path} is one of the command's own input files; choose another path")
+        with open(path, "rb") as fh:
+            first = fh.readline(256).decode("utf-8", "replace").strip()
+        if first not in first_lines:
+            raise RunFolderError(f"--out {path} exists and is not an earlier result (its first line is "
+                                 f"{first[:40]!r}); refusing to overwrite it")
     if not path.parent.is_dir():
         raise RunFolderError(f"--out {path}: the folder {path.parent} does not exist")
     try:
@@ -130,7 +179,10 @@ def hold(records: str | Path) -> Iterator[None]:
     (pid, host, command and start time, read from ``<records>.owner.json``).
     """
     path = Path(records)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"cannot create the folder of {path}: {exc.strerror or exc}") from None
     lock = filelock.FileLock(str(path) + _LOCK_SUFFIX, timeout=0, is_singleton=True)
     owner = Path(str(path) + _OWNER_SUFFIX)
     try:
@@ -198,7 +250,7 @@ def check_manifest(folder: Path) -> dict[str, Any]:
     """
     path = folder / MANIFEST
     if not path.is_file():
-        done = _recorded_rows(folder / "records.jsonl")
+        done = recorded_rows(folder / "records.jsonl")
         state = f"records.jsonl holds {done} finished inputs; " if done is not None else ""
         raise ReportError(f"{folder} is not a finished lipcert run: it has no {MANIFEST} ({state}finish it with "
                           "the same 'lipcert certify' command and --resume, which also rewrites the reports)")
@@ -217,7 +269,8 @@ def check_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _recorded_rows(records: Path) -> int | None:
+def recorded_rows(records: Path) -> int | None:
+    """Complete lines after the header of a records file (None when there is no file)."""
     if not records.is_file():
         return None
     with open(records, "rb") as fh:

@@ -315,10 +315,10 @@ def vnnlib_check(
                              "and pass the path (and net=lipcert.load(...) to reuse a loaded Network)")
     if method != "local" and not resolve(method).method.margins:
         raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
-    if not Path(model).is_file():
+    if not Path(model).exists():
         raise ModelLoadError(f"no such model file: {model}")
-    if (kind := sniff(Path(model))) != "onnx":
-        raise ModelLoadError(f"{model} is not an ONNX model (its content: {kind or 'no model format'}); VNN-LIB "
+    if (kind := sniff(Path(model), parse_onnx=False)) is not None:  # a zip or a pickle: torch or npz
+        raise ModelLoadError(f"{model} is not an ONNX model (its content: {kind}); VNN-LIB "
                              "properties are answered on ONNX models (onnxruntime on the file checks every "
                              "counterexample): export the model with torch.onnx.export and pass the .onnx file")
     clock = _Clock(timeout)

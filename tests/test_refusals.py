@@ -254,3 +254,44 @@ def test_a_failed_download_leaves_no_empty_folder(tmp_path: Path, capsys: pytest
     with pytest.raises(LipcertError, match="MNIST test data not found"):
         datasets.load("mnist", root=tmp_path / "data", download=False)
     assert not (tmp_path / "data").exists()
+
+
+def test_more_api_misuse(demo: tuple[Network, np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    from lipcert.errors import RunFolderError
+
+    net, x, y = demo
+    for method in (5, [], "", ","):
+        with pytest.raises(UnknownMethodError):
+            lipcert.certify(net, x, y, method=method)  # type: ignore[arg-type]
+    for bound in (5, [], {}):
+        with pytest.raises(InvalidArgumentError, match="bound must be a LipschitzBound"):
+            lipcert.certify(net, x, y, bound=bound)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="local must be"):
+        lipcert.certify(net, x, y, method="naive", local=5)  # type: ignore[arg-type]
+    with pytest.raises(ShapeMismatchError, match="no inputs"):
+        lipcert.certify(net, x[:0], y[:0], method="naive")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(RunFolderError, match="cannot create the folder"):
+        lipcert.certify(net, x, y, method="naive", records=tmp_path / "afile" / "records.jsonl")
+
+
+def test_vnnlib_out_never_overwrites_an_input_or_a_foreign_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.onnx"
+    shutil.copy(MODEL, model)
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text("(declare-const X_0 Real)\n")
+    _fails(["vnnlib", str(model), str(prop), "--out", str(model)], "is one of the command's own input files", capsys)
+    _fails(["vnnlib", str(model), str(prop), "--out", str(prop)], "is one of the command's own input files", capsys)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    _fails(["vnnlib", str(model), str(prop), "--out", str(tmp_path / "notes.txt")], "is not an earlier result",
+           capsys)
+    assert model.read_bytes() == MODEL.read_bytes() and (tmp_path / "notes.txt").read_text() == "my notes\n"
+    import tempfile
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)
+    _fails(["vnnlib", str(model), str(prop), "--out", str(tmp_path / "r.txt")], "cannot be written", capsys)
+    _fails(["report", str(tmp_path), "--out", str(tmp_path / "cmp")], "cannot be written", capsys)

@@ -191,3 +191,112 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path: Path, capsys: pyt
     start = time.perf_counter()
     assert _certify(out, "--resume") == 0  # the first writer is gone: the lock is free again
     assert time.perf_counter() - start < 120
+
+
+# ------------------------------------------------------------------- what a review of the above found
+def test_a_refused_writer_leaves_the_first_writers_folder_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from lipcert.cli import certify as cli_certify
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom lipcert.runfolder import hold\n"
+                               f"with hold({str(out / 'records.jsonl')!r}):\n    print('held', flush=True)\n"
+                               "    sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        # as if this run had looked at --out before the first writer created it
+        monkeypatch.setattr(cli_certify, "check_output_folder", lambda *args, **kwargs: "missing")
+        for extra in ((), ("--overwrite",)):
+            assert _certify(out, *extra) == 2
+            assert "is being written by another lipcert run" in capsys.readouterr().err
+            assert (out / "records.jsonl.lock").exists() and (out / "records.jsonl.owner.json").exists()
+    finally:
+        holder.communicate("", timeout=60)
+
+
+def test_a_refused_resume_keeps_the_run_sealed(finished: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run = _copy(finished, tmp_path / "run")
+    assert _certify(run, "--resume", "--method", "combined") == 2
+    assert "methods" in capsys.readouterr().err
+    for bad in (("--batch-size", "0"), ("--attack-steps", "-1"), ("--tolerance", "nan")):
+        assert _certify(run, "--overwrite", *bad) == 2
+        assert f"{bad[0]} must be" in capsys.readouterr().err
+    read_run(run)  # still finished and unchanged, nothing set aside
+    assert not list(run.glob("previous-run-*"))
+
+
+def test_folders_are_recognized_by_content_not_names(finished: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.json").write_text('{"my": "results"}')
+    (mine / "report.md").write_text("my notes")
+    for extra in ((), ("--resume",), ("--overwrite",)):
+        assert _certify(mine, *extra) == 2
+        assert "holds files that lipcert did not write" in capsys.readouterr().err
+    (mine / "comparison.json").write_text('{"kind": "mine"}')
+    (mine / "report.json").unlink()
+    assert main(["report", str(finished), "--out", str(mine)]) == 2
+    assert "holds files that lipcert did not write" in capsys.readouterr().err
+    assert (mine / "report.md").read_text() == "my notes"
+
+
+def test_records_with_malformed_rows_resume_from_the_last_good_batch(finished: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    run = _copy(finished, tmp_path / "run")
+    records = run / "records.jsonl"
+    lines = records.read_bytes().splitlines(keepends=True)
+    records.write_bytes(b"".join(lines[:21]) + b"null\n" + b"".join(lines[22:]))
+    (run / "manifest.json").unlink()
+    assert _certify(run, "--resume") == 0
+    assert "resumed: 20 of 40" in capsys.readouterr().err
+    assert _samples(run) == _samples(finished)
+
+
+def test_version_1_records_resume(finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    run = _copy(finished, tmp_path / "run")
+    records = run / "records.jsonl"
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    header = {k: v for k, v in rows[0].items() if k != "methods"} | {"version": 1}
+    old = [header] + [{k: v for k, v in r.items() if k != "batch"} for r in rows[1:26]]
+    records.write_text("".join(json.dumps(r) + "\n" for r in old))
+    (run / "manifest.json").unlink()
+    assert _certify(run, "--resume") == 0  # batches of 10, as version 1 resumed
+    assert "resumed: 20 of 40" in capsys.readouterr().err
+    assert json.loads(records.read_text().splitlines()[0])["version"] == 2
+    read_run(run)
+
+
+def test_a_failed_overwrite_after_records_keeps_the_old_run_aside(
+        finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from lipcert.cli import certify as cli_certify
+
+    run = _copy(finished, tmp_path / "run")
+    old = (run / "records.jsonl").read_bytes()
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise lipcert.errors.ReportError("planted failure after the records")
+
+    monkeypatch.setattr(cli_certify, "write_run", broken)
+    assert _certify(run, "--overwrite") == 2
+    aside = list(run.glob("previous-run-*"))
+    assert len(aside) == 1 and (aside[0] / "records.jsonl").read_bytes() == old
+    assert f"the earlier run is kept in {aside[0]}" in capsys.readouterr().err
+
+
+def test_report_refuses_wrong_types_through_the_cli(finished: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    run = _copy(finished, tmp_path / "run")
+    record = json.loads((run / "report.json").read_text())
+    (run / "report.json").write_text(json.dumps(record | {"eps": "0.5"}))
+    write_manifest(run, ["samples.csv", "report.json", "records.jsonl"],
+                   {"n_inputs": 40, "methods": ["naive"], "network": record["model"]["network_sha256"]})
+    assert main(["report", str(run), "--out", str(tmp_path / "cmp")]) == 2
+    assert "report field eps must be a list of numbers" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..attacks import AttackResult, attack
+from ..batch import check_count, check_number
 from ..bounds import METHODS
 from ..bounds.methods import resolve
 from ..certification import Certification, certify
@@ -29,7 +30,7 @@ from ..errors import (DatasetError, InvalidArgumentError, InvalidRadiusError, Re
 from ..network import Network
 from ..norms import check_eps, parse_norm
 from ..report import RunReport, write_run
-from ..runfolder import (MANIFEST, RUN_FILES, check_output_folder, discard_aside, folder_kind, hold,
+from ..runfolder import (RUN_FILES, check_output_folder, discard_aside, folder_kind, hold, recorded_rows,
                          set_aside)
 from .common import add_model_arguments, floats, load_model
 from .config_source import add_config_argument, apply_config
@@ -207,16 +208,16 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
     norm = parse_norm(args.norm or "2")
     eps = _eps(args, norm)
     methods = _methods(args.method)
+    _check_numbers(args)
     if args.resume and args.overwrite:
         raise InvalidArgumentError("--resume and --overwrite exclude each other: continue the run or start over")
-    if check_output_folder(out, accept=("missing", "empty", "run")).is_dir() and folder_kind(out) == "run" \
-            and not (args.resume or args.overwrite):
+    kind = check_output_folder(out, accept=("missing", "empty", "run"))
+    if kind == "run" and not (args.resume or args.overwrite):
         raise ResumeError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
-    created = not out.exists()
     records = out / "records.jsonl"
-    aside = None
-    try:
-        with hold(records):
+    with hold(records):  # a second writer is refused here, before anything of the first one is touched
+        aside = None
+        try:
             net = load_model(args)
             if config is not None:
                 net.info["config"] = str(config.path)
@@ -225,7 +226,6 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
             y = np.asarray(data.y)
             _say_data_notes(args, x, note)
             aside = set_aside(out) if args.overwrite else None
-            (out / MANIFEST).unlink(missing_ok=True)  # the run is open again until its reports are rewritten
             cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size,
                            index=np.arange(len(y)), tolerance=args.tolerance, records=records, resume=args.resume,
                            local={"iterations": args.local_iterations}
@@ -240,31 +240,37 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
                                timings={"total": time.perf_counter() - start},
                                command=shlex.join(["lipcert", *sys.argv[1:]]) if sys.argv else None,
                                plots=not args.no_plots)
-            discard_aside(aside)
-    except BaseException:
-        _undo(out, created, aside)
-        raise
+        except BaseException:
+            _undo(out, kind, aside)
+            raise
+        discard_aside(aside)
     return CertifyRun(net, data, x, y, norm, eps, cert, attacks, report)
 
 
-def _undo(out: Path, created: bool, aside: Path | None) -> None:
-    """After a failed run: remove a folder this run created and left without results; put an earlier
-    run set aside back when the new one wrote no record."""
-    if created and folder_kind(out) == "empty":
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every count and number of the run, checked before the folder or the model is touched."""
+    check_count("--batch-size", args.batch_size)
+    check_number("--tolerance", args.tolerance)
+    check_count("--attack-steps", args.attack_steps, 0)
+    check_count("--attack-restarts", args.attack_restarts)
+    if args.local_iterations is not None:
+        check_count("--local-iterations", args.local_iterations, 0)
+
+
+def _undo(out: Path, kind: str, aside: Path | None) -> None:
+    """After a failed run (the lock still held): remove the folder this run created if it holds nothing
+    but lipcert's bookkeeping; put an earlier run set aside back when the new one wrote no record, else
+    say where it is."""
+    if kind == "missing" and folder_kind(out) == "empty":
         shutil.rmtree(out, ignore_errors=True)
-    elif aside is not None and not _has_rows(out / "records.jsonl"):
+    elif aside is not None and not recorded_rows(out / "records.jsonl"):
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for p in aside.iterdir():
             p.replace(out / p.name)
         aside.rmdir()
-
-
-def _has_rows(records: Path) -> bool:
-    if not records.is_file():
-        return False
-    with open(records, "rb") as fh:
-        return sum(1 for _ in zip(range(2), fh)) > 1
+    elif aside is not None:
+        print(f"note: the earlier run is kept in {aside}", file=sys.stderr)
 
 
 def _say_data_notes(args: argparse.Namespace, x: np.ndarray, note: str) -> None:

@@ -188,14 +188,20 @@ def build_record(args: argparse.Namespace, base: CertifyRun, names: Sequence[str
 
 def run(args: argparse.Namespace) -> int:
     from ..adapters.lirpa import load_auto_lirpa, verifier_name
-    from ..report.verifiers import write_comparison
-    from ..runfolder import check_output_folder
+    from ..runfolder import check_output_folder, hold
 
     start = time.perf_counter()
     check_output_folder(args.out, accept=("missing", "empty", "verifiers"))
     names = list(dict.fromkeys(verifier_name(v) for v in args.verifier.split(",") if v.strip()))
     load_auto_lirpa()  # fail early, before lipcert's run, when the extra is missing
     out = Path(args.out)
+    with hold(out / "verifiers.jsonl"):  # one compare per folder (its certify run takes its own lock too)
+        return _compare(args, out, names, start)
+
+
+def _compare(args: argparse.Namespace, out: Path, names: Sequence[str], start: float) -> int:
+    from ..report.verifiers import write_comparison
+
     base = certify_run(args, out / "lipcert")
     lines = _run_verifiers(args, base, out, names)
     radius = _radius(args, base)

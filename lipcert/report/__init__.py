@@ -117,13 +117,14 @@ def write_run(
     -------
     RunReport
     """
-    out = check_output_folder(out_dir, accept=("missing", "empty", "run"))
+    check_output_folder(out_dir, accept=("missing", "empty", "run"))
+    out = Path(out_dir)
     if network is not None:
         fingerprint = network.fingerprint()
         for bound in certification.bounds.values():
             bound.require_network(fingerprint)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the run is open until its reports are rewritten
     attacks = [] if attack is None else [attack] if isinstance(attack, AttackResult) else list(attack)
     if eps is None and attacks:
         eps = sorted({attack_eps(a) for a in attacks})
@@ -200,7 +201,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, eps: Se
     if not run_dirs:
         raise ReportError("no run folders to compare")
     dirs = [Path(d) for d in run_dirs]
-    out = check_output_folder(out_dir, accept=("missing", "empty", "comparison"))
+    check_output_folder(out_dir, accept=("missing", "empty", "comparison"))
+    out = Path(out_dir)
     runs = [(label, *read_run(d)) for label, d in zip(_labels(dirs), dirs)]
     out.mkdir(parents=True, exist_ok=True)
     sections, figures, tables = [], [], []

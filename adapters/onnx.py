@@ -25,10 +25,12 @@ from google.protobuf.message import DecodeError
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
-from .common import RangeOption, finish
+from . import onnx_sort
+from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
 from .maxpool import for_input
 from .onnx_opset import upgrade
+from .onnx_node import users
 from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, identify, merge_why, why_not
 
 MIN_OPSET, MAX_TESTED_OPSET = 9, 21
@@ -124,6 +126,7 @@ class _Interpreter:
         self.nodes = list(self.graph.node)
         self.input_name, self.sample_shape, self.input_shape, self.elem_type = _shapes(model, source, input_shape)
         self.env: dict[str, Any] = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        require_finite(self.env, lambda name: f"{source}: initializer {name!r} ({users(self.nodes, name)})")
         gen = torch.Generator().manual_seed(0)
         self.env[self.input_name] = Dyn(torch.rand(self.sample_shape, generator=gen, dtype=torch.float64))
         self.consumers: dict[str, list[int]] = {}
@@ -225,9 +228,10 @@ class _Interpreter:
             self._set_outputs(i, [])  # downstream of an earlier issue; nothing new to report
             return
         source = node.input[dyn[0]]
-        if source not in self.tried_fusion and (len(dyn) > 1 or len(self._dynamic_users(source)) > 1):
+        if source not in self.tried_fusion and (len(dyn) > 1 or len(self._dynamic_users(source)) > 1
+                                                or node.op_type in onnx_sort.STARTS):
             self.tried_fusion.add(source)
-            if self.fuse(source, i):
+            if self.fuse(source, i) or self.fuse_sorting(source, i):
                 return
         if len({node.input[k] for k in dyn}) > 1 or len(dyn) > 1:
             self.issue(i, merge_why(node.op_type))
@@ -357,6 +361,21 @@ class _Interpreter:
         what = "an affine map" if act is None else f"{act.name}"
         self.notes.append(f"nodes {names} compute {what} elementwise" +
                           ("" if act is None or (a, d) == (1.0, 0.0) else f" (scaled: {a:g} * {act.name} + {d:g})"))
+        return True
+
+    def fuse_sorting(self, source: str, start: int) -> bool:
+        """Replace the subgraph reading ``source`` by a sorting activation, if it computes one (:mod:`.onnx_sort`)."""
+        opsets, probe = {e.domain or "": int(e.version) for e in self.model.opset_import}, self.env[source].probe
+        match = onnx_sort.find(self.nodes, self.env, self._dynamic_users, self.outputs, source, start, probe, opsets,
+                               self.elem_type)
+        if match is None:
+            return False
+        names = ", ".join(self.label(j) for j in match.region)
+        layers, out = make_layers(f"{match.label}({names})", match.label, source, match.exit, match.ops, probe)
+        self.layers += layers
+        self.env.update({**{n: Dyn(v) for n, v in match.values.items()}, match.exit: Dyn(out)})
+        self.fused.update(match.region)
+        self.notes.append(f"nodes {names} compute {match.label}, rewritten exactly with |.| (docs/decisions.md 19)")
         return True
 
     # ---------------------------------------------------------------- result

@@ -20,6 +20,7 @@ from torch import nn
 
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
 
+from . import groupsort
 from .graph import DYNAMIC, AffineOp, NotCovered, Op, undilate
 from .maxpool import adaptive_max_pool_module, max_pool_function, max_pool_module
 from .modules import torch_copy
@@ -433,7 +434,7 @@ def module_handler(m: nn.Module) -> Callable[[Any, tuple[int, ...]], list[Op]] |
     for cls in type(m).__mro__[1:]:
         if cls in MODULES:
             return MODULES[cls]
-    return None
+    return groupsort.module_ops(m)
 
 
 _POOL_WHY = ("this pooling (a p-norm or random windows) is neither affine nor elementwise; max, adaptive max and "

@@ -1,13 +1,13 @@
 """Run records: fingerprints of networks and arrays, and the JSON-lines store that lets a run resume.
 
 A records file holds one header line (the run's fingerprint: network and data hashes, norm, bounds)
-and then one line per finished input, appended batch by batch; a run with the same fingerprint
-continues from its last complete batch.
+and then one line per finished input, appended batch by batch; each line names its batch
+(``"batch": [start, stop]``), so a run with the same fingerprint continues after its last complete
+batch whatever batch size it resumes with.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ResumeError
 from .network import Network, array_hash
 
-RECORDS_VERSION = 1
+RECORDS_VERSION = 2
 
 
 def network_hash(net: Network) -> str:
@@ -29,7 +29,7 @@ def network_hash(net: Network) -> str:
 class RecordStore:
     """A JSON-lines file: one header (the run's fingerprint), then one line per finished input."""
 
-    def __init__(self, path: Path, header: dict[str, Any], resume: bool, batch_size: int) -> None:
+    def __init__(self, path: Path, header: dict[str, Any], resume: bool) -> None:
         """Open ``path``: write the header of a new file, or read back the finished batches of an existing one.
 
         An existing file must carry the same ``header`` and ``resume`` must be set, else
@@ -41,13 +41,13 @@ class RecordStore:
             if not resume:
                 raise ResumeError(f"records file {path} exists; resume the run (resume=True, --resume) "
                                   "or choose another output")
-            self._read(header, batch_size)
+            self._read(header)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps({"record": "header", **header}) + "\n")
 
-    def _read(self, header: dict[str, Any], batch_size: int) -> None:
+    def _read(self, header: dict[str, Any]) -> None:
         good_end = 0
         with open(self.path, "rb") as fh:
             first = fh.readline()
@@ -57,6 +57,9 @@ class RecordStore:
                 raise ResumeError(f"{self.path} does not start with a lipcert records header") from None
             if not first.endswith(b"\n") or old.get("record") != "header":
                 raise ResumeError(f"{self.path} does not start with a lipcert records header")
+            if old.get("version") != header["version"]:
+                raise ResumeError(f"{self.path} was written by another records version ({old.get('version')}, "
+                                  f"this lipcert writes {header['version']}); start the run over (--overwrite)")
             diff = sorted(k for k in set(header) | set(old) - {"record"} if old.get(k) != header.get(k))
             if diff:
                 raise ResumeError(f"{self.path} belongs to another run: {', '.join(diff)} differ "
@@ -72,7 +75,7 @@ class RecordStore:
                     break
                 self.rows.append(row)
                 ends.append(good_end := good_end + len(line))
-        keep = len(self.rows) // batch_size * batch_size  # redo a partial batch: same batches, same bits
+        keep = complete_batches(self.rows)  # a torn last batch is redone
         self.rows = self.rows[:keep]
         end = ends[keep - 1] if keep else len(first)
         with open(self.path, "r+b") as fh:
@@ -86,12 +89,30 @@ class RecordStore:
             os.fsync(fh.fileno())
 
 
-def batch_rows(batch: dict[str, np.ndarray], methods: list[str]) -> list[dict[str, Any]]:
-    """Per-input JSON records of a batch (floats round-trip exactly through JSON)."""
+def complete_batches(rows: list[dict[str, Any]]) -> int:
+    """How many leading rows form complete batches: row p must name a batch [start, stop) holding p,
+    and every row of that batch must be present."""
+    count = 0
+    while count < len(rows):
+        span = rows[count].get("batch")
+        if not (isinstance(span, list) and len(span) == 2 and span[0] == count and span[1] > count):
+            break
+        stop = span[1]
+        if stop > len(rows) or any(r.get("batch") != span for r in rows[count:stop]):
+            break
+        count = stop
+    return count
+
+
+def batch_rows(batch: dict[str, np.ndarray], methods: list[str], start: int) -> list[dict[str, Any]]:
+    """Per-input JSON records of the batch of inputs ``start, start + 1, ...`` (floats round-trip
+    exactly through JSON)."""
     cols = {k: v.tolist() for k, v in batch.items()}
+    n = len(cols["index"])
     return [{"index": cols["index"][i], "label": cols["label"][i], "prediction": cols["prediction"][i],
              "margin": cols["margin"][i], "logit_error": cols["logit_error"][i],
-             "radius": {m: cols[f"radius:{m}"][i] for m in methods}} for i in range(len(cols["index"]))]
+             "radius": {m: cols[f"radius:{m}"][i] for m in methods}, "batch": [start, start + n]}
+            for i in range(n)]
 
 
 def record_columns(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..batch import check_count
 from ..memory import check_budget
 from ..network import Network, require_network
 from .workspace import lower_bytes
@@ -156,6 +157,8 @@ def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: in
     (:func:`~lipcert.bounds.workspace.lower_bytes`; MemoryBudgetError above it).
     """
     net = require_network(net, "lower_bound")
+    restarts, samples = check_count("restarts", restarts, 0), check_count("samples", samples, 0)
+    seed = check_count("seed", seed, 0)
     check_budget(f"the lower bound on widths {list(net.widths)}", lower_bytes(net), max_bytes)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)

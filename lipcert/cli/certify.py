@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -21,11 +22,15 @@ import numpy as np
 
 from ..attacks import AttackResult, attack
 from ..bounds import METHODS
+from ..bounds.methods import resolve
 from ..certification import Certification, certify
-from ..errors import DatasetError, InvalidRadiusError, ResumeError, ShapeMismatchError
+from ..errors import (DatasetError, InvalidArgumentError, InvalidRadiusError, ResumeError, ShapeMismatchError,
+                      UnknownMethodError)
 from ..network import Network
 from ..norms import check_eps, parse_norm
-from ..report import RunReport
+from ..report import RunReport, write_run
+from ..runfolder import (MANIFEST, RUN_FILES, check_output_folder, discard_aside, folder_kind, hold,
+                         set_aside)
 from .common import add_model_arguments, floats, load_model
 from .config_source import add_config_argument, apply_config
 
@@ -80,7 +85,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _methods(requested: list[str] | None) -> list[str]:
+    """The --method names, each checked against the registry before anything is computed."""
     names = [m.strip() for item in (requested or ["combined"]) for m in item.split(",") if m.strip()]
+    if not names:
+        raise UnknownMethodError(f"--method {','.join(requested or [])!r} names no method; known: {', '.join(METHODS)}")
+    for name in names:
+        resolve(name)
     return list(dict.fromkeys(names))
 
 
@@ -89,10 +99,14 @@ def _eps(args: argparse.Namespace, norm: str) -> list[float]:
         if not args.eps:
             raise InvalidRadiusError("--eps is empty")
         return [float(e) for e in check_eps(args.eps)]
-    key = (str(args.dataset).lower(), norm)
-    if key not in DEFAULT_EPS:
-        raise DatasetError(f"no default --eps for data set {args.dataset!r} and norm {norm}; pass --eps")
-    return floats(DEFAULT_EPS[key])
+    name = str(args.dataset)
+    if Path(name).suffix.lower() not in (".npz", ".npy"):
+        from .. import datasets
+
+        name = datasets.info(name).name  # an unknown data set name is refused here, naming the known ones
+    if (name, norm) not in DEFAULT_EPS:
+        raise InvalidRadiusError(f"no default --eps for data set {args.dataset!r} and norm {norm}; pass --eps")
+    return floats(DEFAULT_EPS[name, norm])
 
 
 def _inputs(net: Network, x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -178,9 +192,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
-    """Load the model and data of ``args``, certify (resumable records in ``out``), attack, write the run report."""
-    from ..report import write_run
+    """Load the model and data of ``args``, certify (resumable records in ``out``), attack, write the run report.
 
+    Everything that can be checked is checked before ``out`` is touched: arguments, the folder (a
+    file, unwritable, or holding files that are not a lipcert run: refused), the lock (a second
+    writer is refused), the model and the data.  ``--overwrite`` then sets the earlier run aside and
+    deletes it only when the new run has finished; a new run that fails before writing a record
+    puts it back.
+    """
     start = time.perf_counter()
     config = apply_config(args)
     if args.dataset is None:
@@ -188,34 +207,74 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
     norm = parse_norm(args.norm or "2")
     eps = _eps(args, norm)
     methods = _methods(args.method)
-    records = out / "records.jsonl"
-    if records.exists() and not (args.resume or args.overwrite):
+    if args.resume and args.overwrite:
+        raise InvalidArgumentError("--resume and --overwrite exclude each other: continue the run or start over")
+    if check_output_folder(out, accept=("missing", "empty", "run")).is_dir() and folder_kind(out) == "run" \
+            and not (args.resume or args.overwrite):
         raise ResumeError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
-    if args.overwrite:
-        for name in ("records.jsonl", "attack.jsonl"):
+    created = not out.exists()
+    records = out / "records.jsonl"
+    aside = None
+    try:
+        with hold(records):
+            net = load_model(args)
+            if config is not None:
+                net.info["config"] = str(config.path)
+            data = _load_data(args)
+            x, note = _inputs(net, np.asarray(data.x))
+            y = np.asarray(data.y)
+            _say_data_notes(args, x, note)
+            aside = set_aside(out) if args.overwrite else None
+            (out / MANIFEST).unlink(missing_ok=True)  # the run is open again until its reports are rewritten
+            cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size,
+                           index=np.arange(len(y)), tolerance=args.tolerance, records=records, resume=args.resume,
+                           local={"iterations": args.local_iterations}
+                           if args.local and args.local_iterations is not None else args.local)
+            if cert.resumed:
+                print(f"resumed: {cert.resumed} of {cert.n} inputs read from {records}", file=sys.stderr)
+            attacks: list[AttackResult] = []
+            if args.attack:
+                box = net.input_range or ((0.0, 1.0) if getattr(data, "info", None) is not None else None)
+                attacks = _attack_all(args, net, x, y, norm, [e for e in eps if e > 0], box)
+            report = write_run(out, cert, network=net, model=args.model, dataset=data, eps=eps, attack=attacks,
+                               timings={"total": time.perf_counter() - start},
+                               command=shlex.join(["lipcert", *sys.argv[1:]]) if sys.argv else None,
+                               plots=not args.no_plots)
+            discard_aside(aside)
+    except BaseException:
+        _undo(out, created, aside)
+        raise
+    return CertifyRun(net, data, x, y, norm, eps, cert, attacks, report)
+
+
+def _undo(out: Path, created: bool, aside: Path | None) -> None:
+    """After a failed run: remove a folder this run created and left without results; put an earlier
+    run set aside back when the new one wrote no record."""
+    if created and folder_kind(out) == "empty":
+        shutil.rmtree(out, ignore_errors=True)
+    elif aside is not None and not _has_rows(out / "records.jsonl"):
+        for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    net = load_model(args)
-    if config is not None:
-        net.info["config"] = str(config.path)
-    data = _load_data(args)
-    x, note = _inputs(net, np.asarray(data.x))
-    y = np.asarray(data.y)
+        for p in aside.iterdir():
+            p.replace(out / p.name)
+        aside.rmdir()
+
+
+def _has_rows(records: Path) -> bool:
+    if not records.is_file():
+        return False
+    with open(records, "rb") as fh:
+        return sum(1 for _ in zip(range(2), fh)) > 1
+
+
+def _say_data_notes(args: argparse.Namespace, x: np.ndarray, note: str) -> None:
+    """Print on the terminal what the report files would otherwise say alone: reshaped inputs and fewer
+    inputs than --n (inputs outside the model's input range: a warning of :func:`lipcert.certify`)."""
     if note:
         print(f"note: {note}", file=sys.stderr)
-    cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size, index=np.arange(len(y)),
-                   tolerance=args.tolerance, records=records, resume=args.resume,
-                   local={"iterations": args.local_iterations} if args.local and args.local_iterations is not None
-                   else args.local)
-    if cert.resumed:
-        print(f"resumed: {cert.resumed} of {cert.n} inputs read from {records}", file=sys.stderr)
-    attacks: list[AttackResult] = []
-    if args.attack:
-        box = net.input_range or ((0.0, 1.0) if getattr(data, "info", None) is not None else None)
-        attacks = _attack_all(args, net, x, y, norm, [e for e in eps if e > 0], box)
-    report = write_run(out, cert, network=net, model=args.model, dataset=data, eps=eps, attack=attacks,
-                       timings={"total": time.perf_counter() - start},
-                       command=shlex.join(["lipcert", *sys.argv[1:]]) if sys.argv else None, plots=not args.no_plots)
-    return CertifyRun(net, data, x, y, norm, eps, cert, attacks, report)
+    if args.n is not None and len(x) < args.n:
+        print(f"note: --n {args.n} asks for more inputs than the data set holds; certifying all {len(x)}",
+              file=sys.stderr)
 
 
 def _print_summary(rec: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ def floats(text: str) -> list[float]:
             out.append(float(num) / (float(den) if den else 1.0))
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {part!r}") from None
+        except ZeroDivisionError:
+            raise argparse.ArgumentTypeError(f"division by zero in {part!r}") from None
     return out
 
 

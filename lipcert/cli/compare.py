@@ -189,8 +189,10 @@ def build_record(args: argparse.Namespace, base: CertifyRun, names: Sequence[str
 def run(args: argparse.Namespace) -> int:
     from ..adapters.lirpa import load_auto_lirpa, verifier_name
     from ..report.verifiers import write_comparison
+    from ..runfolder import check_output_folder
 
     start = time.perf_counter()
+    check_output_folder(args.out, accept=("missing", "empty", "verifiers"))
     names = list(dict.fromkeys(verifier_name(v) for v in args.verifier.split(",") if v.strip()))
     load_auto_lirpa()  # fail early, before lipcert's run, when the extra is missing
     out = Path(args.out)

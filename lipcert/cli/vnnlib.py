@@ -58,9 +58,13 @@ def _instances(args: argparse.Namespace) -> list[tuple[str, str, float | None]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runfolder import check_output_file
+
     instances = _instances(args)
     if args.out and len(instances) > 1:
         raise InvalidArgumentError(f"--out writes one result file, but the config lists {len(instances)} instances")
+    if args.out:
+        check_output_file(args.out)
     for model, prop, timeout in instances:
         if len(instances) > 1:
             print(f"{model} {prop}", file=sys.stderr)

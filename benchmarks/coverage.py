@@ -43,7 +43,7 @@ def row(data: Path, entry: dict[str, Any]) -> dict[str, Any]:
         net = lipcert.load(path, mean=mean, std=std)
         out["as_published"] = f"loaded ({'-'.join(map(str, net.widths))})"
     except lipcert.LipcertError as exc:
-        out["as_published"] = f"refused: {_first_line(exc)}"
+        out["as_published"] = f"refused: {_first_line(exc).replace(str(path), path.name).rstrip(':')}"
     argv = [str(path)]
     if path.name in CLASSES:
         shape = CHECKPOINTS[path.name].input_shape

@@ -102,7 +102,7 @@ def max_pool_ops(shape: Sequence[int], axes: Sequence[Positions], nonnegative: b
     return MaxTree(ops, shape, axes)
 
 
-NONNEGATIVE = ("relu", "relu6", "sigmoid")
+NONNEGATIVE = ("relu", "relu6", "sigmoid", "abs")
 """Activations whose outputs are >= 0 (also every softplus)."""
 
 

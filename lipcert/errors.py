@@ -107,6 +107,13 @@ class EpsNotInGridError(InvalidArgumentError):
     """An eps at which a verifier was not run (a result of a verifier knows only the eps of its grid)."""
 
 
+class DenseTooLargeError(LipcertError, MemoryError):
+    """A dense matrix of an operator layer (a convolution) would exceed the memory limit."""
+
+
+class OperatorLayersError(LipcertError, TypeError):
+    """A function that needs dense weight matrices got a network with operator layers (convolutions)."""
+
 def require_extra(module: str, extra: str, install: str | None = None) -> None:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib

@@ -18,7 +18,7 @@ MAX_LINES = 500
 LAYERS = (
     ("vocabulary", ("lipcert.errors", "lipcert.norms", "lipcert.rounding", "lipcert.batch", "lipcert.results")),
     ("representation", ("lipcert.activations", "lipcert.network", "lipcert.npz", "lipcert.random_nets",
-                        "lipcert.reference_models")),
+                        "lipcert.reference_models", "lipcert.operators")),
     ("bounds", ("lipcert.bounds",)),
     ("radii", ("lipcert.radii", "lipcert.local")),
     ("loading", ("lipcert.loading", "lipcert.adapters", "lipcert.datasets")),

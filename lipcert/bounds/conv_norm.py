@@ -16,9 +16,9 @@ the smaller:
   Used where the grid is small (the frequency bound is +10 % at 4 x 4) and the matrix fits.
 
 Groups: the operator is block-diagonal over groups, so its norm is the *max* over groups.
-Rounding: every Gram eigenvalue is raised by the eigensolver's backward error and by a bound on the
-rounding of the Gram matrix, gamma_m (sum_t ||K_t||_F)^2, before the certified square root
-(:func:`lipcert.rounding.certified_root`).
+Rounding: every singular value or Gram eigenvalue is raised by its solver's backward error and by a
+bound on the rounding of the blocks (gamma_m sum_t ||K_t||_F) or of the Gram matrix
+(gamma_m (sum_t ||K_t||_F)^2) before the certified square root (:func:`lipcert.rounding.certified_root`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ DENSE_LIMIT = 8192
 """Largest Gram dimension (per group) for which the exact ``dense`` estimator runs by default."""
 SMALL_GRID = 256
 """The ``dense`` estimator runs only where the output grid has at most this many positions."""
-_EIGVALSH_ERROR = 8.0  # eigvalsh backward error: |lambda - fl(lambda)| <= 8 n eps max|lambda| (as in eigen.py)
+_EIGVALSH_ERROR = 8.0  # backward error of svd / eigvalsh: |fl(x) - x| <= 8 n eps max|x| (as in eigen.py)
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,6 @@ def _gram_error(kernel: torch.Tensor, terms: int) -> float:
     return 2 * gamma(terms) * float(tap_norms.max()) ** 2
 
 
-def _certify(top: torch.Tensor, n: int, error: float) -> float:
-    """sqrt of the largest eigenvalue estimate raised by its backward error and ``error``, rounded up."""
-    lam = float(top.max())
-    lam += _EIGVALSH_ERROR * n * torch.finfo(torch.float64).eps * abs(lam) + error
-    return float(certified_root(lam, 0.0))
-
-
 # ---------------------------------------------------------------------------------- frequency
 def _phases(ax: _Axis, m: int, half: bool) -> torch.Tensor:
     """E[w, r, a] = [offset_a mod s = r] exp(2 pi i w q_a / M) for w in 0..M-1 (0..M//2 if ``half``)."""
@@ -168,13 +161,18 @@ def frequency_blocks(op: Conv2dOperator) -> torch.Tensor:
 
 
 def _frequency_bound(op: Conv2dOperator) -> float:
+    """max_w ||B(w)||: batched singular values (faster than complex eigvalsh), raised by their error."""
     blocks = frequency_blocks(op)
     rows, cols = blocks.shape[-2:]
-    gram = blocks @ blocks.mH if rows <= cols else blocks.mH @ blocks
-    top = torch.linalg.eigvalsh(gram)[..., -1]
+    top = float(torch.linalg.svdvals(blocks)[..., 0].max())
     taps = op.kernel.shape[2] * op.kernel.shape[3]
-    terms = max(rows, cols) + 4 * taps + 16  # products, tap sums, complex arithmetic and phases
-    return _certify(top, min(rows, cols), _gram_error(_grouped(op), terms))
+    # svd is backward stable (|fl(sigma) - sigma| <= 8 n eps ||B||); each entry of B is a sum of
+    # <= taps products with phases computed to a few ulps: ||fl(B) - B|| <= gamma_m sum_t ||K_t||_F
+    k = _grouped(op)
+    tap_sum = float(k.flatten(-2).norm(dim=-3).norm(dim=-2).sum(-1).max())
+    sigma = top * (1 + _EIGVALSH_ERROR * min(rows, cols) * torch.finfo(torch.float64).eps)
+    sigma += 2 * gamma(4 * taps + 16) * tap_sum
+    return float(certified_root(sigma * sigma, 0.0))
 
 
 # ---------------------------------------------------------------------------------- dense

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InfeasibleCertificateError, InvalidOptionError, UnknownMethodError
 from ..network import Network, require_network
-from . import closed_form, optimize, sdp
+from . import closed_form, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
@@ -304,12 +304,22 @@ def lipschitz(
     Lip(f) <= ||W_L M_{L-1}^{-1} W_L^T||^{1/2}.  Each rule picks a diagonal Lambda_k in
     closed form; ECLipsE-Fast is Lambda_k = I / lambda_max(Gamma_k).
     """
-    net = require_network(net, "lipschitz")
+    net = require_network(net, "lipschitz", operators=True)
     call = resolve(method, options)
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    bound = _compute(call, net, torch.float64 if call.method.float64_only else dtype, dev)
+    if net.has_operators and call.name == "naive":  # matrix-free (docs/decisions.md 21)
+        start = time.perf_counter()
+        result = matrix_free.naive(net)
+        slopes = [(a.to(dev), b.to(dev)) for a, b in net.slopes()]
+        bound = _report(call, {"naive": result}, slopes, torch.float64, dev, time.perf_counter() - start)
+        bound = replace(bound, extras={**bound.extras, "path": "matrix-free"})
+    elif net.has_operators:  # densified after a memory estimate (DenseTooLargeError says how much)
+        bound = _compute(call, net.densified(), torch.float64 if call.method.float64_only else dtype, dev)
+        bound = replace(bound, extras={**bound.extras, "path": "dense (operator layers materialized)"})
+    else:
+        bound = _compute(call, net, torch.float64 if call.method.float64_only else dtype, dev)
     return replace(bound, network=net.fingerprint())
 
 

@@ -144,3 +144,29 @@ def test_bad_shapes_and_oversized_dense_matrices_are_named_errors():
     with pytest.raises(DenseTooLargeError, match="GB"):
         op.dense(max_bytes=10**9)
     assert math.prod(op.output_shape) == op.shape[0]
+
+
+def test_rows_exact_estimator_is_sound_and_between_exact_and_frequency():
+    print(f"seed {SEED + 6}")
+    from lipcert.bounds.conv_norm import _frequency_bounds, _semi_bound, semi_grams
+
+    for op in _random_ops(SEED + 6, 30):
+        if "frequency" not in conv_norm(op, dense_limit=0).estimates:
+            continue
+        exact = float(torch.linalg.matrix_norm(op.dense(), 2))
+        columns = _frequency_bounds(op)
+        semi = _semi_bound(op, columns)
+        assert exact <= semi <= float(columns.max()) * (1 + 1e-12), op.describe()
+    # the per-frequency Gram matrices carry the operator's spectrum when the columns are circular and exact
+    gen = torch.Generator().manual_seed(SEED + 6)
+    op = Conv2dOperator.conv(torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64), (2, 5, 6), padding=1,
+                             circular=True)
+    eig = torch.linalg.eigvalsh(semi_grams(op)).reshape(-1)
+    svals = torch.linalg.svdvals(op.dense())
+    for e in eig[eig > 1e-9 * float(svals[0]) ** 2]:  # B B^H has more rows than B columns: zeros aside
+        assert float((svals**2 - e).abs().min()) < 1e-9 * float(svals[0]) ** 2
+    # at 8 x 8 and 64 channels (Gram 4096 > limit 2048) rows-exact replaces the exact Gram and beats frequency
+    op = Conv2dOperator.conv(torch.randn(64, 64, 3, 3, generator=gen, dtype=torch.float64) / 24, (64, 8, 8), padding=1)
+    bound = conv_norm(op, dense_limit=2048)
+    assert set(bound.estimates) == {"frequency", "rows exact"} and bound.method == "rows exact"
+    assert bound.value < bound.estimates["frequency"]

@@ -79,3 +79,26 @@ def test_dense_only_verbs_refuse_operator_networks_and_oversized_densification_i
         lower_bound(net)
     with pytest.raises(DenseTooLargeError, match="GB"):
         net.densified(max_bytes=1000)
+
+
+def test_torch_conv_layers_convert_to_operators():
+    from lipcert.adapters.graph import build_network
+    from lipcert.adapters.torch import analyze_module
+
+    print(f"seed {SEED}")
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3, padding="same", padding_mode="circular", groups=2), torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(3 * 10 * 10, 5)).double().eval()
+    conv = analyze_module(model, input_shape=(2, 10, 10))
+    net = build_network(conv, operators=True)
+    dense = build_network(conv)
+    assert [op is not None for op in net.operators] == [True, True, True, False]
+    x = torch.rand(4, 2, 10, 10, dtype=torch.float64)
+    torch.testing.assert_close(net(x), model(x).detach())
+    free, ref = lipschitz(net, "naive"), lipschitz(dense, "naive")
+    assert free.extras["path"] == "matrix-free"
+    assert ref.value * (1 - 1e-9) <= free.value <= ref.value * 1.05  # conv norms: exact or a frequency bound
+    assert lower_bound(dense, samples=64, seed=SEED).value <= free.value

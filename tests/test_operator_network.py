@@ -102,3 +102,16 @@ def test_torch_conv_layers_convert_to_operators():
     assert free.extras["path"] == "matrix-free"
     assert ref.value * (1 - 1e-9) <= free.value <= ref.value * 1.05  # conv norms: exact or a frequency bound
     assert lower_bound(dense, samples=64, seed=SEED).value <= free.value
+
+
+def test_verbs_other_than_lipschitz_name_the_operator_layers():
+    import lipcert
+    from lipcert.npz import save_npz
+
+    net, _ = _conv_net(SEED)
+    x = torch.rand(2, 2, 10, 10, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+    with pytest.raises(OperatorLayersError, match=r"certify needs dense weight matrices, but layers \[1, 2, 3\]"):
+        lipcert.certify(net, x, torch.tensor([0, 1]))
+    with pytest.raises(OperatorLayersError, match="save_npz"):
+        save_npz(net, "unused.npz")
+    assert lipcert.lipschitz(net, method="naive").extras["path"] == "matrix-free"

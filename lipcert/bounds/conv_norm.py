@@ -73,9 +73,10 @@ def conv_norm(op: Conv2dOperator, *, dense_limit: int = DENSE_LIMIT, small_grid:
     _, h_out, w_out = op.conv_out_shape
     dim = _dense_dim(op)
     one_by_one = op.kernel.shape[2:] == (1, 1) and not any(op.padding)  # the frequency bound is ||K|| (exact)
-    if dim <= dense_limit and (h_out * w_out <= small_grid or not estimates) and not one_by_one:
+    small = h_out * w_out <= small_grid and not (one_by_one and estimates)
+    if dim <= dense_limit and (small or not estimates):
         estimates["dense"] = _dense_bound(op)
-    elif h_out * w_out <= small_grid and columns is not None and 2 * _semi_dim(op) <= dense_limit:
+    elif small and columns is not None and 2 * _semi_dim(op) <= dense_limit:
         estimates["rows exact"] = _semi_bound(op, columns)
     if not estimates:  # no periodization and too large for the exact Gram: the dense Gram anyway
         estimates["dense"] = _dense_bound(op)

@@ -16,9 +16,11 @@ diagonal shape S (I, Diag Gamma_V or Gershgorin row sums) with g_S a certified
 lambda_max(S^{-1/2} Gamma_V S^{-1/2}), and tau balancing the two blocks, tau = sqrt(xi) with xi
 the relative size of Gamma_UV (g_S S)^{-1} Gamma_VU against Gamma_U.  On orthogonal maps
 (Gamma_UV = 0) this gives P_k = Gamma, so a chain of MaxMin stages keeps the bound at 1.
-Since |dphi_j| <= |dz_j| on every neuron of the layer, P_k = g_S S >= Gamma (all neurons
-treated like |.|) is valid too: it composes like the naive product through orthogonal stages.
-Each step keeps the candidate with the smallest lambda_max(N P_k N^T), N the next matrix.
+A tau per |.| neuron (balanced against that neuron's own coupling) is a candidate too: through
+one comparator with input form diag(a, b) it gives max(a, b) on both outputs.  Since
+|dphi_j| <= |dz_j| on every neuron of the layer, P_k = g_S S >= Gamma (all neurons treated like
+|.|) is valid as well: it composes like the naive product through orthogonal stages.  Each step
+keeps the candidate with the smallest lambda_max (or trace) of N P_k N^T, N the next matrix.
 """
 
 from __future__ import annotations

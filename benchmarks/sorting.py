@@ -14,6 +14,7 @@ import argparse
 import itertools
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def main() -> None:
     text = "\n".join([
         "# MaxMin, GroupSort, FullSort and Householder nets: closed-form bounds against naive and the lower bounds",
         "",
-        "Command: `python benchmarks/sorting.py`  ",
+        f"Command: `{' '.join(['python benchmarks/sorting.py', *sys.argv[1:]])}`  ",
         f"Machine: {machine()}; total {(time.perf_counter() - start) / 60:.1f} min.",
         "",
         "Gaussian MLPs (W ~ N(0, 1/fan_in), biases N(0, 1)) with the activation after every hidden affine map, "

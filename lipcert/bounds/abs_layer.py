@@ -186,7 +186,8 @@ def _trace(sym: torch.Tensor) -> float:
 
 
 def _upper_inverse_factor(p: torch.Tensor) -> torch.Tensor:
-    """Upper R with R^T R = (P + delta Diag P)^{-1}: R = U^{-1} for the upper factor U U^T of the inflated P.
+    """Upper R with R^T R <= (P + delta Diag P)^{-1}: R = U^{-1} / (1 + slack) for the upper factor U U^T of
+    the inflated P, the slack bounding ||R U - I|| (the inverse's rounding, large for ill-conditioned P).
 
     Enlarging P shrinks M = P^{-1}, which keeps the certificate valid (math.md 3, (Mo)).
     """
@@ -200,4 +201,8 @@ def _upper_inverse_factor(p: torch.Tensor) -> torch.Tensor:
                                      "neurons than the layer's input can span)")
     upper = torch.flip(low, dims=(0, 1))
     eye = torch.eye(n, dtype=p.dtype, device=p.device)
-    return torch.linalg.solve_triangular(upper, eye, upper=True)
+    r = torch.linalg.solve_triangular(upper, eye, upper=True)
+    # R^T R <= (U U^T)^{-1} needs ||R U|| <= 1; R U = I + E, so divide R by 1 + ||E|| (plus E's own rounding)
+    eps = torch.finfo(p.dtype).eps
+    slack = float(torch.linalg.matrix_norm(r @ upper - eye)) + 4 * n * eps * float(r.norm() * upper.norm())
+    return r / (1 + slack)

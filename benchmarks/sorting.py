@@ -60,8 +60,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sorting.md")
     args = parser.parse_args()
     start = time.perf_counter()
-    lines = ["| activation | widths | seed | layers after rewrite | naive | combined | pattern LB | Jacobian LB | "
-             "combined / naive | combined / LB | seconds | ReLU: combined / naive |",
+    lines = [("| activation | widths | seed | layers after rewrite | naive | combined | pattern LB | Jacobian LB | "
+             "combined / naive | combined / LB | seconds | ReLU: combined / naive |"),
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     summary = []
     for kind, widths in itertools.product(KINDS, SHAPES):
@@ -83,10 +83,10 @@ def main() -> None:
         f"Command: `{' '.join(['python benchmarks/sorting.py', *sys.argv[1:]])}`  ",
         f"Machine: {machine()}; total {(time.perf_counter() - start) / 60:.1f} min.",
         "",
-        "Gaussian MLPs (W ~ N(0, 1/fan_in), biases N(0, 1)) with the activation after every hidden affine map, "
+        ("Gaussian MLPs (W ~ N(0, 1/fan_in), biases N(0, 1)) with the activation after every hidden affine map, "
         "rewritten exactly (docs/decisions.md 19): GroupSort-k and FullSort add one layer per sorting stage. "
         "`combined` takes the exact step through every |.|/identity layer. No upper bound fell below a lower bound "
-        "(the script asserts it).",
+        "(the script asserts it)."),
         "",
         "## Mean combined / naive",
         "",

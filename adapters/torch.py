@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import operator
 import pickle
-import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +27,9 @@ from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
 from . import groupsort, torch_sort
-from .common import RangeOption, finish
+from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
+from .maxpool import for_input
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
 
 _SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
@@ -244,7 +244,7 @@ class _Interpreter:
                     raise NotCovered(function_why(key) if node.op == "call_function" else
                                      f"Tensor.{key} is not an affine map or an elementwise activation known to lipcert")
                 ops = fn_handler(Call(name, key, tuple(marked_args), dict(marked_kwargs), tuple(probe.shape)))
-            layers, out = make_layers(name, op_type, source, node.name, ops, probe)
+            layers, out = make_layers(name, op_type, source, node.name, for_input(ops, self.layers, source), probe)
         except NotCovered as exc:
             self.issue(node, op_type, str(exc.args[0]), name)
             return
@@ -325,6 +325,8 @@ def analyze_module(module: nn.Module, *, input_shape: Sequence[int] | None, sour
         raise ModelLoadError("TorchScript modules cannot be traced by torch.fx; load the original Python module, or "
                              "export to ONNX and load the .onnx file")
     name = source or type(module).__name__
+    require_finite({k: t.detach().cpu().numpy() for k, t in [*module.named_parameters(), *module.named_buffers()]
+                    if t.is_floating_point()}, lambda key: f"{name}: parameter {key!r}")
     shape = _shape(input_shape, name)
     if not any(m.training for m in module.modules() if isinstance(m, _STATEFUL)):  # running it has no side effects
         try:
@@ -349,7 +351,7 @@ def _reference(module: nn.Module, conv: Conversion) -> tuple[Any, torch.dtype]:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             out = module(torch.as_tensor(x, dtype=dtype, device=device))
-        return out.detach().to("cpu", torch.float64).reshape(x.shape[0], -1).numpy()
+        return out.detach().to("cpu", torch.float64).numpy()  # its shape is checked by check_conversion
 
     return run, dtype
 
@@ -391,17 +393,16 @@ def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | f
 def _state_dict_message(path: Path, obj: dict[Any, Any]) -> str:
     keys = list(obj)[:6]
     nested = next((k for k in ("state_dict", "model_state_dict", "model", "net") if k in obj), None)
-    weights = f'torch.load("{path}")' + (f'["{nested}"]' if nested else "")
     return (
         f"{path} holds a {'checkpoint' if nested else 'state_dict'} (a dict with keys {keys}"
         f"{' ...' if len(obj) > 6 else ''}), "
-        "not a whole pickled module. A state_dict has no architecture, so lipcert needs the module class: build the "
-        "model, load the weights, and pass the module:\n"
-        "    model = MyNet()                      # the architecture these weights belong to\n"
-        f"    model.load_state_dict({weights})\n"
-        "    model.eval()\n"
-        "    net = lipcert.load(model, input_shape=(1, 28, 28))   # one input, without the batch axis\n"
-        "(the ERAN and auto_LiRPA benchmark checkpoints load with lipcert.reference_models.load_checkpoint(path))")
+        "not a whole pickled module. A state_dict has no architecture; name the model class it belongs to:\n"
+        f"    lipcert.load(\"mymodels:MyNet\", weights=\"{path}\", input_shape=(1, 28, 28))\n"
+        f"    lipcert bound --model mymodels:MyNet --weights {path} --input-shape 1,28,28\n"
+        "('module:Class' or 'file.py:Class'; model_args= / --model-args for its arguments, model_path= / "
+        "--model-path for the folder of its code). In Python, lipcert.load(module) also works on a module with "
+        "the weights already loaded (model.load_state_dict(...); model.eval()). The ERAN and auto_LiRPA benchmark "
+        "checkpoints load with lipcert.reference_models.load_checkpoint(path)")
 
 
 def load_file(path: str | Path) -> nn.Module:
@@ -419,9 +420,9 @@ def load_file(path: str | Path) -> nn.Module:
         except Exception as exc2:  # noqa: BLE001 - unpickling can raise anything
             raise ModelLoadError(f"{path} could not be unpickled ({type(exc2).__name__}: {exc2}); a whole module "
                                  "needs its class importable under the same name") from exc2
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - reading arbitrary bytes as a checkpoint can raise anything
         raise ModelLoadError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc}); it may be "
-                             "truncated or corrupt") from exc
+                             "truncated, corrupt or another kind of file") from exc
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):

@@ -205,7 +205,11 @@ def get_activation(spec: str | Activation | tuple[float, float]) -> Activation:
     if isinstance(spec, tuple | list):
         if len(spec) != 2:
             raise InvalidSlopeError(f"slope bounds must be an (alpha, beta) pair, got {spec!r}")
-        return slopes_only(float(spec[0]), float(spec[1]))
+        try:
+            alpha, beta = float(spec[0]), float(spec[1])
+        except (TypeError, ValueError):
+            raise InvalidSlopeError(f"slope bounds must be two numbers (alpha, beta), got {spec!r}") from None
+        return slopes_only(alpha, beta)
     if not isinstance(spec, str):
         raise UnknownActivationError(f"activation must be a name, an (alpha, beta) pair or an "
                                      f"Activation, got {type(spec).__name__}")

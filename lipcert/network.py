@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,20 +18,24 @@ import numpy as np
 import torch
 
 from .activations import Activation, get_activation
-from .errors import NonFiniteWeightsError, NotANetworkError, ShapeMismatchError
+from .errors import (InvalidWeightsError, NonFiniteWeightsError, NotANetworkError, ShapeMismatchError,
+                     UnknownActivationError)
 
 ArrayLike = np.ndarray | torch.Tensor
 ActivationSpec = str | Activation | tuple[float, float]
 
 
 def _as_tensor(a: Any, what: str) -> torch.Tensor:
+    if (a.is_complex() if isinstance(a, torch.Tensor) else np.iscomplexobj(a)):
+        raise InvalidWeightsError(f"{what} is complex; lipcert bounds real networks (pass the real part "
+                                  "explicitly if that is what the model computes)")
     if isinstance(a, torch.Tensor):
         t = a.detach().to("cpu", torch.float64)
     else:
         try:
             t = torch.as_tensor(np.asarray(a, dtype=np.float64))
         except (TypeError, ValueError) as exc:
-            raise ShapeMismatchError(f"{what} is not a numeric array: {exc}") from exc
+            raise InvalidWeightsError(f"{what} is not a numeric array: {exc}") from exc
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise NonFiniteWeightsError(f"{what} has {bad} non-finite entries (NaN or inf)")
@@ -89,6 +93,10 @@ class Network:
         multiplied into one, and dead neurons (zero rows) are removed, their constant output
         folded into the next bias, so the function is unchanged.
         """
+        if isinstance(weights, str | bytes | np.ndarray | torch.Tensor) or not isinstance(weights, Iterable):
+            raise ShapeMismatchError(f"weights must be a sequence of 2-D matrices (one per layer), got "
+                                     f"{type(weights).__name__}")
+        weights = list(weights)
         if len(weights) == 0:
             raise ShapeMismatchError("a network needs at least one weight matrix")
         ws = [_as_tensor(w, f"weight {k + 1}") for k, w in enumerate(weights)]
@@ -98,6 +106,10 @@ class Network:
                                          f"{tuple(w.shape)}")
         if biases is None:
             biases = [None] * len(ws)
+        if isinstance(biases, str | bytes | np.ndarray | torch.Tensor) or not isinstance(biases, Iterable):
+            raise ShapeMismatchError(f"biases must be a sequence of vectors (one per layer) or None, got "
+                                     f"{type(biases).__name__}")
+        biases = list(biases)
         if len(biases) != len(ws):
             raise ShapeMismatchError(f"{len(ws)} weight matrices but {len(biases)} biases")
         bs = []
@@ -109,6 +121,9 @@ class Network:
         n_hidden = len(ws) - 1
         if isinstance(activation, str | Activation | tuple):
             acts = [get_activation(activation)] * n_hidden
+        elif not isinstance(activation, Iterable):
+            raise UnknownActivationError(f"activation must be a name (e.g. 'relu'), an (alpha, beta) slope pair "
+                                         f"or a list of them, got {type(activation).__name__} {activation!r}")
         else:
             acts = [get_activation(a) for a in activation]
             if len(acts) != n_hidden:

@@ -20,7 +20,7 @@ import torch
 from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
 from ..memory import check_budget
 from ..network import Network, require_network
-from . import closed_form, matrix_free, optimize, sdp
+from . import abs_layer, closed_form, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
@@ -420,7 +420,8 @@ def _report(call: MethodCall, results: Mapping[str, RecursionResult], slopes: Sl
     notes = [f"{k}: {n}" for k, r in results.items() for n in r.notes if "constant neurons" not in n]
     own = call.method.rule(call.options).name if call.method.rule is not None else None
     fallbacks = sorted({f"{k}: layer {i + 1} fell back to {lab}" for k, r in results.items()
-                        for i, lab in enumerate(r.labels) if not call.method.mixes_rules and lab != (own or k)})
+                        for i, lab in enumerate(r.labels)
+                        if not call.method.mixes_rules and lab != (own or k) and not lab.startswith(abs_layer.LABELS)})
     status = "ok" if not (notes or fallbacks) else "; ".join(fallbacks + notes)
     used_slopes = closed_form.closed_form_slopes(slopes) if call.method.relaxed_slopes else slopes
     return LipschitzBound(

@@ -118,3 +118,7 @@ def require_extra(module: str, extra: str, install: str | None = None) -> None:
         raise MissingExtraError(
             f"{module} is needed here but is not installed; install the '{extra}' extra: {line}"
         ) from exc
+
+
+class ClusterError(LipcertError, RuntimeError):
+    """A Dask cluster that cannot be reached or started, or that lost a task on every worker it tried."""

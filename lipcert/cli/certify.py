@@ -26,6 +26,7 @@ from ..errors import DatasetError, InvalidRadiusError, ResumeError, ShapeMismatc
 from ..network import Network
 from ..norms import check_eps, parse_norm
 from ..report import RunReport
+from .cluster import add_cluster_arguments, cluster_client
 from .common import add_model_arguments, floats, load_model
 
 DEFAULT_EPS = {
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_run_arguments(p)
     p.add_argument("--attack", action="store_true", help="also run PGD at every eps: upper bounds on robust "
                                                          "accuracy and a soundness check")
+    add_cluster_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -160,7 +162,8 @@ class CertifyRun:
 
 
 def run(args: argparse.Namespace) -> int:
-    done = certify_run(args, Path(args.out))
+    with cluster_client(args) as client:
+        done = certify_run(args, Path(args.out), client=client)
     rec = done.report.record
     _print_summary(rec)
     if "local_per_input" in rec["timings"]:
@@ -174,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
-    """Load the model and data of ``args``, certify (resumable records in ``out``), attack, write the run report."""
+def certify_run(args: argparse.Namespace, out: Path, client: Any = None) -> CertifyRun:
+    """Load the model and data of ``args``, certify (resumable records in ``out``; on the Dask cluster of
+    ``client`` when given), attack, write the run report."""
     from ..report import write_run
 
     start = time.perf_counter()
@@ -195,7 +199,7 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
     if note:
         print(f"note: {note}", file=sys.stderr)
     cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size, index=np.arange(len(y)),
-                   tolerance=args.tolerance, records=records, resume=args.resume,
+                   tolerance=args.tolerance, records=records, resume=args.resume, client=client,
                    local={"iterations": args.local_iterations} if args.local and args.local_iterations is not None
                    else args.local)
     if cert.resumed:

@@ -391,7 +391,7 @@ def certify(
         from .distributed import sharded_batches
 
         finished = sharded_batches(client, job, _forward_batch, _local_batch if local else None, shards, bar.update)
-        workers = len(client.scheduler_info()["workers"])
+        workers = len(client.nthreads())
     try:
         for batch in finished:
             if store is not None:

@@ -82,7 +82,7 @@ def sharded_batches(client: Any, job: Any, forward: Forward, local: Local | None
     """
     from distributed import as_completed
 
-    workers = max(len(client.scheduler_info()["workers"]), 1)
+    workers = max(len(client.nthreads()), 1)
     run = uuid.uuid4().hex[:12]
     shared = client.scatter(job, broadcast=True, hash=False)
     owner: dict[Any, tuple[int, int, int]] = {}  # future -> (batch, lo, hi); hi < 0 marks a forward task

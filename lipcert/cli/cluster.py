@@ -30,7 +30,7 @@ def cluster_client(args: argparse.Namespace) -> Iterator[Any]:
     from ..distributed import connect
 
     client = connect(workers=workers, scheduler=scheduler)
-    n = len(client.scheduler_info()["workers"])
+    n = len(client.nthreads())
     print(f"dask: {n} workers at {client.scheduler.address}, dashboard {client.dashboard_link}", file=sys.stderr)
     try:
         yield client

@@ -16,13 +16,13 @@ Conventions (documented for users in :func:`lipcert.load`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from lipcert.errors import ModelLoadError
+from lipcert.errors import ModelLoadError, NonFiniteWeightsError
 from lipcert.network import Network
 
 from .graph import DEFAULT_MAX_DENSE_BYTES, Conversion, Layer, build_network
@@ -131,6 +131,16 @@ def sample_inputs(input_shape: Sequence[int], input_range: tuple[float, float] |
     return gen.uniform(lo, hi, shape)
 
 
+def require_finite(arrays: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """Refuse (NonFiniteWeightsError) the first floating array holding NaN or inf, named by ``where(name)``."""
+    for name, value in arrays.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise NonFiniteWeightsError(f"{where(name)} has {bad} non-finite weights (NaN or inf) of {arr.size}; "
+                                        "the model file is corrupt or its training diverged")
+
+
 def check_conversion(net: Network, reference: Reference, *, input_range: tuple[float, float] | None,
                      samples: int, rtol: float, source: str, seed: int = 0) -> dict[str, Any]:
     """Compare ``net`` with the original model; raise ModelLoadError when they differ.
@@ -139,7 +149,11 @@ def check_conversion(net: Network, reference: Reference, *, input_range: tuple[f
     least ``rtol``).  Returns the measured differences for ``Network.info``.
     """
     x = sample_inputs(net.input_shape, input_range, samples, seed)
-    expected = np.asarray(reference(x), dtype=np.float64).reshape(samples, -1)
+    raw = np.asarray(reference(x), dtype=np.float64)
+    if raw.ndim == 0 or raw.shape[0] != samples:
+        raise ModelLoadError(f"{source}: the model returns an output of shape {raw.shape} for a batch of {samples} "
+                             "inputs; lipcert certifies classifiers that return one vector of logits per input")
+    expected = raw.reshape(samples, -1)
     got = np.asarray(net(x), dtype=np.float64).reshape(samples, -1)
     if expected.shape != got.shape:
         raise ModelLoadError(f"{source}: the converted network has {got.shape[1]} outputs but the model has "
@@ -152,7 +166,8 @@ def check_conversion(net: Network, reference: Reference, *, input_range: tuple[f
             f"the original model by up to {error:.3g} (largest output {scale:.3g}, tolerance {rtol:g} relative). "
             "Some operator was not converted faithfully; please report this model. Pass check=False to skip the "
             "check at your own risk, or rtol=... if the model computes in low precision")
-    return {"conversion_error": error, "conversion_rel_error": error / scale, "conversion_samples": samples}
+    return {"conversion_error": error, "conversion_rel_error": error / scale, "conversion_samples": samples,
+            "output_shape": list(raw.shape[1:])}
 
 
 def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[float] | float | None,

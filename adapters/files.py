@@ -1,4 +1,4 @@
-"""Model files by their suffix: the one place that knows which reader a file needs.
+"""Model files by their content (:mod:`.sniff`) and suffix: the one place that knows which reader a file needs.
 
 * ``.onnx``: :func:`.onnx.read_model`, then :func:`.onnx.convert_model` (the interpreted graph);
 * ``.pt``/``.pth``: :func:`.torch.load_file` (a whole pickled module, put in eval mode if it is in
@@ -23,6 +23,7 @@ from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
 from .graph import Conversion
+from .sniff import sniff
 
 Format = Literal["onnx", "torch", "npz"]
 SUFFIXES: dict[str, Format] = {".onnx": "onnx", ".pt": "torch", ".pth": "torch", ".npz": "npz"}
@@ -79,6 +80,11 @@ def read(path: str | Path, *, input_shape: Sequence[int] | None = None) -> Model
     if not path.exists():
         raise ModelLoadError(f"no such model file: {path}")
     fmt = SUFFIXES.get(path.suffix.lower())
+    content = sniff(path, parse_onnx=fmt != "onnx")
+    if fmt == "torch" and content is None:  # torch files are zip archives or pickles (first byte 0x80)
+        raise ModelLoadError(f"{path} is not a readable torch file: it is neither a zip checkpoint nor a pickle; "
+                             "it may be truncated, corrupt or another kind of file")
+    fmt = content or fmt  # a file under another suffix is read as what it holds
     if fmt == "onnx":
         from . import onnx
 
@@ -103,6 +109,7 @@ def _npz_network(path: Path, *, mean: Sequence[float] | float | None, std: Seque
     """The Network of an .npz file, read here (after the options are refused, before any array is read)."""
     from lipcert.npz import load_npz
 
+    options.pop("max_dense_bytes", None)  # the file holds the dense matrices already: nothing to materialize
     if mean is not None or std is not None or options:
         raise ModelLoadError("mean/std and loading options are not supported for .npz networks; fold the "
                              "normalization into W1 and b1")

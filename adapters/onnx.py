@@ -25,8 +25,12 @@ from google.protobuf.message import DecodeError
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
-from .common import RangeOption, finish
+from . import onnx_sort
+from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
+from .maxpool import for_input
+from .onnx_opset import upgrade
+from .onnx_node import users
 from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, identify, merge_why, why_not
 
 MIN_OPSET, MAX_TESTED_OPSET = 9, 21
@@ -112,12 +116,17 @@ class _Interpreter:
     """One pass over the graph, building layers and issues."""
 
     def __init__(self, model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None) -> None:
+        self.notes: list[str] = []
+        if opset_of(model) < MIN_OPSET:
+            model, note = upgrade(model, opset_of(model), source)
+            self.notes.append(note)
         self.model, self.source = model, source
         self.graph = model.graph
         self.opset = opset_of(model)
         self.nodes = list(self.graph.node)
         self.input_name, self.sample_shape, self.input_shape, self.elem_type = _shapes(model, source, input_shape)
         self.env: dict[str, Any] = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        require_finite(self.env, lambda name: f"{source}: initializer {name!r} ({users(self.nodes, name)})")
         gen = torch.Generator().manual_seed(0)
         self.env[self.input_name] = Dyn(torch.rand(self.sample_shape, generator=gen, dtype=torch.float64))
         self.consumers: dict[str, list[int]] = {}
@@ -128,7 +137,6 @@ class _Interpreter:
         self.outputs = [o.name for o in self.graph.output]
         self.layers: list[Layer] = []
         self.issues: list[tuple[int, Issue]] = []
-        self.notes: list[str] = []
         self.fused: set[int] = set()
         self.folded: set[int] = set()
         self.tried_fusion: set[str] = set()
@@ -192,9 +200,6 @@ class _Interpreter:
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> Conversion:
-        if self.opset < MIN_OPSET:
-            raise ModelLoadError(f"{self.source}: opset {self.opset} is older than {MIN_OPSET}; convert it first with "
-                                 "onnx.version_converter.convert_version(model, 13)")
         if self.opset > MAX_TESTED_OPSET:
             self.notes.append(f"opset {self.opset} is newer than the opsets tested ({MIN_OPSET}-{MAX_TESTED_OPSET})")
         for i, node in enumerate(self.nodes):  # fold the constant part of the graph first
@@ -223,9 +228,10 @@ class _Interpreter:
             self._set_outputs(i, [])  # downstream of an earlier issue; nothing new to report
             return
         source = node.input[dyn[0]]
-        if source not in self.tried_fusion and (len(dyn) > 1 or len(self._dynamic_users(source)) > 1):
+        if source not in self.tried_fusion and (len(dyn) > 1 or len(self._dynamic_users(source)) > 1
+                                                or node.op_type in onnx_sort.STARTS):
             self.tried_fusion.add(source)
-            if self.fuse(source, i):
+            if self.fuse(source, i) or self.fuse_sorting(source, i):
                 return
         if len({node.input[k] for k in dyn}) > 1 or len(dyn) > 1:
             self.issue(i, merge_why(node.op_type))
@@ -266,7 +272,7 @@ class _Interpreter:
         view = OnnxNode(node, self.opset, tuple(DYNAMIC if k == dyn else v for k, v in enumerate(inputs)), dyn,
                         tuple(probe.shape))
         try:
-            ops = handler(view)
+            ops = for_input(handler(view), self.layers, node.input[dyn])
             layers, out = make_layers(self.label(i), node.op_type, node.input[dyn], node.output[0], ops, probe)
         except NotCovered as exc:
             self.issue(i, str(exc.args[0]))
@@ -357,6 +363,21 @@ class _Interpreter:
                           ("" if act is None or (a, d) == (1.0, 0.0) else f" (scaled: {a:g} * {act.name} + {d:g})"))
         return True
 
+    def fuse_sorting(self, source: str, start: int) -> bool:
+        """Replace the subgraph reading ``source`` by a sorting activation, if it computes one (:mod:`.onnx_sort`)."""
+        opsets, probe = {e.domain or "": int(e.version) for e in self.model.opset_import}, self.env[source].probe
+        match = onnx_sort.find(self.nodes, self.env, self._dynamic_users, self.outputs, source, start, probe, opsets,
+                               self.elem_type)
+        if match is None:
+            return False
+        names = ", ".join(self.label(j) for j in match.region)
+        layers, out = make_layers(f"{match.label}({names})", match.label, source, match.exit, match.ops, probe)
+        self.layers += layers
+        self.env.update({**{n: Dyn(v) for n, v in match.values.items()}, match.exit: Dyn(out)})
+        self.fused.update(match.region)
+        self.notes.append(f"nodes {names} compute {match.label}, rewritten exactly with |.| (docs/decisions.md 19)")
+        return True
+
     # ---------------------------------------------------------------- result
     def finish(self) -> Conversion:
         needed = self._needed()
@@ -397,7 +418,8 @@ def t_const(arr: Any) -> torch.Tensor:
 
 
 def convert_model(model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None = None) -> Conversion:
-    """Interpret a validated ONNX model (see :func:`analyze_onnx`)."""
+    """Interpret a validated ONNX model (see :func:`analyze_onnx`); an opset older than 9 is first converted
+    (:mod:`.onnx_opset`), which the Conversion's notes say."""
     return _Interpreter(model, source, input_shape).run()
 
 

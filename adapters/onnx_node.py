@@ -73,3 +73,9 @@ def torch_pad(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
     for b, e in zip(reversed(begins), reversed(ends)):
         out += [int(b), int(e)]
     return out
+
+
+def users(nodes: Sequence[onnx.NodeProto], name: str) -> str:
+    """The nodes that read the value ``name``, for messages: "used by Gemm node '/1/Gemm', ..."."""
+    found = [f"{n.op_type} node {n.name!r}" for n in nodes if name in n.input]
+    return "used by " + ", ".join(found) if found else "used by no node"

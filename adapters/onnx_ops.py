@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
 
 from .graph import AffineOp, NotCovered, Op, undilate
+from .maxpool import max_pool_ops, pooled_positions
 from .modules import conv_module
 from .onnx_node import OnnxNode, linear, required, t64, torch_pad
 from .onnx_shape import (cast, concat, dropout, expand, flatten, gather, identity, pad, reshape, slice_, squeeze, tile,
@@ -258,6 +259,23 @@ def average_pool(node: OnnxNode) -> list[Op]:
     return [linear(lambda x: window_sum(x) / divisor, detail)]
 
 
+def max_pool(node: OnnxNode) -> list[Op]:
+    """MaxPool as the exact max tree of :mod:`.maxpool`."""
+    kernel = list(node.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(node.attr("strides") or [1] * n)
+    dilations = list(node.attr("dilations") or [1] * n)
+    begins, ends = _spatial(node, kernel, strides, dilations)
+    ceil = bool(int(node.attr("ceil_mode", 0)))
+    axes = [pooled_positions(size, k, s, b, e, d, ceil)
+            for size, k, s, b, e, d in zip(node.shape[2:], kernel, strides, begins, ends, dilations)]
+    return max_pool_ops(node.shape, axes)
+
+
+def global_max_pool(node: OnnxNode) -> list[Op]:
+    return max_pool_ops(node.shape, [[list(range(size))] for size in node.shape[2:]])
+
+
 def global_average_pool(node: OnnxNode) -> list[Op]:
     dims = tuple(range(2, len(node.shape)))
     return [linear(lambda x: x.mean(dim=dims, keepdim=True), "mean over spatial axes")]
@@ -333,7 +351,8 @@ def _act(factory: Callable[[OnnxNode], Activation]) -> Callable[[OnnxNode], list
 HANDLERS: dict[str, Callable[[OnnxNode], list[Op]]] = {
     "Gemm": gemm, "MatMul": matmul, "Add": add, "Sub": sub, "Mul": mul, "Div": div, "Sum": sum_, "Neg": neg,
     "Einsum": einsum, "Conv": conv, "ConvTranspose": conv_transpose, "BatchNormalization": batch_norm,
-    "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
+    "AveragePool": average_pool, "GlobalAveragePool": global_average_pool, "MaxPool": max_pool,
+    "GlobalMaxPool": global_max_pool,
     "ReduceMean": lambda n: _reduce(n, True), "ReduceSum": lambda n: _reduce(n, False),
     "Flatten": flatten, "Reshape": reshape, "Squeeze": squeeze, "Unsqueeze": unsqueeze, "Transpose": transpose,
     "Identity": identity, "Dropout": dropout, "Cast": cast, "Pad": pad, "Slice": slice_, "Gather": gather,
@@ -344,11 +363,11 @@ HANDLERS: dict[str, Callable[[OnnxNode], list[Op]]] = {
     "Clip": clip, "PRelu": prelu, "HardSigmoid": hard_sigmoid, "Selu": selu, "Gelu": gelu,
 }
 
-_POOL_WHY = ("max pooling takes the largest entry of each window, which is neither affine nor elementwise; "
-             "replace it by a strided convolution or average pooling")
+_POOL_WHY = ("this pooling (a p-norm or random windows) is neither affine nor elementwise; max, adaptive max and "
+             "average pooling are supported")
 _NORM_WHY = "it normalizes by statistics of the input itself, which is not affine"
 WHY: dict[str, str] = {
-    "MaxPool": _POOL_WHY, "GlobalMaxPool": _POOL_WHY, "MaxRoiPool": _POOL_WHY, "LpPool": _POOL_WHY,
+    "MaxRoiPool": _POOL_WHY, "LpPool": _POOL_WHY,
     "GlobalLpPool": _POOL_WHY,
     "Softmax": "softmax couples all entries of a vector; certify the logits instead (remove a final softmax, it "
                "does not change the predicted class)",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import operator
 import pickle
-import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +26,10 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.network import Network
 
-from .common import RangeOption, finish
+from . import groupsort, torch_sort
+from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
+from .maxpool import for_input
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
 
 _SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
@@ -66,12 +67,19 @@ def _replace(value: Any, how: Any) -> Any:
     return value
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return groupsort.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(module: nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a clear error for untraceable modules."""
-    if torch.fx.Tracer().is_leaf_module(module, ""):  # fx would trace into the forward of a bare torch layer
+    if _Tracer().is_leaf_module(module, ""):  # fx would trace into the forward of a bare torch layer
         module = nn.Sequential(OrderedDict([(type(module).__name__, module)]))
     try:
-        return torch.fx.symbolic_trace(module)
+        return torch.fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
         raise ModelLoadError(
             f"torch.fx could not trace {type(module).__name__} ({type(exc).__name__}: {exc}). lipcert reads general "
@@ -91,6 +99,8 @@ class _Interpreter:
         self.issues: list[tuple[torch.fx.Node, Issue]] = []
         self.input_name = ""
         self.output: Any = None
+        self.fused: set[torch.fx.Node] = set()
+        self.tried: set[torch.fx.Node] = set()
 
     def run(self) -> Conversion:
         for node in self.gm.graph.nodes:
@@ -119,6 +129,8 @@ class _Interpreter:
         self.env[node.name] = Dyn(out.detach().to(torch.float64) if known else None)
 
     def step(self, node: torch.fx.Node) -> None:
+        if node in self.fused:
+            return
         if node.op == "placeholder":
             if not self.input_name:
                 self.input_name = node.name
@@ -150,10 +162,31 @@ class _Interpreter:
             self.env[node.name] = self._call(node, probe_args, _replace(kwargs, lambda d: d.probe))
             return
         op_type, name = self._describe(node)
+        if self._fuse_sorting(node, dyns[0]):
+            return
         if len(dyns) > 1:
             self.issue(node, op_type, _merge_why(op_type), name)
             return
         self.convert(node, args, kwargs, dyns[0], op_type, name)
+
+    def _fuse_sorting(self, node: torch.fx.Node, dyn: Dyn) -> bool:
+        """Convert the calls from ``node`` on that compute a sorting activation (:mod:`.torch_sort`), if they do."""
+        source = next(n for n in node.all_input_nodes if self.env.get(n.name) is dyn)
+        if source in self.tried or not (len(source.users) > 1 or torch_sort.starts(node)) or dyn.probe is None:
+            return False
+        self.tried.add(source)
+        constants = {k: v for k, v in self.env.items() if not isinstance(v, Dyn)}
+        match = torch_sort.find(self.gm.graph, constants, source, node, tuple(dyn.probe.shape))
+        if match is None:
+            return False
+        names = ", ".join(n.name for n in match.region)
+        layers, out = make_layers(f"{match.label}({names})", match.label, source.name, match.exit.name, match.ops,
+                                  dyn.probe)
+        self.layers += layers
+        self.fused.update(match.region)
+        self.env.update({n.name: Dyn(None) for n in match.region})
+        self.env[match.exit.name] = Dyn(out)
+        return True
 
     def _attr(self, target: str) -> Any:
         obj: Any = self.gm
@@ -209,7 +242,7 @@ class _Interpreter:
                     raise NotCovered(function_why(key) if node.op == "call_function" else
                                      f"Tensor.{key} is not an affine map or an elementwise activation known to lipcert")
                 ops = fn_handler(Call(name, key, tuple(marked_args), dict(marked_kwargs), tuple(probe.shape)))
-            layers, out = make_layers(name, op_type, source, node.name, ops, probe)
+            layers, out = make_layers(name, op_type, source, node.name, for_input(ops, self.layers, source), probe)
         except NotCovered as exc:
             self.issue(node, op_type, str(exc.args[0]), name)
             return
@@ -290,6 +323,8 @@ def analyze_module(module: nn.Module, *, input_shape: Sequence[int] | None, sour
         raise ModelLoadError("TorchScript modules cannot be traced by torch.fx; load the original Python module, or "
                              "export to ONNX and load the .onnx file")
     name = source or type(module).__name__
+    require_finite({k: t.detach().cpu().numpy() for k, t in [*module.named_parameters(), *module.named_buffers()]
+                    if t.is_floating_point()}, lambda key: f"{name}: parameter {key!r}")
     shape = _shape(input_shape, name)
     if not any(m.training for m in module.modules() if isinstance(m, _STATEFUL)):  # running it has no side effects
         try:
@@ -314,7 +349,7 @@ def _reference(module: nn.Module, conv: Conversion) -> tuple[Any, torch.dtype]:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             out = module(torch.as_tensor(x, dtype=dtype, device=device))
-        return out.detach().to("cpu", torch.float64).reshape(x.shape[0], -1).numpy()
+        return out.detach().to("cpu", torch.float64).numpy()  # its shape is checked by check_conversion
 
     return run, dtype
 
@@ -356,17 +391,16 @@ def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | f
 def _state_dict_message(path: Path, obj: dict[Any, Any]) -> str:
     keys = list(obj)[:6]
     nested = next((k for k in ("state_dict", "model_state_dict", "model", "net") if k in obj), None)
-    weights = f'torch.load("{path}")' + (f'["{nested}"]' if nested else "")
     return (
         f"{path} holds a {'checkpoint' if nested else 'state_dict'} (a dict with keys {keys}"
         f"{' ...' if len(obj) > 6 else ''}), "
-        "not a whole pickled module. A state_dict has no architecture, so lipcert needs the module class: build the "
-        "model, load the weights, and pass the module:\n"
-        "    model = MyNet()                      # the architecture these weights belong to\n"
-        f"    model.load_state_dict({weights})\n"
-        "    model.eval()\n"
-        "    net = lipcert.load(model, input_shape=(1, 28, 28))   # one input, without the batch axis\n"
-        "(the ERAN and auto_LiRPA benchmark checkpoints load with lipcert.reference_models.load_checkpoint(path))")
+        "not a whole pickled module. A state_dict has no architecture; name the model class it belongs to:\n"
+        f"    lipcert.load(\"mymodels:MyNet\", weights=\"{path}\", input_shape=(1, 28, 28))\n"
+        f"    lipcert bound --model mymodels:MyNet --weights {path} --input-shape 1,28,28\n"
+        "('module:Class' or 'file.py:Class'; model_args= / --model-args for its arguments, model_path= / "
+        "--model-path for the folder of its code). In Python, lipcert.load(module) also works on a module with "
+        "the weights already loaded (model.load_state_dict(...); model.eval()). The ERAN and auto_LiRPA benchmark "
+        "checkpoints load with lipcert.reference_models.load_checkpoint(path)")
 
 
 def load_file(path: str | Path) -> nn.Module:
@@ -384,9 +418,9 @@ def load_file(path: str | Path) -> nn.Module:
         except Exception as exc2:  # noqa: BLE001 - unpickling can raise anything
             raise ModelLoadError(f"{path} could not be unpickled ({type(exc2).__name__}: {exc2}); a whole module "
                                  "needs its class importable under the same name") from exc2
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - reading arbitrary bytes as a checkpoint can raise anything
         raise ModelLoadError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc}); it may be "
-                             "truncated or corrupt") from exc
+                             "truncated, corrupt or another kind of file") from exc
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):

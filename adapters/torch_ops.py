@@ -20,7 +20,9 @@ from torch import nn
 
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
 
+from . import groupsort
 from .graph import DYNAMIC, AffineOp, NotCovered, Op, undilate
+from .maxpool import adaptive_max_pool_module, max_pool_function, max_pool_module
 from .modules import torch_copy
 
 SOFTPLUS_MIN_THRESHOLD = 20.0
@@ -315,6 +317,7 @@ FUNCTIONS: dict[Any, Callable[[Call], list[Op]]] = {
     operator.iadd: add, operator.isub: sub, operator.imul: mul, operator.itruediv: div,
     operator.matmul: matmul, torch.matmul: matmul, torch.mm: matmul,
     F.linear: linear_fn, **{f: conv_fn for f in _CONV}, **{f: conv_transpose_fn for f in _CONV_T},
+    F.max_pool1d: max_pool_function, F.max_pool2d: max_pool_function, F.max_pool3d: max_pool_function,
     F.batch_norm: batch_norm_fn, F.pad: pad_fn, torch.cat: cat_fn, torch.concat: cat_fn,
     F.dropout: dropout_fn, F.dropout1d: dropout_fn, F.dropout2d: dropout_fn, F.dropout3d: dropout_fn,
     F.alpha_dropout: dropout_fn,
@@ -411,6 +414,8 @@ MODULES: dict[type, Callable[[Any, tuple[int, ...]], list[Op]]] = {
                                    nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d,
                                    nn.CircularPad3d)},
     nn.Identity: lambda m, s: [],
+    **{t: max_pool_module for t in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
+    **{t: adaptive_max_pool_module for t in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)},
     nn.ReLU: lambda m, s: [relu()], nn.ReLU6: lambda m, s: [get_activation("relu6")],
     nn.LeakyReLU: lambda m, s: [leaky_relu(float(m.negative_slope))], nn.ELU: lambda m, s: [elu(float(m.alpha))],
     nn.Softplus: lambda m, s: [_softplus(float(m.beta), float(m.threshold))],
@@ -429,15 +434,14 @@ def module_handler(m: nn.Module) -> Callable[[Any, tuple[int, ...]], list[Op]] |
     for cls in type(m).__mro__[1:]:
         if cls in MODULES:
             return MODULES[cls]
-    return None
+    return groupsort.module_ops(m)
 
 
-_POOL_WHY = ("max pooling takes the largest entry of each window, which is neither affine nor elementwise; "
-             "replace it by a strided convolution or average pooling")
+_POOL_WHY = ("this pooling (a p-norm or random windows) is neither affine nor elementwise; max, adaptive max and "
+             "average pooling are supported")
 _NORM_WHY = "it normalizes by statistics of the input itself, which is not affine"
 MODULE_WHY: dict[str, str] = {
-    **{n: _POOL_WHY for n in ("MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
-                              "AdaptiveMaxPool3d", "FractionalMaxPool2d", "LPPool1d", "LPPool2d")},
+    **{n: _POOL_WHY for n in ("FractionalMaxPool2d", "LPPool1d", "LPPool2d")},
     **{n: _NORM_WHY for n in ("LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
                               "LocalResponseNorm", "RMSNorm")},
     "Softmax": "softmax couples all entries of a vector; certify the logits instead (remove a final softmax)",
@@ -457,6 +461,8 @@ def module_why(m: nn.Module) -> str:
 
 def function_why(target: Any) -> str:
     name = getattr(target, "__name__", str(target))
+    if "with_indices" in name:
+        return "it returns the argmax indices, which are not continuous"
     if "max_pool" in name:
         return _POOL_WHY
     if "softmax" in name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import tempfile
@@ -44,6 +45,7 @@ def download(url: str, dest: Path, digests: tuple[str, ...]) -> Path:
     DatasetError
         If the download fails (the message gives the reason) or the checksum does not match.
     """
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     found = hashers(digests)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -68,4 +70,8 @@ def download(url: str, dest: Path, digests: tuple[str, ...]) -> Path:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+        if not dest.exists():  # a failed download leaves no empty folders behind
+            for d in created:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
     return dest

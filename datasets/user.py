@@ -124,6 +124,8 @@ def load_arrays(path: str | os.PathLike[str], labels: str | os.PathLike[str] | N
     if x.ndim < 2:
         raise DatasetError(f"{path}: inputs have shape {x.shape}; expected (N, ...) with one row per input")
     total = len(x)
+    if total == 0:
+        raise DatasetError(f"{path} holds no inputs (0 rows); a data set needs at least one input")
     y = _labels(np.asarray(y), total, num_classes, label_file or path)
     n = limited(total, limit)
     x, y = _inputs(x[:n], path), y[:n]

@@ -14,13 +14,13 @@ GELU' (tanh approximation) over [-0.1289930687, 1.1289930687].
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidSlopeError, UnknownActivationError
+from .errors import InvalidSlopeError, ShapeMismatchError, UnknownActivationError
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,6 +44,9 @@ class Activation:
         which can be bounded but not evaluated.
     derivative : callable or None
         phi' (one-sided where phi is not differentiable), used by the Jacobian lower bound.
+    mask : tuple of bool or None
+        For an activation that acts on some neurons of its layer only (:func:`abs_or_identity`):
+        True where neuron j applies phi, False where it is the identity (slopes [1, 1]).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Activation:
     beta: float
     fn: Fn | None = field(default=None, compare=False, repr=False)
     derivative: Fn | None = field(default=None, compare=False, repr=False)
+    mask: tuple[bool, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and math.isfinite(self.beta)):
@@ -64,6 +68,24 @@ class Activation:
             raise UnknownActivationError(
                 f"activation {self.name!r} is given only by its slope bounds and cannot be evaluated")
         return self.fn(z)
+
+    def neuron_slopes(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-neuron (alpha, beta) of a layer of n neurons: [alpha, beta], or [1, 1] off the mask."""
+        alpha = torch.full((n,), self.alpha, dtype=torch.float64)
+        beta = torch.full((n,), self.beta, dtype=torch.float64)
+        if self.mask is None:
+            return alpha, beta
+        if len(self.mask) != n:
+            raise ShapeMismatchError(f"activation {self.name!r} has a mask of {len(self.mask)} neurons, "
+                                     f"but its layer has {n}")
+        on = torch.tensor(self.mask, dtype=torch.bool)
+        return torch.where(on, alpha, 1.0), torch.where(on, beta, 1.0)
+
+    def restricted(self, keep: torch.Tensor) -> Activation:
+        """The activation of the neurons ``keep`` (a boolean tensor) of its layer (the same if unmasked)."""
+        if self.mask is None:
+            return self
+        return abs_or_identity([m for m, k in zip(self.mask, keep.tolist()) if k])
 
     @property
     def is_linear(self) -> bool:
@@ -121,6 +143,34 @@ def hardtanh(lo: float = -1.0, hi: float = 1.0) -> Activation:
                       lambda z: ((z > lo) & (z < hi)).to(z.dtype))
 
 
+def _sign(z: torch.Tensor) -> torch.Tensor:
+    """A one-sided derivative of |z|: 1 for z >= 0, -1 for z < 0."""
+    return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def abs_or_identity(mask: Sequence[bool]) -> Activation:
+    """|z_j| where ``mask[j]``, z_j elsewhere: slopes [-1, 1] and [1, 1] (the MaxMin rewrite, decisions 19).
+
+    Acts on the last ``len(mask)`` entries of a tensor's flattened sample (a batch (B, n) or one
+    sample of any shape with n entries).
+    """
+    flags = tuple(bool(m) for m in mask)
+    if not flags:
+        raise ShapeMismatchError("abs_or_identity needs a mask of at least one neuron")
+    on = torch.tensor(flags, dtype=torch.bool)
+    n = len(flags)
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        flat = z.reshape(-1, n)
+        return torch.where(on.to(z.device), flat.abs(), flat).reshape(z.shape)
+
+    def derivative(z: torch.Tensor) -> torch.Tensor:
+        flat = z.reshape(-1, n)
+        return torch.where(on.to(z.device), _sign(flat), torch.ones_like(flat)).reshape(z.shape)
+
+    return Activation("abs_or_identity", -1.0, 1.0, fn, derivative, flags)
+
+
 def slopes_only(alpha: float, beta: float) -> Activation:
     """Any activation slope-restricted on [alpha, beta]; can be bounded, not evaluated."""
     return Activation(f"slope[{alpha:g},{beta:g}]", float(alpha), float(beta))
@@ -141,6 +191,7 @@ _FIXED: dict[str, Callable[[], Activation]] = {
     "relu6": lambda: Activation("relu6", 0.0, 1.0, lambda z: torch.clamp(z, 0.0, 6.0),
                                 lambda z: ((z > 0) & (z < 6)).to(z.dtype)),
     "identity": lambda: Activation("identity", 1.0, 1.0, lambda z: z, torch.ones_like),
+    "abs": lambda: Activation("abs", -1.0, 1.0, torch.abs, _sign),
 }
 _ALIASES = {"swish": "silu", "leakyrelu": "leaky_relu", "linear": "identity", "none": "identity"}
 
@@ -154,13 +205,20 @@ def get_activation(spec: str | Activation | tuple[float, float]) -> Activation:
     if isinstance(spec, tuple | list):
         if len(spec) != 2:
             raise InvalidSlopeError(f"slope bounds must be an (alpha, beta) pair, got {spec!r}")
-        return slopes_only(float(spec[0]), float(spec[1]))
+        try:
+            alpha, beta = float(spec[0]), float(spec[1])
+        except (TypeError, ValueError):
+            raise InvalidSlopeError(f"slope bounds must be two numbers (alpha, beta), got {spec!r}") from None
+        return slopes_only(alpha, beta)
     if not isinstance(spec, str):
         raise UnknownActivationError(f"activation must be a name, an (alpha, beta) pair or an "
                                      f"Activation, got {type(spec).__name__}")
     text = spec.strip().lower().replace("-", "_")
     name, _, rest = text.partition("(")
     name = _ALIASES.get(name, name)
+    if name == "abs_or_identity":
+        raise UnknownActivationError("activation 'abs_or_identity' needs its per-neuron mask: build it with "
+                                     "lipcert.activations.abs_or_identity(mask)")
     if name not in _FIXED:
         raise UnknownActivationError(f"unknown activation {spec!r}; known: {', '.join(KNOWN_ACTIVATIONS)} "
                                      "or an explicit (alpha, beta) pair")

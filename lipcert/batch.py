@@ -1,4 +1,4 @@
-"""Checking a batch of inputs and labels before anything is computed on it."""
+"""Checking a batch of inputs and labels, and counts and numbers given as arguments, before anything is computed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ShapeMismatchError
+from .errors import InvalidArgumentError, ShapeMismatchError
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum`` (not a bool), else InvalidArgumentError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value: Any, minimum: float = 0.0) -> float:
+    """``value`` as a finite float >= ``minimum``, else InvalidArgumentError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+            or not math.isfinite(value) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
 
 
 _INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -19,8 +34,15 @@ def checked_batch(x: Any, y: Any, input_shape: tuple[int, ...], outputs: int) ->
 
     ``x`` may be an array or tensor of shape (N, *input_shape) or flattened (N, prod(input_shape)),
     in any real dtype (kept), finite; ``y`` integer labels of shape (N,) (integral floats accepted).
-    Raises :class:`~lipcert.errors.ShapeMismatchError` naming what is wrong.
+    Raises :class:`~lipcert.errors.ShapeMismatchError` naming what is wrong, also for a network with
+    a single output (one logit z has no margin f_y - f_j between classes).
     """
+    if outputs < 2:
+        raise ShapeMismatchError(
+            f"the network has {outputs} output: a single logit z has no margin between classes to certify. For a "
+            "binary classifier that decides by the sign of z, certify the two-logit network (-z, z), whose "
+            "margin is 2|z|: net.with_last_layer(np.vstack([-W, W]), np.concatenate([-b, b])) with W, b = "
+            "net.weights[-1], net.biases[-1], and labels 0 (z < 0) and 1 (z > 0)")
     try:
         xt = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
     except (TypeError, ValueError, RuntimeError) as exc:

@@ -10,10 +10,10 @@ per-input local constants prove (:mod:`lipcert.local`).  Radii are in the networ
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .batch import checked_batch
+from .batch import check_count, check_number, checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import BoundMismatchError, InvalidArgumentError, ResumeError, ShapeMismatchError
+from .errors import InputRangeWarning, InvalidArgumentError, ResumeError, ShapeMismatchError, UnknownMethodError
 from .local.bound import LOCAL_RULES
 from .loading import as_network
 from .local.radius import LOCAL_METHOD, local_radii
@@ -32,6 +32,7 @@ from .network import Network
 from .norms import Norm, check_eps, parse_norm, radius_scale
 from .radii import pairwise_constants, radii_from_margins
 from .records import RECORDS_VERSION, RecordStore, array_hash, batch_rows, network_hash, record_columns
+from .runfolder import hold
 from .rounding import error_layers, logit_error_bound
 
 
@@ -153,17 +154,21 @@ def _bounds(net: Network, method: str | Sequence[str],
     timings: dict[str, float] = {}
     if bound is not None:
         given = ({bound.method: bound} if isinstance(bound, LipschitzBound) else
-                 dict(bound) if isinstance(bound, Mapping) else {b.method: b for b in bound})
+                 dict(bound) if isinstance(bound, Mapping) else
+                 {b.method: b for b in bound} if isinstance(bound, Sequence) else {})
+        if not given or not all(isinstance(b, LipschitzBound) for b in given.values()):
+            raise InvalidArgumentError(f"bound must be a LipschitzBound (from lipcert.lipschitz), a non-empty list "
+                                       f"or mapping of them, or None; got {type(bound).__name__} {bound!r:.60}")
         fingerprint = net.fingerprint()
-        for name, b in given.items():
-            if b.network != fingerprint:
-                why = "carries no network fingerprint" if not b.network else "was computed for another network"
-                raise BoundMismatchError(
-                    f"bound {name!r} (value {b.value:.6g}) {why}: its radii would not hold for this one (a changed "
-                    "normalization, weights or slopes); compute it with lipcert.lipschitz on this network")
+        for b in given.values():
+            b.require_network(fingerprint)
         return given, timings
-    names = [method] if isinstance(method, str) else list(method)
-    names = [m.strip() for item in names for m in item.split(",") if m.strip()]
+    items = [method] if isinstance(method, str) else list(method) if isinstance(method, Sequence) else [method]
+    if not all(isinstance(m, str) for m in items):
+        raise UnknownMethodError(f"method must be a method name or a list of them, got {method!r:.60}")
+    names = [m.strip() for item in items for m in item.split(",") if m.strip()]
+    if not names:
+        raise UnknownMethodError(f"method {method!r} names no method")
     out = {}
     for name in dict.fromkeys(names):
         # optimized: also every margin direction e_i - e_j, warm-started from the full-vector optimum
@@ -177,6 +182,9 @@ def _local_options(local: Literal[True] | Sequence[Any] | Mapping[str, Any], rul
     """Keyword arguments of :func:`lipcert.local.local_radii` from certify's ``local`` argument."""
     if local is True:
         return {"rules": tuple(rules)}
+    if isinstance(local, str) or not isinstance(local, Sequence | Mapping):
+        raise InvalidArgumentError(f"local must be True/False, a list of rules or a mapping of options, got "
+                                   f"{local!r:.60}")
     if not isinstance(local, Mapping):
         return {"rules": tuple(local)}
     unknown = sorted(set(local) - {"rules", "iterations", "seconds"})
@@ -193,16 +201,36 @@ def _header(net: Network, flat: torch.Tensor, labels: np.ndarray, idx: np.ndarra
     value of the global bound behind its radii (for the local radii: the best global bound, their floor)."""
     values = {m: bounds[m].value if m in bounds else min(b.value for b in bounds.values()) for m in methods}
     return {"version": RECORDS_VERSION, "network": network_hash(net), "n": flat.shape[0],
-            "data": array_hash(flat.numpy(), labels, idx), "norm": norm, "tolerance": tolerance, "bounds": values}
+            "data": array_hash(flat.numpy(), labels, idx), "norm": norm, "tolerance": tolerance, "methods": list(methods),
+            "bounds": values}
 
 
 def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    shape = net.info.get("output_shape")
+    if shape is not None and sum(int(d) != 1 for d in shape) > 1:
+        raise ShapeMismatchError(f"the model's output has shape {tuple(shape)} per input, not one vector of logits: "
+                                 "its entries are no classes to certify (select or flatten the logits in the model "
+                                 "if that is what it means)")
     inputs, labels = checked_batch(x, y, net.input_shape, net.output_dim)
+    if labels.size == 0:
+        raise ShapeMismatchError("no inputs to certify (0 rows)")
     flat = inputs.reshape(inputs.shape[0], -1)
     idx = np.arange(flat.shape[0], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
     if idx.shape != labels.shape:
         raise ShapeMismatchError(f"index must have shape {labels.shape}, got {idx.shape}")
     return flat, labels, idx
+
+
+def _warn_outside_range(net: Network, flat: torch.Tensor) -> None:
+    """Warn (InputRangeWarning) when the inputs leave the model's declared input range."""
+    if net.input_range is None or flat.numel() == 0:
+        return
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo < net.input_range[0] or hi > net.input_range[1]:
+        warnings.warn(InputRangeWarning(
+            f"the inputs range over [{lo:.4g}, {hi:.4g}] but the model declares inputs in [{net.input_range[0]:.4g}, "
+            f"{net.input_range[1]:.4g}] (pixels in 0..255 for a model of [0, 1] inputs?); the radii are in the "
+            "units of the inputs given"), stacklevel=3)
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +248,7 @@ class _Job:
     threads: int
 
 
-@contextmanager
+@contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
     """Torch (OpenMP, MKL) intra-op threads set to ``n`` for a block: float sums and LAPACK calls split
     work by thread, so equal bits need equal thread counts (restored after, so the process keeps its own)."""
@@ -325,6 +353,7 @@ def certify(
         (``Rule`` or names like ``"gcs(1)"``) replaces the default local rule set; a mapping sets
         any of ``rules``, ``iterations`` (of the optimized margins, 0 = off) and ``seconds`` (their
         budget per input), see :func:`lipcert.local.local_radius`.
+
     client : distributed.Client, optional
         Compute the radii on this Dask cluster (:mod:`lipcert.distributed`): the bounds are computed
         here once and sent to every worker, the batches (and the local radii in shards of inputs)
@@ -343,19 +372,13 @@ def certify(
     """
     wall = time.perf_counter()
     norm_name = parse_norm(norm)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise InvalidArgumentError(f"tolerance must be finite and >= 0, got {tolerance!r}")
+    batch_size = check_count("batch_size", batch_size)
+    tolerance = check_number("tolerance", tolerance)
     net = as_network(model, x, verb="certify")
     flat, labels, idx = _as_inputs(net, x, y, index)
+    _warn_outside_range(net, flat)
     bounds, timings = _bounds(net, method, bound)
-    pairs = {}
-    for name, b in bounds.items():
-        p = pairwise_constants(b, net.output_dim)
-        if p.shape != (net.output_dim, net.output_dim):
-            raise ShapeMismatchError(f"bound {name!r} has {p.shape[0]} outputs, the network {net.output_dim}")
-        pairs[name] = p
+    pairs = {name: pairwise_constants(b, net) for name, b in bounds.items()}
     scale = radius_scale(norm_name, net.input_dim)
     n = flat.shape[0]
     methods = list(bounds) + ([LOCAL_METHOD] if local else [])
@@ -365,41 +388,43 @@ def certify(
     done: list[dict[str, np.ndarray]] = []
     store = None
     resumed = 0
-    if records is not None:
-        store = RecordStore(Path(records), _header(net, flat, labels, idx, norm_name, tolerance, bounds, methods),
-                            resume, batch_size)
-        resumed = len(store.rows)
-        if resumed:
-            done.append(record_columns(store.rows, methods))
-            if not np.array_equal(done[0]["index"], idx[:resumed]):
-                raise ResumeError(f"{records}: recorded indices do not match the inputs")
+    with contextlib.ExitStack() as stack:  # the records' lock and the progress bar
+        if records is not None:
+            stack.enter_context(hold(records))
+            store = RecordStore(Path(records), _header(net, flat, labels, idx, norm_name, tolerance, bounds, methods),
+                                resume, batch_size)
+            resumed = len(store.rows)
+            if resumed:
+                done.append(record_columns(store.rows, methods))
+                if not np.array_equal(done[0]["index"], idx[:resumed]):
+                    raise ResumeError(f"{records}: recorded indices do not match the inputs")
 
-    floor = np.minimum.reduce(list(pairs.values()))
-    job = _Job(net, error_layers(net), pairs, scale, float(tolerance), norm_name, floor,
-               _local_options(local, LOCAL_RULES) if local else None, torch.get_num_threads())
-    start = time.perf_counter()
-    from tqdm.auto import tqdm
+        floor = np.minimum.reduce(list(pairs.values()))
+        job = _Job(net, error_layers(net), pairs, scale, float(tolerance), norm_name, floor,
+                   _local_options(local, LOCAL_RULES) if local else None, torch.get_num_threads())
+        start = time.perf_counter()
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=resumed, unit="input", desc="certify",
-               disable=None if progress is None else not progress, leave=False)
-    shards = [(flat[lo:min(lo + batch_size, n)].to(torch.float64), labels[lo:lo + batch_size], idx[lo:lo + batch_size])
-              for lo in range(resumed, n, batch_size)]
-    finished: Iterator[dict[str, np.ndarray]]
-    if client is None:
-        finished = (_serial_batch(job, *shard, bar.update) for shard in shards)
-    else:
-        from .distributed import sharded_batches
+        bar = stack.enter_context(tqdm(total=n, initial=resumed, unit="input", desc="certify",
+                                       disable=None if progress is None else not progress, leave=False))
+        shards = [(flat[lo:lo + batch_size].to(torch.float64), labels[lo:lo + batch_size], idx[lo:lo + batch_size])
+                  for lo in range(resumed, n, batch_size)]
+        finished: Iterator[dict[str, np.ndarray]]
+        if client is None:
+            finished = (_serial_batch(job, *shard, bar.update) for shard in shards)
+        else:
+            from .distributed import sharded_batches
 
-        finished = sharded_batches(client, job, _forward_batch, _local_batch if local else None, shards, bar.update)
-        workers = len(client.nthreads())
-    try:
+            finished = sharded_batches(client, job, _forward_batch, _local_batch if local else None, shards,
+                                       bar.update)
+            workers = len(client.nthreads())
+        lo = resumed
         for batch in finished:
-            if store is not None:
-                store.append(batch_rows(batch, methods))
-            done.append(batch)
             local_seconds += float(batch.pop("local_seconds", np.zeros(0)).sum())
-    finally:
-        bar.close()
+            if store is not None:
+                store.append(batch_rows(batch, methods, lo))
+            done.append(batch)
+            lo += len(batch["label"])
     timings["radii"] = time.perf_counter() - start
     if local:
         timings.update({"local": local_seconds, "local_per_input": local_seconds / max(n - resumed, 1)})

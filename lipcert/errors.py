@@ -11,7 +11,11 @@ class LipcertError(Exception):
     """Base class of every error raised on purpose by lipcert."""
 
 
-class NonFiniteWeightsError(LipcertError, ValueError):
+class InvalidWeightsError(LipcertError, ValueError):
+    """A weight matrix or bias that is not an array of real numbers (complex, text, objects)."""
+
+
+class NonFiniteWeightsError(InvalidWeightsError):
     """A weight matrix or bias holds NaN or infinity."""
 
 
@@ -107,6 +111,18 @@ class EpsNotInGridError(InvalidArgumentError):
     """An eps at which a verifier was not run (a result of a verifier knows only the eps of its grid)."""
 
 
+class RunFolderError(LipcertError, ValueError):
+    """An output folder that is a file, cannot be written, or holds files lipcert would overwrite."""
+
+
+class RunLockedError(LipcertError, RuntimeError):
+    """A run folder (records file) that another lipcert process is writing."""
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs outside the range the model declares (e.g. pixels in 0..255 for a model of [0, 1] inputs)."""
+
+
 def require_extra(module: str, extra: str, install: str | None = None) -> None:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib
@@ -118,6 +134,22 @@ def require_extra(module: str, extra: str, install: str | None = None) -> None:
         raise MissingExtraError(
             f"{module} is needed here but is not installed; install the '{extra}' extra: {line}"
         ) from exc
+
+
+class CheckpointMismatchError(ModelLoadError):
+    """State-dict weights that do not fit the model class (missing, unexpected or misshapen keys)."""
+
+
+class ConfigError(LipcertError, ValueError):
+    """A verifier config (alpha-beta-CROWN YAML) that is unreadable or holds fields lipcert cannot map."""
+
+
+class UnsupportedSlopesError(LipcertError, ValueError):
+    """Per-neuron slopes that a bound method cannot certify soundly (e.g. |.| neurons mixed with others)."""
+
+
+class MemoryBudgetError(LipcertError, MemoryError):
+    """A computation whose estimated working memory is over the limit (CLI ``--max-dense-gb``)."""
 
 
 class ClusterError(LipcertError, RuntimeError):

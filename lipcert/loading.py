@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,25 @@ OPTIONS = ("input_range", "max_dense_bytes", "check", "rtol", "check_samples")
 
 def load(source: Any, *, input_shape: Sequence[int] | None = None,
          mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
-         **options: Any) -> Network:
+         weights: str | Path | None = None, model_args: Mapping[str, Any] | Sequence[Any] | None = None,
+         model_path: str | Path | Sequence[str | Path] | None = None, **options: Any) -> Network:
     """Load a model as a :class:`~lipcert.Network`.
 
     Parameters
     ----------
-    source : str, Path, torch.nn.Module or Network
+    source : str, Path, class, torch.nn.Module or Network
         A path to an ``.onnx`` file; a ``torch.nn.Module`` in eval mode (``input_shape`` is
         then required); a path to a ``.pt``/``.pth`` file holding a whole pickled module
-        (unpickling runs code: load only files you trust; a file holding a state_dict raises
-        an error explaining how to load it); or a ``.npz`` of weight matrices.
+        (unpickling runs code: load only files you trust); a ``.npz`` of weight matrices; or
+        a model class, as ``"module:Class"``, ``"path/file.py:Class"`` or the class itself
+        (any callable returning a module), built with ``model_args`` and given ``weights``.
+    weights : str or Path, optional
+        A state_dict file for a model class (or a module): plain, or a checkpoint dict holding
+        it under ``state_dict``/``model``/...; DataParallel ``module.`` prefixes are removed.
+    model_args : mapping or sequence, optional
+        Keyword (mapping) or positional (sequence) arguments of the model class.
+    model_path : str, Path or sequence of them, optional
+        Folder(s) where the model class's module or ``file.py`` is looked up first.
     input_shape : sequence of int, optional
         Shape of one input without the batch axis, e.g. ``(1, 28, 28)``.  Required for torch
         modules; for ONNX only when the model's input has symbolic dimensions besides the batch.
@@ -54,11 +63,13 @@ def load(source: Any, *, input_shape: Sequence[int] | None = None,
     Raises
     ------
     ModelLoadError
-        Missing, corrupt or unsupported file; a state_dict; a model too large to
+        Missing, corrupt or unsupported file; a state_dict without its class; a model too large to
         materialize; a failed conversion check.
     UnsupportedOperatorError
         Operators outside the chain of affine maps and elementwise slope-restricted
-        activations (MaxPool, residual Add, Concat of branches, ...); every one is listed.
+        activations (residual Add, Concat of branches, ...); every one is listed.
+    CheckpointMismatchError
+        ``weights`` that do not fit the model class (every missing, unexpected, misshapen key named).
     """
     if isinstance(source, Network):
         return source
@@ -67,6 +78,13 @@ def load(source: Any, *, input_shape: Sequence[int] | None = None,
         raise TypeError(f"load() got unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
     import torch
 
+    from .adapters.checkpoint import build_module, is_class_spec
+
+    is_class = isinstance(source, type) and issubclass(source, torch.nn.Module)
+    if weights is not None or is_class or is_class_spec(source):
+        source = build_module(source, weights=weights, model_args=model_args, model_path=model_path)
+    elif model_args is not None or model_path is not None:
+        raise ModelLoadError("model_args and model_path are for a model class ('module:Class' with weights=)")
     if isinstance(source, torch.nn.Module):
         from .adapters.torch import from_module
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,20 +18,24 @@ import numpy as np
 import torch
 
 from .activations import Activation, get_activation
-from .errors import NonFiniteWeightsError, NotANetworkError, ShapeMismatchError
+from .errors import (InvalidWeightsError, NonFiniteWeightsError, NotANetworkError, ShapeMismatchError,
+                     UnknownActivationError)
 
 ArrayLike = np.ndarray | torch.Tensor
 ActivationSpec = str | Activation | tuple[float, float]
 
 
 def _as_tensor(a: Any, what: str) -> torch.Tensor:
+    if (a.is_complex() if isinstance(a, torch.Tensor) else np.iscomplexobj(a)):
+        raise InvalidWeightsError(f"{what} is complex; lipcert bounds real networks (pass the real part "
+                                  "explicitly if that is what the model computes)")
     if isinstance(a, torch.Tensor):
         t = a.detach().to("cpu", torch.float64)
     else:
         try:
             t = torch.as_tensor(np.asarray(a, dtype=np.float64))
         except (TypeError, ValueError) as exc:
-            raise ShapeMismatchError(f"{what} is not a numeric array: {exc}") from exc
+            raise InvalidWeightsError(f"{what} is not a numeric array: {exc}") from exc
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise NonFiniteWeightsError(f"{what} has {bad} non-finite entries (NaN or inf)")
@@ -89,6 +93,10 @@ class Network:
         multiplied into one, and dead neurons (zero rows) are removed, their constant output
         folded into the next bias, so the function is unchanged.
         """
+        if isinstance(weights, str | bytes | np.ndarray | torch.Tensor) or not isinstance(weights, Iterable):
+            raise ShapeMismatchError(f"weights must be a sequence of 2-D matrices (one per layer), got "
+                                     f"{type(weights).__name__}")
+        weights = list(weights)
         if len(weights) == 0:
             raise ShapeMismatchError("a network needs at least one weight matrix")
         ws = [_as_tensor(w, f"weight {k + 1}") for k, w in enumerate(weights)]
@@ -98,6 +106,10 @@ class Network:
                                          f"{tuple(w.shape)}")
         if biases is None:
             biases = [None] * len(ws)
+        if isinstance(biases, str | bytes | np.ndarray | torch.Tensor) or not isinstance(biases, Iterable):
+            raise ShapeMismatchError(f"biases must be a sequence of vectors (one per layer) or None, got "
+                                     f"{type(biases).__name__}")
+        biases = list(biases)
         if len(biases) != len(ws):
             raise ShapeMismatchError(f"{len(ws)} weight matrices but {len(biases)} biases")
         bs = []
@@ -109,6 +121,9 @@ class Network:
         n_hidden = len(ws) - 1
         if isinstance(activation, str | Activation | tuple):
             acts = [get_activation(activation)] * n_hidden
+        elif not isinstance(activation, Iterable):
+            raise UnknownActivationError(f"activation must be a name (e.g. 'relu'), an (alpha, beta) slope pair "
+                                         f"or a list of them, got {type(activation).__name__} {activation!r}")
         else:
             acts = [get_activation(a) for a in activation]
             if len(acts) != n_hidden:
@@ -116,8 +131,8 @@ class Network:
                                          f"got {len(acts)}")
         n0 = ws[0].shape[1]
         shape = tuple(int(s) for s in input_shape) if input_shape is not None else (n0,)
-        alphas = [torch.full((w.shape[0],), a.alpha, dtype=torch.float64) for w, a in zip(ws, acts)]
-        betas = [torch.full((w.shape[0],), a.beta, dtype=torch.float64) for w, a in zip(ws, acts)]
+        slopes = [a.neuron_slopes(w.shape[0]) for w, a in zip(ws, acts)]
+        alphas, betas = [s[0] for s in slopes], [s[1] for s in slopes]
         return cls._normalized(ws, bs, acts, alphas, betas, shape, input_range, dict(info or {}))
 
     @classmethod
@@ -148,9 +163,11 @@ class Network:
             if not bool(dead.any()):
                 continue
             if acts[k].fn is not None:
-                bs[k + 1] = bs[k + 1] + ws[k + 1][:, dead] @ acts[k](bs[k][dead])
+                bs[k + 1] = bs[k + 1] + ws[k + 1][:, dead] @ acts[k].restricted(dead)(bs[k][dead])
             keep = ~dead
             ws[k], bs[k], alphas[k], betas[k] = ws[k][keep], bs[k][keep], alphas[k][keep], betas[k][keep]
+            if bool(keep.any()):
+                acts[k] = acts[k].restricted(keep)
             ws[k + 1] = ws[k + 1][:, keep]
             if not bool(keep.any()):  # the output does not depend on the input
                 const = bs[k + 1] if k + 1 == len(ws) - 1 else None
@@ -189,7 +206,7 @@ class Network:
         return sum(w.numel() + b.numel() for w, b in zip(self.weights, self.biases))
 
     def fingerprint(self) -> str:
-        """sha256 over the float64 weights, biases, slopes, activation names and input shape.
+        """sha256 over the float64 weights, biases, slopes, activation names (and masks) and input shape.
 
         Two networks with the same fingerprint compute the same function (the normalization a model
         carries is part of W_1, b_1), so a bound or a run recorded with it belongs to this network.
@@ -197,6 +214,9 @@ class Network:
         arrays = [t.numpy() for t in (*self.weights, *self.biases, *self.alphas, *self.betas)]
         h = hashlib.sha256(array_hash(*arrays).encode())
         h.update(repr((self.activation_names, self.input_shape)).encode())
+        masks = [a.mask for a in self.activations]
+        if any(m is not None for m in masks):  # activations acting on some neurons only
+            h.update(repr(masks).encode())
         return h.hexdigest()
 
     def slopes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -35,10 +35,15 @@ def parse_norm(norm: str | float | int) -> Norm:
 
 def check_eps(eps: float | Sequence[float] | np.ndarray) -> np.ndarray:
     """eps as a float64 array, or :class:`~lipcert.errors.InvalidRadiusError` naming the first bad value."""
-    arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    try:
+        arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise InvalidRadiusError(f"eps must be a number or a list of numbers, got {eps!r}") from None
+    if arr.ndim != 1:
+        raise InvalidRadiusError(f"eps must be a number or a flat list of numbers, got shape {arr.shape}")
     bad = ~np.isfinite(arr) | (arr < 0)
     if bad.any():
-        raise InvalidRadiusError(f"eps must be finite and >= 0, got {arr[bad][0]!r}")
+        raise InvalidRadiusError(f"eps must be finite and >= 0, got {float(arr[bad][0])!r}")
     return arr
 
 

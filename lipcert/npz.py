@@ -1,7 +1,9 @@
 """Networks as .npz files of weight matrices (the format of ``lipcert bound WEIGHTS.npz``).
 
 Arrays ``W1`` ... ``WL`` (each (out, in)), optional biases ``b1`` ... ``bL``, optional
-``activation`` (one name, or L-1 names) and optional ``input_shape``.
+``activation`` (one name, or L-1 names), optional ``input_shape``, and ``mask1`` ... for the hidden
+layers whose activation acts on some neurons only (``abs_or_identity``: True where |z|, False
+where the identity).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .activations import Activation, abs_or_identity
 from .errors import ModelLoadError
 from .network import Network
 
@@ -23,6 +26,9 @@ def save_npz(net: Network, path: str | Path) -> None:
         arrays[f"W{k}"] = w.numpy()
         arrays[f"b{k}"] = b.numpy()
     arrays["activation"] = np.array(net.activation_names or ["relu"])
+    for k, act in enumerate(net.activations, start=1):
+        if act.mask is not None:
+            arrays[f"mask{k}"] = np.array(act.mask, dtype=bool)
     arrays["input_shape"] = np.array(net.input_shape)
     np.savez(path, **arrays)  # type: ignore[arg-type]  # mypy lets **arrays fill savez's allow_pickle: bool
 
@@ -52,4 +58,10 @@ def load_npz(path: str | Path) -> Network:
             a = data["activation"]
             act = str(a) if a.ndim == 0 else ([str(s) for s in a] if len(a) > 1 or count == 2 else str(a[0]))
         shape = tuple(int(s) for s in data["input_shape"]) if "input_shape" in data.files else None
-    return Network.from_weights(weights, biases, act, input_shape=shape, info={"source": str(path)})
+        masks = {k: data[f"mask{k}"] for k in range(1, count) if f"mask{k}" in data.files}
+    if not masks:
+        return Network.from_weights(weights, biases, act, input_shape=shape, info={"source": str(path)})
+    names = [act] * (count - 1) if isinstance(act, str) else list(act)
+    acts: list[str | Activation] = [abs_or_identity(masks[k + 1].astype(bool).tolist()) if k + 1 in masks else name
+                                    for k, name in enumerate(names)]
+    return Network.from_weights(weights, biases, acts, input_shape=shape, info={"source": str(path)})

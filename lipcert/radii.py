@@ -18,21 +18,28 @@ import math
 import numpy as np
 
 from .bounds.result import LipschitzBound
+from .errors import ShapeMismatchError
+from .network import Network
 from .rounding import UNIT_ROUNDOFF
 
 _SQRT2_SLACK = 1 + 1e-12
 """Relative slack on sqrt(2) Lip(f) (the rounding of sqrt(2) and of the product)."""
 
 
-def pairwise_constants(bound: LipschitzBound, outputs: int) -> np.ndarray:
-    """K x K bounds on Lip(f_i - f_j); sqrt(2) Lip(f) (as ||e_i - e_j|| = sqrt(2)) when the method
-    gives no margin bounds."""
+def pairwise_constants(bound: LipschitzBound, network: Network) -> np.ndarray:
+    """K x K bounds on Lip(f_i - f_j) of ``network``; sqrt(2) Lip(f) (as ||e_i - e_j|| = sqrt(2)) when
+    the method gives no margin bounds.  A bound of another network is refused
+    (:class:`~lipcert.errors.BoundMismatchError`)."""
+    bound.require_network(network.fingerprint())
+    k = network.output_dim
     try:
-        return bound.pairwise()
+        pair = bound.pairwise()
     except ValueError:
-        out = np.full((outputs, outputs), math.sqrt(2) * bound.value * _SQRT2_SLACK)
-        np.fill_diagonal(out, 0.0)
-        return out
+        pair = np.full((k, k), math.sqrt(2) * bound.value * _SQRT2_SLACK)
+        np.fill_diagonal(pair, 0.0)
+    if pair.shape != (k, k):
+        raise ShapeMismatchError(f"bound {bound.method!r} has {pair.shape[0]} outputs, the network {k}")
+    return pair
 
 
 def pair_radii(logits: np.ndarray, err: np.ndarray, labels: np.ndarray, pair: np.ndarray,

@@ -91,8 +91,8 @@ class ErrorLayer:
     exact_activation: bool
 
 
-_EXACT = ("relu", "relu6", "hardtanh")
-"""Activations computed without rounding (comparisons and copies)."""
+_EXACT = ("relu", "relu6", "hardtanh", "abs", "abs_or_identity")
+"""Activations computed without rounding (comparisons, copies and sign changes)."""
 
 
 def error_layers(net: Chain) -> list[ErrorLayer]:

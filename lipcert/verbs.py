@@ -28,6 +28,7 @@ def lipschitz(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
     input_shape: Sequence[int] | None = None,
+    max_bytes: float | None = None,
 ) -> LipschitzBound:
     """Upper bound on the L2 Lipschitz constant of a model.
 
@@ -35,9 +36,10 @@ def lipschitz(
     ----------
     model : Network, path or torch.nn.Module
         Loaded with :func:`lipcert.load` (a torch module needs ``input_shape``).
-    method, options, dtype, device
+    method, options, dtype, device, max_bytes
         See :func:`lipcert.bounds.methods.lipschitz`: a method name of :data:`lipcert.bounds.METHODS`,
-        its options mapping, the precision and device of the closed-form recursions.
+        its options mapping, the precision and device of the closed-form recursions, the limit on
+        its estimated working memory.
     input_shape : sequence of int, optional
         Shape of one input without the batch axis, for a torch module.
 
@@ -47,15 +49,18 @@ def lipschitz(
         ``value`` >= Lip_2(f) of the loaded Network (raw inputs when it carries its normalization).
     """
     net = as_network(model, input_shape=input_shape, verb="lipschitz")
-    return methods.lipschitz(net, method, options=options, dtype=dtype, device=device)
+    return methods.lipschitz(net, method, options=options, dtype=dtype, device=device, max_bytes=max_bytes)
 
 
 def lower_bound(model: Any, *, restarts: int = 8, samples: int = 256, seed: int = 0,
-                input_shape: Sequence[int] | None = None) -> LowerBound:
+                input_shape: Sequence[int] | None = None, seconds: float | None = None,
+                max_bytes: float | None = None) -> LowerBound:
     """Lower bound on the L2 Lipschitz constant of a model (see :func:`lipcert.bounds.lower.lower_bound`).
 
     ``model`` is loaded with :func:`lipcert.load` (a torch module needs ``input_shape``);
-    ``restarts``, ``samples`` and ``seed`` are those of the pattern and sampled-Jacobian bounds.
+    ``restarts``, ``samples`` and ``seed`` are those of the pattern and sampled-Jacobian bounds,
+    ``seconds`` their time budget and ``max_bytes`` the limit on their estimated working memory.
     """
     net = as_network(model, input_shape=input_shape, verb="lower_bound")
-    return lower_bounds.lower_bound(net, restarts=restarts, samples=samples, seed=seed)
+    return lower_bounds.lower_bound(net, restarts=restarts, samples=samples, seed=seed, seconds=seconds,
+                                    max_bytes=max_bytes)

@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adapters.sniff import sniff
 from .adapters.vnnlib import VnnProperty, read_vnnlib
+from .batch import check_count, check_number
 from .bounds import lipschitz
 from .bounds.methods import resolve
 from .bounds.result import Gram
@@ -303,14 +305,22 @@ def vnnlib_check(
     -------
     VnnResult
     """
-    if timeout is not None and not timeout > 0:
+    if timeout is not None and check_number("timeout", timeout) == 0:
         raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    attack_steps = check_count("attack_steps", attack_steps, 0)
+    attack_restarts, seed = check_count("attack_restarts", attack_restarts, 0), check_count("seed", seed, 0)
     if not isinstance(model, str | Path):
         raise ModelLoadError(f"vnnlib_check needs the ONNX file of the model (onnxruntime on it checks "
                              f"counterexamples), got a {type(model).__name__}; export it with torch.onnx.export "
                              "and pass the path (and net=lipcert.load(...) to reuse a loaded Network)")
     if method != "local" and not resolve(method).method.margins:
         raise UnknownMethodError(f"method {method!r} gives no margin bounds; use 'local' or a closed form")
+    if not Path(model).exists():
+        raise ModelLoadError(f"no such model file: {model}")
+    if (kind := sniff(Path(model), parse_onnx=False)) is not None:  # a zip or a pickle: torch or npz
+        raise ModelLoadError(f"{model} is not an ONNX model (its content: {kind}); VNN-LIB "
+                             "properties are answered on ONNX models (onnxruntime on the file checks every "
+                             "counterexample): export the model with torch.onnx.export and pass the .onnx file")
     clock = _Clock(timeout)
     timings: dict[str, float] = {}
     spec = prop if isinstance(prop, VnnProperty) else read_vnnlib(prop)

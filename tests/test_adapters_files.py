@@ -11,7 +11,7 @@ import torch
 import lipcert
 from lipcert.adapters.files import read
 from lipcert.adapters.rebuild import to_torch
-from lipcert.errors import ModelLoadError
+from lipcert.errors import InvalidWeightsError, ModelLoadError
 from lipcert.npz import save_npz
 
 
@@ -52,10 +52,16 @@ def test_npz_has_no_conversion_and_rebuilds_as_its_dense_chain(tmp_path: Path, r
 
 
 def test_npz_options_are_refused_before_the_file_is_read(tmp_path: Path) -> None:
+    import zipfile
+
     broken = tmp_path / "broken.npz"
-    broken.write_bytes(b"not a zip file")
+    with zipfile.ZipFile(broken, "w") as archive:  # an .npz archive whose array is not an .npy payload
+        archive.writestr("W1.npy", b"not an array")
     with pytest.raises(ModelLoadError, match="mean/std and loading options are not supported"):
         lipcert.load(broken, std=0.5)
+    with pytest.raises(InvalidWeightsError, match="weight 1 is not a numeric array"):
+        lipcert.load(broken)
+    broken.write_bytes(b"not a zip file")
     with pytest.raises(ModelLoadError, match="not a readable .npz file"):
         lipcert.load(broken)
 

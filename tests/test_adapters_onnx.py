@@ -330,7 +330,7 @@ def test_torch_and_onnx_give_the_same_network(name: str, opset: int) -> None:
 # --------------------------------------------------------------------------- unsupported models, errors
 def test_every_unsupported_node_is_named(tmp_path: Path, rng: np.random.Generator) -> None:
     inits = {"W": f32(rng, 4, 4), "W2": f32(rng, 4, 4)}
-    nodes = [node("MaxPool", ["x"], ["mp"], kernel_shape=[2]),  # (N, 1, 8) -> (N, 1, 7)
+    nodes = [node("LpPool", ["x"], ["mp"], kernel_shape=[2]),  # (N, 1, 8) -> (N, 1, 7)
              node("Flatten", ["mp"], ["f"]), node("Slice", ["f", "s0", "s4", "ax"], ["sl"]),
              node("Gemm", ["sl", "W"], ["g"], transB=1), node("Relu", ["g"], ["r"]),
              node("Add", ["r", "sl"], ["res"]),  # residual connection
@@ -341,8 +341,8 @@ def test_every_unsupported_node_is_named(tmp_path: Path, rng: np.random.Generato
     model = make_model(nodes, ["N", 1, 8], "y", inits)
     conv = analyze_onnx(model)
     assert [(i.op_type, i.name) for i in conv.issues] == [
-        ("MaxPool", "MaxPool_mp"), ("Add", "Add_res"), ("Concat", "Concat_cat"), ("Softmax", "Softmax_y")]
-    with pytest.raises(UnsupportedOperatorError, match=r"(?s)4 operators.*MaxPool node 'MaxPool_mp': max pooling"
+        ("LpPool", "LpPool_mp"), ("Add", "Add_res"), ("Concat", "Concat_cat"), ("Softmax", "Softmax_y")]
+    with pytest.raises(UnsupportedOperatorError, match=r"(?s)4 operators.*LpPool node 'LpPool_mp': this pooling"
                                                        r"(.|\n)*residual connection(.|\n)*several branches"):
         from_onnx(model)
     path = tmp_path / "bad.onnx"

@@ -199,6 +199,11 @@ def test_compare_cli_end_to_end(shared_data: Path, tmp_path: Path, monkeypatch: 
     lines = (tmp_path / "first" / "comparison_samples.csv").read_text().splitlines()
     assert "source:crown@0.002" in lines[0].split(",")
     capsys.readouterr()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my notes")
+    assert main(["compare", *common, "--verifier", "crown", "--out", str(tmp_path / "mine")]) == 2
+    assert "holds files that lipcert did not write (report.md)" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "report.md").read_text() == "my notes"
 
 
 def test_readme_auto_lirpa_example(shared_data: Path, monkeypatch: pytest.MonkeyPatch,

@@ -115,8 +115,10 @@ def test_reading_a_bad_run_folder_raises_report_errors(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="report.json is missing"):
         read_run(tmp_path)
     (tmp_path / "report.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
-    with pytest.raises(ReportError, match="missing the fields"):
+    with pytest.raises(ReportError, match="not a finished lipcert run: it has no manifest.json"):
         read_run(tmp_path)
+    with pytest.raises(ReportError, match="missing the fields"):
+        validate_record({"schema_version": SCHEMA_VERSION})
     with pytest.raises(ReportError, match="no run folders"):
         compare_runs([], tmp_path / "out")
 

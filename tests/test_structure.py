@@ -16,13 +16,14 @@ MAX_LINES = 500
 
 # docs/code-map.md: a module may import from its own layer and the layers before it (prefixes of dotted names)
 LAYERS = (
-    ("vocabulary", ("lipcert.errors", "lipcert.norms", "lipcert.rounding", "lipcert.batch", "lipcert.results")),
+    ("vocabulary", ("lipcert.errors", "lipcert.norms", "lipcert.rounding", "lipcert.batch", "lipcert.results",
+                    "lipcert.memory")),
     ("representation", ("lipcert.activations", "lipcert.network", "lipcert.npz", "lipcert.random_nets",
-                        "lipcert.reference_models")),
+                        "lipcert.reference_models", "lipcert.sorting")),
     ("bounds", ("lipcert.bounds",)),
     ("radii", ("lipcert.radii", "lipcert.local")),
     ("loading", ("lipcert.loading", "lipcert.adapters", "lipcert.datasets")),
-    ("certification", ("lipcert.records", "lipcert.certification", "lipcert.attacks",
+    ("certification", ("lipcert.records", "lipcert.runfolder", "lipcert.certification", "lipcert.attacks",
                        "lipcert.distributed")),
     ("applications", ("lipcert.verbs", "lipcert.combination", "lipcert.vnncomp", "lipcert.demo", "lipcert.report",
                       "lipcert.cli", "lipcert.__main__")),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ShapeMismatchError
+from ..errors import ShapeMismatchError, UnsupportedSlopesError
 from ..network import Network, require_network
 from .result import LipschitzBound
 
@@ -73,6 +73,9 @@ def check_certificate(net: Network, bound: LipschitzBound, *, scale: float = 1.0
     if len(bound.multipliers) != net.depth - 1:
         raise ShapeMismatchError(f"bound has {len(bound.multipliers)} multiplier layers, the network "
                                  f"{net.depth - 1} hidden layers (was it computed for this network?)")
+    if any(not bool(torch.isfinite(m).all()) for m in bound.multipliers):
+        raise UnsupportedSlopesError("the bound takes the exact step through fixed-slope/|.| layers (infinite "
+                                     "multipliers on fixed-slope neurons): there is no LipSDP matrix to rebuild")
     size = sum(net.widths[:-1])
     if size > MAX_CHECK_SIZE:
         raise ShapeMismatchError(f"certificate rebuild needs a {size} x {size} matrix; limit is {MAX_CHECK_SIZE}")

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import InvalidParameterError
+from . import abs_layer
 from .eigen import ESTIMATE_DENSE_BELOW, lambda_max, top_eigenvalue
 from .recursion import Candidate, LayerContext, RecursionResult, factor_certificate, run, run_passes, solve_rt
 from .rules import DEFAULT_RULE_SET, Rule
@@ -102,7 +103,10 @@ def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Ru
     relaxed = closed_form_slopes(slopes)
     wide = max(w.shape[0] for w in weights[:-1]) >= PRUNE_FROM_WIDTH if len(weights) > 1 else False
     factor = (PRUNE_FACTOR if wide or beam is not None else None) if prune == "auto" else prune
-    if any(bool(((a * b) != 0).any()) for a, b in relaxed):
+    if len(weights) > 1 and all(abs_layer.needs_exact_step(a, b) for a, b in relaxed):
+        # every layer takes the exact step (decisions 19), which no rule changes: one pass
+        passes = {rules[0].name: single_rule(weights, slopes, rules[0])}
+    elif any(bool(((a * b) != 0).any()) for a, b in relaxed):
         passes = {rule.name: single_rule(weights, slopes, rule) for rule in rules}
     else:
         choosers = {rule.name: rule_chooser(rule) for rule in rules}

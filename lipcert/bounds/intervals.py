@@ -85,6 +85,11 @@ def slope_interval(act: Activation, lower: torch.Tensor, upper: torch.Tensor) ->
     (alpha, beta) : tuple of Tensor, shape (n,)
         Sound and, up to the outward rounding described in the module docstring, the tightest.
     """
+    if act.mask is not None:  # abs_or_identity: |.| has slope 1 on [0, inf), -1 on (-inf, 0]; the identity 1
+        on = torch.tensor(act.mask, dtype=torch.bool, device=lower.device)
+        alpha = torch.where(on & (lower < 0), -1.0, 1.0).to(lower.dtype)
+        beta = torch.where(on & (upper <= 0), -1.0, 1.0).to(lower.dtype)
+        return alpha, beta
     pieces = _pieces(act)
     if pieces is not None:
         # Names carry parameters to 6 digits: a breakpoint b counts within 1e-5 |b| of [l, u].

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..batch import check_count
+from ..memory import check_budget
 from ..network import Network, require_network
+from .workspace import lower_bytes
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class LowerBound:
     ``value`` = max(``pattern``, ``jacobian``).  ``pattern`` bounds the supremum over the
     slope class (what every upper bound in lipcert bounds); ``jacobian`` bounds this network
     with its own biases.  ``point`` is the input where the best Jacobian norm was found.
+    ``status`` says whether the search stopped at its time budget (the value is still a lower bound).
     """
 
     value: float
@@ -32,6 +36,7 @@ class LowerBound:
     jacobian: float
     seconds: float
     point: torch.Tensor | None = field(default=None, repr=False)
+    status: str = "ok"
 
     def __float__(self) -> float:
         return self.value
@@ -43,12 +48,13 @@ def _top_singular(mat: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]
 
 
 def pattern_bound(net: Network, *, restarts: int = 8, sweeps: int = 30,
-                  generator: torch.Generator | None = None) -> float:
+                  generator: torch.Generator | None = None, deadline: float | None = None) -> float:
     """Block-coordinate ascent over slope patterns (math.md 8.3b).
 
     For layer k, with u, v the top singular vectors of the current product, set
     d_i = beta_i if (A^T u)_i (B v)_i > 0 else alpha_i, where A is the product left of D_k and
-    B the product right of it.  Restart 0 starts from all-beta, the others at random.
+    B the product right of it.  Restart 0 starts from all-beta, the others at random.  After the
+    first sweep, the search stops at ``deadline`` (a ``time.perf_counter()`` value).
     """
     ws = list(net.weights)
     if len(ws) == 1:
@@ -80,15 +86,23 @@ def pattern_bound(net: Network, *, restarts: int = 8, sweeps: int = 30,
                 ds[k] = new
                 right = ws[k + 1] @ (ds[k][:, None] * right)
             value = float(torch.linalg.matrix_norm(right, ord=2))
-            if not changed:
+            if not changed or _late(deadline):
                 break
         best = max(best, value)
+        if _late(deadline):
+            break
     return best
 
 
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
 def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: float | None = None,
-                   generator: torch.Generator | None = None) -> tuple[float, torch.Tensor | None]:
-    """max ||J(x)||_2 over random inputs, refined by gradient ascent (useful for smooth activations)."""
+                   generator: torch.Generator | None = None, deadline: float | None = None
+                   ) -> tuple[float, torch.Tensor | None]:
+    """max ||J(x)||_2 over random inputs, refined by gradient ascent (useful for smooth activations) until
+    ``deadline`` (a ``time.perf_counter()`` value; the random inputs are always evaluated)."""
     if any(a.fn is None or a.derivative is None for a in net.activations):
         return 0.0, None
     n0 = net.input_dim
@@ -116,6 +130,8 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
     opt = torch.optim.Adam([z], lr=0.05 * (scale or 1.0))
     best_val, best_x = float(vals.max()), x[int(vals.argmax())]
     for _ in range(steps):
+        if _late(deadline):
+            break
         opt.zero_grad()
         out = norms(z)
         i = int(out.detach().argmax())
@@ -131,14 +147,24 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
     return best_val, best_x
 
 
-def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: int = 0) -> LowerBound:
+def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: int = 0,
+                seconds: float | None = None, max_bytes: float | None = None) -> LowerBound:
     """The larger of the pattern bound and the sampled Jacobian bound (math.md 8.3).
 
     ``net`` must be a Network (:func:`lipcert.lower_bound` loads paths and torch modules).
+    ``seconds`` is a time budget (half for the pattern search, the rest for the Jacobian ascent;
+    each does at least one pass); ``max_bytes`` limits the estimated working memory
+    (:func:`~lipcert.bounds.workspace.lower_bytes`; MemoryBudgetError above it).
     """
     net = require_network(net, "lower_bound")
+    restarts, samples = check_count("restarts", restarts, 0), check_count("samples", samples, 0)
+    seed = check_count("seed", seed, 0)
+    check_budget(f"the lower bound on widths {list(net.widths)}", lower_bytes(net), max_bytes)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    pattern = pattern_bound(net, restarts=restarts, generator=gen)
-    jac, point = jacobian_bound(net, samples=samples, generator=gen)
-    return LowerBound(max(pattern, jac), pattern, jac, time.perf_counter() - start, point)
+    half, end = (None, None) if seconds is None else (start + seconds / 2, start + seconds)
+    pattern = pattern_bound(net, restarts=restarts, generator=gen, deadline=half)
+    jac, point = jacobian_bound(net, samples=samples, generator=gen, deadline=end)
+    took = time.perf_counter() - start
+    status = "ok" if end is None or not _late(end) else f"stopped at its time budget of {seconds:g} s"
+    return LowerBound(max(pattern, jac), pattern, jac, took, point, status)

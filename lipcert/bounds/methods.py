@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
-from ..errors import InfeasibleCertificateError, InvalidOptionError, UnknownMethodError
+from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
+from ..memory import check_budget
 from ..network import Network, require_network
 from . import closed_form, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
+from .workspace import method_bytes
 
 Weights = list[torch.Tensor]
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -251,6 +253,7 @@ def lipschitz(
     options: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
+    max_bytes: float | None = None,
 ) -> LipschitzBound:
     """Upper bound on the L2 Lipschitz constant of ``net``.
 
@@ -284,6 +287,9 @@ def lipschitz(
         methods and ``optimized`` always run in float64.
     device : str or torch.device, optional
         Where to compute (``"cuda"`` when available); default CPU.
+    max_bytes : float, optional
+        Limit on the method's estimated working memory (:mod:`lipcert.bounds.workspace`), checked
+        before anything is allocated; default 80 % of the memory available.
 
     Returns
     -------
@@ -296,6 +302,8 @@ def lipschitz(
         See :func:`resolve`.
     NotANetworkError
         ``net`` is no Network (:func:`lipcert.lipschitz` loads paths and torch modules).
+    MemoryBudgetError
+        The estimated working memory is over ``max_bytes`` (the message names ``--max-dense-gb``).
 
     Notes
     -----
@@ -307,10 +315,29 @@ def lipschitz(
     net = require_network(net, "lipschitz")
     call = resolve(method, options)
     if dtype not in (torch.float64, torch.float32):
-        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+        raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+    dev = checked_device(device)
+    check_budget(f"method {call.name} on widths {list(net.widths)}",
+                 method_bytes(net, call.method.name, call.options), max_bytes)
     bound = _compute(call, net, torch.float64 if call.method.float64_only else dtype, dev)
     return replace(bound, network=net.fingerprint())
+
+
+def checked_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device that exists here (default: the CPU); else InvalidArgumentError."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r} "
+                                   f"({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"device {device!r} asked for CUDA, which torch does not have on this machine; "
+                                   "use device='cpu'")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InvalidArgumentError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return dev
 
 
 def _on(net: Network, device: torch.device, dtype: torch.dtype) -> tuple[Weights, Slopes]:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ..errors import InfeasibleCertificateError, InvalidParameterError, ShapeMismatchError
-from . import closed_form
+from . import abs_layer, closed_form
 from .recursion import Candidate, LayerContext, RecursionResult, run
 from .result import Gram
 from .rules import DEFAULT_RULE_SET, Rule
@@ -390,7 +390,9 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     # Start from the best pass that carries multipliers at every hidden layer (naive carries none).
     candidates = {k: r for k, r in passes.items()
                   if r.multipliers and len(r.multipliers) == len(ws) - 1 and all(bool((m > 0).any()) for m in r.multipliers)}
-    if not candidates:  # no hidden layer, or a constant network: nothing to optimize
+    if any(abs_layer.needs_exact_step(a, b) for a, b in relaxed):
+        candidates = {}  # fixed-slope/|.| layers take the exact step, which has no multipliers to optimize
+    if not candidates:  # no hidden layer, a constant network or |.| layers: nothing to optimize
         best = min(passes, key=lambda k: passes[k].value)
         return {_LABEL: _annotated(passes[best], _LABEL, best, [problem.value(passes[best])], 0, start_time),
                 **passes}

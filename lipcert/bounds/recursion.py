@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import InfeasibleCertificateError
+from . import abs_layer
 from .result import Gram
 from .rules import spectral_top
 
@@ -107,7 +108,9 @@ def run(
 
     ``slopes[k]`` are the (alpha, beta) the certificate uses for hidden layer k+1 (callers may
     relax alpha >= 0 to 0).  Neurons whose row of S_k W_k is zero are constant and dropped.
-    Raises :class:`InfeasibleCertificateError` if no candidate of the chooser is feasible.
+    Layers of fixed-slope and |.| neurons (alpha = beta or alpha = -beta) take the exact step of
+    :mod:`.abs_layer`, without the chooser.  Raises :class:`InfeasibleCertificateError` if no
+    candidate of the chooser is feasible.
     """
     r: torch.Tensor | None = None  # upper Cholesky factor of the normalized M_{k-1}; None = identity
     log_scale = 0.0
@@ -117,6 +120,19 @@ def run(
     weight = weights[0]
     for k in range(len(weights) - 1):
         alpha, beta = slopes[k]
+        if abs_layer.needs_exact_step(alpha, beta):  # fixed-slope and |.| neurons (MaxMin rewrite)
+            step = abs_layer.step(r, weight, alpha, beta, weights[k + 1])
+            if not bool(step.live.any()):
+                return RecursionResult(torch.zeros(weights[-1].shape[0], weights[-1].shape[0], dtype=weight.dtype,
+                                                   device=weight.device), 0.0, multipliers, labels,
+                                       notes + [f"layer {k + 1}: constant"])
+            r, log_scale = step.r, log_scale + step.log_scale
+            multipliers.append(step.multipliers.double() * math.exp(-log_scale))
+            labels.append(step.label)
+            if not bool(step.live.all()):
+                notes.append(f"layer {k + 1}: {int((~step.live).sum())} constant neurons dropped")
+            weight = weights[k + 1][:, step.live]
+            continue
         s_vec, p_vec = alpha + beta, alpha * beta
         v = _scaled_rows(s_vec, weight)                   # S_k W_k
         y = solve_rt(r, v.T)                              # R^{-T} W^T S

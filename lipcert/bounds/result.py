@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ShapeMismatchError
+from ..errors import BoundMismatchError, ShapeMismatchError
 from ..rounding import certified_root
 
 
@@ -96,6 +96,15 @@ class LipschitzBound:
 
     def __float__(self) -> float:
         return self.value
+
+    def require_network(self, fingerprint: str) -> None:
+        """Refuse (:class:`~lipcert.errors.BoundMismatchError`) unless this bound was computed for the
+        network whose :meth:`~lipcert.Network.fingerprint` is ``fingerprint``."""
+        if self.network != fingerprint:
+            why = "carries no network fingerprint" if not self.network else "was computed for another network"
+            raise BoundMismatchError(
+                f"bound {self.method!r} (value {self.value:.6g}) {why}: its radii would not hold for this one (a "
+                "changed normalization, weights or slopes); compute it with lipcert.lipschitz on this network")
 
     def pairwise(self) -> np.ndarray:
         """K x K matrix whose (i, j) entry bounds Lip(f_i - f_j) (min over every certificate run)."""

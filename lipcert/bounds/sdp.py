@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidParameterError, ProblemTooLargeError, UnknownMethodError, require_extra
+from ..errors import (InvalidParameterError, ProblemTooLargeError, UnknownMethodError, UnsupportedSlopesError,
+                      require_extra)
 from .closed_form import rule_chooser
+from . import abs_layer
 from .recursion import Candidate, LayerContext, RecursionResult, run, upper_cholesky
 from .rules import Rule, lambda_max
 
@@ -100,6 +102,10 @@ def solve(name: str, weights: list[torch.Tensor], slopes: Slopes, *, solver: str
     if name not in SDP_NAMES:
         raise UnknownMethodError(f"unknown SDP method {name!r}; valid: {', '.join(SDP_NAMES)}")
     solver, tolerance = check_solver(solver), check_tolerance(tolerance)
+    if any(abs_layer.needs_exact_step(a, b) for a, b in slopes):
+        raise UnsupportedSlopesError(f"{name} does not model layers of fixed-slope and |.| neurons (MaxMin, "
+                                     "GroupSort, Householder); use the closed forms (method 'combined'), which "
+                                     "take the exact step through them")
     if len(weights) == 1:  # no hidden layer: Lip = ||W_1|| exactly, nothing to solve
         return run(weights, slopes, rule_chooser(_FALLBACK))
     live = _live_masks(weights, slopes)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
-from ..errors import LipcertError
+from ..errors import InputRangeWarning, LipcertError
 
 COMMANDS = ("bound", "certify", "compare", "demo", "inspect", "report", "vnnlib")
 
@@ -31,6 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; errors lipcert raises on purpose print one line and exit 2."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputRangeWarning)
+        warnings.showwarning = _one_line(args.command, warnings.showwarning)
+        return _run(args)
+
+
+def _one_line(command: str, show: Callable[..., None]) -> Callable[..., None]:
+    """A warnings.showwarning that prints lipcert's own warnings as one line and leaves others as they are."""
+    def showwarning(message: Warning | str, category: type[Warning], *rest: object, **kw: object) -> None:
+        if issubclass(category, InputRangeWarning):
+            print(f"lipcert {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kw)
+    return showwarning
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.run(args) or 0)
     except LipcertError as exc:

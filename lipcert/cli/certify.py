@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -20,14 +21,20 @@ from typing import Any
 import numpy as np
 
 from ..attacks import AttackResult, attack
+from ..batch import check_count, check_number
 from ..bounds import METHODS
+from ..bounds.methods import resolve
 from ..certification import Certification, certify
-from ..errors import DatasetError, InvalidRadiusError, ResumeError, ShapeMismatchError
+from ..errors import (DatasetError, InvalidArgumentError, InvalidRadiusError, ResumeError, ShapeMismatchError,
+                      UnknownMethodError)
 from ..network import Network
 from ..norms import check_eps, parse_norm
-from ..report import RunReport
+from ..report import RunReport, write_run
+from ..runfolder import (RUN_FILES, check_output_folder, discard_aside, folder_kind, hold, recorded_rows,
+                         set_aside)
 from .cluster import add_cluster_arguments, cluster_client
 from .common import add_model_arguments, floats, load_model
+from .config_source import add_config_argument, apply_config
 
 DEFAULT_EPS = {
     ("mnist", "2"): "0.5,1,1.58", ("fashion-mnist", "2"): "0.5,1,1.58",
@@ -50,13 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Data, norm, eps, methods and output options of a certification run (also used by ``lipcert compare``)."""
-    p.add_argument("--dataset", required=True,
-                   help="mnist, fashion-mnist, cifar10, or a .npz (arrays x, y) / .npy file of your own")
+    p.add_argument("--dataset", default=None,
+                   help="mnist, fashion-mnist, cifar10, or a .npz (arrays x, y) / .npy file of your own (required "
+                        "unless --config names one)")
     p.add_argument("--split", default="test", help="data set split (default: test)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set files (default: search "
                                                     "$LIPCERT_DATA, the cache, /usr/share/datasets)")
     p.add_argument("--n", type=int, default=None, help="certify the first N inputs (default: all)")
-    p.add_argument("--norm", default="2", help="2 (l2) or inf (linf); L-inf radii are L2 radii / sqrt(d)")
+    p.add_argument("--norm", default=None, help="2 (l2, default) or inf (linf); L-inf radii are L2 radii / sqrt(d)")
     p.add_argument("--eps", type=floats, default=None,
                    help="radii for the tables, e.g. 0.5,1,1.58 or 36/255,72/255 (defaults per data set and norm)")
     p.add_argument("--method", action="append", default=None,
@@ -76,10 +84,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     p.add_argument("--no-plots", action="store_true", help="HTML report without plots")
+    add_config_argument(p)
 
 
 def _methods(requested: list[str] | None) -> list[str]:
+    """The --method names, each checked against the registry before anything is computed."""
     names = [m.strip() for item in (requested or ["combined"]) for m in item.split(",") if m.strip()]
+    if not names:
+        raise UnknownMethodError(f"--method {','.join(requested or [])!r} names no method; known: {', '.join(METHODS)}")
+    for name in names:
+        resolve(name)
     return list(dict.fromkeys(names))
 
 
@@ -88,10 +102,14 @@ def _eps(args: argparse.Namespace, norm: str) -> list[float]:
         if not args.eps:
             raise InvalidRadiusError("--eps is empty")
         return [float(e) for e in check_eps(args.eps)]
-    key = (str(args.dataset).lower(), norm)
-    if key not in DEFAULT_EPS:
-        raise DatasetError(f"no default --eps for data set {args.dataset!r} and norm {norm}; pass --eps")
-    return floats(DEFAULT_EPS[key])
+    name = str(args.dataset)
+    if Path(name).suffix.lower() not in (".npz", ".npy"):
+        from .. import datasets
+
+        name = datasets.info(name).name  # an unknown data set name is refused here, naming the known ones
+    if (name, norm) not in DEFAULT_EPS:
+        raise InvalidRadiusError(f"no default --eps for data set {args.dataset!r} and norm {norm}; pass --eps")
+    return floats(DEFAULT_EPS[name, norm])
 
 
 def _inputs(net: Network, x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -179,39 +197,95 @@ def run(args: argparse.Namespace) -> int:
 
 def certify_run(args: argparse.Namespace, out: Path, client: Any = None) -> CertifyRun:
     """Load the model and data of ``args``, certify (resumable records in ``out``; on the Dask cluster of
-    ``client`` when given), attack, write the run report."""
-    from ..report import write_run
+    ``client`` when given), attack, write the run report.
 
+    Everything that can be checked is checked before ``out`` is touched: arguments, the folder (a
+    file, unwritable, or holding files that are not a lipcert run: refused), the lock (a second
+    writer is refused), the model and the data.  ``--overwrite`` then sets the earlier run aside and
+    deletes it only when the new run has finished; a new run that fails before writing a record
+    puts it back.
+    """
     start = time.perf_counter()
-    norm = parse_norm(args.norm)
+    config = apply_config(args)
+    if args.dataset is None:
+        raise DatasetError("--dataset is required (or a --config whose data.dataset names one)")
+    norm = parse_norm(args.norm or "2")
     eps = _eps(args, norm)
     methods = _methods(args.method)
-    records = out / "records.jsonl"
-    if records.exists() and not (args.resume or args.overwrite):
+    _check_numbers(args)
+    if args.resume and args.overwrite:
+        raise InvalidArgumentError("--resume and --overwrite exclude each other: continue the run or start over")
+    kind = check_output_folder(out, accept=("missing", "empty", "run"))
+    if kind == "run" and not (args.resume or args.overwrite):
         raise ResumeError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
-    if args.overwrite:
-        for name in ("records.jsonl", "attack.jsonl"):
+    records = out / "records.jsonl"
+    with hold(records):  # a second writer is refused here, before anything of the first one is touched
+        aside = None
+        try:
+            net = load_model(args)
+            if config is not None:
+                net.info["config"] = str(config.path)
+            data = _load_data(args)
+            x, note = _inputs(net, np.asarray(data.x))
+            y = np.asarray(data.y)
+            _say_data_notes(args, x, note)
+            aside = set_aside(out) if args.overwrite else None
+            cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size,
+                           index=np.arange(len(y)), tolerance=args.tolerance, records=records, resume=args.resume,
+                           client=client,
+                           local={"iterations": args.local_iterations}
+                           if args.local and args.local_iterations is not None else args.local)
+            if cert.resumed:
+                print(f"resumed: {cert.resumed} of {cert.n} inputs read from {records}", file=sys.stderr)
+            attacks: list[AttackResult] = []
+            if args.attack:
+                box = net.input_range or ((0.0, 1.0) if getattr(data, "info", None) is not None else None)
+                attacks = _attack_all(args, net, x, y, norm, [e for e in eps if e > 0], box)
+            report = write_run(out, cert, network=net, model=args.model, dataset=data, eps=eps, attack=attacks,
+                               timings={"total": time.perf_counter() - start},
+                               command=shlex.join(["lipcert", *sys.argv[1:]]) if sys.argv else None,
+                               plots=not args.no_plots)
+        except BaseException:
+            _undo(out, kind, aside)
+            raise
+        discard_aside(aside)
+    return CertifyRun(net, data, x, y, norm, eps, cert, attacks, report)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every count and number of the run, checked before the folder or the model is touched."""
+    check_count("--batch-size", args.batch_size)
+    check_number("--tolerance", args.tolerance)
+    check_count("--attack-steps", args.attack_steps, 0)
+    check_count("--attack-restarts", args.attack_restarts)
+    if args.local_iterations is not None:
+        check_count("--local-iterations", args.local_iterations, 0)
+
+
+def _undo(out: Path, kind: str, aside: Path | None) -> None:
+    """After a failed run (the lock still held): remove the folder this run created if it holds nothing
+    but lipcert's bookkeeping; put an earlier run set aside back when the new one wrote no record, else
+    say where it is."""
+    if kind == "missing" and folder_kind(out) == "empty":
+        shutil.rmtree(out, ignore_errors=True)
+    elif aside is not None and not recorded_rows(out / "records.jsonl"):
+        for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    net = load_model(args)
-    data = _load_data(args)
-    x, note = _inputs(net, np.asarray(data.x))
-    y = np.asarray(data.y)
+        for p in aside.iterdir():
+            p.replace(out / p.name)
+        aside.rmdir()
+    elif aside is not None:
+        print(f"note: the earlier run is kept in {aside}", file=sys.stderr)
+
+
+def _say_data_notes(args: argparse.Namespace, x: np.ndarray, note: str) -> None:
+    """Print on the terminal what the report files would otherwise say alone: reshaped inputs and fewer
+    inputs than --n (inputs outside the model's input range: a warning of :func:`lipcert.certify`)."""
     if note:
         print(f"note: {note}", file=sys.stderr)
-    cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size, index=np.arange(len(y)),
-                   tolerance=args.tolerance, records=records, resume=args.resume, client=client,
-                   local={"iterations": args.local_iterations} if args.local and args.local_iterations is not None
-                   else args.local)
-    if cert.resumed:
-        print(f"resumed: {cert.resumed} of {cert.n} inputs read from {records}", file=sys.stderr)
-    attacks: list[AttackResult] = []
-    if args.attack:
-        box = net.input_range or ((0.0, 1.0) if getattr(data, "info", None) is not None else None)
-        attacks = _attack_all(args, net, x, y, norm, [e for e in eps if e > 0], box)
-    report = write_run(out, cert, network=net, model=args.model, dataset=data, eps=eps, attack=attacks,
-                       timings={"total": time.perf_counter() - start},
-                       command=shlex.join(["lipcert", *sys.argv[1:]]) if sys.argv else None, plots=not args.no_plots)
-    return CertifyRun(net, data, x, y, norm, eps, cert, attacks, report)
+    if args.n is not None and len(x) < args.n:
+        print(f"note: --n {args.n} asks for more inputs than the data set holds; certifying all {len(x)}",
+              file=sys.stderr)
 
 
 def _print_summary(rec: dict[str, Any]) -> None:

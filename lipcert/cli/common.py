@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..network import Network
+from .model_source import add_class_arguments, model_source
 
 
 def floats(text: str) -> list[float]:
@@ -19,22 +21,28 @@ def floats(text: str) -> list[float]:
             out.append(float(num) / (float(den) if den else 1.0))
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {part!r}") from None
+        except ZeroDivisionError:
+            raise argparse.ArgumentTypeError(f"division by zero in {part!r}") from None
     return out
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file: .onnx, .pt/.pth (whole pickled module) or .npz of weights")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model file: .onnx, .pt/.pth (whole pickled module) or .npz of weights (or use --model)")
     p.add_argument("--mean", type=floats, default=None, help="input normalization mean per channel, e.g. 0.4914,0.4822,0.4465")
     p.add_argument("--std", type=floats, default=None, help="input normalization std per channel")
     p.add_argument("--input-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
                    help="input shape without batch, e.g. 1,28,28 (needed for some .pt files)")
     p.add_argument("--max-dense-gb", type=float, default=None,
-                   help="limit on the dense weight matrices of a converted model, in GB (default 4)")
+                   help="limit on the dense weight matrices of a converted model (default 4) and on the working "
+                        "memory of each bound (default 80%% of the memory available), in GB")
+    add_class_arguments(p)
 
 
 def load_model(args: argparse.Namespace) -> Network:
     from ..loading import load
 
     limit = getattr(args, "max_dense_gb", None)
-    options = {} if limit is None else {"max_dense_bytes": int(limit * 1e9)}
-    return load(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std, **options)
+    options: dict[str, Any] = {} if limit is None else {"max_dense_bytes": int(limit * 1e9)}
+    source, keywords = model_source(args)
+    return load(source, input_shape=args.input_shape, mean=args.mean, std=args.std, **keywords, **options)

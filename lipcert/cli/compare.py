@@ -22,6 +22,7 @@ import numpy as np
 
 from .certify import CertifyRun, add_run_arguments, certify_run
 from .common import add_model_arguments
+from .model_source import model_object
 
 STRATEGIES = ("all", "lipschitz-first")
 
@@ -80,7 +81,7 @@ def _run_verifiers(args: argparse.Namespace, base: CertifyRun, out: Path, names:
             certified, lower = np.zeros(n, dtype=bool), np.full(n, np.nan)
             seconds = 0.0
             if todo.size:
-                lm = lm or bounded_module(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std)
+                lm = lm or bounded_module(model_object(args), input_shape=args.input_shape, mean=args.mean, std=args.std)
                 res = verify(lm, base.x[todo], base.y[todo], eps=[e], norm=base.norm, verifier=name,
                              batch_size=args.verifier_batch_size, index=todo)
                 certified[todo], lower[todo] = res.verified[0], res.min_lower[0]
@@ -101,7 +102,7 @@ def _radius(args: argparse.Namespace, base: CertifyRun) -> dict[str, Any] | None
         return None
     from ..adapters.lirpa import bounded_module, certified_radius
 
-    lm = bounded_module(args.model, input_shape=args.input_shape, mean=args.mean, std=args.std)
+    lm = bounded_module(model_object(args), input_shape=args.input_shape, mean=args.mean, std=args.std)
     cert = base.certification
     idx = np.flatnonzero(cert.correct)
     start = np.maximum(cert.radius[idx], 1e-6)
@@ -187,12 +188,20 @@ def build_record(args: argparse.Namespace, base: CertifyRun, names: Sequence[str
 
 def run(args: argparse.Namespace) -> int:
     from ..adapters.lirpa import load_auto_lirpa, verifier_name
-    from ..report.verifiers import write_comparison
+    from ..runfolder import check_output_folder, hold
 
     start = time.perf_counter()
+    check_output_folder(args.out, accept=("missing", "empty", "verifiers"))
     names = list(dict.fromkeys(verifier_name(v) for v in args.verifier.split(",") if v.strip()))
     load_auto_lirpa()  # fail early, before lipcert's run, when the extra is missing
     out = Path(args.out)
+    with hold(out / "verifiers.jsonl"):  # one compare per folder (its certify run takes its own lock too)
+        return _compare(args, out, names, start)
+
+
+def _compare(args: argparse.Namespace, out: Path, names: Sequence[str], start: float) -> int:
+    from ..report.verifiers import write_comparison
+
     base = certify_run(args, out / "lipcert")
     lines = _run_verifiers(args, base, out, names)
     radius = _radius(args, base)

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import LipcertError
 from ..network import Network
 from .common import add_model_arguments, load_model
+from .model_source import model_source
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,13 @@ def _analyze(args: argparse.Namespace) -> Any:
     """The adapters' Conversion for an .onnx or .pt/.pth model, None for .npz."""
     from ..adapters.files import read
 
-    return read(args.model, input_shape=args.input_shape).conversion
+    source, keywords = model_source(args)
+    if keywords:
+        from ..adapters.checkpoint import build_module
+        from ..adapters.torch import analyze_module
+
+        return analyze_module(build_module(source, **keywords), input_shape=args.input_shape, source=args.model)
+    return read(source, input_shape=args.input_shape).conversion
 
 
 def _shape(conv: Any, shape: tuple[int, ...]) -> str:

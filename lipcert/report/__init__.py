@@ -24,7 +24,8 @@ from ..errors import ReportError
 from ..network import Network
 from ..norms import check_eps
 from . import plots as _plots
-from .record import SAMPLE_COLUMNS, attack_eps, build_record, read_samples, write_samples
+from ..runfolder import MANIFEST, RUN_FILES, check_manifest, check_output_folder, write_manifest
+from .record import SAMPLE_COLUMNS, attack_eps, build_record, check_samples, read_samples, write_samples
 from .render import PLOT_NOTE, comparison_sections, html_page, markdown, run_sections
 from .schema import REPORT_SCHEMA, SCHEMA_VERSION, validate_record
 
@@ -116,8 +117,14 @@ def write_run(
     -------
     RunReport
     """
+    check_output_folder(out_dir, accept=("missing", "empty", "run"))
     out = Path(out_dir)
+    if network is not None:
+        fingerprint = network.fingerprint()
+        for bound in certification.bounds.values():
+            bound.require_network(fingerprint)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the run is open until its reports are rewritten
     attacks = [] if attack is None else [attack] if isinstance(attack, AttackResult) else list(attack)
     if eps is None and attacks:
         eps = sorted({attack_eps(a) for a in attacks})
@@ -144,6 +151,9 @@ def write_run(
     elif plots:
         note = PLOT_NOTE
     _write_text(files["html"], html_page(title, sections, figures, note))
+    write_manifest(out, [name for name in RUN_FILES if name != MANIFEST],
+                   {"n_inputs": certification.n, "methods": list(certification.methods),
+                    "network": record["model"]["network_sha256"]})
     return RunReport(out, record, files)
 
 
@@ -154,17 +164,25 @@ def _eps_max(eps: Sequence[float], radii: Sequence[np.ndarray]) -> float:
 
 
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The report.json record (validated) and the samples.csv columns of a run folder."""
+    """The report.json record and the samples.csv columns of a finished run folder, validated.
+
+    Refused (:class:`~lipcert.errors.ReportError`): a folder that is no run, an unfinished run (no
+    manifest), a file changed after the run finished (sha256 against the manifest), a record outside
+    the schema, samples whose rows, indices or method columns disagree with the record.
+    """
     d = Path(run_dir)
     path = d / "report.json"
-    if not path.is_file():
+    if not d.is_dir() or not path.is_file():
         raise ReportError(f"{d} is not a lipcert run folder: {path.name} is missing")
+    manifest = check_manifest(d)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read {path}: {exc}") from exc
     validate_record(record)
-    return record, read_samples(d / record["files"]["samples"])
+    samples = read_samples(d / "samples.csv")
+    check_samples(d, record, samples, manifest)
+    return record, samples
 
 
 def _labels(dirs: Sequence[Path]) -> list[str]:
@@ -183,8 +201,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, eps: Se
     if not run_dirs:
         raise ReportError("no run folders to compare")
     dirs = [Path(d) for d in run_dirs]
-    runs = [(label, *read_run(d)) for label, d in zip(_labels(dirs), dirs)]
+    check_output_folder(out_dir, accept=("missing", "empty", "comparison"))
     out = Path(out_dir)
+    runs = [(label, *read_run(d)) for label, d in zip(_labels(dirs), dirs)]
     out.mkdir(parents=True, exist_ok=True)
     sections, figures, tables = [], [], []
     for norm in sorted({rec["norm"] for _, rec, _ in runs}):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,18 +19,10 @@ from ..local.radius import LOCAL_METHOD
 from ..network import Network
 from ..norms import check_eps
 from ..records import network_hash
+from ..runfolder import sha256_file
 from .schema import SCHEMA_VERSION
 
 SAMPLE_COLUMNS = ("index", "label", "prediction", "margin", "radius", "logit_error")
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def number(value: float) -> float | None:
@@ -64,6 +55,7 @@ def model_section(network: Network | None, model: str | Path | None) -> dict[str
         "input_range": list(network.input_range) if network is not None and network.input_range else None,
         "preprocessing": info.get("preprocessing"),
         "conversion_error": info.get("conversion_error"),
+        "config": info.get("config"),
     }
     return _jsonable(out)
 
@@ -194,6 +186,28 @@ def read_samples(path: Path) -> dict[str, np.ndarray]:
         except (ValueError, IndexError) as exc:
             raise ReportError(f"{path}: column {name!r} is malformed: {exc}") from exc
     return out
+
+
+def check_samples(folder: Path, record: dict[str, Any], samples: dict[str, np.ndarray],
+                  manifest: dict[str, Any]) -> None:
+    """Refuse (ReportError) samples that disagree with their report.json and manifest: row count,
+    distinct indices inside the record's index range, a radius column per method, the network."""
+    n = record["n_inputs"]
+    rows = samples["index"].shape[0]
+    if rows != n or manifest.get("n_inputs", n) != n:
+        raise ReportError(f"{folder}: samples.csv holds {rows} rows but the run certified {n} inputs "
+                          f"(manifest: {manifest.get('n_inputs')}); the run is incomplete or was edited")
+    if np.unique(samples["index"]).size != rows:
+        raise ReportError(f"{folder}: samples.csv repeats input indices")
+    span = record["dataset"].get("indices")
+    if rows and span is not None and (samples["index"].min() < span[0] or samples["index"].max() > span[1]):
+        raise ReportError(f"{folder}: samples.csv indices leave the run's range {span[0]}..{span[1]}")
+    missing = [m for m in record["methods"] if f"radius_{m}" not in samples]
+    if missing or list(manifest.get("methods", record["methods"])) != list(record["methods"]):
+        raise ReportError(f"{folder}: the methods of report.json ({', '.join(record['methods'])}) do not match "
+                          f"samples.csv and the manifest (missing columns: {', '.join(missing) or 'none'})")
+    if manifest.get("network") != record["model"].get("network_sha256"):
+        raise ReportError(f"{folder}: report.json and the manifest name different networks")
 
 
 def _jsonable(value: Any) -> Any:

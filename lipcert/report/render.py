@@ -50,6 +50,8 @@ def run_sections(rec: dict[str, Any]) -> list[Section]:
              ("data set", f"{data.get('name')} ({data.get('split') or 'n/a'})"),
              ("inputs", str(rec["n_inputs"])), ("norm", norm_name(rec["norm"])),
              ("methods", ", ".join(rec["methods"])), ("lipcert", rec["lipcert_version"])]
+    if model.get("config"):
+        setup.insert(1, ("config", str(model["config"])))
     eps = rec["eps"]
     headers = ("method", "Lipschitz bound", "clean (%)") + tuple(f"eps={eps_label(e)} (%)" for e in eps)
     rows = []

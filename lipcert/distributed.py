@@ -48,8 +48,8 @@ def connect(workers: int | None = None, scheduler: str | None = None) -> Any:
     if scheduler is not None:
         try:
             return Client(scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, ValueError) as exc:  # TimeoutError is an OSError; ValueError: a malformed address
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except Exception as exc:  # timeouts, refused connections, malformed addresses: one line each
+            first = str(exc).splitlines()[0] if str(exc) else f"{type(exc).__name__} (not a scheduler address?)"
             raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {first}") from None
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ClusterError(f"the number of workers must be a positive integer, got {workers!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +36,24 @@ def cluster_client(args: argparse.Namespace) -> Iterator[Any]:
     try:
         yield client
     finally:
-        cluster = client.cluster if workers is not None else None
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if workers is None:
+            client.close()
+        else:
+            _close_quietly(client)
+
+
+def _quiet() -> None:
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _close_quietly(client: Any) -> None:
+    """Close a LocalCluster this run started without the heartbeat and 'still alive, killing' messages its
+    workers and nannies log while they are taken down (the results are in by then)."""
+    cluster = client.cluster
+    try:
+        client.run(_quiet)
+    except Exception:  # a worker already gone has nothing left to say
+        pass
+    _quiet()
+    client.close()
+    cluster.close()

@@ -25,6 +25,7 @@ import torch
 from lipcert.activations import Activation
 from lipcert.errors import ModelLoadError, UnsupportedOperatorError
 from lipcert.network import Network
+from lipcert.operators import LinearOperator
 
 AffineFn = Callable[[torch.Tensor, bool], torch.Tensor]
 """``fn(x, with_bias)``: the affine map (``True``) or its linear part (``False``) on one sample."""
@@ -51,6 +52,8 @@ class AffineOp:
     module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     """An equivalent torch module on batches (any batch size), kept where the structure matters to
     other tools (a convolution stays a convolution when the chain is rebuilt for a verifier)."""
+    operator: LinearOperator | None = field(default=None, repr=False, compare=False)
+    """The linear part as an operator (a 2-D convolution), for networks that keep it (decisions.md 21)."""
 
 
 Op = AffineOp | Activation
@@ -95,6 +98,7 @@ class Layer:
     params: int = 0
     detail: str = ""
     module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    operator: LinearOperator | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -244,7 +248,7 @@ def make_layers(name: str, op_type: str, source: str, target: str, ops: Sequence
             layers.append(Layer(label, op_type, cur, out_name, tuple(x.shape), tuple(y.shape), activation=op))
         else:
             layers.append(Layer(label, op_type, cur, out_name, tuple(x.shape), tuple(y.shape), fn=op.fn,
-                                params=op.params, detail=op.detail, module=op.module))
+                                params=op.params, detail=op.detail, module=op.module, operator=op.operator))
         x, cur = y, out_name
     return layers, x
 
@@ -340,15 +344,36 @@ def materialize(block: DenseBlock) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias
 
 
+def block_operator(block: DenseBlock) -> LinearOperator | None:
+    """The operator of a block that is one operator layer (a convolution with its bias), else None."""
+    if len(block.layers) == 1 and block.layers[0].operator is not None:
+        return block.layers[0].operator
+    return None
+
+
 def build_network(conv: Conversion, *, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
-                  input_range: tuple[float, float] | None = None, info: dict[str, Any] | None = None) -> Network:
-    """Materialize the chain as a :class:`Network` (after checking the dense size)."""
+                  input_range: tuple[float, float] | None = None, info: dict[str, Any] | None = None,
+                  operators: bool = False) -> Network:
+    """Materialize the chain as a :class:`Network` (after checking the dense size).
+
+    With ``operators``, a block that is a single convolution stays a
+    :class:`~lipcert.operators.Conv2dOperator` (its bias is still computed) and counts nothing
+    toward ``max_dense_bytes``.
+    """
     conv.raise_issues()
     blocks = dense_plan(conv)
-    check_dense_size(blocks, max_dense_bytes, conv.source)
-    weights, biases, acts = [], [], []
-    for block in blocks:
-        w, b = materialize(block)
+    kept = [block_operator(b) if operators else None for b in blocks]
+    check_dense_size([b for b, op in zip(blocks, kept) if op is None], max_dense_bytes, conv.source)
+    weights: list[torch.Tensor | LinearOperator] = []
+    biases, acts = [], []
+    for block, op in zip(blocks, kept):
+        fn = block.layers[0].fn if block.layers else None
+        w: torch.Tensor | LinearOperator
+        if op is not None and fn is not None:
+            with torch.no_grad():
+                w, b = op, fn(torch.zeros(block.in_shape, dtype=torch.float64), True).reshape(-1)
+        else:
+            w, b = materialize(block)
         weights.append(w)
         biases.append(b)
         if block.activation is not None and block.activation.activation is not None:

@@ -133,17 +133,21 @@ def module_ops(m: torch.nn.Module) -> Callable[[Any, tuple[int, ...]], list[Op]]
 
 
 # ------------------------------------------------------------------ subgraphs recognized by their values
-def candidates(shape: tuple[int, ...]) -> dict[str, tuple[list[sorting.Stage], int, Callable[[torch.Tensor], torch.Tensor]]]:
+Candidates = dict[str, tuple[list[sorting.Stage], int, Callable[[torch.Tensor], torch.Tensor]]]
+"""Label -> (stages, axis, the function on batches)."""
+
+
+def candidates(shape: tuple[int, ...]) -> Candidates:
     """Sorting activations along one axis of a sample of ``shape`` (its first axis is the batch axis of size 1):
     GroupSort-g ascending and descending for every g dividing the axis, FullSort, MaxMin of halves."""
-    out: dict[str, tuple[list[sorting.Stage], int, Callable[[torch.Tensor], torch.Tensor]]] = {}
+    out: Candidates = {}
     for axis in range(1, len(shape)):
         out.update(_along(axis, shape[axis]))
     return out
 
 
-def _along(axis: int, channels: int) -> dict[str, tuple[list[sorting.Stage], int, Callable[[torch.Tensor], torch.Tensor]]]:
-    out: dict[str, tuple[list[sorting.Stage], int, Callable[[torch.Tensor], torch.Tensor]]] = {}
+def _along(axis: int, channels: int) -> Candidates:
+    out: Candidates = {}
     for group in [g for g in range(2, channels + 1) if channels % g == 0]:
         for descending in (False, True):
             def sort(x: torch.Tensor, g: int = group, d: bool = descending) -> torch.Tensor:

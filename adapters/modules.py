@@ -57,8 +57,18 @@ class ActivationModule(nn.Module):
             raise ModelLoadError(f"activation {activation.name!r} is given only by its slopes and has no function "
                                  "to rebuild the model with")
         self.activation = activation
+        # |z| = z + 2 relu(-z): abs_or_identity as ReLUs and a constant linear map, which verifiers (auto_LiRPA)
+        # bound; z + relu(-z) @ diag(2 mask) on the flattened sample
+        mask = activation.mask
+        self.register_buffer("twice_mask", None if mask is None else
+                             torch.diag(2.0 * torch.tensor(mask, dtype=torch.float64)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        twice = self.twice_mask
+        if isinstance(twice, torch.Tensor):
+            flat = x.flatten(1)
+            out = flat + torch.relu(-flat) @ twice
+            return out if x.dim() == 2 else out.reshape(x.shape)
         return self.activation(x)
 
     def extra_repr(self) -> str:

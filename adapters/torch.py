@@ -171,8 +171,10 @@ class _Interpreter:
 
     def _fuse_sorting(self, node: torch.fx.Node, dyn: Dyn) -> bool:
         """Convert the calls from ``node`` on that compute a sorting activation (:mod:`.torch_sort`), if they do."""
-        source = next(n for n in node.all_input_nodes if self.env.get(n.name) is dyn)
-        if source in self.tried or not (len(source.users) > 1 or torch_sort.starts(node)) or dyn.probe is None:
+        source = next((n for n in node.all_input_nodes if self.env.get(n.name) is dyn), None)
+        if source is None or source in self.tried or dyn.probe is None:
+            return False
+        if not (len(source.users) > 1 or torch_sort.starts(node)):
             return False
         self.tried.add(source)
         constants = {k: v for k, v in self.env.items() if not isinstance(v, Dyn)}

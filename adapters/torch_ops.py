@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
+from lipcert.operators import Conv2dOperator
 
 from . import groupsort
 from .graph import DYNAMIC, AffineOp, NotCovered, Op, undilate
@@ -371,7 +372,23 @@ def _conv(m: Any, shape: tuple[int, ...]) -> list[Op]:
         def fn(x: torch.Tensor, bias: bool) -> torch.Tensor:
             return op(x, wd, b if bias else None, m.stride, m.padding, 1, m.groups)
     module = torch_copy(m) if m.padding_mode == "zeros" and m.groups == 1 else None  # grouped: dense (see conv_module)
-    return [AffineOp(fn, w.numel() + (0 if b is None else b.numel()), _extra(m), module=module)]
+    return [AffineOp(fn, w.numel() + (0 if b is None else b.numel()), _extra(m), module=module,
+                     operator=_conv_operator(m, w, shape, adjoint=False))]
+
+
+def _conv_operator(m: Any, w: torch.Tensor, shape: tuple[int, ...], adjoint: bool) -> Conv2dOperator | None:
+    """The Conv2d / ConvTranspose2d module ``m`` as an operator on one sample of ``shape`` (1, C, H, W), if 2-D."""
+    if w.ndim != 4 or len(shape) != 4 or shape[0] != 1 or m.padding_mode not in ("zeros", "circular"):
+        return None
+    if not adjoint:
+        left, right, top, bottom = m._reversed_padding_repeated_twice
+        return Conv2dOperator.conv(w, shape[1:], stride=m.stride, padding=(top, bottom, left, right),
+                                   dilation=m.dilation, groups=m.groups, circular=m.padding_mode == "circular")
+    (sh, sw), (ph, pw), (oh, ow), (dh, dw) = m.stride, m.padding, m.output_padding, m.dilation
+    out = ((shape[2] - 1) * sh - 2 * ph + dh * (w.shape[2] - 1) + oh + 1,
+           (shape[3] - 1) * sw - 2 * pw + dw * (w.shape[3] - 1) + ow + 1)
+    return Conv2dOperator.conv(w, (w.shape[1] * m.groups, *out), stride=m.stride, padding=m.padding,
+                               dilation=m.dilation, groups=m.groups, adjoint=True)
 
 
 def _conv_t(m: Any, shape: tuple[int, ...]) -> list[Op]:
@@ -379,7 +396,8 @@ def _conv_t(m: Any, shape: tuple[int, ...]) -> list[Op]:
     b = None if m.bias is None else f64(m.bias)
     op, wd = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[w.ndim - 3], undilate(w, m.dilation)
     return [AffineOp(lambda x, bias: op(x, wd, b if bias else None, m.stride, m.padding, m.output_padding, m.groups,
-                                        1), w.numel() + (0 if b is None else b.numel()), _extra(m))]
+                                        1), w.numel() + (0 if b is None else b.numel()), _extra(m),
+                     operator=_conv_operator(m, w, shape, adjoint=True))]
 
 
 def _batch_norm(m: Any, shape: tuple[int, ...]) -> list[Op]:

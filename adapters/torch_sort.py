@@ -88,26 +88,7 @@ def find(graph: torch.fx.Graph, constants: dict[str, Any], source: torch.fx.Node
 def _identify(region: list[torch.fx.Node], constants: dict[str, Any], source: torch.fx.Node,
               exit_node: torch.fx.Node, shape: tuple[int, ...]) -> Match | None:
     def run(x: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for sample in x:
-            values: dict[torch.fx.Node, Any] = {source: sample}
-
-            def value(n: torch.fx.Node) -> Any:
-                if n in values:
-                    return values[n]
-                if n.name not in constants:
-                    raise ValueError(f"{n.name} is neither in the region nor a constant")
-                return constants[n.name]
-
-            for node in region:
-                args = torch.fx.node.map_arg(node.args, value)
-                kwargs = torch.fx.node.map_arg(node.kwargs, value)
-                if node.op == "call_method":
-                    values[node] = getattr(args[0], str(node.target))(*args[1:], **kwargs)
-                else:
-                    values[node] = node.target(*args, **kwargs)  # type: ignore[operator]
-            outs.append(values[exit_node])
-        return torch.stack(outs)
+        return torch.stack([_evaluate(region, constants, source, exit_node, sample) for sample in x])
 
     try:
         found = identify(run, shape)
@@ -116,3 +97,25 @@ def _identify(region: list[torch.fx.Node], constants: dict[str, Any], source: to
     if found is None:
         return None
     return Match(region, exit_node, found[0], found[1])
+
+
+def _evaluate(region: list[torch.fx.Node], constants: dict[str, Any], source: torch.fx.Node,
+              exit_node: torch.fx.Node, sample: torch.Tensor) -> Any:
+    """The region's calls on one sample (``source`` set to it, every other input a constant)."""
+    values: dict[torch.fx.Node, Any] = {source: sample}
+
+    def value(n: torch.fx.Node) -> Any:
+        if n in values:
+            return values[n]
+        if n.name not in constants:
+            raise ValueError(f"{n.name} is neither in the region nor a constant")
+        return constants[n.name]
+
+    for node in region:
+        args = torch.fx.node.map_arg(node.args, value)
+        kwargs = torch.fx.node.map_arg(node.kwargs, value)
+        if node.op == "call_method":
+            values[node] = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        else:
+            values[node] = node.target(*args, **kwargs)  # type: ignore[operator]
+    return values[exit_node]

@@ -123,6 +123,14 @@ class InputRangeWarning(UserWarning):
     """Inputs outside the range the model declares (e.g. pixels in 0..255 for a model of [0, 1] inputs)."""
 
 
+class DenseTooLargeError(LipcertError, MemoryError):
+    """A dense matrix of an operator layer (a convolution) would exceed the memory limit."""
+
+
+class OperatorLayersError(LipcertError, TypeError):
+    """A function that needs dense weight matrices got a network with operator layers (convolutions)."""
+
+
 def require_extra(module: str, extra: str, install: str | None = None) -> None:
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelLoadError
-from .network import Network
+from .network import Network, require_network
 
 OPTIONS = ("input_range", "max_dense_bytes", "check", "rtol", "check_samples")
 
@@ -118,8 +118,8 @@ def as_network(model: Any, x: Any = None, *, input_shape: Sequence[int] | None =
         A torch module with neither inputs nor ``input_shape`` (its input shape is unknown), or
         any error of :func:`load`.
     """
-    if isinstance(model, Network):
-        return model
+    if isinstance(model, Network):  # operator layers (convolutions): only lipschitz takes them as they are
+        return require_network(model, verb, operators=verb == "lipschitz")
     import torch
 
     if isinstance(model, torch.nn.Module) and input_shape is None:

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from .activations import Activation, get_activation
-from .errors import (InvalidWeightsError, NonFiniteWeightsError, NotANetworkError, ShapeMismatchError,
-                     UnknownActivationError)
+from .errors import (DenseTooLargeError, InvalidWeightsError, NonFiniteWeightsError, NotANetworkError,
+                     OperatorLayersError, ShapeMismatchError, UnknownActivationError)
+from .operators import DEFAULT_MAX_DENSE_BYTES, LinearOperator
 
 ArrayLike = np.ndarray | torch.Tensor
+LinearSpec = ArrayLike | LinearOperator
 ActivationSpec = str | Activation | tuple[float, float]
 
 
@@ -62,6 +64,10 @@ class Network:
         Range of valid input values, if known (e.g. (0, 1) for pixels).
     info : dict
         Provenance written by adapters: source, input space, conversion error, preprocessing.
+    operators : tuple of LinearOperator or None
+        Empty for a dense network; else one entry per layer: the operator (a convolution) that is
+        the layer's linear map, whose ``weights`` entry is then a shape-only placeholder on torch's
+        meta device (docs/decisions.md 21), or None for a dense layer.
     """
 
     weights: tuple[torch.Tensor, ...]
@@ -72,12 +78,13 @@ class Network:
     input_shape: tuple[int, ...]
     input_range: tuple[float, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    operators: tuple[LinearOperator | None, ...] = ()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_weights(
         cls,
-        weights: Sequence[ArrayLike],
+        weights: Sequence[LinearSpec],
         biases: Sequence[ArrayLike | None] | None = None,
         activation: ActivationSpec | Sequence[ActivationSpec] = "relu",
         *,
@@ -89,7 +96,8 @@ class Network:
 
         ``activation`` is one name for every hidden layer or a list of L-1 names; names and
         their slopes are in :mod:`lipcert.activations`; an explicit ``(alpha, beta)`` pair is
-        accepted too.  Consecutive affine maps with a linear activation between them are
+        accepted too.  A weight may be a :class:`~lipcert.operators.Conv2dOperator` (kept as an
+        operator, never materialized here).  Consecutive affine maps with a linear activation between them are
         multiplied into one, and dead neurons (zero rows) are removed, their constant output
         folded into the next bias, so the function is unchanged.
         """
@@ -99,7 +107,9 @@ class Network:
         weights = list(weights)
         if len(weights) == 0:
             raise ShapeMismatchError("a network needs at least one weight matrix")
-        ws = [_as_tensor(w, f"weight {k + 1}") for k, w in enumerate(weights)]
+        ops = [w if isinstance(w, LinearOperator) else None for w in weights]
+        ws = [_placeholder(w) if isinstance(w, LinearOperator) else _as_tensor(w, f"weight {k + 1}")
+              for k, w in enumerate(weights)]
         for k, w in enumerate(ws):
             if w.ndim != 2:
                 raise ShapeMismatchError(f"weight {k + 1} must be a 2-D (out, in) matrix, got shape "
@@ -133,12 +143,13 @@ class Network:
         shape = tuple(int(s) for s in input_shape) if input_shape is not None else (n0,)
         slopes = [a.neuron_slopes(w.shape[0]) for w, a in zip(ws, acts)]
         alphas, betas = [s[0] for s in slopes], [s[1] for s in slopes]
-        return cls._normalized(ws, bs, acts, alphas, betas, shape, input_range, dict(info or {}))
+        return cls._normalized(ws, bs, acts, alphas, betas, shape, input_range, dict(info or {}), ops)
 
     @classmethod
     def _normalized(cls, ws: list[torch.Tensor], bs: list[torch.Tensor], acts: list[Activation],
                     alphas: list[torch.Tensor], betas: list[torch.Tensor], shape: tuple[int, ...],
-                    input_range: tuple[float, float] | None, info: dict[str, Any]) -> Network:
+                    input_range: tuple[float, float] | None, info: dict[str, Any],
+                    operators: Sequence[LinearOperator | None] = ()) -> Network:
         if math.prod(shape) != ws[0].shape[1]:
             raise ShapeMismatchError(f"input shape {shape} has {math.prod(shape)} entries but the first "
                                      f"weight matrix takes {ws[0].shape[1]}")
@@ -147,6 +158,12 @@ class Network:
                 raise ShapeMismatchError(
                     f"weight {k + 1} takes {ws[k].shape[1]} inputs but weight {k} has {ws[k - 1].shape[0]} outputs")
         ws, bs, acts, alphas, betas = list(ws), list(bs), list(acts), list(alphas), list(betas)
+        if any(op is not None for op in operators):
+            if any(a.is_linear for a in acts):
+                raise OperatorLayersError("a linear activation next to operator layers: the maps cannot be "
+                                          "multiplied into one without materializing them; densify the layers")
+            ops = tuple(operators)
+            return cls(tuple(ws), tuple(bs), tuple(acts), tuple(alphas), tuple(betas), shape, input_range, info, ops)
         # Fold linear activations: W_{k+1} (a (W_k x + b_k)) + b_{k+1}.
         k = 0
         while k < len(acts):
@@ -203,7 +220,8 @@ class Network:
 
     @property
     def num_parameters(self) -> int:
-        return sum(w.numel() + b.numel() for w, b in zip(self.weights, self.biases))
+        return sum((w.numel() if op is None else op.kernel.numel()) + b.numel()
+                   for w, b, op in zip(self.weights, self.biases, self._layer_ops()))
 
     def fingerprint(self) -> str:
         """sha256 over the float64 weights, biases, slopes, activation names (and masks) and input shape.
@@ -211,13 +229,47 @@ class Network:
         Two networks with the same fingerprint compute the same function (the normalization a model
         carries is part of W_1, b_1), so a bound or a run recorded with it belongs to this network.
         """
-        arrays = [t.numpy() for t in (*self.weights, *self.biases, *self.alphas, *self.betas)]
+        weights = [w if op is None else op.kernel for w, op in zip(self.weights, self._layer_ops())]
+        arrays = [t.numpy() for t in (*weights, *self.biases, *self.alphas, *self.betas)]
         h = hashlib.sha256(array_hash(*arrays).encode())
         h.update(repr((self.activation_names, self.input_shape)).encode())
         masks = [a.mask for a in self.activations]
         if any(m is not None for m in masks):  # activations acting on some neurons only
             h.update(repr(masks).encode())
+        if self.has_operators:  # an operator layer hashes its kernel (above) and its geometry
+            h.update(repr([None if op is None else op.key() for op in self.operators]).encode())
         return h.hexdigest()
+
+    # ------------------------------------------------------------------ operator layers
+    @property
+    def has_operators(self) -> bool:
+        """True if some layer keeps its linear map as an operator (docs/decisions.md 21)."""
+        return any(op is not None for op in self.operators)
+
+    def _layer_ops(self) -> list[LinearOperator | None]:
+        return list(self.operators) if self.operators else [None] * len(self.weights)
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the float64 weight matrices of the dense form (placeholders counted at full size)."""
+        return sum(8 * w.shape[0] * w.shape[1] for w in self.weights)
+
+    def densified(self, max_bytes: int = DEFAULT_MAX_DENSE_BYTES) -> Network:
+        """The same network with every operator materialized as a dense matrix (itself if dense).
+
+        Raises :class:`~lipcert.errors.DenseTooLargeError` (before allocating) if the dense matrices
+        need more than ``max_bytes``.
+        """
+        if not self.has_operators:
+            return self
+        if self.dense_nbytes > max_bytes:
+            big = max(self.widths)
+            raise DenseTooLargeError(f"the dense form of this network needs {self.dense_nbytes / 1e9:.3g} GB of weight "
+                                     f"matrices (widest layer {big}), over the limit of {max_bytes / 1e9:.3g} GB; "
+                                     "use the matrix-free method naive or raise the limit")
+        ws = [w if op is None else op.dense(max_bytes) for w, op in zip(self.weights, self._layer_ops())]
+        return Network._normalized(ws, list(self.biases), list(self.activations), list(self.alphas),
+                                   list(self.betas), self.input_shape, self.input_range, dict(self.info))
 
     def slopes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-neuron (alpha_k, beta_k) of every hidden layer."""
@@ -233,14 +285,15 @@ class Network:
         if w.ndim == 1:
             w = w[None, :]
         b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else _as_tensor(bias, "last bias")
+        ops = self._layer_ops()[:-1] + [None] if self.has_operators else []
         return Network._normalized(list(self.weights[:-1]) + [w], list(self.biases[:-1]) + [b],
                                    list(self.activations), list(self.alphas), list(self.betas),
-                                   self.input_shape, self.input_range, dict(self.info))
+                                   self.input_shape, self.input_range, dict(self.info), ops)
 
     # ------------------------------------------------------------------ evaluation
     def _forward_flat(self, z: torch.Tensor) -> torch.Tensor:
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = z @ w.to(z.dtype).T + b.to(z.dtype)
+        for k, (w, b, op) in enumerate(zip(self.weights, self.biases, self._layer_ops())):
+            z = (z @ w.to(z.dtype).T if op is None else op.matmat(z)) + b.to(z.dtype)
             if k < len(self.activations):
                 z = self.activations[k](z)
         return z
@@ -259,7 +312,7 @@ class Network:
                                      f"or {self.input_shape}, got {tuple(t.shape)}")
         flat = t.reshape(1 if single else t.shape[0], -1)
         dtype = flat.dtype if flat.dtype == torch.float64 else torch.float64
-        out = self._forward_flat(flat.to(dtype=dtype, device=self.weights[0].device))
+        out = self._forward_flat(flat.to(dtype=dtype, device=self.biases[0].device))
         if single:
             out = out[0]
         return out.numpy() if is_numpy else out.to(t.device)
@@ -272,17 +325,29 @@ class Network:
                 f"input_shape={self.input_shape}, parameters={self.num_parameters})")
 
 
-def require_network(net: Any, verb: str) -> Network:
+def require_network(net: Any, verb: str, *, operators: bool = False) -> Network:
     """``net`` itself when it is a :class:`Network`, else :class:`~lipcert.errors.NotANetworkError`.
 
     For the functions below the verbs, which take a loaded Network only; the public verbs
-    (``lipcert.lipschitz``, ``lipcert.certify``, ...) load any model first.
+    (``lipcert.lipschitz``, ``lipcert.certify``, ...) load any model first.  Unless ``operators``
+    (the caller handles operator layers), a network with operator layers is an
+    :class:`~lipcert.errors.OperatorLayersError`.
     """
     if not isinstance(net, Network):
         raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: load the model first "
                                "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "
                                "lipcert.certify, ... load paths and torch modules themselves)")
+    if net.has_operators and not operators:
+        layers = [k + 1 for k, op in enumerate(net.operators) if op is not None]
+        raise OperatorLayersError(f"{verb} needs dense weight matrices, but layers {layers} of this network are kept as "
+                                  "convolution operators; call net.densified() first (it checks the memory), or "
+                                  "bound it with the matrix-free method naive")
     return net
+
+
+def _placeholder(op: LinearOperator) -> torch.Tensor:
+    """A (rows, cols) float64 tensor on torch's meta device: the shape of an operator layer, no memory."""
+    return torch.empty(op.shape, dtype=torch.float64, device="meta")
 
 
 def array_hash(*arrays: np.ndarray) -> str:

@@ -16,11 +16,12 @@ import numpy as np
 
 from .activations import Activation, abs_or_identity
 from .errors import ModelLoadError
-from .network import Network
+from .network import Network, require_network
 
 
 def save_npz(net: Network, path: str | Path) -> None:
-    """Write ``net`` in the .npz format (activations by name)."""
+    """Write ``net`` in the .npz format (activations by name); operator layers must be densified first."""
+    net = require_network(net, "save_npz")
     arrays: dict[str, np.ndarray] = {}
     for k, (w, b) in enumerate(zip(net.weights, net.biases), start=1):
         arrays[f"W{k}"] = w.numpy()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 import lipcert
+from lipcert import sorting
 from lipcert.bounds.lower import lower_bound
 from lipcert.errors import UnsupportedOperatorError
 
@@ -132,3 +132,25 @@ def test_conv_feature_maps_through_both_adapters(tmp_path: Path, seed: int) -> N
     a, b = lipcert.lipschitz(from_torch).value, lipcert.lipschitz(from_onnx).value
     assert a == pytest.approx(b, rel=1e-5)  # float32 weights of the export
     check_sound(from_torch, seed)
+
+
+def test_crown_bounds_the_rewritten_activations(seed: int) -> None:
+    """auto_LiRPA on the rebuilt chain (|z| as z + 2 relu(-z)): it equals the Network, and what CROWN verifies
+    survives PGD."""
+    from lipcert.adapters import lirpa
+    from lipcert.adapters.rebuild import to_torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ws = [torch.randn(8, 6, generator=gen, dtype=torch.float64) / 2,
+          torch.randn(8, 8, generator=gen, dtype=torch.float64) / 2,
+          torch.randn(3, 8, generator=gen, dtype=torch.float64) / 2]
+    net = sorting.chain(ws, None, [sorting.groupsort_stages(8, 4), sorting.maxmin_halves_stages(8)])
+    x = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        assert float((to_torch(net)(x) - net(x)).abs().max()) <= 1e-12
+    y = net(x).argmax(dim=1).numpy()
+    eps = 0.05
+    verified = lirpa.verify(net, x.numpy(), y, eps=eps, norm="inf", verifier="crown").verified
+    hit = lipcert.attack(net, x, y, norm="inf", eps=eps, steps=30, restarts=2)
+    assert not np.any(np.asarray(verified).reshape(-1) & hit.success)
+    assert np.asarray(verified).any()

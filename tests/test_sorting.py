@@ -190,3 +190,29 @@ def test_certificates_survive_pgd(kind: str, rng: np.random.Generator) -> None:
     broken = lipcert.attack(net, x, y, norm=2, eps=np.maximum(1000 * cert.radii["combined"], 1e-6), steps=100,
                             restarts=3)
     assert broken.success.any()
+
+
+@pytest.mark.parametrize("identity_share", [0.0, 0.5, 0.8])
+def test_exact_step_contracts_the_carried_form(identity_share: float, seed: int) -> None:
+    """The step's inequality itself: for M_{k-1} = R^T R, any dh and |.| slopes d in [-1, 1] (extremes and inside),
+    dphi = (W_U dh, d * W_V dh) satisfies dphi^T M_k dphi <= dh^T M_{k-1} dh."""
+    from lipcert.bounds import abs_layer
+
+    gen = torch.Generator().manual_seed(seed)
+    n_in, n = 6, 9
+    a = torch.randn(n_in, n_in, generator=gen, dtype=torch.float64)
+    r = torch.linalg.cholesky(a @ a.T + 0.1 * torch.eye(n_in, dtype=torch.float64)).T
+    weight = torch.randn(n, n_in, generator=gen, dtype=torch.float64)
+    fixed = torch.rand(n, generator=gen) < identity_share
+    alpha = torch.where(fixed, 1.0, -1.0).double()
+    beta = torch.ones(n, dtype=torch.float64)
+    nxt = torch.randn(3, n, generator=gen, dtype=torch.float64)
+    step = abs_layer.step(r, weight, alpha, beta, nxt)
+    assert step.r is not None and bool(step.live.all())
+    dh = torch.randn(4000, n_in, generator=gen, dtype=torch.float64)
+    d = torch.where(torch.rand(4000, n, generator=gen) < 0.5, -1.0, 1.0).double()
+    d[2000:] *= torch.rand(2000, n, generator=gen, dtype=torch.float64)
+    dphi = torch.where(fixed, 1.0, d) * (dh @ weight.T)
+    before = (dh @ r.T).square().sum(dim=1)
+    after = (dphi @ step.r.T).square().sum(dim=1) * math.exp(-step.log_scale)
+    assert bool((after <= before * (1 + 1e-9)).all()), float((after / before).max())

@@ -103,8 +103,9 @@ def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Ru
     relaxed = closed_form_slopes(slopes)
     wide = max(w.shape[0] for w in weights[:-1]) >= PRUNE_FROM_WIDTH if len(weights) > 1 else False
     factor = (PRUNE_FACTOR if wide or beam is not None else None) if prune == "auto" else prune
-    if len(weights) > 1 and all(abs_layer.needs_exact_step(a, b) for a, b in relaxed):
-        # every layer takes the exact step (decisions 19), which no rule changes: one pass
+    exact = [abs_layer.needs_exact_step(a, b) for a, b in relaxed]
+    if exact and all(exact):
+        # every layer takes the exact step (decisions 19), which no rule changes: one pass per score
         passes = {rules[0].name: single_rule(weights, slopes, rules[0])}
     elif any(bool(((a * b) != 0).any()) for a, b in relaxed):
         passes = {rule.name: single_rule(weights, slopes, rule) for rule in rules}
@@ -113,6 +114,8 @@ def combined(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[Ru
         passes = run_passes(list(weights), relaxed, choosers, prune=factor, beam=beam, keep=("sn(1)",))
         if factor is not None:
             return passes
+    if any(exact):  # the exact steps ranked by trace: better through GroupSort's stages, worse through FullSort's
+        passes[abs_layer.TRACE_PASS] = run(list(weights), relaxed, rule_chooser(rules[0]), abs_score="trace")
     passes["naive"] = naive(weights, slopes)
     return passes
 

@@ -20,7 +20,7 @@ import torch
 from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
 from ..memory import check_budget
 from ..network import Network, require_network
-from . import closed_form, optimize, sdp
+from . import abs_layer, closed_form, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
@@ -312,14 +312,24 @@ def lipschitz(
     Lip(f) <= ||W_L M_{L-1}^{-1} W_L^T||^{1/2}.  Each rule picks a diagonal Lambda_k in
     closed form; ECLipsE-Fast is Lambda_k = I / lambda_max(Gamma_k).
     """
-    net = require_network(net, "lipschitz")
+    net = require_network(net, "lipschitz", operators=True)
     call = resolve(method, options)
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
-    check_budget(f"method {call.name} on widths {list(net.widths)}",
-                 method_bytes(net, call.method.name, call.options), max_bytes)
-    bound = _compute(call, net, torch.float64 if call.method.float64_only else dtype, dev)
+    if net.has_operators and call.name == "naive":  # matrix-free (docs/decisions.md 21)
+        start = time.perf_counter()
+        result = matrix_free.naive(net)
+        slopes = [(a.to(dev), b.to(dev)) for a, b in net.slopes()]
+        bound = _report(call, {"naive": result}, slopes, torch.float64, dev, time.perf_counter() - start)
+        bound = replace(bound, extras={**bound.extras, "path": "matrix-free"})
+    else:  # operator layers are densified after a memory estimate (DenseTooLargeError says how much)
+        dense = net.densified() if net.has_operators else net
+        check_budget(f"method {call.name} on widths {list(net.widths)}",
+                     method_bytes(dense, call.method.name, call.options), max_bytes)
+        bound = _compute(call, dense, torch.float64 if call.method.float64_only else dtype, dev)
+        if net.has_operators:
+            bound = replace(bound, extras={**bound.extras, "path": "dense (operator layers materialized)"})
     return replace(bound, network=net.fingerprint())
 
 
@@ -410,7 +420,8 @@ def _report(call: MethodCall, results: Mapping[str, RecursionResult], slopes: Sl
     notes = [f"{k}: {n}" for k, r in results.items() for n in r.notes if "constant neurons" not in n]
     own = call.method.rule(call.options).name if call.method.rule is not None else None
     fallbacks = sorted({f"{k}: layer {i + 1} fell back to {lab}" for k, r in results.items()
-                        for i, lab in enumerate(r.labels) if not call.method.mixes_rules and lab != (own or k)})
+                        for i, lab in enumerate(r.labels)
+                        if not call.method.mixes_rules and lab != (own or k) and not lab.startswith(abs_layer.LABELS)})
     status = "ok" if not (notes or fallbacks) else "; ".join(fallbacks + notes)
     used_slopes = closed_form.closed_form_slopes(slopes) if call.method.relaxed_slopes else slopes
     return LipschitzBound(

@@ -103,13 +103,16 @@ def run(
     weights: list[torch.Tensor],
     slopes: list[tuple[torch.Tensor, torch.Tensor]],
     chooser: Chooser,
+    *,
+    abs_score: str = "top",
 ) -> RecursionResult:
     """Run the recursion on weights W_1..W_L with per-neuron slopes, multipliers from ``chooser``.
 
     ``slopes[k]`` are the (alpha, beta) the certificate uses for hidden layer k+1 (callers may
     relax alpha >= 0 to 0).  Neurons whose row of S_k W_k is zero are constant and dropped.
     Layers of fixed-slope and |.| neurons (alpha = beta or alpha = -beta) take the exact step of
-    :mod:`.abs_layer`, without the chooser.  Raises :class:`InfeasibleCertificateError` if no
+    :mod:`.abs_layer`, without the chooser, keeping the candidate of least ``abs_score`` ("top":
+    lambda_max, or "trace") of N P_k N^T for the next matrix N.  Raises :class:`InfeasibleCertificateError` if no
     candidate of the chooser is feasible.
     """
     r: torch.Tensor | None = None  # upper Cholesky factor of the normalized M_{k-1}; None = identity
@@ -121,7 +124,7 @@ def run(
     for k in range(len(weights) - 1):
         alpha, beta = slopes[k]
         if abs_layer.needs_exact_step(alpha, beta):  # fixed-slope and |.| neurons (MaxMin rewrite)
-            step = abs_layer.step(r, weight, alpha, beta, weights[k + 1])
+            step = abs_layer.step(r, weight, alpha, beta, weights[k + 1], abs_score)
             if not bool(step.live.any()):
                 return RecursionResult(torch.zeros(weights[-1].shape[0], weights[-1].shape[0], dtype=weight.dtype,
                                                    device=weight.device), 0.0, multipliers, labels,
@@ -200,7 +203,8 @@ def replay(
                                              f"for {ctx.gamma.shape[0]} live neurons")
         yield labels[ctx.index - 1], torch.exp(torch.log(lam) + ctx.log_scale)
 
-    return run(weights, slopes, choose)
+    by_trace = any(lab.endswith(" by trace") for lab in labels)
+    return run(weights, slopes, choose, abs_score="trace" if by_trace else "top")
 
 
 def _scaled_rows(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

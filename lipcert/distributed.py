@@ -6,9 +6,10 @@ cannot be reached.  :func:`sharded_batches` runs the batches of :func:`lipcert.c
 job (network, pairwise constants of the global bounds, options) is scattered to every worker once;
 every records batch is one forward task on exactly the inputs of the serial batch, so its bits are
 those of the serial run; local radii, which depend on their own input alone, are split into shards
-of a few inputs that wait on their batch's forward task.  Batches come back in order, for the
-caller alone to write.  A worker that dies loses nothing: the scheduler reruns its tasks elsewhere
-(their inputs travel inside the tasks, the job has a copy on every worker).
+of a few inputs, sent with their slice of the forward result when it is back.  Batches come back in
+order, for the caller alone to write.  A worker that dies loses nothing: the scheduler reruns its
+tasks elsewhere (their inputs travel inside the tasks, the job has a copy on every worker), and a
+task the cluster cancels is sent again from the driver.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from .local.radius import LOCAL_METHOD
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a scheduler before :class:`~lipcert.errors.ClusterError`."""
 MAX_SHARD = 4
-"""Most inputs in one local-radius task: a local radius costs 0.1-30 s, a task about 10 ms of overhead."""
+"""Most inputs in one local-radius task: a local radius costs 0.1-30 s, a task about 5 ms of overhead."""
+RESUBMITS = 3
+"""Times a task the cluster cancelled (lost with its workers) is sent again before :class:`ClusterError`."""
 
 Batch = tuple[torch.Tensor, np.ndarray, np.ndarray]
 Forward = Callable[[Any, torch.Tensor, np.ndarray, np.ndarray], dict[str, np.ndarray]]
@@ -62,12 +65,6 @@ def connect(workers: int | None = None, scheduler: str | None = None) -> Any:
     return client
 
 
-def _local_shard(local: Local, job: Any, batch: Mapping[str, np.ndarray], xb: torch.Tensor,
-                 lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """``local`` on the inputs lo:hi of a forward batch (a task; its result goes back to the driver)."""
-    return local(job, xb, {k: v[lo:hi] for k, v in batch.items()})
-
-
 def shard_size(n: int, workers: int) -> int:
     """Inputs per local-radius task: at least four tasks per worker per batch, at most :data:`MAX_SHARD`."""
     return max(1, min(MAX_SHARD, math.ceil(n / (4 * max(workers, 1)))))
@@ -77,41 +74,66 @@ def sharded_batches(client: Any, job: Any, forward: Forward, local: Local | None
                     progress: Callable[[int], Any]) -> Iterator[dict[str, np.ndarray]]:
     """The results of ``forward`` (and ``local``, as ``radius:local`` and ``local_seconds``) per batch, in order.
 
-    ``job`` is scattered to every worker once; ``progress`` is called with the number of inputs of
-    every finished task (local shards when ``local`` is given, else whole batches).
+    ``job`` is scattered to every worker once; every task carries its own inputs (a batch, or a shard
+    of a batch with its slice of the forward result, sent when that result is back), so no task
+    depends on another and the scheduler can rerun any of them on any worker.  A task the cluster
+    cancels (its worker and every copy of its inputs gone) is sent again, up to :data:`RESUBMITS`
+    times.  ``progress`` is called with the number of inputs of every finished task (local shards
+    when ``local`` is given, else whole batches).
     """
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
+    from distributed.client import FutureCancelledError
 
     workers = max(len(client.nthreads()), 1)
     run = uuid.uuid4().hex[:12]
-    shared = client.scatter(job, broadcast=True, hash=False)
-    owner: dict[Any, tuple[int, int, int]] = {}  # future -> (batch, lo, hi); hi < 0 marks a forward task
+    shared = [client.scatter(job, broadcast=True, hash=False)]
+    specs: dict[Any, tuple[tuple[int, int, int], Callable[..., Any], tuple[Any, ...]]] = {}
+    sent: dict[tuple[int, int, int], int] = {}
     pending = as_completed()
+
+    def submit(tag: tuple[int, int, int], fn: Callable[..., Any], *args: Any) -> None:
+        """Send task ``tag`` = (batch, lo, hi; hi < 0 for a forward task) with the shared job first."""
+        sent[tag] = sent.get(tag, 0) + 1
+        kind = "forward" if tag[2] < 0 else "local"
+        f = client.submit(fn, shared[0], *args, pure=False, key=f"lipcert-{run}-{kind}-{tag[0]}-{tag[1]}-{sent[tag]}")
+        specs[f] = (tag, fn, args)
+        pending.add(f)
+
     for b, (xb, lab, ids) in enumerate(batches):
-        fwd = client.submit(forward, shared, xb.clone(), lab, ids, pure=False, key=f"lipcert-{run}-forward-{b}")
-        owner[fwd] = (b, 0, -1)
-        pending.add(fwd)
-        step = shard_size(len(lab), workers)
-        for lo in range(0, len(lab) if local is not None else 0, step):
-            hi = min(lo + step, len(lab))
-            f = client.submit(_local_shard, local, shared, fwd, xb[lo:hi].clone(), lo, hi, pure=False,
-                              key=f"lipcert-{run}-local-{b}-{lo}")
-            owner[f] = (b, lo, hi)
-            pending.add(f)
-    results: dict[int, dict[str, np.ndarray]] = {}
-    missing = {b: 1 + (math.ceil(len(lab) / shard_size(len(lab), workers)) if local is not None else 0)
+        submit((b, 0, -1), forward, xb.clone(), lab, ids)
+    steps = [shard_size(len(lab), workers) for _, lab, _ in batches]
+    missing = {b: 1 + (math.ceil(len(lab) / steps[b]) if local is not None else 0)
                for b, (_, lab, _) in enumerate(batches)}
+    results: dict[int, dict[str, np.ndarray]] = {}
     following = 0
     try:
         for future in pending:
-            b, lo, hi = owner.pop(future)
-            value = _result(future)
+            tag, fn, args = specs.pop(future)
+            try:
+                value = future.result()
+            except FutureCancelledError as exc:
+                if sent[tag] > RESUBMITS:
+                    raise ClusterError(f"the Dask cluster lost task {future.key} {sent[tag]} times ({exc}); what "
+                                       "finished before is in the records, continue with --resume") from None
+                if shared[0].status != "finished":  # every copy of the job was lost with its workers
+                    shared[0] = client.scatter(job, broadcast=True, hash=False)
+                submit(tag, fn, *args)
+                continue
+            except KilledWorker as exc:
+                raise ClusterError(f"{exc}; what finished before is in the records, continue with --resume") from None
             future.release()
+            b, lo, hi = tag
             batch = results.setdefault(b, {})
             if hi < 0:
                 batch.update(value)
                 if local is None:
                     progress(len(value["label"]))
+                else:
+                    xb = batches[b][0]
+                    for start in range(0, len(value["label"]), steps[b]):
+                        stop = min(start + steps[b], len(value["label"]))
+                        part = {k: v[start:stop] for k, v in value.items()}
+                        submit((b, start, stop), local, xb[start:stop].clone(), part)
             else:
                 batch[f"local:{lo}"] = value
                 progress(hi - lo)
@@ -120,20 +142,8 @@ def sharded_batches(client: Any, job: Any, forward: Forward, local: Local | None
                 yield _assemble(results.pop(following))
                 following += 1
     finally:
-        for future in owner:
+        for future in specs:
             future.cancel()
-
-
-def _result(future: Any) -> Any:
-    """The value of a finished task; a task that killed every worker it ran on is a :class:`ClusterError`."""
-    from distributed import KilledWorker
-    from distributed.client import FutureCancelledError
-
-    try:
-        return future.result()
-    except (KilledWorker, FutureCancelledError) as exc:
-        raise ClusterError(f"the Dask cluster lost task {future.key}: {exc}; what finished before is in the "
-                           "records, continue with --resume (resume=True)") from None
 
 
 def _assemble(parts: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +68,8 @@ class Certification:
         Extra absolute tolerance subtracted from every logit difference (besides float64 rounding).
     seconds : float
         Wall time of the :func:`certify` call (bounds, loading of the model and radii).
+    workers : int
+        Dask workers the radii were computed on (0: in this process).
 
     Answers :class:`lipcert.results.Certificates`; ``certified`` and ``certified_accuracy`` also
     take one ``method`` (default: the best radius over methods).
@@ -86,6 +88,7 @@ class Certification:
     resumed: int = 0
     tolerance: float = 0.0
     seconds: float = 0.0
+    workers: int = 0
 
     def __repr__(self) -> str:
         accs = ", ".join(f"{m}: median r={self.radius_stats(m)['median']:.4g}" for m in self.methods)
@@ -230,6 +233,70 @@ def _warn_outside_range(net: Network, flat: torch.Tensor) -> None:
             "units of the inputs given"), stacklevel=3)
 
 
+@dataclass(frozen=True, eq=False)
+class _Job:
+    """What every batch of a run needs, computed once (and sent once to every worker of a cluster)."""
+
+    net: Network
+    layers: Any
+    pairs: dict[str, np.ndarray]
+    scale: float
+    tolerance: float
+    norm: Norm
+    floor: np.ndarray
+    local: dict[str, Any] | None
+    threads: int
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Torch (OpenMP, MKL) intra-op threads set to ``n`` for a block: float sums and LAPACK calls split
+    work by thread, so equal bits need equal thread counts (restored after, so the process keeps its own)."""
+    old = torch.get_num_threads()
+    if n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != old:
+            torch.set_num_threads(old)
+
+
+def _forward_batch(job: _Job, xb: torch.Tensor, lab: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Logits, rounding bound, margins and global radii of one batch (a records batch: same batch, same bits),
+    with the intra-op threads of the process that made ``job``."""
+    with torch.no_grad(), _threads(job.threads):
+        logits_t, err_t = logit_error_bound(job.layers, xb)
+    logits, err = logits_t.numpy(), err_t.numpy() + job.tolerance
+    others = np.where(np.eye(logits.shape[1], dtype=bool)[lab], -np.inf, logits)
+    batch = {"index": ids, "label": lab, "prediction": logits.argmax(axis=1),
+             "margin": logits[np.arange(len(lab)), lab] - others.max(axis=1), "logit_error": err, "logits": logits}
+    batch.update({f"radius:{m}": radii_from_margins(logits, err, lab, p, job.scale) for m, p in job.pairs.items()})
+    return batch
+
+
+def _local_batch(job: _Job, xb: torch.Tensor, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Local radii (and seconds) of the inputs ``xb`` of a forward batch; each input's radius depends on it alone.
+
+    One thread: the same bits in every process, and the fastest use of cores shared by inputs (the
+    hidden-width Cholesky and eigenvalue calls of one input are too small to gain from threads)."""
+    assert job.local is not None
+    best = np.maximum.reduce([batch[f"radius:{m}"] for m in job.pairs])
+    with _threads(1):
+        return local_radii(job.net, xb, batch["label"], batch["logits"], batch["logit_error"], job.floor, job.norm,
+                           best, **job.local)
+
+
+def _serial_batch(job: _Job, xb: torch.Tensor, lab: np.ndarray, ids: np.ndarray,
+                  progress: Callable[[int], Any]) -> dict[str, np.ndarray]:
+    """One batch in this process: :func:`_forward_batch`, then :func:`_local_batch` when asked for."""
+    batch = _forward_batch(job, xb, lab, ids)
+    if job.local is not None:
+        batch[f"radius:{LOCAL_METHOD}"], batch["local_seconds"] = _local_batch(job, xb, batch)
+    progress(len(lab))
+    return batch
+
+
 def certify(
     model: Any,
     x: Any,
@@ -245,6 +312,7 @@ def certify(
     resume: bool = False,
     progress: bool | None = None,
     local: bool | Sequence[Any] | Mapping[str, Any] = False,
+    client: Any = None,
 ) -> Certification:
     """Certified radius of every input: its prediction, margin and the radius proven by each bound.
 
@@ -286,6 +354,12 @@ def certify(
         any of ``rules``, ``iterations`` (of the optimized margins, 0 = off) and ``seconds`` (their
         budget per input), see :func:`lipcert.local.local_radius`.
 
+    client : distributed.Client, optional
+        Compute the radii on this Dask cluster (:mod:`lipcert.distributed`): the bounds are computed
+        here once and sent to every worker, the batches (and the local radii in shards of inputs)
+        run on the workers, this process alone writes ``records``; the radii are those of the
+        serial run.
+
     Returns
     -------
     Certification
@@ -308,10 +382,8 @@ def certify(
     scale = radius_scale(norm_name, net.input_dim)
     n = flat.shape[0]
     methods = list(bounds) + ([LOCAL_METHOD] if local else [])
-    if local:
-        local_options = _local_options(local, LOCAL_RULES)
-        floor = np.minimum.reduce(list(pairs.values()))
-        local_seconds = 0.0
+    local_seconds = 0.0
+    workers = 0
 
     done: list[dict[str, np.ndarray]] = []
     store = None
@@ -327,33 +399,32 @@ def certify(
                 if not np.array_equal(done[0]["index"], idx[:resumed]):
                     raise ResumeError(f"{records}: recorded indices do not match the inputs")
 
-        layers = error_layers(net)
+        floor = np.minimum.reduce(list(pairs.values()))
+        job = _Job(net, error_layers(net), pairs, scale, float(tolerance), norm_name, floor,
+                   _local_options(local, LOCAL_RULES) if local else None, torch.get_num_threads())
         start = time.perf_counter()
         from tqdm.auto import tqdm
 
         bar = stack.enter_context(tqdm(total=n, initial=resumed, unit="input", desc="certify",
                                        disable=None if progress is None else not progress, leave=False))
-        for lo in range(resumed, n, batch_size):
-            hi = min(lo + batch_size, n)
-            xb = flat[lo:hi].to(torch.float64)
-            with torch.no_grad():
-                logits_t, err_t = logit_error_bound(layers, xb)
-            logits, err = logits_t.numpy(), err_t.numpy() + tolerance
-            lab = labels[lo:hi]
-            others = np.where(np.eye(logits.shape[1], dtype=bool)[lab], -np.inf, logits)
-            batch = {"index": idx[lo:hi], "label": lab, "prediction": logits.argmax(axis=1),
-                     "margin": logits[np.arange(hi - lo), lab] - others.max(axis=1), "logit_error": err}
-            batch.update({f"radius:{m}": radii_from_margins(logits, err, lab, p, scale) for m, p in pairs.items()})
-            if local:
-                t_local = time.perf_counter()
-                best = np.maximum.reduce([batch[f"radius:{m}"] for m in pairs])
-                batch[f"radius:{LOCAL_METHOD}"] = local_radii(net, xb, lab, logits, err, floor, norm_name, best,
-                                                              **local_options)[0]
-                local_seconds += time.perf_counter() - t_local
+        shards = [(flat[lo:lo + batch_size].to(torch.float64), labels[lo:lo + batch_size], idx[lo:lo + batch_size])
+                  for lo in range(resumed, n, batch_size)]
+        finished: Iterator[dict[str, np.ndarray]]
+        if client is None:
+            finished = (_serial_batch(job, *shard, bar.update) for shard in shards)
+        else:
+            from .distributed import sharded_batches
+
+            finished = sharded_batches(client, job, _forward_batch, _local_batch if local else None, shards,
+                                       bar.update)
+            workers = len(client.nthreads())
+        lo = resumed
+        for batch in finished:
+            local_seconds += float(batch.pop("local_seconds", np.zeros(0)).sum())
             if store is not None:
                 store.append(batch_rows(batch, methods, lo))
             done.append(batch)
-            bar.update(hi - lo)
+            lo += len(batch["label"])
     timings["radii"] = time.perf_counter() - start
     if local:
         timings.update({"local": local_seconds, "local_per_input": local_seconds / max(n - resumed, 1)})
@@ -366,5 +437,5 @@ def certify(
         margin=col("margin", np.float64), logit_error=col("logit_error", np.float64),
         radii={m: col(f"radius:{m}", np.float64) for m in methods},
         norm=norm_name, input_dim=net.input_dim, bounds=bounds, timings=timings, resumed=resumed,
-        tolerance=float(tolerance), seconds=time.perf_counter() - wall)
+        tolerance=float(tolerance), seconds=time.perf_counter() - wall, workers=workers)
 

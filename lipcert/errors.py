@@ -158,3 +158,7 @@ class UnsupportedSlopesError(LipcertError, ValueError):
 
 class MemoryBudgetError(LipcertError, MemoryError):
     """A computation whose estimated working memory is over the limit (CLI ``--max-dense-gb``)."""
+
+
+class ClusterError(LipcertError, RuntimeError):
+    """A Dask cluster that cannot be reached or started, or that lost a task on every worker it tried."""

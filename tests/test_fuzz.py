@@ -44,7 +44,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 _NASTY = st.sampled_from(["0", "-1", "1/0", "0/0", "nan", "inf", "0.5,1", ",", "", "abc", "1e400", "36/255", "2",
                           "l3", "naive", "gc(2.5)", "combined,naive", "1,2,3", "-0", "1,,2", "3,0"])
 _VALUES = st.one_of(_NASTY, _NASTY, _NASTY, st.text(alphabet="0123456789.,/-einfa", max_size=6))
-_SKIP = {"-h", "--help", "--out", "--dataset", "--data-dir", "--no-plots", "--attack", "--local"}  # slow or set below
+_SKIP = {"-h", "--help", "--out", "--dataset", "--data-dir", "--no-plots", "--attack", "--local",  # slow or set below
+         "--workers", "--scheduler"}  # start or wait for a Dask cluster: tests/test_distributed.py
 
 
 def _flags() -> dict[str, list[tuple[str, bool]]]:

@@ -24,7 +24,8 @@ LAYERS = (
     ("bounds", ("lipcert.bounds",)),
     ("radii", ("lipcert.radii", "lipcert.local")),
     ("loading", ("lipcert.loading", "lipcert.adapters", "lipcert.datasets")),
-    ("certification", ("lipcert.records", "lipcert.runfolder", "lipcert.certification", "lipcert.attacks")),
+    ("certification", ("lipcert.records", "lipcert.runfolder", "lipcert.certification", "lipcert.attacks",
+                       "lipcert.distributed")),
     ("applications", ("lipcert.verbs", "lipcert.combination", "lipcert.vnncomp", "lipcert.demo", "lipcert.report",
                       "lipcert.cli", "lipcert.__main__")),
 )

@@ -32,6 +32,7 @@ from ..norms import check_eps, parse_norm
 from ..report import RunReport, write_run
 from ..runfolder import (RUN_FILES, check_output_folder, discard_aside, folder_kind, hold, recorded_rows,
                          set_aside)
+from .cluster import add_cluster_arguments, cluster_client
 from .common import add_model_arguments, floats, load_model
 from .config_source import add_config_argument, apply_config
 
@@ -50,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_run_arguments(p)
     p.add_argument("--attack", action="store_true", help="also run PGD at every eps: upper bounds on robust "
                                                          "accuracy and a soundness check")
+    add_cluster_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -178,7 +180,8 @@ class CertifyRun:
 
 
 def run(args: argparse.Namespace) -> int:
-    done = certify_run(args, Path(args.out))
+    with cluster_client(args) as client:
+        done = certify_run(args, Path(args.out), client=client)
     rec = done.report.record
     _print_summary(rec)
     if "local_per_input" in rec["timings"]:
@@ -192,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
-    """Load the model and data of ``args``, certify (resumable records in ``out``), attack, write the run report.
+def certify_run(args: argparse.Namespace, out: Path, client: Any = None) -> CertifyRun:
+    """Load the model and data of ``args``, certify (resumable records in ``out``; on the Dask cluster of
+    ``client`` when given), attack, write the run report.
 
     Everything that can be checked is checked before ``out`` is touched: arguments, the folder (a
     file, unwritable, or holding files that are not a lipcert run: refused), the lock (a second
@@ -228,6 +232,7 @@ def certify_run(args: argparse.Namespace, out: Path) -> CertifyRun:
             aside = set_aside(out) if args.overwrite else None
             cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size,
                            index=np.arange(len(y)), tolerance=args.tolerance, records=records, resume=args.resume,
+                           client=client,
                            local={"iterations": args.local_iterations}
                            if args.local and args.local_iterations is not None else args.local)
             if cert.resumed:

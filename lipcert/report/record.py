@@ -115,7 +115,7 @@ def build_record(cert: Certification, *, network: Network | None, model: str | P
                   "upper_bound": [a.robust_accuracy for a in ordered],
                   "violations": [int(soundness_violations(cert, a).size) for a in ordered],
                   "seconds": float(sum(a.seconds for a in ordered))}
-    times = {**cert.timings, **(timings or {})}
+    times = {**cert.timings, "certify": cert.seconds, **(timings or {})}
     if attack is not None:
         times.setdefault("attack", attack["seconds"])
     scale = "L2 radius" if cert.norm == "2" else f"L2 radius / sqrt(d) = L2 radius / sqrt({cert.input_dim})"
@@ -146,6 +146,7 @@ def build_record(cert: Certification, *, network: Network | None, model: str | P
                                "error of the logits (Higham's gamma_n analysis of every layer) plus the extra "
                                "tolerance before dividing by L_yj")},
         "timings": {k: float(v) for k, v in times.items()},
+        "workers": cert.workers,
         "files": {"samples": "samples.csv", "markdown": "report.md", "html": "report.html"},
     }
 

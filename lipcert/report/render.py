@@ -83,7 +83,8 @@ def run_sections(rec: dict[str, Any]) -> list[Section]:
     if data.get("note"):
         notes.append(f"Data: {data['note']}")
     timing = ", ".join(f"{k} {v:.3g} s" for k, v in rec["timings"].items())
-    notes.append(f"Timings: {timing}.")
+    where = f" on {rec['workers']} Dask workers" if rec.get("workers") else ""
+    notes.append(f"Timings{where}: {timing}.")
     return [Section("Setup", ("field", "value"), tuple(setup)),
             Section(f"Certified accuracy ({norm_name(rec['norm'])})", headers, tuple(rows)),
             Section("Lipschitz bounds", ("method", "bound on Lip_2(f)", "rule", "seconds", "status"), bounds),

@@ -45,9 +45,13 @@ REPORT_SCHEMA: dict[str, str] = {
     "tolerance": ("object: logit_error_max (float, largest bound on a logit's rounding error plus the extra "
                   "tolerance), extra (float, the extra absolute tolerance), note (str)"),
     "timings": ("object: seconds spent: bound:<method> per bound, radii (forward passes and radii), "
-                "attack (when run), total (when known)"),
+                "certify (wall time of the certification), attack (when run), total (when known)"),
+    "workers": "int: Dask workers that computed the radii, 0 when computed in the certifying process (optional)",
     "files": "object: name -> file name of the other outputs of the run (samples.csv, report.md, report.html)",
 }
+
+OPTIONAL_FIELDS = ("workers",)
+"""Fields of :data:`REPORT_SCHEMA` that reports written before they existed lack."""
 
 
 def _is_num(v: Any, optional: bool = False) -> bool:
@@ -64,7 +68,7 @@ def validate_record(record: Any) -> None:
     """Raise :class:`ReportError` unless ``record`` has every field of :data:`REPORT_SCHEMA`, with the
     types that readers (``lipcert report``) rely on, and a bound for every method."""
     _need(isinstance(record, dict), "(top level)", "a JSON object", record)
-    missing = [k for k in REPORT_SCHEMA if k not in record]
+    missing = [k for k in REPORT_SCHEMA if k not in record and k not in OPTIONAL_FIELDS]
     if missing:
         raise ReportError(f"report is missing the fields {', '.join(missing)}")
     version = record["schema_version"]

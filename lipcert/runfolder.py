@@ -109,6 +109,18 @@ def folder_kind(folder: Path) -> str:
     return "foreign"
 
 
+def is_sweep(folder: Path) -> bool:
+    """Whether ``folder`` holds a sweep of ``lipcert certify MODEL1 MODEL2 ...``: run folders (one per
+    model) and their comparison report, nothing else."""
+    if not folder.is_dir():
+        return False
+    entries = [p for p in folder.iterdir() if not _is_bookkeeping(p.name)]
+    runs = [p for p in entries if p.is_dir()]
+    files = {p.name for p in entries if not p.is_dir()}
+    return (bool(runs) and all(folder_kind(r) in ("run", "empty") for r in runs) and files <= set(COMPARISON_FILES)
+            and ("comparison.json" not in files or _written_by_lipcert(folder / "comparison.json")))
+
+
 def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missing", "empty")) -> str:
     """The :func:`folder_kind` of ``folder`` if a run may write there: not a file, writable, and of a kind
     in ``accept``.
@@ -130,7 +142,7 @@ def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missi
     except OSError as exc:
         raise RunFolderError(f"--out {path} cannot be written ({existing}: {exc.strerror or exc}); choose a "
                              "writable folder") from None
-    kind = folder_kind(path)
+    kind = "sweep" if "sweep" in accept and is_sweep(path) else folder_kind(path)
     if kind not in accept:
         if kind == "foreign":
             names = sorted(p.name for p in path.iterdir() if not _is_bookkeeping(p.name))

@@ -133,3 +133,35 @@ def test_an_unreachable_scheduler_is_one_named_line_before_anything_runs(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach the Dask scheduler" in err[0], err
     assert not out.exists()  # connected first: no model loaded (it does not even exist), nothing written
+
+
+def test_several_checkpoints_in_one_command(client: Any, seed: int, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """One run folder per model and a comparison; bounds computed on the cluster equal the serial ones."""
+    import json
+
+    x = y = None
+    for k, width in enumerate((24, 32)):
+        net, x, y = _problem(seed + k, 12, width=width)
+        save_npz(net, tmp_path / f"ckpt{k}.npz")
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    args = ["certify", str(tmp_path / "ckpt0.npz"), str(tmp_path / "ckpt1.npz"), "--dataset",
+            str(tmp_path / "data.npz"), "--eps", "0.1", "--method", "naive,combined", "--no-plots"]
+    assert main([*args, "--out", str(tmp_path / "sweep"), "--scheduler", client.scheduler.address]) == 0
+    assert main([*args, "--out", str(tmp_path / "serial")]) == 0
+    for name in ("ckpt0", "ckpt1"):
+        spread, serial = (json.loads((tmp_path / d / name / "report.json").read_text()) for d in ("sweep", "serial"))
+        assert spread["lipschitz"] == {m: {**b, "seconds": spread["lipschitz"][m]["seconds"]}
+                                       for m, b in serial["lipschitz"].items()}
+        assert ((tmp_path / "sweep" / name / "samples.csv").read_bytes()
+                == (tmp_path / "serial" / name / "samples.csv").read_bytes())
+    rows = json.loads((tmp_path / "sweep" / "comparison.json").read_text())["tables"][0]["rows"]
+    assert {(r["run"], r["method"]) for r in rows} == {(n, m) for n in ("ckpt0", "ckpt1") for m in ("naive", "combined")}
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "sweep")]) == 2  # its runs need --resume or --overwrite
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "sweep"), "--resume"]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main([*args, "--out", str(tmp_path / "mine")]) == 2
+    assert "holds files that lipcert did not write" in capsys.readouterr().err

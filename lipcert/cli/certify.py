@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("certify", help="certified accuracy and radii of a model on a data set",
                        description="Certified radii from pairwise Lipschitz bounds, with reports "
                                    "(report.json, samples.csv, report.md, report.html) in --out.")
-    add_model_arguments(p)
+    add_model_arguments(p, many=True)
     add_run_arguments(p)
     p.add_argument("--attack", action="store_true", help="also run PGD at every eps: upper bounds on robust "
                                                          "accuracy and a soundness check")
@@ -180,6 +180,10 @@ class CertifyRun:
 
 
 def run(args: argparse.Namespace) -> int:
+    models = list(args.model or [])
+    args.model = models[0] if len(models) == 1 else None
+    if len(models) > 1:
+        return _sweep(args, models)
     with cluster_client(args) as client:
         done = certify_run(args, Path(args.out), client=client)
     rec = done.report.record
@@ -195,9 +199,60 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def certify_run(args: argparse.Namespace, out: Path, client: Any = None) -> CertifyRun:
+def _sweep(args: argparse.Namespace, models: list[str]) -> int:
+    """``lipcert certify MODEL1 MODEL2 ... --out DIR``: one run folder per model in DIR and their comparison
+    (comparison.json, report.md, report.html) in DIR; on a cluster, the models' bounds are computed in
+    parallel first, then each model's inputs are sharded."""
+    from ..report import compare_runs
+
+    if getattr(args, "model_class", None) is not None:
+        raise InvalidArgumentError("several MODEL files and --model MODULE:CLASS exclude each other")
+    out = Path(args.out)
+    check_output_folder(out, accept=("missing", "empty", "sweep"))
+    stems = [Path(m).stem or "model" for m in models]
+    names = [s if stems.count(s) == 1 else f"{i + 1}-{s}" for i, s in enumerate(stems)]
+    violations = 0
+    with cluster_client(args) as client:
+        bounds = _bounds_on_cluster(args, models, client) if client is not None else {}
+        runs = []
+        for model, name in zip(models, names):
+            args.model = model
+            done = certify_run(args, out / name, client=client, bounds=bounds.get(model))
+            rec = done.report.record
+            print(f"{model}: {rec['n_inputs']} inputs, clean {100 * rec['clean_accuracy']:.2f} %, certified "
+                  + ", ".join(f"{m} {100 * rec['certified_accuracy'][m][0]:.2f} %" for m in rec["methods"])
+                  + f" at eps {rec['eps'][0]:.4g} -> {out / name}")
+            violations += sum(rec["attack"]["violations"]) if rec["attack"] else 0
+            runs.append(done.report.out_dir)
+    result = compare_runs(runs, out, eps=args.eps, plots=not args.no_plots)
+    print(f"wrote {', '.join(str(p) for p in result.files.values())}")
+    if violations:
+        print(f"error: {violations} inputs are certified yet broken by the attack: a certified radius is wrong",
+              file=sys.stderr)
+    return 1 if violations else 0
+
+
+def _bounds_on_cluster(args: argparse.Namespace, models: list[str], client: Any) -> dict[str, dict[str, Any]]:
+    """Every model's global bounds, computed in parallel on the cluster (one task per model and method)."""
+    from ..bounds import lipschitz
+
+    methods = _methods(args.method)
+    tasks = {}
+    for model in models:
+        args.model = model
+        net = load_model(args)
+        for name in methods:
+            options = {"pairs": True} if name == "optimized" else None  # as certify does for its margins
+            tasks[model, name] = client.submit(lipschitz, net, name, options=options, pure=False)
+    done = dict(zip(tasks, client.gather(list(tasks.values()))))
+    return {model: {name: done[model, name] for name in methods} for model in models}
+
+
+def certify_run(args: argparse.Namespace, out: Path, client: Any = None,
+                bounds: dict[str, Any] | None = None) -> CertifyRun:
     """Load the model and data of ``args``, certify (resumable records in ``out``; on the Dask cluster of
-    ``client`` when given), attack, write the run report.
+    ``client`` when given; with the global ``bounds`` of the model when already computed), attack, write
+    the run report.
 
     Everything that can be checked is checked before ``out`` is touched: arguments, the folder (a
     file, unwritable, or holding files that are not a lipcert run: refused), the lock (a second
@@ -230,7 +285,7 @@ def certify_run(args: argparse.Namespace, out: Path, client: Any = None) -> Cert
             y = np.asarray(data.y)
             _say_data_notes(args, x, note)
             aside = set_aside(out) if args.overwrite else None
-            cert = certify(net, x, y, norm=norm, method=methods, batch_size=args.batch_size,
+            cert = certify(net, x, y, norm=norm, method=methods, bound=bounds, batch_size=args.batch_size,
                            index=np.arange(len(y)), tolerance=args.tolerance, records=records, resume=args.resume,
                            client=client,
                            local={"iterations": args.local_iterations}

@@ -26,9 +26,12 @@ def floats(text: str) -> list[float]:
     return out
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default=None,
-                   help="model file: .onnx, .pt/.pth (whole pickled module) or .npz of weights (or use --model)")
+def add_model_arguments(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """MODEL (several with ``many``), normalization, input shape, memory limit and the class options."""
+    p.add_argument("model", nargs="*" if many else "?", default=None,
+                   help="model file: .onnx, .pt/.pth (whole pickled module) or .npz of weights (or use --model)"
+                        + ("; several files certify each into its own run folder under --out, with a comparison"
+                           if many else ""))
     p.add_argument("--mean", type=floats, default=None, help="input normalization mean per channel, e.g. 0.4914,0.4822,0.4465")
     p.add_argument("--std", type=floats, default=None, help="input normalization std per channel")
     p.add_argument("--input-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,

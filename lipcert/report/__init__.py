@@ -201,7 +201,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, eps: Se
     if not run_dirs:
         raise ReportError("no run folders to compare")
     dirs = [Path(d) for d in run_dirs]
-    check_output_folder(out_dir, accept=("missing", "empty", "comparison"))
+    check_output_folder(out_dir, accept=("missing", "empty", "comparison", "sweep"))
     out = Path(out_dir)
     runs = [(label, *read_run(d)) for label, d in zip(_labels(dirs), dirs)]
     out.mkdir(parents=True, exist_ok=True)

@@ -158,3 +158,7 @@ class UnsupportedSlopesError(LipcertError, ValueError):
 
 class MemoryBudgetError(LipcertError, MemoryError):
     """A computation whose estimated working memory is over the limit (CLI ``--max-dense-gb``)."""
+
+
+class UnsupportedConvGeometryError(LipcertError, ValueError):
+    """An operator layer whose geometry a matrix-free method does not handle (e.g. zero padding or stride)."""

@@ -1,0 +1,156 @@
+"""ECLipsE-Fast on chains of circular stride-1 convolutions, one C x C block per frequency (docs/decisions.md 27).
+
+On the circular grid a stride-1 convolution and channel-wise multipliers Lambda = diag(lambda_c) (x) I
+are block-diagonal under the 2-D DFT, so Theorem 1's recursion (math.md section 3, slopes [0, 1])
+runs on the frequency blocks::
+
+    Gamma_k(w) = K_k(w) M_{k-1}(w)^{-1} K_k(w)^H,     M_k(w) = 2 Lambda_k - Lambda_k Gamma_k(w) Lambda_k,
+
+with K_k(w) the kernel's symbol; ECLipsE-Fast's Lambda_k = I / max_w lambda_max(Gamma_k(w)) is
+channel-wise, so this is the dense ECLipsE-Fast pass without any n x n matrix.  The dense tail after
+the convolutions is joined exactly through the FFT of its first matrix's rows.  Real kernels give
+Gamma(-w) = conj Gamma(w): only the frequencies of ``rfft2`` are kept, conjugate pairs counted twice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import (
+    InfeasibleCertificateError,
+    UnsupportedConvGeometryError,
+    UnsupportedSlopesError,
+)
+from ..network import Network, require_network
+from ..operators import Conv2dOperator
+from .closed_form import closed_form_slopes, single_rule
+from .recursion import RecursionResult
+from .rules import Rule
+
+_MARGIN_EPS_PER_DIM = 4  # the Cholesky margin of recursion.shrink, per block dimension
+_FALLBACK_FACTORS = (1.0, 1 - 1e-6, 0.99, 0.9)  # lambda = factor / lambda_max if the Cholesky test fails
+
+
+def circular_symbol(op: Conv2dOperator) -> tuple[torch.Tensor, torch.Tensor]:
+    """K(w) of a stride-1 circular conv for the ``rfft2`` frequencies, and each frequency's count (1 or 2).
+
+    K(w)[o, c] = sum_{a, b} K[o, c, a, b] exp(2 pi i (w_h e_a / N_h + w_w e_b / N_w)), e_a = d a - before;
+    shapes (N_h (N_w // 2 + 1), C_out, C_in) complex128 and (N_h (N_w // 2 + 1),) float64.
+    """
+    _, n_h, n_w = op.in_shape
+    top, _, left, _ = op.padding
+    kh, kw = op.kernel.shape[2:]
+    e_h = torch.arange(kh, dtype=torch.float64) * op.dilation[0] - top
+    e_w = torch.arange(kw, dtype=torch.float64) * op.dilation[1] - left
+    f_h = torch.arange(n_h, dtype=torch.float64)
+    f_w = torch.arange(n_w // 2 + 1, dtype=torch.float64)
+    ph = torch.polar(torch.ones(n_h, kh, dtype=torch.float64), 2 * math.pi * torch.outer(f_h, e_h) / n_h)
+    pw = torch.polar(torch.ones(len(f_w), kw, dtype=torch.float64), 2 * math.pi * torch.outer(f_w, e_w) / n_w)
+    blocks = torch.einsum("ocab,ha,wb->hwoc", op.kernel.to(torch.complex128), ph, pw)
+    counts = torch.full((n_h, len(f_w)), 2.0, dtype=torch.float64)
+    counts[:, 0] = 1.0
+    if n_w % 2 == 0:
+        counts[:, -1] = 1.0
+    return blocks.reshape(-1, *blocks.shape[2:]), counts.flatten()
+
+
+def _conv_chain(net: Network) -> list[Conv2dOperator]:
+    """The leading circular stride-1 convolutions, checked; every later layer must be dense."""
+    ops = list(net.operators) if net.operators else [None] * net.depth
+    convs: list[Conv2dOperator] = []
+    for k, op in enumerate(ops):
+        if op is None:
+            break
+        if not isinstance(op, Conv2dOperator):
+            raise UnsupportedConvGeometryError(f"layer {k + 1}: {type(op).__name__} is not a Conv2dOperator")
+        if (not op.circular or op.stride != (1, 1) or op.groups != 1 or op.adjoint
+                or op.output_shape[1:] != op.input_shape[1:]):
+            raise UnsupportedConvGeometryError(
+                f"layer {k + 1} ({op.describe()}): the per-frequency closed forms handle circular, stride-1, "
+                "ungrouped convolutions that keep the grid; bound this network with net.densified() or naive")
+        convs.append(op)
+    if not convs:
+        raise UnsupportedConvGeometryError("the network does not start with a convolution operator")
+    if any(op is not None for op in ops[len(convs):]) or len(convs) == net.depth:
+        raise UnsupportedConvGeometryError(f"layers after the first {len(convs)} must be dense (a flatten, then linear "
+                                       "layers, the last one included)")
+    return convs
+
+
+def _factor(gamma: torch.Tensor, index: int) -> tuple[float, torch.Tensor]:
+    """lambda (normalized units, Gamma has lambda_max 1) and the lower factors of M(w) = lambda^2 shrink(2/lambda I - Gamma(w)).
+
+    The margin-reduced M is the one carried forward (monotonicity, math.md (Mo)).
+    """
+    size = gamma.shape[-1]
+    delta = _MARGIN_EPS_PER_DIM * size * torch.finfo(torch.float64).eps
+    eye = torch.eye(size, dtype=gamma.dtype)
+    for factor in _FALLBACK_FACTORS:
+        c = (2.0 / factor) * eye - gamma
+        c.diagonal(dim1=-2, dim2=-1).mul_(1 - delta)
+        low, info = torch.linalg.cholesky_ex(c)
+        if int(info.abs().max()) == 0 and bool(torch.isfinite(low.diagonal(dim1=-2, dim2=-1).real).all()):
+            return factor, low * factor
+    raise InfeasibleCertificateError(f"hidden layer {index}: no per-frequency Cholesky test passed")
+
+
+def eclipse_fast(net: Network) -> RecursionResult:
+    """ECLipsE-Fast (SN(1)) of a circular stride-1 conv chain + dense tail, without dense conv matrices.
+
+    Equal to the dense pass (math.md 4.2) on ``net.densified()`` up to rounding; memory is one
+    (frequencies x C x C) complex array per layer.  Multipliers are reported per neuron at true
+    scale, as :func:`.recursion.run` does; the tail's layers after its first are the dense recursion.
+    Raises :class:`UnsupportedConvGeometryError` for other geometries and :class:`UnsupportedSlopesError`
+    unless the conv layers' slopes are [0, 1] after the closed forms' relaxation.
+    """
+    net = require_network(net, "conv_closed_form.eclipse_fast", operators=True)
+    convs = _conv_chain(net)
+    slopes = closed_form_slopes(net.slopes())
+    for k in range(len(convs)):
+        alpha, beta = slopes[k]
+        if not (bool((alpha == 0).all()) and bool((beta == 1).all())):
+            raise UnsupportedSlopesError(f"hidden layer {k + 1}: the per-frequency pass needs slopes in [0, 1] "
+                                         f"({net.activation_names[k]})")
+    low: torch.Tensor | None = None  # lower factors of the normalized M_{k-1}(w); None = identity
+    log_scale = 0.0
+    multipliers: list[torch.Tensor] = []
+    labels: list[str] = []
+    for k, op in enumerate(convs):
+        sym, _ = circular_symbol(op)
+        y = sym.mH if low is None else torch.linalg.solve_triangular(low, sym.mH, upper=False)
+        gamma = y.mH @ y
+        gamma = (gamma + gamma.mH) / 2
+        top = float(torch.linalg.eigvalsh(gamma)[..., -1].max())
+        if top <= 0.0:
+            n_out = net.output_dim
+            return RecursionResult(torch.zeros(n_out, n_out, dtype=torch.float64), 0.0, multipliers, labels,
+                                   [f"layer {k + 1}: constant"])
+        log_scale += math.log(top)
+        factor, low = _factor(gamma / top, k + 1)
+        multipliers.append(torch.full((op.shape[0],), factor * math.exp(-log_scale), dtype=torch.float64))
+        labels.append(f"sn({factor:g})")
+    return _join_tail(net, convs[-1], low, log_scale, multipliers, labels, slopes[len(convs):])
+
+
+def _join_tail(net: Network, last_conv: Conv2dOperator, low: torch.Tensor | None, log_scale: float,
+               multipliers: list[torch.Tensor], labels: list[str],
+               tail_slopes: list[tuple[torch.Tensor, torch.Tensor]]) -> RecursionResult:
+    """G_L through the tail: Z^T Z = V M^{-1} V^T (normalized), Z the weighted real and imaginary parts of M(w)^{-1/2} V^(w)."""
+    assert low is not None
+    c, n_h, n_w = last_conv.output_shape
+    tail = list(net.weights[len(multipliers):])
+    v = tail[0]
+    v_hat = torch.fft.rfft2(v.reshape(v.shape[0], c, n_h, n_w), norm="ortho").reshape(v.shape[0], c, -1)
+    y = torch.linalg.solve_triangular(low, v_hat.permute(2, 1, 0), upper=False)   # (F, C, n)
+    _, counts = circular_symbol(last_conv)
+    y = y * counts.sqrt()[:, None, None]
+    z = torch.cat([y.real, y.imag], dim=1).reshape(-1, v.shape[0])
+    if len(tail) == 1:
+        gram = z.T @ z
+        return RecursionResult((gram + gram.T) / 2, log_scale, multipliers, labels)
+    rest = single_rule([z.T] + tail[1:], tail_slopes, Rule("sn", 1.0))
+    return RecursionResult(rest.gram, rest.log_scale + log_scale,
+                           multipliers + [m * math.exp(-log_scale) for m in rest.multipliers],
+                           labels + rest.labels, rest.notes)

@@ -228,11 +228,11 @@ def test_circular_surrogate_bounds_the_zero_padded_certificate(seed: int) -> Non
 
 # ---------------------------------------------------------------------------------- the matrix-free pass
 def _circular_net(gen: torch.Generator, channels: list[int], n_h: int, n_w: int, tail: list[int],
-                  dilation: int = 1) -> Network:
+                  dilation: int = 1, circular: bool = True) -> Network:
     ops = []
     for c_in, c_out in itertools.pairwise(channels):
         k = torch.randn(c_out, c_in, 3, 3, generator=gen, dtype=torch.float64) / math.sqrt(4 * c_in)
-        ops.append(Conv2dOperator.conv(k, (c_in, n_h, n_w), padding=dilation, dilation=dilation, circular=True))
+        ops.append(Conv2dOperator.conv(k, (c_in, n_h, n_w), padding=dilation, dilation=dilation, circular=circular))
     sizes = [ops[-1].shape[0], *tail]
     dense = [torch.randn(b, a, generator=gen, dtype=torch.float64) / math.sqrt(a) for a, b in itertools.pairwise(sizes)]
     biases = [torch.randn(w.shape[0], generator=gen, dtype=torch.float64) * 0.1 for w in [*ops, *dense]]
@@ -263,10 +263,16 @@ def test_matrix_free_eclipse_fast_refuses_what_it_does_not_handle(seed: int) -> 
     gen = _gen(seed)
     k = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64)
     last = torch.randn(2, 3 * 36, generator=gen, dtype=torch.float64)
-    zero = Network.from_weights([Conv2dOperator.conv(k, (2, 6, 6), padding=1), last], None, "relu",
-                                input_shape=(2, 6, 6))
-    with pytest.raises(UnsupportedConvGeometryError, match="layer 1 .*circular, stride-1"):
-        conv_eclipse_fast(zero)
+    valid = Network.from_weights([Conv2dOperator.conv(k, (2, 8, 8), padding=0), last], None, "relu",
+                                 input_shape=(2, 8, 8))
+    with pytest.raises(UnsupportedConvGeometryError, match="layer 1 .*keep the grid"):
+        conv_eclipse_fast(valid)
+    k2 = torch.randn(3, 3, 3, 3, generator=gen, dtype=torch.float64)
+    mixed = Network.from_weights([Conv2dOperator.conv(k, (2, 6, 6), padding=1),
+                                  Conv2dOperator.conv(k2, (3, 6, 6), padding=1, circular=True), last], None, "relu",
+                                 input_shape=(2, 6, 6))
+    with pytest.raises(UnsupportedConvGeometryError, match="mixes circular and zero padding"):
+        conv_eclipse_fast(mixed)
     strided = Network.from_weights([Conv2dOperator.conv(k, (2, 6, 6), padding=1, stride=2, circular=True),
                                     torch.randn(2, 27, generator=gen, dtype=torch.float64)], None, "relu",
                                    input_shape=(2, 6, 6))
@@ -277,3 +283,22 @@ def test_matrix_free_eclipse_fast_refuses_what_it_does_not_handle(seed: int) -> 
     assert conv_eclipse_fast(leaky).value > 0  # tanh is slope-restricted on [0, 1]
     with pytest.raises(UnsupportedSlopesError, match="hidden layer 1"):
         conv_eclipse_fast(Network.from_weights([circ, last], None, (-1.0, 1.0), input_shape=(2, 6, 6)))
+
+
+@pytest.mark.parametrize("shape", [
+    ([2, 4, 4], 5, 6, [10], 1),
+    ([3, 4, 3, 2], 4, 5, [8, 5], 1),
+    ([1, 3, 3], 7, 6, [4], 2),
+])
+def test_zero_padded_chains_are_bounded_through_the_circular_surrogate(seed: int, shape) -> None:
+    """>= the dense ECLipsE-Fast pass and the lower bounds; its multipliers certify the zero-padded net."""
+    gen = _gen(seed)
+    net = _circular_net(gen, *shape, circular=False)
+    ours = conv_eclipse_fast(net)
+    assert ours.notes and "circular surrogate" in ours.notes[0]
+    dense_net = net.densified()
+    dense = lipschitz(dense_net, "eclipse-fast")
+    assert dense.value <= ours.value * (1 + 1e-9)
+    again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), ours.multipliers, ours.labels)
+    assert again.value <= ours.value * (1 + 1e-9)
+    assert float(lower_bound(dense_net, restarts=4, samples=64, seed=seed % 2**31)) <= again.value

@@ -1,4 +1,4 @@
-"""ECLipsE-Fast on chains of circular stride-1 convolutions, one C x C block per frequency (docs/decisions.md 27).
+"""ECLipsE-Fast on chains of stride-1 convolutions, one C x C block per frequency (docs/decisions.md 27).
 
 On the circular grid a stride-1 convolution and channel-wise multipliers Lambda = diag(lambda_c) (x) I
 are block-diagonal under the 2-D DFT, so Theorem 1's recursion (math.md section 3, slopes [0, 1])
@@ -10,6 +10,9 @@ with K_k(w) the kernel's symbol; ECLipsE-Fast's Lambda_k = I / max_w lambda_max(
 channel-wise, so this is the dense ECLipsE-Fast pass without any n x n matrix.  The dense tail after
 the convolutions is joined exactly through the FFT of its first matrix's rows.  Real kernels give
 Gamma(-w) = conj Gamma(w): only the frequencies of ``rfft2`` are kept, conjugate pairs counted twice.
+A zero-padded chain is bounded through its circular surrogate on a grid large enough that padding
+reads land on non-real positions: the surrogate's certificate is >= the zero-padded net's dense
+certificate with the same multipliers (a Schur-complement induction, decisions 27).
 """
 
 from __future__ import annotations
@@ -56,8 +59,14 @@ def circular_symbol(op: Conv2dOperator) -> tuple[torch.Tensor, torch.Tensor]:
     return blocks.reshape(-1, *blocks.shape[2:]), counts.flatten()
 
 
-def _conv_chain(net: Network) -> list[Conv2dOperator]:
-    """The leading circular stride-1 convolutions, checked; every later layer must be dense."""
+def _conv_chain(net: Network) -> tuple[list[Conv2dOperator], tuple[int, int] | None]:
+    """The leading stride-1 convolutions that keep the grid, as circular convs, and the zero-padded grid.
+
+    Circular layers are returned as they are (grid None).  A chain of zero-padded layers on H x W is
+    returned as its circular surrogate on N_h x N_w = (H + max top/bottom, W + max left/right), where
+    every read of a padding position lands on a non-real grid position (docs/decisions.md 27); the
+    real positions are the top-left H x W.  Every later layer must be dense.
+    """
     ops = list(net.operators) if net.operators else [None] * net.depth
     convs: list[Conv2dOperator] = []
     for k, op in enumerate(ops):
@@ -65,18 +74,28 @@ def _conv_chain(net: Network) -> list[Conv2dOperator]:
             break
         if not isinstance(op, Conv2dOperator):
             raise UnsupportedConvGeometryError(f"layer {k + 1}: {type(op).__name__} is not a Conv2dOperator")
-        if (not op.circular or op.stride != (1, 1) or op.groups != 1 or op.adjoint
-                or op.output_shape[1:] != op.input_shape[1:]):
+        if op.stride != (1, 1) or op.groups != 1 or op.adjoint or op.output_shape[1:] != op.input_shape[1:]:
             raise UnsupportedConvGeometryError(
-                f"layer {k + 1} ({op.describe()}): the per-frequency closed forms handle circular, stride-1, "
-                "ungrouped convolutions that keep the grid; bound this network with net.densified() or naive")
+                f"layer {k + 1} ({op.describe()}): the per-frequency closed forms handle stride-1, ungrouped "
+                "convolutions that keep the grid; bound this network with net.densified() or naive")
         convs.append(op)
     if not convs:
         raise UnsupportedConvGeometryError("the network does not start with a convolution operator")
     if any(op is not None for op in ops[len(convs):]) or len(convs) == net.depth:
-        raise UnsupportedConvGeometryError(f"layers after the first {len(convs)} must be dense (a flatten, then linear "
-                                       "layers, the last one included)")
-    return convs
+        raise UnsupportedConvGeometryError(f"layers after the first {len(convs)} must be dense (a flatten, then "
+                                           "linear layers, the last one included)")
+    circular = {op.circular for op in convs}
+    if circular == {True}:
+        return convs, None
+    if len(circular) > 1:
+        raise UnsupportedConvGeometryError("the conv chain mixes circular and zero padding; the per-frequency "
+                                           "closed forms need one grid for all its layers")
+    _, h, w = convs[0].in_shape
+    n_h = h + max(max(op.padding[0], op.padding[1]) for op in convs)
+    n_w = w + max(max(op.padding[2], op.padding[3]) for op in convs)
+    surrogate = [Conv2dOperator.conv(op.kernel, (op.in_shape[0], n_h, n_w), padding=op.padding,
+                                     dilation=op.dilation, circular=True) for op in convs]
+    return surrogate, (h, w)
 
 
 def _factor(gamma: torch.Tensor, index: int) -> tuple[float, torch.Tensor]:
@@ -97,16 +116,18 @@ def _factor(gamma: torch.Tensor, index: int) -> tuple[float, torch.Tensor]:
 
 
 def eclipse_fast(net: Network) -> RecursionResult:
-    """ECLipsE-Fast (SN(1)) of a circular stride-1 conv chain + dense tail, without dense conv matrices.
+    """ECLipsE-Fast (SN(1)) of a stride-1 conv chain + dense tail, without dense conv matrices.
 
-    Equal to the dense pass (math.md 4.2) on ``net.densified()`` up to rounding; memory is one
+    Circular padding: equal to the dense pass (math.md 4.2) on ``net.densified()`` up to rounding.
+    Zero padding: the pass of the circular surrogate, >= the dense ECLipsE-Fast pass, and its
+    multipliers restricted to the real positions certify the zero-padded net.  Memory is one
     (frequencies x C x C) complex array per layer.  Multipliers are reported per neuron at true
     scale, as :func:`.recursion.run` does; the tail's layers after its first are the dense recursion.
     Raises :class:`UnsupportedConvGeometryError` for other geometries and :class:`UnsupportedSlopesError`
     unless the conv layers' slopes are [0, 1] after the closed forms' relaxation.
     """
     net = require_network(net, "conv_closed_form.eclipse_fast", operators=True)
-    convs = _conv_chain(net)
+    convs, real = _conv_chain(net)
     slopes = closed_form_slopes(net.slopes())
     for k in range(len(convs)):
         alpha, beta = slopes[k]
@@ -129,20 +150,28 @@ def eclipse_fast(net: Network) -> RecursionResult:
                                    [f"layer {k + 1}: constant"])
         log_scale += math.log(top)
         factor, low = _factor(gamma / top, k + 1)
-        multipliers.append(torch.full((op.shape[0],), factor * math.exp(-log_scale), dtype=torch.float64))
+        width = op.shape[0] if real is None else op.output_shape[0] * real[0] * real[1]
+        multipliers.append(torch.full((width,), factor * math.exp(-log_scale), dtype=torch.float64))
         labels.append(f"sn({factor:g})")
-    return _join_tail(net, convs[-1], low, log_scale, multipliers, labels, slopes[len(convs):])
+    result = _join_tail(net, convs[-1], real, low, log_scale, multipliers, labels, slopes[len(convs):])
+    if real is not None:
+        result.notes.insert(0, f"zero padding: circular surrogate on the {convs[0].in_shape[1]}x{convs[0].in_shape[2]} "
+                               "grid (docs/decisions.md 27)")
+    return result
 
 
-def _join_tail(net: Network, last_conv: Conv2dOperator, low: torch.Tensor | None, log_scale: float,
+def _join_tail(net: Network, last_conv: Conv2dOperator, real: tuple[int, int] | None, low: torch.Tensor | None,
+               log_scale: float,
                multipliers: list[torch.Tensor], labels: list[str],
                tail_slopes: list[tuple[torch.Tensor, torch.Tensor]]) -> RecursionResult:
     """G_L through the tail: Z^T Z = V M^{-1} V^T (normalized), Z the weighted real and imaginary parts of M(w)^{-1/2} V^(w)."""
     assert low is not None
     c, n_h, n_w = last_conv.output_shape
     tail = list(net.weights[len(multipliers):])
-    v = tail[0]
-    v_hat = torch.fft.rfft2(v.reshape(v.shape[0], c, n_h, n_w), norm="ortho").reshape(v.shape[0], c, -1)
+    v = tail[0].reshape(tail[0].shape[0], c, *(real or (n_h, n_w)))
+    if real is not None:  # zero-extended onto the surrogate's grid: V P
+        v = torch.nn.functional.pad(v, (0, n_w - real[1], 0, n_h - real[0]))
+    v_hat = torch.fft.rfft2(v, norm="ortho").reshape(v.shape[0], c, -1)
     y = torch.linalg.solve_triangular(low, v_hat.permute(2, 1, 0), upper=False)   # (F, C, n)
     _, counts = circular_symbol(last_conv)
     y = y * counts.sqrt()[:, None, None]

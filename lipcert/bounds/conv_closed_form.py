@@ -23,6 +23,7 @@ import torch
 
 from ..errors import (
     InfeasibleCertificateError,
+    InvalidParameterError,
     UnsupportedConvGeometryError,
     UnsupportedSlopesError,
 )
@@ -98,35 +99,73 @@ def _conv_chain(net: Network) -> tuple[list[Conv2dOperator], tuple[int, int] | N
     return surrogate, (h, w)
 
 
-def _factor(gamma: torch.Tensor, index: int) -> tuple[float, torch.Tensor]:
-    """lambda (normalized units, Gamma has lambda_max 1) and the lower factors of M(w) = lambda^2 shrink(2/lambda I - Gamma(w)).
+def channel_gershgorin(gamma: torch.Tensor) -> torch.Tensor:
+    """r_c = max_w sum_c' |Gamma(w)[c, c']| for Hermitian blocks Gamma of shape (F, C, C): Gamma(w) <= diag(r)."""
+    return gamma.abs().sum(-1).amax(0)
+
+
+def _channel_multipliers(rule: Rule, gamma: torch.Tensor) -> torch.Tensor:
+    """Per-channel lambda (normalized units: Gamma(w) has max_w lambda_max 1) of SN(c) or frequency-block GC(c).
+
+    GC(c): lambda_c = c / r_c with r_c = max_w sum_c' |Gamma(w)[c, c']|.  Gershgorin on each Hermitian block
+    gives Gamma(w) <= diag(r(w)) <= diag(r), so 2 Lambda^{-1} - Gamma(w) > 0 for c < 2 (decisions 27);
+    r_c is at most the dense GC row sum of any neuron of channel c.
+    """
+    if rule.kind == "sn":
+        return torch.full((gamma.shape[-1],), rule.c, dtype=torch.float64)
+    if rule.kind == "gc":
+        return rule.c / channel_gershgorin(gamma)
+    raise InvalidParameterError(f"rule {rule.name}: the per-frequency pass has sn(c) and gc(c) only")
+
+
+def _factor(gamma: torch.Tensor, rule: Rule, index: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The first feasible candidate of ``rule``'s fallbacks, then of SN(f), f < 1: label, lambda and
+    the lower factors of M(w) = Lambda shrink(2 Lambda^{-1} - Gamma(w)) Lambda (normalized units).
 
     The margin-reduced M is the one carried forward (monotonicity, math.md (Mo)).
     """
     size = gamma.shape[-1]
     delta = _MARGIN_EPS_PER_DIM * size * torch.finfo(torch.float64).eps
-    eye = torch.eye(size, dtype=gamma.dtype)
-    for factor in _FALLBACK_FACTORS:
-        c = (2.0 / factor) * eye - gamma
+    candidates = [*rule.fallbacks(), *(Rule("sn", f) for f in _FALLBACK_FACTORS)]
+    for cand in candidates:
+        lam = _channel_multipliers(cand, gamma)
+        if not (bool(torch.isfinite(lam).all()) and bool((lam > 0).all())):
+            continue
+        c = torch.diag(2.0 / lam).to(gamma.dtype) - gamma
         c.diagonal(dim1=-2, dim2=-1).mul_(1 - delta)
         low, info = torch.linalg.cholesky_ex(c)
         if int(info.abs().max()) == 0 and bool(torch.isfinite(low.diagonal(dim1=-2, dim2=-1).real).all()):
-            return factor, low * factor
+            return cand.name, lam, lam[:, None].to(low.dtype) * low
     raise InfeasibleCertificateError(f"hidden layer {index}: no per-frequency Cholesky test passed")
 
 
 def eclipse_fast(net: Network) -> RecursionResult:
-    """ECLipsE-Fast (SN(1)) of a stride-1 conv chain + dense tail, without dense conv matrices.
+    """ECLipsE-Fast (SN(1)) of a stride-1 conv chain + dense tail: :func:`single_rule` with SN(1)."""
+    return single_rule_conv(net, Rule("sn", 1.0))
 
-    Circular padding: equal to the dense pass (math.md 4.2) on ``net.densified()`` up to rounding.
-    Zero padding: the pass of the circular surrogate, >= the dense ECLipsE-Fast pass, and its
-    multipliers restricted to the real positions certify the zero-padded net.  Memory is one
-    (frequencies x C x C) complex array per layer.  Multipliers are reported per neuron at true
-    scale, as :func:`.recursion.run` does; the tail's layers after its first are the dense recursion.
-    Raises :class:`UnsupportedConvGeometryError` for other geometries and :class:`UnsupportedSlopesError`
+
+def combined(net: Network, rules: tuple[Rule, ...] = (Rule("sn", 1.0), Rule("gc", 1.5), Rule("gc", 1.7),
+                                                       Rule("gc", 1.99))) -> RecursionResult:
+    """The least of :func:`single_rule_conv` over ``rules`` (each a certificate); ``extras["passes"]`` has every value."""
+    results = {rule.name: single_rule_conv(net, rule) for rule in rules}
+    best = min(results.values(), key=lambda r: r.value)
+    best.extras["passes"] = {name: r.value for name, r in results.items()}
+    return best
+
+
+def single_rule_conv(net: Network, rule: Rule) -> RecursionResult:
+    """Theorem 1 with per-channel multipliers from ``rule`` (SN(c) or GC(c)) on a stride-1 conv chain + dense tail.
+
+    Circular padding: equal to the dense pass on ``net.densified()`` with the same multipliers, up to
+    rounding (for SN(1): dense ECLipsE-Fast, math.md 4.2).  Zero padding: the pass of the circular
+    surrogate, >= the dense pass with the same multipliers, which restricted to the real positions
+    certify the zero-padded net.  Memory is one (frequencies x C x C) complex array per layer.
+    Multipliers are reported per neuron at true scale, as :func:`.recursion.run` does; the dense
+    tail runs :func:`.closed_form.single_rule` with the same rule.  Raises
+    :class:`UnsupportedConvGeometryError` for other geometries and :class:`UnsupportedSlopesError`
     unless the conv layers' slopes are [0, 1] after the closed forms' relaxation.
     """
-    net = require_network(net, "conv_closed_form.eclipse_fast", operators=True)
+    net = require_network(net, "conv_closed_form.single_rule_conv", operators=True)
     convs, real = _conv_chain(net)
     slopes = closed_form_slopes(net.slopes())
     for k in range(len(convs)):
@@ -134,6 +173,7 @@ def eclipse_fast(net: Network) -> RecursionResult:
         if not (bool((alpha == 0).all()) and bool((beta == 1).all())):
             raise UnsupportedSlopesError(f"hidden layer {k + 1}: the per-frequency pass needs slopes in [0, 1] "
                                          f"({net.activation_names[k]})")
+    _channel_multipliers(rule, torch.zeros(1, 1, 1))  # an unsupported rule fails before any work
     low: torch.Tensor | None = None  # lower factors of the normalized M_{k-1}(w); None = identity
     log_scale = 0.0
     multipliers: list[torch.Tensor] = []
@@ -149,11 +189,11 @@ def eclipse_fast(net: Network) -> RecursionResult:
             return RecursionResult(torch.zeros(n_out, n_out, dtype=torch.float64), 0.0, multipliers, labels,
                                    [f"layer {k + 1}: constant"])
         log_scale += math.log(top)
-        factor, low = _factor(gamma / top, k + 1)
-        width = op.shape[0] if real is None else op.output_shape[0] * real[0] * real[1]
-        multipliers.append(torch.full((width,), factor * math.exp(-log_scale), dtype=torch.float64))
-        labels.append(f"sn({factor:g})")
-    result = _join_tail(net, convs[-1], real, low, log_scale, multipliers, labels, slopes[len(convs):])
+        label, lam, low = _factor(gamma / top, rule, k + 1)
+        positions = op.shape[0] // op.output_shape[0] if real is None else real[0] * real[1]
+        multipliers.append(torch.repeat_interleave(lam, positions) * math.exp(-log_scale))
+        labels.append(label)
+    result = _join_tail(net, convs[-1], real, low, log_scale, multipliers, labels, slopes[len(convs):], rule)
     if real is not None:
         result.notes.insert(0, f"zero padding: circular surrogate on the {convs[0].in_shape[1]}x{convs[0].in_shape[2]} "
                                "grid (docs/decisions.md 27)")
@@ -163,7 +203,7 @@ def eclipse_fast(net: Network) -> RecursionResult:
 def _join_tail(net: Network, last_conv: Conv2dOperator, real: tuple[int, int] | None, low: torch.Tensor | None,
                log_scale: float,
                multipliers: list[torch.Tensor], labels: list[str],
-               tail_slopes: list[tuple[torch.Tensor, torch.Tensor]]) -> RecursionResult:
+               tail_slopes: list[tuple[torch.Tensor, torch.Tensor]], rule: Rule) -> RecursionResult:
     """G_L through the tail: Z^T Z = V M^{-1} V^T (normalized), Z the weighted real and imaginary parts of M(w)^{-1/2} V^(w)."""
     assert low is not None
     c, n_h, n_w = last_conv.output_shape
@@ -179,7 +219,7 @@ def _join_tail(net: Network, last_conv: Conv2dOperator, real: tuple[int, int] | 
     if len(tail) == 1:
         gram = z.T @ z
         return RecursionResult((gram + gram.T) / 2, log_scale, multipliers, labels)
-    rest = single_rule([z.T] + tail[1:], tail_slopes, Rule("sn", 1.0))
+    rest = single_rule([z.T] + tail[1:], tail_slopes, rule)
     return RecursionResult(rest.gram, rest.log_scale + log_scale,
                            multipliers + [m * math.exp(-log_scale) for m in rest.multipliers],
                            labels + rest.labels, rest.notes)

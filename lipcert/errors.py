@@ -162,3 +162,7 @@ class MemoryBudgetError(LipcertError, MemoryError):
 
 class ClusterError(LipcertError, RuntimeError):
     """A Dask cluster that cannot be reached or started, or that lost a task on every worker it tried."""
+
+
+class UnsupportedConvGeometryError(LipcertError, ValueError):
+    """An operator layer whose geometry a matrix-free method does not handle (e.g. zero padding or stride)."""

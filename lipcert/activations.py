@@ -69,6 +69,15 @@ class Activation:
                 f"activation {self.name!r} is given only by its slope bounds and cannot be evaluated")
         return self.fn(z)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as what rebuilds it (its name, mask or slopes), not as its functions: lambdas and
+        closures do not pickle by reference, and by value they drag their module's globals along."""
+        if self.mask is not None:
+            return abs_or_identity, (list(self.mask),)
+        if self.fn is None:
+            return slopes_only, (self.alpha, self.beta)
+        return get_activation, (self.name,)
+
     def neuron_slopes(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-neuron (alpha, beta) of a layer of n neurons: [alpha, beta], or [1, 1] off the mask."""
         alpha = torch.full((n,), self.alpha, dtype=torch.float64)
@@ -213,8 +222,8 @@ def get_activation(spec: str | Activation | tuple[float, float]) -> Activation:
     if not isinstance(spec, str):
         raise UnknownActivationError(f"activation must be a name, an (alpha, beta) pair or an "
                                      f"Activation, got {type(spec).__name__}")
-    text = spec.strip().lower().replace("-", "_")
-    name, _, rest = text.partition("(")
+    name, _, rest = spec.strip().lower().partition("(")
+    name = name.strip().replace("-", "_")  # in the name only: parameters may be negative
     name = _ALIASES.get(name, name)
     if name == "abs_or_identity":
         raise UnknownActivationError("activation 'abs_or_identity' needs its per-neuron mask: build it with "

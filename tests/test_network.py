@@ -116,3 +116,23 @@ def test_activation_names_and_parameters() -> None:
     assert get_activation("swish").name == "silu"
     with pytest.raises(UnknownActivationError, match="parameters"):
         get_activation("relu(3)")
+
+
+def test_activations_and_networks_pickle_by_reference() -> None:
+    """Dask sends networks to workers: every activation pickles as what rebuilds it (never its lambdas,
+    which by value dragged module globals along and overflowed a communication thread's stack)."""
+    import pickle
+
+    from lipcert.activations import KNOWN_ACTIVATIONS, abs_or_identity, get_activation, slopes_only
+
+    acts = [get_activation(n) for n in KNOWN_ACTIVATIONS] + [
+        get_activation(s) for s in ("leaky_relu(0.1)", "elu(0.5)", "softplus(2)", "hardtanh(-2,3)")] + [
+        abs_or_identity([True, False, True]), slopes_only(-0.5, 2.0)]
+    z = torch.linspace(-3, 3, 21, dtype=torch.float64).reshape(7, 3)
+    for act in acts:
+        back = pickle.loads(pickle.dumps(act))
+        assert (back.name, back.alpha, back.beta, back.mask) == (act.name, act.alpha, act.beta, act.mask)
+        if act.fn is not None:
+            torch.testing.assert_close(back(z), act(z), rtol=0, atol=0)
+    net = lipcert.Network.from_weights([torch.eye(3), 2 * torch.eye(3)], activation="hardtanh(-2,3)")
+    assert pickle.loads(pickle.dumps(net)).fingerprint() == net.fingerprint()

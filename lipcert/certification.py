@@ -150,7 +150,7 @@ class Certification:
 # ---------------------------------------------------------------------------------- the verb
 def _bounds(net: Network, method: str | Sequence[str],
             bound: LipschitzBound | Sequence[LipschitzBound] | Mapping[str, LipschitzBound] | None,
-            ) -> tuple[dict[str, LipschitzBound], dict[str, float]]:
+            max_bytes: float | None = None) -> tuple[dict[str, LipschitzBound], dict[str, float]]:
     timings: dict[str, float] = {}
     if bound is not None:
         given = ({bound.method: bound} if isinstance(bound, LipschitzBound) else
@@ -172,7 +172,7 @@ def _bounds(net: Network, method: str | Sequence[str],
     out = {}
     for name in dict.fromkeys(names):
         # optimized: also every margin direction e_i - e_j, warm-started from the full-vector optimum
-        b = lipschitz(net, name, options={"pairs": True} if name == "optimized" else None)
+        b = lipschitz(net, name, options={"pairs": True} if name == "optimized" else None, max_bytes=max_bytes)
         out[name] = b
         timings[f"bound:{name}"] = b.seconds
     return out, timings
@@ -313,6 +313,7 @@ def certify(
     progress: bool | None = None,
     local: bool | Sequence[Any] | Mapping[str, Any] = False,
     client: Any = None,
+    max_bytes: float | None = None,
 ) -> Certification:
     """Certified radius of every input: its prediction, margin and the radius proven by each bound.
 
@@ -359,6 +360,9 @@ def certify(
         here once and sent to every worker, the batches (and the local radii in shards of inputs)
         run on the workers, this process alone writes ``records``; the radii are those of the
         serial run.
+    max_bytes : float, optional
+        Limit on each bound method's estimated working memory (:func:`lipcert.lipschitz`; default
+        80 % of the memory available).
 
     Returns
     -------
@@ -377,7 +381,7 @@ def certify(
     net = as_network(model, x, verb="certify")
     flat, labels, idx = _as_inputs(net, x, y, index)
     _warn_outside_range(net, flat)
-    bounds, timings = _bounds(net, method, bound)
+    bounds, timings = _bounds(net, method, bound, max_bytes)
     pairs = {name: pairwise_constants(b, net) for name, b in bounds.items()}
     scale = radius_scale(norm_name, net.input_dim)
     n = flat.shape[0]

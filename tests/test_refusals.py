@@ -295,3 +295,10 @@ def test_vnnlib_out_never_overwrites_an_input_or_a_foreign_file(tmp_path: Path, 
     monkeypatch.setattr(tempfile, "TemporaryFile", denied)
     _fails(["vnnlib", str(model), str(prop), "--out", str(tmp_path / "r.txt")], "cannot be written", capsys)
     _fails(["report", str(tmp_path), "--out", str(tmp_path / "cmp")], "cannot be written", capsys)
+
+
+def test_certify_applies_the_memory_limit_to_its_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    _fails(["certify", str(MODEL), "--dataset", str(SAMPLES), "--n", "10", "--eps", "0.1", "--max-dense-gb", "0.001",
+            "--out", str(out)], "method combined on widths [784, 100, 100, 10] needs about", capsys)
+    assert not out.exists()

@@ -243,7 +243,8 @@ def _bounds_on_cluster(args: argparse.Namespace, models: list[str], client: Any)
         net = load_model(args)
         for name in methods:
             options = {"pairs": True} if name == "optimized" else None  # as certify does for its margins
-            tasks[model, name] = client.submit(lipschitz, net, name, options=options, pure=False)
+            tasks[model, name] = client.submit(lipschitz, net, name, options=options, max_bytes=_max_bytes(args),
+                                               pure=False)
     done = dict(zip(tasks, client.gather(list(tasks.values()))))
     return {model: {name: done[model, name] for name in methods} for model in models}
 
@@ -287,7 +288,7 @@ def certify_run(args: argparse.Namespace, out: Path, client: Any = None,
             aside = set_aside(out) if args.overwrite else None
             cert = certify(net, x, y, norm=norm, method=methods, bound=bounds, batch_size=args.batch_size,
                            index=np.arange(len(y)), tolerance=args.tolerance, records=records, resume=args.resume,
-                           client=client,
+                           client=client, max_bytes=_max_bytes(args),
                            local={"iterations": args.local_iterations}
                            if args.local and args.local_iterations is not None else args.local)
             if cert.resumed:
@@ -305,6 +306,11 @@ def certify_run(args: argparse.Namespace, out: Path, client: Any = None,
             raise
         discard_aside(aside)
     return CertifyRun(net, data, x, y, norm, eps, cert, attacks, report)
+
+
+def _max_bytes(args: argparse.Namespace) -> float | None:
+    """--max-dense-gb in bytes (None: the default limit)."""
+    return None if args.max_dense_gb is None else args.max_dense_gb * 1e9
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -15,7 +15,6 @@ import importlib.util
 import pickle
 import re
 import sys
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import torch
 from torch import nn
 
 from lipcert.errors import CheckpointMismatchError, ModelLoadError
+
+from .sniff import torch_load
 
 ModelArgs = Mapping[str, Any] | Sequence[Any] | None
 """Arguments of the model class: keyword arguments (a mapping) or positional ones (a sequence)."""
@@ -105,12 +106,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError(f"no such weights file: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(f"{path} is not a weights file that loads without running code ({exc}); a whole "
                              "pickled module loads with lipcert.load(path) instead") from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise ModelLoadError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc})") from exc
     state = _unwrap(obj, path)
     return {k.removeprefix("module."): v for k, v in state.items()}
 

@@ -80,11 +80,7 @@ def read(path: str | Path, *, input_shape: Sequence[int] | None = None) -> Model
     if not path.exists():
         raise ModelLoadError(f"no such model file: {path}")
     fmt = SUFFIXES.get(path.suffix.lower())
-    content = sniff(path, parse_onnx=fmt != "onnx")
-    if fmt == "torch" and content is None:  # torch files are zip archives or pickles (first byte 0x80)
-        raise ModelLoadError(f"{path} is not a readable torch file: it is neither a zip checkpoint nor a pickle; "
-                             "it may be truncated, corrupt or another kind of file")
-    fmt = content or fmt  # a file under another suffix is read as what it holds
+    fmt = sniff(path, parse_onnx=fmt != "onnx") or fmt  # a file under another suffix is read as what it holds
     if fmt == "onnx":
         from . import onnx
 

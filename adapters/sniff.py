@@ -1,4 +1,5 @@
-"""A model file's format from its first bytes, so that a file under the wrong suffix is read correctly.
+"""A model file's format from its first bytes, so that a file under the wrong suffix is read correctly,
+and the one guarded ``torch.load`` of model and weights files.
 
 torch checkpoints are zip archives holding ``<name>/data.pkl`` (or, before torch 1.6, pickles that
 start with the PROTO opcode 0x80); ``.npz`` files are zip archives of ``.npy`` members; ONNX files
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lipcert.errors import ModelLoadError
 
@@ -55,3 +56,26 @@ def _parses_as_onnx(path: Path) -> bool:
     except (DecodeError, OSError, ValueError, RuntimeError):
         return False
     return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` (no code in the file runs), or ModelLoadError for a file
+    that is no torch file (neither a zip checkpoint nor a pickle) or fails to read as one.
+
+    ``pickle.UnpicklingError``, raised for a file that needs full unpickling (a whole pickled module),
+    is left to the caller, which decides whether to unpickle it.
+    """
+    import pickle
+
+    import torch
+
+    if sniff(path, parse_onnx=False) != "torch":
+        raise ModelLoadError(f"{path} is not a readable torch file: it is neither a zip checkpoint nor a pickle; "
+                             "it may be truncated, corrupt or another kind of file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reading arbitrary bytes as a checkpoint can raise anything
+        raise ModelLoadError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc}); it may be "
+                             "truncated, corrupt or another kind of file") from exc

@@ -30,6 +30,7 @@ from . import groupsort, torch_sort
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
 from .maxpool import for_input
+from .sniff import torch_load
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
 
 _SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
@@ -411,7 +412,7 @@ def load_file(path: str | Path) -> nn.Module:
     if not path.is_file():
         raise ModelLoadError(f"no such model file: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc) and "Weights only" not in str(exc):
             raise ModelLoadError(f"{path} is not a readable torch file: {exc}") from exc
@@ -420,9 +421,6 @@ def load_file(path: str | Path) -> nn.Module:
         except Exception as exc2:  # noqa: BLE001 - unpickling can raise anything
             raise ModelLoadError(f"{path} could not be unpickled ({type(exc2).__name__}: {exc2}); a whole module "
                                  "needs its class importable under the same name") from exc2
-    except Exception as exc:  # noqa: BLE001 - reading arbitrary bytes as a checkpoint can raise anything
-        raise ModelLoadError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc}); it may be "
-                             "truncated, corrupt or another kind of file") from exc
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):

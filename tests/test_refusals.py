@@ -58,6 +58,8 @@ def test_broken_model_files_are_named(tmp_path: Path, capsys: pytest.CaptureFixt
     _fails(["bound", str(tmp_path / "text.pt")], "text.pt is not a readable torch file", capsys)
     (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(300))
     _fails(["bound", str(tmp_path / "random.pt")], "random.pt is not a readable torch file", capsys)
+    with pytest.raises(ModelLoadError, match="text.pt is not a readable torch file"):  # weights of a class, too
+        lipcert.load("lipcert.reference_models:mnist_cnn_a", weights=tmp_path / "text.pt")
     (tmp_path / "empty.onnx").write_bytes(b"")
     _fails(["bound", str(tmp_path / "empty.onnx")], "empty.onnx is empty (0 bytes)", capsys)
     (tmp_path / "folder.onnx").mkdir()

@@ -148,6 +148,12 @@ class Certification:
 
 
 # ---------------------------------------------------------------------------------- the verb
+def method_bound(net: Network, name: str, max_bytes: float | None = None) -> LipschitzBound:
+    """The global bound behind the radii of one method: :func:`lipcert.lipschitz`, and for
+    ``optimized`` also every margin direction e_i - e_j (warm-started from the full-vector optimum)."""
+    return lipschitz(net, name, options={"pairs": True} if name == "optimized" else None, max_bytes=max_bytes)
+
+
 def _bounds(net: Network, method: str | Sequence[str],
             bound: LipschitzBound | Sequence[LipschitzBound] | Mapping[str, LipschitzBound] | None,
             max_bytes: float | None = None) -> tuple[dict[str, LipschitzBound], dict[str, float]]:
@@ -171,8 +177,7 @@ def _bounds(net: Network, method: str | Sequence[str],
         raise UnknownMethodError(f"method {method!r} names no method")
     out = {}
     for name in dict.fromkeys(names):
-        # optimized: also every margin direction e_i - e_j, warm-started from the full-vector optimum
-        b = lipschitz(net, name, options={"pairs": True} if name == "optimized" else None, max_bytes=max_bytes)
+        b = method_bound(net, name, max_bytes)
         out[name] = b
         timings[f"bound:{name}"] = b.seconds
     return out, timings

@@ -24,7 +24,7 @@ from ..attacks import AttackResult, attack
 from ..batch import check_count, check_number
 from ..bounds import METHODS
 from ..bounds.methods import resolve
-from ..certification import Certification, certify
+from ..certification import Certification, certify, method_bound
 from ..errors import (DatasetError, InvalidArgumentError, InvalidRadiusError, ResumeError, ShapeMismatchError,
                       UnknownMethodError)
 from ..network import Network
@@ -234,17 +234,13 @@ def _sweep(args: argparse.Namespace, models: list[str]) -> int:
 
 def _bounds_on_cluster(args: argparse.Namespace, models: list[str], client: Any) -> dict[str, dict[str, Any]]:
     """Every model's global bounds, computed in parallel on the cluster (one task per model and method)."""
-    from ..bounds import lipschitz
-
     methods = _methods(args.method)
     tasks = {}
     for model in models:
         args.model = model
         net = load_model(args)
         for name in methods:
-            options = {"pairs": True} if name == "optimized" else None  # as certify does for its margins
-            tasks[model, name] = client.submit(lipschitz, net, name, options=options, max_bytes=_max_bytes(args),
-                                               pure=False)
+            tasks[model, name] = client.submit(method_bound, net, name, _max_bytes(args), pure=False)
     done = dict(zip(tasks, client.gather(list(tasks.values()))))
     return {model: {name: done[model, name] for name in methods} for model in models}
 

@@ -121,6 +121,16 @@ def is_sweep(folder: Path) -> bool:
             and ("comparison.json" not in files or _written_by_lipcert(folder / "comparison.json")))
 
 
+def _require_writable(out: Path, folder: Path) -> None:
+    """Refuse (RunFolderError) an ``--out`` whose folder (where it is or would be created) cannot be written."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise RunFolderError(f"--out {out} cannot be written ({folder}: {exc.strerror or exc}); choose a "
+                             "writable folder") from None
+
+
 def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missing", "empty")) -> str:
     """The :func:`folder_kind` of ``folder`` if a run may write there: not a file, writable, and of a kind
     in ``accept``.
@@ -136,12 +146,7 @@ def check_output_folder(folder: str | Path, *, accept: tuple[str, ...] = ("missi
         existing = existing.parent
     if not existing.is_dir():
         raise RunFolderError(f"--out {path} cannot be created: {existing} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise RunFolderError(f"--out {path} cannot be written ({existing}: {exc.strerror or exc}); choose a "
-                             "writable folder") from None
+    _require_writable(path, existing)
     kind = "sweep" if "sweep" in accept and is_sweep(path) else folder_kind(path)
     if kind not in accept:
         if kind == "foreign":
@@ -174,11 +179,7 @@ def check_output_file(file: str | Path, *, inputs: tuple[str | Path, ...] = (),
                                  f"{first[:40]!r}); refusing to overwrite it")
     if not path.parent.is_dir():
         raise RunFolderError(f"--out {path}: the folder {path.parent} does not exist")
-    try:
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as exc:
-        raise RunFolderError(f"--out {path} cannot be written ({path.parent}: {exc.strerror or exc})") from None
+    _require_writable(path, path.parent)
     return path
 
 

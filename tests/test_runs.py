@@ -51,6 +51,20 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _overwrite_failing_in(run: Path, step: str, error: Exception, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """``certify --overwrite`` on ``run`` with ``error`` planted in the CLI's ``step``; the old records."""
+    from lipcert.cli import certify as cli_certify
+
+    old = (run / "records.jsonl").read_bytes()
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise error
+
+    monkeypatch.setattr(cli_certify, step, broken)
+    assert _certify(run, "--overwrite") == 2
+    return old
+
+
 # ------------------------------------------------------------------- reports validate the run
 def test_report_refuses_a_run_whose_samples_were_cut(finished: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,16 +140,9 @@ def test_overwrite_with_a_mistyped_model_keeps_the_old_run(finished: Path, tmp_p
 
 def test_overwrite_sets_the_old_run_aside_until_the_new_one_finishes(
         finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lipcert.cli import certify as cli_certify
-
     run = _copy(finished, tmp_path / "run")
-    old = (run / "records.jsonl").read_bytes()
-
-    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise lipcert.errors.InfeasibleCertificateError("planted failure before any record")
-
-    monkeypatch.setattr(cli_certify, "certify", broken)
-    assert _certify(run, "--overwrite") == 2
+    old = _overwrite_failing_in(run, "certify", lipcert.errors.InfeasibleCertificateError("before any record"),
+                                monkeypatch)
     assert (run / "records.jsonl").read_bytes() == old and not list(run.glob("previous-run-*"))
     read_run(run)  # put back as it was
     monkeypatch.undo()
@@ -274,16 +281,8 @@ def test_version_1_records_resume(finished: Path, tmp_path: Path, capsys: pytest
 
 def test_a_failed_overwrite_after_records_keeps_the_old_run_aside(
         finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from lipcert.cli import certify as cli_certify
-
     run = _copy(finished, tmp_path / "run")
-    old = (run / "records.jsonl").read_bytes()
-
-    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise lipcert.errors.ReportError("planted failure after the records")
-
-    monkeypatch.setattr(cli_certify, "write_run", broken)
-    assert _certify(run, "--overwrite") == 2
+    old = _overwrite_failing_in(run, "write_run", lipcert.errors.ReportError("after the records"), monkeypatch)
     aside = list(run.glob("previous-run-*"))
     assert len(aside) == 1 and (aside[0] / "records.jsonl").read_bytes() == old
     assert f"the earlier run is kept in {aside[0]}" in capsys.readouterr().err

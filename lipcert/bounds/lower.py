@@ -17,6 +17,7 @@ import torch
 
 from ..batch import check_count
 from ..memory import check_budget
+from ..graph import AnyNetwork
 from ..network import Network, require_network
 from .workspace import lower_bytes
 
@@ -147,7 +148,7 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
     return best_val, best_x
 
 
-def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: int = 0,
+def lower_bound(net: AnyNetwork, *, restarts: int = 8, samples: int = 256, seed: int = 0,
                 seconds: float | None = None, max_bytes: float | None = None) -> LowerBound:
     """The larger of the pattern bound and the sampled Jacobian bound (math.md 8.3).
 

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
 from ..memory import check_budget
+from ..graph import AnyNetwork
 from ..network import Network, require_network
 from . import abs_layer, closed_form, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
@@ -247,7 +248,7 @@ def resolve(method: str, options: Mapping[str, Any] | None = None) -> MethodCall
 
 
 def lipschitz(
-    net: Network,
+    net: AnyNetwork,
     method: str = "combined",
     *,
     options: Mapping[str, Any] | None = None,

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..errors import LipcertError
-from ..network import Network
+from ..graph import AnyNetwork
 from .common import add_model_arguments, load_model
 from .model_source import model_source
 
@@ -49,7 +49,7 @@ def _slopes(act: Any) -> str:
     return f"{act.name} [{act.alpha:g}, {act.beta:g}]"
 
 
-def _report(args: argparse.Namespace, conv: Any, net: Network | None, build_error: str | None) -> dict[str, Any]:
+def _report(args: argparse.Namespace, conv: Any, net: AnyNetwork | None, build_error: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"model": str(args.model), "normalized": args.mean is not None or args.std is not None}
     if conv is not None:
         from ..adapters.graph import dense_plan
@@ -123,7 +123,7 @@ def _print(report: dict[str, Any], conv: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     conv = _analyze(args)
-    net: Network | None = None
+    net: AnyNetwork | None = None
     build_error: str | None = None
     if (conv is None or not conv.issues) and not args.no_build:
         try:

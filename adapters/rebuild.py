@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lipcert.errors import ModelLoadError
-from lipcert.network import Network
+from lipcert.network import Network, require_network
 
 from .common import as_channels, normalization_layer
 from .files import read
@@ -139,7 +139,7 @@ def chain_of(source: str | Path | nn.Module, *, input_shape: Sequence[int] | Non
     else:
         found = read(source, input_shape=input_shape)
         if found.conversion is None:
-            return found.network(mean=mean, std=std)
+            return require_network(found.network(mean=mean, std=std), "to_torch")  # an .npz file is a chain
         conv = found.conversion
     conv.raise_issues()
     m, s = as_channels(mean, "mean"), as_channels(std, "std")

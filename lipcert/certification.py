@@ -24,16 +24,29 @@ import torch
 from .batch import check_count, check_number, checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import InputRangeWarning, InvalidArgumentError, ResumeError, ShapeMismatchError, UnknownMethodError
-from .local.bound import LOCAL_RULES
-from .loading import as_model
-from .local.radius import LOCAL_METHOD, local_radii
+from .errors import (
+    InputRangeWarning,
+    InvalidArgumentError,
+    ResumeError,
+    ShapeMismatchError,
+    UnknownMethodError,
+)
 from .graph import AnyNetwork, GraphNetwork
 from .graph_rounding import error_plan, forward_error
+from .loading import as_model
+from .local.bound import LOCAL_RULES
+from .local.radius import LOCAL_METHOD, local_radii
 from .network import require_network
 from .norms import Norm, check_eps, parse_norm, radius_scale
 from .radii import pairwise_constants, radii_from_margins
-from .records import RECORDS_VERSION, RecordStore, array_hash, batch_rows, network_hash, record_columns
+from .records import (
+    RECORDS_VERSION,
+    RecordStore,
+    array_hash,
+    batch_rows,
+    network_hash,
+    record_columns,
+)
 from .runfolder import hold
 
 

@@ -16,7 +16,14 @@ import torch
 from .activations import Activation
 from .graph import AnyNetwork, Residual
 from .network import Network
-from .rounding import EXACT_ACTIVATIONS, UNIT_ROUNDOFF, ErrorLayer, affine_gamma, error_layers, logit_error_bound
+from .rounding import (
+    EXACT_ACTIVATIONS,
+    UNIT_ROUNDOFF,
+    ErrorLayer,
+    affine_gamma,
+    error_layers,
+    logit_error_bound,
+)
 
 
 @dataclass(frozen=True)

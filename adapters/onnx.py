@@ -185,7 +185,8 @@ class _Interpreter:
             self._fallback(i)
             return
         self.layers.append(Layer(self.label(i), node.op_type, node.input[0], node.output[0], tuple(a.shape),
-                                 tuple(a.shape), other=node.input[1]))
+                                 tuple(a.shape), detail=f"{node.input[0]} {'+' if node.op_type == 'Add' else '-'} "
+                                 f"{node.input[1]}", other=node.input[1]))
         self.env[node.output[0]] = Dyn(a + b if node.op_type == "Add" else a - b)
 
     def _dynamic_users(self, name: str) -> list[int]:

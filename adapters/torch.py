@@ -192,6 +192,7 @@ class _Interpreter:
                                       "graph as pure functions (write out = out + x)", name)
             return True
         self.layers.append(Layer(name, op_type, first.name, node.name, tuple(a.shape), tuple(a.shape),
+                                 detail=f"{first.name} {'-' if op_type in SUBTRACTIONS else '+'} {second.name}",
                                  other=second.name))
         self.env[node.name] = Dyn(a - b if op_type in SUBTRACTIONS else a + b)
         return True

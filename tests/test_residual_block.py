@@ -19,7 +19,7 @@ from lipcert.errors import (InfeasibleCertificateError, InvalidSlopeError, NonFi
                             ShapeMismatchError, UnknownMethodError)
 from lipcert.rounding import INFLATION
 
-ACTIVATIONS = ("relu", "tanh", "leaky_relu(0.1)", "sigmoid", "silu", "gelu")
+ACTIVATIONS = ("relu", "tanh", "leaky_relu(0.1)", "sigmoid", "silu", "gelu", "abs")
 
 
 def sll_block(m: int, n: int, gen: torch.Generator, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +117,21 @@ def test_block_values_are_sound_and_below_naive(activation: str, shortcut: bool,
             alphas, betas = a * torch.ones(m, dtype=torch.float64), beta * torch.ones(m, dtype=torch.float64)
             assert lmi_min_eigenvalue(sm, w, g, alphas, betas, bound.value, bound.multipliers) >= -1e-9, where
             assert multiplier_value(sm, w, g, alphas, betas, bound.multipliers) <= bound.value * (1 + 1e-7), where
+
+
+def test_downsampling_shortcut(seed: int) -> None:
+    """A rectangular shortcut (n_out != n), as a strided 1x1 conv gives: sound, certified, below naive."""
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randn(4, 7, generator=gen, dtype=torch.float64) / math.sqrt(7)
+    w = torch.randn(9, 7, generator=gen, dtype=torch.float64) * math.sqrt(2 / 7)
+    g = torch.randn(4, 9, generator=gen, dtype=torch.float64) * math.sqrt(2 / 9)
+    zero, one = torch.tensor(0.0), torch.tensor(1.0)
+    bound = block_constant(s, w, g, zero, one)
+    assert bound.multipliers is not None and bound.extras["form"].shape == (4, 4)
+    lower = chain_pattern_bound([ResidualBlock(s, w, g, zero, one)], generator=gen)
+    assert lower <= bound.value < bound.per_rule["naive"], seed
+    ones = torch.ones(9, dtype=torch.float64)
+    assert lmi_min_eigenvalue(s, w, g, 0 * ones, ones, bound.value, bound.multipliers) >= -1e-9, seed
 
 
 def test_sdp_is_below_every_closed_form_and_above_the_lower_bound(seed: int) -> None:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lipcert.activations import get_activation
 from lipcert.bounds import block_form as bf
@@ -74,6 +75,28 @@ def test_orthogonium_sll_dense_layer_is_bounded_at_one(seed: int) -> None:
         x = torch.randn(5, 12, dtype=torch.float64)
         mine = x + torch.relu(x @ inner.T + layer.bias) @ outer.T
         assert torch.allclose(layer(x), mine, atol=1e-12)
+    bound = block_constant(None, inner, outer, torch.tensor(0.0), torch.tensor(1.0))
+    assert abs(bound.extras["raw"] - 1) <= 1e-9, (seed, bound.rule, bound.extras["raw"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("orthogonium") is None, reason="orthogonium is not installed")
+def test_orthogonium_sll_conv_block_is_bounded_at_one(seed: int) -> None:
+    """x - 2 conv_transpose(relu(conv(x) + b)) with an AOL kernel, as dense matrices on a 5 x 5 grid."""
+    from orthogonium.layers.conv.SLL.sll_layer import SDPBasedLipschitzResBlock
+
+    torch.manual_seed(seed)
+    block = SDPBasedLipschitzResBlock(2, 2, kernel_size=3).double()
+    n = 2 * 5 * 5
+    with torch.no_grad():
+        kernel = block.kernel.detach().clone()
+        m = kernel.shape[0] * 25
+        inner = F.conv2d(torch.eye(n, dtype=torch.float64).reshape(n, 2, 5, 5), kernel, padding=1).reshape(n, m).T
+        outer = -2 * F.conv_transpose2d(torch.eye(m, dtype=torch.float64).reshape(m, -1, 5, 5), kernel,
+                                        padding=1).reshape(m, n).T
+        bias = block.bias.detach().reshape(-1, 1, 1).expand(-1, 5, 5).reshape(-1)
+        x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+        mine = x.reshape(3, n) + torch.relu(x.reshape(3, n) @ inner.T + bias) @ outer.T
+        assert torch.allclose(block(x).reshape(3, n), mine, atol=1e-12)
     bound = block_constant(None, inner, outer, torch.tensor(0.0), torch.tensor(1.0))
     assert abs(bound.extras["raw"] - 1) <= 1e-9, (seed, bound.rule, bound.extras["raw"])
 

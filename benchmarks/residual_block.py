@@ -80,7 +80,7 @@ def median(rows: list[dict[str, float]], key: str) -> str:
 def widths_table(args: argparse.Namespace, out: list[str]) -> None:
     out += ["| branch | n | m | blocks (opt / SDP) | " + " | ".join(FAMILIES) + " | combined | optimized | SDP | "
             "combined / SDP | optimized / SDP | combined / LB | t combined (s) | t optimized (s) | t SDP (s) |",
-            "|---|---:|---:|---|" + "---:|" * (len(FAMILIES) + 11)]
+            "|---|---:|---:|---|" + "---:|" * (len(FAMILIES) + 9)]
     for branch in args.branch:
         for n in args.widths:
             m = 2 * n

@@ -208,6 +208,8 @@ def test_chain_recursion_is_sound_and_not_above_the_product(seed: int) -> None:
                 chain_jacobian_bound(headed, [*biases, torch.zeros(1, dtype=torch.float64)],
                                      [(act.fn, act.derivative)] * 4, generator=gen))
     assert lower <= bound.value * (1 + 1e-9), seed
+    optimized = chain_constant(blocks, head, method="optimized")
+    assert lower <= optimized.value * (1 + 1e-9) and optimized.value <= bound.value * (1 + 1e-12), seed
 
 
 def test_sll_chain_stays_at_one(seed: int) -> None:

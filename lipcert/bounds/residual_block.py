@@ -149,7 +149,9 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
 
     The minimum of two certificates: the product of the block constants (:func:`block_constant` with
     ``method``) times ||head||, and the recursion that carries each block's form E_k into the next
-    block (decisions 31), choosing at every block the closed-form multipliers of least lambda_max(E_k).
+    block (decisions 31), choosing at every block the closed-form multipliers of least lambda_max(E_k)
+    (with ``method="optimized"`` also a pass refined by L-BFGS on it, which is greedy too and not always
+    better: the lesser of the two passes is kept).
     ``extras["blocks"]`` lists the block constants; ``extras["form"]`` is head E_L head^T.
     """
     start = time.perf_counter()
@@ -163,10 +165,11 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
         if head.shape[1] != width:
             raise ShapeMismatchError(f"head has {head.shape[1]} columns, the last block {width} outputs")
         product *= float(certified_root(spectral_norm_squared(head), 0.0))
-    form = _carried(blocks)
+    forms = [_carried(blocks)] + ([_carried(blocks, optimized=True)] if method == "optimized" else [])
     if head is not None:
-        form = head @ form @ head.T
-        form = (form + form.T) / 2
+        forms = [head @ f @ head.T for f in forms]
+        forms = [(f + f.T) / 2 for f in forms]
+    form = min(forms, key=bf.top)
     recursion = float(certified_root(bf.top(form), 0.0))
     per_rule = {"product": product, "recursion": recursion}
     rule = "recursion" if recursion <= product else "product"
@@ -174,8 +177,9 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
     return BlockBound(min(product, recursion), method, rule, per_rule, None, time.perf_counter() - start, extras)
 
 
-def _carried(blocks: Sequence[ResidualBlock]) -> torch.Tensor:
-    """E_L of the block recursion: E_0 = I, E_k = the best closed-form next form of block k from E_{k-1}."""
+def _carried(blocks: Sequence[ResidualBlock], *, optimized: bool = False) -> torch.Tensor:
+    """E_L of the block recursion: E_0 = I, E_k = the best closed-form next form of block k from E_{k-1}
+    (refined by L-BFGS on lambda_max(E_k) if ``optimized``)."""
     factor: torch.Tensor | None = None
     form: torch.Tensor | None = None
     width: int | None = None
@@ -188,8 +192,11 @@ def _carried(blocks: Sequence[ResidualBlock]) -> torch.Tensor:
         for relax in _treatments(alpha, beta, "combined"):
             block = bf.canonical(s, w, g, alpha, beta, relax=relax)
             st = bf.stage(block, factor)
-            found = (bf.choose(st) if block.inner.shape[0]
-                     else bf.Choice("linear", w.new_zeros(0), st.base, bf.top(st.base)))
+            if block.inner.shape[0] == 0:
+                found = bf.Choice("linear", w.new_zeros(0), st.base, bf.top(st.base))
+            else:
+                found = bf.choose(st)
+                found = optimize_block(st, found) if optimized else found
             if best is None or found.value < best.value:
                 best = found
         assert best is not None
@@ -252,12 +259,12 @@ def _checked(shortcut: Any, inner: Any, outer: Any, alpha: Any, beta: Any
     m, n = w.shape
     if g.shape[1] != m:
         raise ShapeMismatchError(f"outer (G) has {g.shape[1]} columns, inner (W) {m} rows (neurons)")
-    s = torch.eye(n, dtype=torch.float64) if shortcut is None else _matrix(shortcut, "shortcut (S)")
+    s = torch.eye(n, dtype=torch.float64, device=w.device) if shortcut is None else _matrix(shortcut, "shortcut (S)")
     if s.shape != (g.shape[0], n):
         raise ShapeMismatchError(f"shortcut (S) must be {g.shape[0]} x {n} (outputs x inputs), got {tuple(s.shape)}")
     slopes = []
     for name, x in (("alpha", alpha), ("beta", beta)):
-        t = torch.as_tensor(x, dtype=torch.float64).detach()
+        t = torch.as_tensor(x, dtype=torch.float64, device=w.device).detach()
         if t.dim() == 0:
             t = t.expand(m).clone()
         if t.shape != (m,):

@@ -208,6 +208,19 @@ def test_chain_recursion_is_sound_and_not_above_the_product(seed: int) -> None:
                 chain_jacobian_bound(headed, [*biases, torch.zeros(1, dtype=torch.float64)],
                                      [(act.fn, act.derivative)] * 4, generator=gen))
     assert lower <= bound.value * (1 + 1e-9), seed
+    margins = bound.pairwise()  # margin constants: above every sampled |(e_i - e_j)^T head J(x) u| ...
+    x = torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    jac = torch.eye(6, dtype=torch.float64).expand(64, 6, 6)
+    for b, bias in zip(blocks, biases):
+        s = torch.eye(6, dtype=torch.float64) if b.shortcut is None else b.shortcut
+        z = x @ b.inner.T + bias
+        jac = (s + (b.outer * (z > 0).double()[:, None, :]) @ b.inner) @ jac
+        x = x @ s.T + torch.relu(z) @ b.outer.T
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        rows = (head[i] - head[j]) @ jac
+        assert float(rows.norm(dim=1).max()) <= margins[i, j] <= bound.value * 2, (seed, i, j)
+        assert margins[i, j] == pytest.approx(bound.along(torch.eye(3, dtype=torch.float64)[i] - torch.eye(3)[j]),
+                                              rel=1e-12)
     optimized = chain_constant(blocks, head, method="optimized")
     assert lower <= optimized.value * (1 + 1e-9) and optimized.value <= bound.value * (1 + 1e-12), seed
 

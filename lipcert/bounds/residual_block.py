@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import (InfeasibleCertificateError, InvalidSlopeError, NonFiniteWeightsError, ShapeMismatchError,
@@ -31,6 +32,7 @@ from .block_optimize import optimize_block
 from .closed_form import spectral_norm_squared
 from .eigen import lambda_max
 from .recursion import shrink
+from .result import Gram
 from .rules import DEFAULT_RULE_SET
 
 METHODS = ("combined", "optimized", "naive", "neuron") + tuple(r.name for r in DEFAULT_RULE_SET)
@@ -60,6 +62,21 @@ class BlockBound:
 
     def __float__(self) -> float:
         return self.value
+
+    def pairwise(self) -> np.ndarray:
+        """K x K bounds on Lip_2(h_i - h_j) from the carried form E: sqrt(E_ii + E_jj - 2 E_ij), certified.
+
+        For a chain with a head these are the margin constants of its outputs (math.md 7(i)).
+        """
+        return Gram(self.extras["form"], 0.0).pairwise()
+
+    def along(self, c: np.ndarray | torch.Tensor | list[float]) -> float:
+        """Certified bound on Lip_2(c^T h): sqrt(c^T E c)."""
+        vec = np.asarray(c.detach().cpu() if isinstance(c, torch.Tensor) else c, dtype=np.float64).ravel()
+        k = self.extras["form"].shape[0]
+        if vec.shape != (k,):
+            raise ShapeMismatchError(f"direction must have {k} entries (one per output), got {vec.shape[0]}")
+        return Gram(self.extras["form"], 0.0).along(vec)
 
 
 @dataclass(frozen=True)

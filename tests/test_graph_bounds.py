@@ -100,3 +100,20 @@ def test_certified_radii_of_a_residual_net_survive_pgd(rng: np.random.Generator)
     assert wide.success[5:].mean() > 0.5  # the attack breaks these inputs at larger radii
     with pytest.raises(GraphNetworkError, match="local radii"):
         lipcert.certify(net, x[:2], y[:2], method="naive", local=True)
+
+
+def test_sll_blocks_in_a_graph_are_bounded_at_one(rng: np.random.Generator) -> None:
+    """SLL blocks (Araujo et al. 2023) h(x) = x - 2 K^T T^{-1} relu(K x + b), T_ii = sum_k |K K^T|_ik q_k / q_i,
+    are 1-Lipschitz by construction; the block certificate finds 1 where ||S|| + Lip(g) cannot."""
+    blocks = []
+    for _ in range(3):
+        k, q = rng.standard_normal((12, 8)), np.exp(rng.standard_normal(12))
+        t = (np.abs(k @ k.T) * q[None, :] / q[:, None]).sum(axis=1)
+        blocks.append(Residual(Network.from_weights([k, -2 * k.T / t], [rng.standard_normal(12), None], "relu")))
+    net = graph_network(blocks, [None, None])
+    combined, naive = lipschitz(net, "combined"), lipschitz(net, "naive")
+    assert 1.0 <= combined.value <= 1 + 1e-6
+    assert [s["certificate"] for s in combined.extras["stages"]] != [None] * 3
+    assert naive.value > 1.5
+    assert lower_bound(net, restarts=2, samples=16).value <= combined.value
+    assert np.all(pairwise_constants(combined, net) <= 2 * combined.value)

@@ -2,11 +2,14 @@
 
 For f = s_T o a_{T-1} o ... o a_1 o s_1 (lipcert/graph.py), Lip(f) <= Lip(s_T) prod_{t<T} Lip(s_t) max|a_t'|,
 with Lip(s_t) a chain bound for a chain stage and :func:`block_lipschitz` for a residual block
-y = S x + c + g(x): Lip <= ||S||_2 + Lip(g) (triangle inequality; never a product that drops the skip).
+y = S x + c + g(x): Lip <= ||S||_2 + Lip(g) (triangle inequality; never a product that drops the skip), or,
+for a branch g = G sigma(W x + b) + c' of one hidden layer, the block LMI certificate of
+:mod:`.residual_block` (docs/decisions.md 30) when it is lower.
 Margin bounds come from the last stage's certificates: for an output direction c,
 Lip(c^T f) <= Lip(c^T s_T) R with R the product over the earlier stages, and through a last residual
 block Lip(c^T s_T) <= ||S^T c|| + Lip(c^T g) <= sqrt(c^T ((1 + t) S S^T + (1 + 1/t) G_g) c) for any t > 0
-(Young's inequality), t = Lip(g) / ||S|| making the value ||S|| + Lip(g) again.  Every bound is a
+(Young's inequality), t = Lip(g) / ||S|| making the value ||S|| + Lip(g) again, or the block
+certificate's form E (Lip(c^T s_T) <= sqrt(c^T E c)) when the certificate is lower.  Every bound is a
 :class:`~lipcert.bounds.result.LipschitzBound` whose Gram matrices give ``pairwise()`` and ``along(c)``.
 """
 
@@ -23,6 +26,9 @@ from ..graph import GraphNetwork, Residual
 from ..network import Network
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
+from .residual_block import METHODS as BLOCK_METHODS
+from .residual_block import BlockBound as BlockCertificate
+from .residual_block import block_constant
 from .result import Gram, LipschitzBound
 
 ChainBound = Callable[[Network, bool], LipschitzBound]
@@ -34,12 +40,15 @@ outputs are the network's outputs (margin options such as a direction apply to i
 class BlockBound:
     """The bound of one residual block y = S x + c + g(x).
 
-    ``value`` >= Lip(block); ``shortcut`` is the certified ||S||_2, ``branch`` the chain bound on g.
+    ``value`` >= Lip(block): the lesser of ||S||_2 + Lip(g) and, for a one-hidden-layer branch, the
+    block LMI certificate (``certificate``, :mod:`.residual_block`); ``shortcut`` is the certified
+    ||S||_2, ``branch`` the chain bound on g.
     """
 
     value: float
     shortcut: float
     branch: LipschitzBound
+    certificate: BlockCertificate | None = None
 
 
 def shortcut_norm(block: Residual) -> float:
@@ -49,15 +58,44 @@ def shortcut_norm(block: Residual) -> float:
     return float(certified_root(max(spectral_norm_squared(block.shortcut), 0.0), 0.0))
 
 
-def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False) -> BlockBound:
-    """Bound on the L2 Lipschitz constant of a residual block: ||S||_2 + Lip(g).
+def block_method(method: str, branch: LipschitzBound) -> str | None:
+    """The residual-block method that matches a graph ``method`` (None: no block certificate).
 
-    The one place where a block's constant is composed (a LipSDP-type certificate of the whole block
-    would be taken here as the minimum with this value).  ``last`` is passed on to ``chain_bound``.
+    ECLipsE-Fast is the SN(1) rule, a single rule is itself, ``optimized`` and the SDP methods use
+    the block's L-BFGS refinement, every other method the minimum over the block's closed forms.
+    """
+    if method == "naive":
+        return None
+    if method == "eclipse-fast":
+        return "sn(1)"
+    if method in ("sn", "gc", "shift", "gcs"):
+        return branch.rule if branch.rule in BLOCK_METHODS else None
+    return "optimized" if method in ("optimized", "lipsdp-neuron", "lipsdp-layer") else "combined"
+
+
+def block_certificate(block: Residual, method: str | None) -> BlockCertificate | None:
+    """The block LMI certificate of a block whose branch is G sigma(W x + b) + c (one hidden layer, dense)."""
+    g = block.branch
+    if method is None or g.depth != 2 or g.has_operators:
+        return None
+    alpha, beta = g.slopes()[0]
+    return block_constant(block.shortcut, g.weights[0], g.weights[1], alpha, beta, method=method)
+
+
+def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False,
+                    method: str = "naive") -> BlockBound:
+    """Bound on the L2 Lipschitz constant of a residual block: min(||S||_2 + Lip(g), block certificate).
+
+    The one place where a block's constant is composed.  ``last`` is passed on to ``chain_bound``;
+    ``method`` is the graph's method (:func:`block_method` maps it to the block's).
     """
     s = shortcut_norm(block)
     branch = chain_bound(block.branch, last)
-    return BlockBound(float((s + branch.value) * (1 + 4e-16)), s, branch)
+    value = float((s + branch.value) * (1 + 4e-16))
+    certificate = block_certificate(block, block_method(method, branch))
+    if certificate is not None and certificate.value < value:
+        return BlockBound(certificate.value, s, branch, certificate)
+    return BlockBound(value, s, branch)
 
 
 def _slope(net: GraphNetwork, t: int) -> float:
@@ -94,10 +132,11 @@ def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> 
             bound = chain = chain_bound(stage, t == last_t)
             stages.append({"kind": "chain", "widths": list(stage.widths), "value": bound.value})
         else:
-            bound = block_lipschitz(stage, chain_bound, t == last_t)
+            bound = block_lipschitz(stage, chain_bound, t == last_t, method)
             chain = bound.branch
             stages.append({"kind": "residual", "shortcut": "identity" if stage.shortcut is None else "linear",
-                           "shortcut_norm": bound.shortcut, "branch": bound.branch.value, "value": bound.value})
+                           "shortcut_norm": bound.shortcut, "branch": bound.branch.value, "value": bound.value,
+                           "certificate": None if bound.certificate is None else bound.certificate.rule})
         if chain.status != "ok":
             notes.append(f"stage {t + 1}: {chain.status}")
         if t == last_t:
@@ -110,7 +149,10 @@ def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> 
     if isinstance(last, BlockBound):
         block = net.stages[-1]
         assert isinstance(block, Residual)
-        grams = {k: _residual_gram(block, last.shortcut, g) for k, g in last.branch.grams.items()}
+        if last.certificate is not None:  # Lip(c^T h) <= sqrt(c^T E c), E the block's form
+            grams = {method: Gram(last.certificate.extras["form"], 0.0)}
+        else:
+            grams = {k: _residual_gram(block, last.shortcut, g) for k, g in last.branch.grams.items()}
         if not grams:  # a method without margin bounds: the block's value alone
             k = net.output_dim
             grams = {method: Gram(torch.eye(k, dtype=torch.float64), 2 * math.log(last.value))}

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..network import Network
+from .conv_grid import plan_bytes, plan_chain
 
 FLOAT64 = 8
 OVERHEAD = 64 * 2**20
@@ -51,4 +52,28 @@ def lower_bytes(net: Network) -> int:
     return OVERHEAD + FLOAT64 * (3 * widest * net.input_dim + 4 * JACOBIAN_SAMPLES * (net.widths[-1] + 2) * widest)
 
 
-__all__ = ["lower_bytes", "method_bytes"]
+def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -> int:
+    """Estimated peak working memory of the per-frequency pass of ``method`` on an operator network (bytes).
+
+    One pass at a time (combined runs its rules one after another): the largest layer's frequency blocks
+    (:func:`~lipcert.bounds.conv_grid.plan_bytes`), the dense tail's recursion as a single rule on its
+    widths, and, where the naive product runs beside it, the matrix-free conv norms' frequency blocks and
+    exact Gram matrices (:mod:`lipcert.bounds.conv_norm`, at most 8192 rows per group).  Raises
+    :class:`~lipcert.errors.UnsupportedConvGeometryError` when the chain has no circular grid.
+    """
+    plan = plan_chain(net)
+    tail = net.weights[len(plan.layers):]
+    kernels = sum(layer.kernel.numel() for layer in plan.layers)
+    weights = 2 * FLOAT64 * (kernels + sum(w.numel() for w in tail))
+    widest = max((w.shape[0] for w in tail[:-1]), default=0)
+    need = plan_bytes(plan, int(tail[0].shape[0])) + SINGLE_RULE * FLOAT64 * widest**2
+    naive = 0
+    for op in (o for o in net.operators if o is not None):
+        (c_out, h_out, w_out), (c_in, h, w) = op.conv_out_shape, op.in_shape
+        blocks = 16 * 3 * (h + 4) * (w + 4) * c_out * c_in // op.groups
+        gram = min(c_out * h_out * w_out, c_in * h * w) // op.groups
+        naive = max(naive, blocks + (3 * FLOAT64 * gram**2 if gram <= 8192 and h_out * w_out <= 64 else 0))
+    return OVERHEAD + weights + max(need, naive)
+
+
+__all__ = ["lower_bytes", "method_bytes", "per_frequency_bytes"]

@@ -29,12 +29,23 @@ from typing import Any
 
 import torch
 
-from ..errors import InfeasibleCertificateError, InvalidParameterError, UnsupportedSlopesError
+from ..errors import (
+    InfeasibleCertificateError,
+    InvalidParameterError,
+    UnsupportedSlopesError,
+)
 from ..network import Network, require_network
 from ..rounding import UNIT_ROUNDOFF, gamma
 from . import matrix_free
 from .closed_form import closed_form_slopes, single_rule
-from .conv_grid import ChainPlan, GridLayer, alias_index, half_counts, plan_chain, tail_dft
+from .conv_grid import (
+    ChainPlan,
+    GridLayer,
+    alias_index,
+    half_counts,
+    plan_chain,
+    tail_dft,
+)
 from .recursion import RecursionResult
 from .rules import DEFAULT_RULE_SET, Rule
 

@@ -117,9 +117,31 @@ def test_zero_padded_chains_lie_between_the_dense_certificate_and_naive(seed: in
         assert bound.network == net.fingerprint()
         if method == "eclipse-fast":
             assert lipschitz(dense_net, method).value <= bound.per_rule["sn(1)"] * (1 + 1e-9)
+    ours = conv_closed_form.eclipse_fast(net)  # its multipliers, restricted to the real positions, certify the net
+    again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), ours.multipliers, ours.labels)
+    assert lower <= again.value <= ours.value * (1 + 1e-9)
     circ_net = _chain(seed, specs, shape, circular=True)
     circular = lipschitz(circ_net, "eclipse-fast")  # naive runs beside the rule only on restricted grids
     assert ("naive" in circular.per_rule) == (not conv_grid.plan_chain(circ_net).exact)
+
+
+@pytest.mark.parametrize("circular", [True, False])
+def test_a_stride_1_conv_transpose_is_the_adjoint_circular_conv(seed: int, circular: bool) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    up = Conv2dOperator.conv(torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64) / 5, (3, 6, 8),
+                             padding=(1, 1, 2, 0), circular=circular, adjoint=True)  # (4, 6, 8) -> (3, 6, 8)
+    down = Conv2dOperator.conv(torch.randn(5, 3, 3, 3, generator=gen, dtype=torch.float64) / 5, up.output_shape,
+                               padding=1, stride=2, circular=circular)
+    net = Network.from_weights([up, down, torch.randn(3, down.shape[0], generator=gen, dtype=torch.float64) / 10],
+                               None, "relu", input_shape=up.input_shape)
+    ours = conv_closed_form.eclipse_fast(net)
+    dense_net = net.densified()
+    dense = lipschitz(dense_net, "eclipse-fast").value
+    again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), ours.multipliers, ours.labels)
+    if circular:
+        assert abs(ours.value - dense) <= 1e-9 * dense and abs(again.value - dense) <= 1e-9 * dense
+    else:
+        assert dense <= ours.value * (1 + 1e-9) and again.value <= ours.value * (1 + 1e-9)
 
 
 def test_methods_without_a_frequency_form_densify_and_say_why(seed: int) -> None:

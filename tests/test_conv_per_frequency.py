@@ -169,16 +169,30 @@ def test_the_memory_estimate_covers_the_measured_peak(seed: int) -> None:
 
 
 def _checkpoint(shared_data: Path, file: str) -> Network:
+    """The model as an operator network: .pth through its reference architecture; the OVAL21 base_kw ONNX
+    (conv 3->8, 8->16, 4x4 stride 2 padding 1, then 1024-100-10) rebuilt from its initializers, without the
+    input normalization (bounds in the normalized input space)."""
     from lipcert.adapters.graph import build_network
     from lipcert.adapters.torch import analyze_module
 
-    module = reference_models.load_checkpoint(shared_data / "models" / file).double()
-    shape = reference_models.CHECKPOINTS[Path(file).name].input_shape
-    return build_network(analyze_module(module, input_shape=shape), operators=True)
+    if file.endswith(".onnx"):
+        onnx = pytest.importorskip("onnx")
+        params = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy())
+                  for t in onnx.load(str(shared_data / "models" / file)).graph.initializer}
+        module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 4, 2, 1),
+                                     torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(1024, 100), torch.nn.ReLU(),
+                                     torch.nn.Linear(100, 10)).double()
+        module.load_state_dict({k: v.double() for k, v in params.items()})
+        shape: tuple[int, ...] = (3, 32, 32)
+    else:
+        module = reference_models.load_checkpoint(shared_data / "models" / file).double()
+        shape = reference_models.CHECKPOINTS[Path(file).name].input_shape
+    return build_network(analyze_module(module.eval(), input_shape=shape), operators=True)
 
 
 @pytest.mark.parametrize("file", ["mnist_cnn_a_adv/mnist_a_adv.pth",
-                                  "eran_cifar_conv_small_pgd/cifar_conv_small_pgd.pth"])
+                                  "eran_cifar_conv_small_pgd/cifar_conv_small_pgd.pth",
+                                  "oval21_cifar_base_kw/cifar_base_kw.onnx"])
 def test_shared_conv_checkpoints_per_frequency(shared_data: Path, file: str) -> None:
     """CNN-A (zero padding, stride 2) and ConvSmall (valid, stride 2 on 32 -> 15 -> 6): between the dense
     ECLipsE-Fast and naive, above the lower bound; combined at most ECLipsE-Fast."""

@@ -18,21 +18,22 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from lipcert.adapters.graph import build_network
+from lipcert.adapters.torch import analyze_module
 from run_info import SHARED_DATA, machine
 
 from lipcert import reference_models
-from lipcert.adapters.graph import build_network
-from lipcert.adapters.torch import analyze_module
-from lipcert.bounds import conv_closed_form
 from lipcert.bounds.lower import lower_bound
 from lipcert.bounds.matrix_free import naive
 from lipcert.bounds.methods import lipschitz
+from lipcert.bounds.rules import DEFAULT_RULE_SET
 from lipcert.bounds.workspace import per_frequency_bytes
 from lipcert.memory import PeakMemory
 from lipcert.network import Network
@@ -62,9 +63,22 @@ def conv_large(seed: int) -> Network:
 
 
 def checkpoint(file: str) -> Network:
-    module = reference_models.load_checkpoint(SHARED_DATA / "models" / file).double()
-    shape = reference_models.CHECKPOINTS[Path(file).name].input_shape
-    return build_network(analyze_module(module, input_shape=shape), operators=True)
+    """A shared model as an operator network; the OVAL21 base_kw ONNX rebuilt from its initializers (no input
+    normalization: bounds in the normalized input space)."""
+    if file.endswith(".onnx"):
+        import onnx
+
+        params = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy()).double()
+                  for t in onnx.load(str(SHARED_DATA / "models" / file)).graph.initializer}
+        module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 4, 2, 1),
+                                     torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(1024, 100), torch.nn.ReLU(),
+                                     torch.nn.Linear(100, 10)).double()
+        module.load_state_dict(params)
+        shape: tuple[int, ...] = (3, 32, 32)
+    else:
+        module = reference_models.load_checkpoint(SHARED_DATA / "models" / file).double()
+        shape = reference_models.CHECKPOINTS[Path(file).name].input_shape
+    return build_network(analyze_module(module.eval(), input_shape=shape), operators=True)
 
 
 def measured(fn, *args):  # type: ignore[no-untyped-def]
@@ -81,6 +95,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "conv_closed_form.md")
     args = parser.parse_args()
     start_line = machine("at the start")
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     rows = [("| padding | grid | channels | per-freq ECLipsE-Fast (s) | per-freq combined (s) | dense ECLipsE-Fast (s) "
              "| dense combined (s) | naive | lower bound |"), "|---|---|---|---|---|---|---|---|---|"]
     for circular, n in itertools.product((True, False), (8, 16)):
@@ -98,7 +113,8 @@ def main() -> None:
     models = [("| model | method | per-frequency value (path, rule) | s | peak MB | dense value | s | peak MB |"),
               "|---|---|---|---|---|---|---|---|"]
     lows = []
-    for file in ("mnist_cnn_a_adv/mnist_a_adv.pth", "eran_cifar_conv_small_pgd/cifar_conv_small_pgd.pth"):
+    for file in ("mnist_cnn_a_adv/mnist_a_adv.pth", "eran_cifar_conv_small_pgd/cifar_conv_small_pgd.pth",
+                 "oval21_cifar_base_kw/cifar_base_kw.onnx"):
         net = checkpoint(file)
         dense_net = net.densified()
         for method in ("eclipse-fast", "combined"):
@@ -113,22 +129,25 @@ def main() -> None:
                        ("ConvLarge shape, He-scale random", conv_large(args.seed))):
         for method in ("naive", "eclipse-fast", "combined"):
             bound, seconds, peak = measured(lipschitz, net, method)
-            estimate = per_frequency_bytes(net, method, {"rules": ()}) / 1e6
+            estimate = per_frequency_bytes(net, method, {"rules": DEFAULT_RULE_SET}) / 1e6
             rules = ", ".join(f"{k} {v:.3f}" for k, v in bound.per_rule.items())
-            large.append(f"| {label} (dense: {net.dense_nbytes / 1e9:.0f} GB) | {method} | {bound.value:.4f} "
+            widest = max(net.widths[1:-1])
+            large.append(f"| {label} (dense weights {net.dense_nbytes / 1e9:.1f} GB, one {widest}-square matrix "
+                         f"{8 * widest**2 / 1e9:.1f} GB) | {method} | {bound.value:.4f} "
                          f"({bound.extras['path']}, {bound.rule}) | {rules} | {seconds:.2f} | {peak:.0f} | "
                          f"{'-' if method == 'naive' else f'{estimate:.0f}'} |")
     text = "\n".join([
         "# Closed forms on conv chains, one C x C block per frequency (issue 18, part 3)", "",
-        f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
+        f"Command: `{threads}{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
         start_line, machine(), "",
-        "Small stride-1 grids (dense path feasible; lower bound: lipcert.bounds.lower on the densified net); "
-        "values from `lipschitz()`, per frequency on the operator net:", "",
+        ("Small stride-1 grids (dense path feasible; lower bound: lipcert.bounds.lower on the densified net); "
+         "values from `lipschitz()`, per frequency on the operator net:"), "",
         *rows, "",
-        "Shared checkpoints as operator networks (stride 2; CNN-A zero padding 1, ConvSmall no padding):", "",
+        ("Shared models as operator networks (stride 2; CNN-A and OVAL21 base_kw zero padding 1, ConvSmall none; "
+         "peak: resident growth, 0 where the memory of earlier calls was reused):"), "",
         *models, "", *[f"- {line}" for line in lows], "",
-        "Nets the dense path cannot hold (`lipschitz()` on the operator net; estimate: "
-        "`workspace.per_frequency_bytes`):", "",
+        ("Nets the dense path cannot hold (`lipschitz()` on the operator net; estimate: "
+         "`workspace.per_frequency_bytes`):"), "",
         *large, "",
         ("Zero padding goes through the circular surrogate (docs/decisions.md 27): sound, >= the dense pass with the "
          "same multipliers, and on zero-padded grids the matrix-free naive product runs beside it (the smaller is "

@@ -72,8 +72,10 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
         (c_out, h_out, w_out), (c_in, h, w) = op.conv_out_shape, op.in_shape
         blocks = 16 * 3 * (h + 4) * (w + 4) * c_out * c_in // op.groups
         gram = min(c_out * h_out * w_out, c_in * h * w) // op.groups
-        naive = max(naive, blocks + (3 * FLOAT64 * gram**2 if gram <= 8192 and h_out * w_out <= 64 else 0))
-    return OVERHEAD + weights + max(need, naive)
+        naive = max(naive, blocks + (4 * FLOAT64 * gram**2 if gram <= 8192 and h_out * w_out <= 64 else 0))
+    passes = len(options.get("rules", ())) + 1 if method == "combined" else 2
+    kept = passes * FLOAT64 * (sum(net.widths[1:]) + net.widths[-1] ** 2)  # every pass's multipliers and G_L
+    return OVERHEAD + weights + kept + max(need, naive)
 
 
 __all__ = ["lower_bytes", "method_bytes", "per_frequency_bytes"]

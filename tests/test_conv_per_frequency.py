@@ -206,3 +206,35 @@ def test_shared_conv_checkpoints_per_frequency(shared_data: Path, file: str) -> 
           f"per-frequency ECLipsE-Fast {fast.value:.4f}, naive {fast.per_rule['naive']:.4f}")
     assert lower <= comb.value and dense.value <= fast.per_rule["sn(1)"] * (1 + 1e-9)
     assert fast.value <= fast.per_rule["naive"]
+
+
+def test_the_symbol_and_tail_dft_rounding_bounds_hold_against_extended_precision(seed: int) -> None:
+    """||fl(K(w)) - K(w)|| <= the symbol's epsilon and ||fl(V^) - V^||_F <= the DFT's bound (decisions 33), with the
+    exact values taken in numpy's extended precision (64-bit mantissa on x86)."""
+    np = pytest.importorskip("numpy")
+    if np.finfo(np.longdouble).nmant < 60:
+        pytest.skip("numpy's longdouble is no wider than float64 here")
+    gen = torch.Generator().manual_seed(seed)
+    kernel = torch.randn(5, 3, 3, 4, generator=gen, dtype=torch.float64) * 10
+    op = Conv2dOperator.conv(kernel, (3, 9, 10), stride=(1, 2), padding=(1, 1, 2, 1), dilation=(2, 1))
+    layer = conv_grid._grid_layer(op, (12, 14))
+    ours = layer.symbol().numpy()
+    _, eps_k = layer.symbol_bounds()
+    k = kernel.numpy().astype(np.longdouble)
+    two_pi = np.longdouble(2) * np.arccos(np.longdouble(-1))
+
+    def phases(n: int, count: int, offsets: tuple[int, ...], sign: int):  # type: ignore[no-untyped-def]
+        r = np.mod(np.outer(np.arange(count), np.array(offsets)), n).astype(np.longdouble)
+        return np.cos(two_pi * r / n) + sign * 1j * np.sin(two_pi * r / n)
+
+    exact = np.einsum("ocab,ha,wb->hwoc", k, phases(12, 12, layer.offsets[0], 1),
+                      phases(14, 8, layer.offsets[1], 1)).reshape(ours.shape)
+    errors = np.linalg.norm((ours - exact).astype(np.complex128), ord=2, axis=(1, 2))
+    assert 0 < errors.max() <= eps_k
+    v = torch.randn(4, 5 * 9 * 10, generator=gen, dtype=torch.float64) * 3
+    hat, eps_v = conv_grid.tail_dft(v, (9, 10), (12, 14))
+    x = v.numpy().astype(np.longdouble).reshape(4, 5, 9, 10)
+    want = np.einsum("ncab,ha,wb->hwcn", x, phases(12, 12, tuple(range(9)), -1) / np.sqrt(np.longdouble(12)),
+                     phases(14, 8, tuple(range(10)), -1) / np.sqrt(np.longdouble(14))).reshape(hat.shape)
+    assert 0 < float(np.linalg.norm((hat.numpy() - want).astype(np.complex128))) <= eps_v
+    print(f"symbol error {errors.max():.3g} <= {eps_k:.3g}; DFT error <= {eps_v:.3g}")

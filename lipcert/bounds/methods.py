@@ -330,7 +330,7 @@ def lipschitz(
         slopes = [(a.to(dev), b.to(dev)) for a, b in net.slopes()]
         bound = _report(call, {"naive": result}, slopes, torch.float64, dev, time.perf_counter() - start)
         bound = replace(bound, extras={**bound.extras, "path": "matrix-free"})
-    elif net.has_operators and isinstance(found := _per_frequency(call, net, dev, max_bytes), LipschitzBound):
+    elif net.has_operators and isinstance(found := _per_frequency(call, net, max_bytes), LipschitzBound):
         bound = found
     else:  # operator layers are densified after a memory estimate (DenseTooLargeError says how much)
         dense = net.densified() if net.has_operators else net
@@ -342,11 +342,12 @@ def lipschitz(
     return replace(bound, network=net.fingerprint())
 
 
-def _per_frequency(call: MethodCall, net: Network, device: torch.device, max_bytes: float | None) -> LipschitzBound | str:
+def _per_frequency(call: MethodCall, net: Network, max_bytes: float | None) -> LipschitzBound | str:
     """The per-frequency bound of an operator network (docs/decisions.md 27, 32), or why there is none.
 
     ``extras["path"]`` is ``"per-frequency"``, or ``"matrix-free naive"`` where the naive product (run
-    beside the rules on zero-padded grids, and in ``combined``) is the smaller.  Always float64 on the CPU.
+    beside the rules on zero-padded grids, and in ``combined``) is the smaller.  Always float64 on the CPU
+    (``dtype`` and ``device`` do not apply; the bound says so in ``extras``).
     """
     if call.method.name not in conv_closed_form.METHODS:
         return f"{call.name} has no per-frequency form"
@@ -357,8 +358,7 @@ def _per_frequency(call: MethodCall, net: Network, device: torch.device, max_byt
         results = conv_closed_form.certificates(net, call.method.name, call.options)
     except (UnsupportedConvGeometryError, UnsupportedSlopesError) as err:
         return str(err)
-    slopes = [(a.to(device), b.to(device)) for a, b in net.slopes()]
-    bound = _report(call, results, slopes, torch.float64, device, time.perf_counter() - start)
+    bound = _report(call, results, net.slopes(), torch.float64, torch.device("cpu"), time.perf_counter() - start)
     path = "matrix-free naive" if bound.rule == "naive" else "per-frequency"
     return replace(bound, extras={**bound.extras, "path": path, "memory_estimate": needed})
 

@@ -238,3 +238,13 @@ def test_the_symbol_and_tail_dft_rounding_bounds_hold_against_extended_precision
                      phases(14, 8, tuple(range(10)), -1) / np.sqrt(np.longdouble(14))).reshape(hat.shape)
     assert 0 < float(np.linalg.norm((hat.numpy() - want).astype(np.complex128))) <= eps_v
     print(f"symbol error {errors.max():.3g} <= {eps_k:.3g}; DFT error <= {eps_v:.3g}")
+
+
+def test_a_dense_fallback_that_does_not_fit_says_why_there_was_no_per_frequency_pass(seed: int) -> None:
+    from lipcert.errors import MemoryBudgetError
+
+    net = _chain(seed, *GEOMETRIES["stride 2"], circular=True)
+    with pytest.raises(MemoryBudgetError, match="greedy has no per-frequency form; per frequency lipcert bounds "
+                                                "eclipse-fast, sn"):
+        lipschitz(net, "greedy", max_bytes=1e6)
+    assert lipschitz(net, "eclipse-fast", max_bytes=2e8).extras["path"] == "per-frequency"

@@ -18,9 +18,11 @@ from typing import Any
 import torch
 
 from ..errors import (
+    DenseTooLargeError,
     InfeasibleCertificateError,
     InvalidArgumentError,
     InvalidOptionError,
+    MemoryBudgetError,
     UnknownMethodError,
     UnsupportedConvGeometryError,
     UnsupportedSlopesError,
@@ -333,9 +335,15 @@ def lipschitz(
     elif net.has_operators and isinstance(found := _per_frequency(call, net, max_bytes), LipschitzBound):
         bound = found
     else:  # operator layers are densified after a memory estimate (DenseTooLargeError says how much)
-        dense = net.densified() if net.has_operators else net
-        check_budget(f"method {call.name} on widths {list(net.widths)}",
-                     method_bytes(dense, call.method.name, call.options), max_bytes)
+        try:
+            dense = net.densified() if net.has_operators else net
+            check_budget(f"method {call.name} on widths {list(net.widths)}",
+                         method_bytes(dense, call.method.name, call.options), max_bytes)
+        except (DenseTooLargeError, MemoryBudgetError) as err:
+            if not net.has_operators:
+                raise
+            raise type(err)(f"{err}. No per-frequency pass: {found}; per frequency lipcert bounds "
+                            f"{', '.join(conv_closed_form.METHODS)} on conv chains without dense matrices") from None
         bound = _compute(call, dense, torch.float64 if call.method.float64_only else dtype, dev)
         if net.has_operators:
             bound = replace(bound, extras={**bound.extras, "path": "dense", "per_frequency": found})

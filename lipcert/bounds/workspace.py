@@ -16,6 +16,7 @@ from typing import Any
 
 from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network
+from .conv_grid import plan_bytes, plan_chain
 
 FLOAT64 = 8
 OVERHEAD = 64 * 2**20
@@ -56,4 +57,30 @@ def lower_bytes(net: AnyNetwork) -> int:
                                  + extra)
 
 
-__all__ = ["lower_bytes", "method_bytes"]
+def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -> int:
+    """Estimated peak working memory of the per-frequency pass of ``method`` on an operator network (bytes).
+
+    One pass at a time (combined runs its rules one after another): the largest layer's frequency blocks
+    (:func:`~lipcert.bounds.conv_grid.plan_bytes`), the dense tail's recursion as a single rule on its
+    widths, and, where the naive product runs beside it, the matrix-free conv norms' frequency blocks and
+    exact Gram matrices (:mod:`lipcert.bounds.conv_norm`, at most 8192 rows per group).  Raises
+    :class:`~lipcert.errors.UnsupportedConvGeometryError` when the chain has no circular grid.
+    """
+    plan = plan_chain(net)
+    tail = net.weights[len(plan.layers):]
+    kernels = sum(layer.kernel.numel() for layer in plan.layers)
+    weights = 2 * FLOAT64 * (kernels + sum(w.numel() for w in tail))
+    widest = max((w.shape[0] for w in tail[:-1]), default=0)
+    need = plan_bytes(plan, int(tail[0].shape[0])) + SINGLE_RULE * FLOAT64 * widest**2
+    naive = 0
+    for op in (o for o in net.operators if o is not None):
+        (c_out, h_out, w_out), (c_in, h, w) = op.conv_out_shape, op.in_shape
+        blocks = 16 * 3 * (h + 4) * (w + 4) * c_out * c_in // op.groups
+        gram = min(c_out * h_out * w_out, c_in * h * w) // op.groups
+        naive = max(naive, blocks + (4 * FLOAT64 * gram**2 if gram <= 8192 and h_out * w_out <= 64 else 0))
+    passes = len(options.get("rules", ())) + 1 if method == "combined" else 2
+    kept = passes * FLOAT64 * (sum(net.widths[1:]) + net.widths[-1] ** 2)  # every pass's multipliers and G_L
+    return OVERHEAD + weights + kept + max(need, naive)
+
+
+__all__ = ["lower_bytes", "method_bytes", "per_frequency_bytes"]

@@ -13,7 +13,7 @@ from lipcert.activations import get_activation
 from lipcert.bounds import block_form as bf
 from lipcert.bounds.block_lower import chain_jacobian_bound, chain_pattern_bound
 from lipcert.bounds.closed_form import single_rule
-from lipcert.bounds.residual_block import (BlockBound, ResidualBlock, block_constant, chain_constant,
+from lipcert.bounds.residual_block import (BlockBound, ResidualBlock, block_constant, branch_chain, chain_constant,
                                            multiplier_value)
 from lipcert.bounds.rules import Rule
 from lipcert.errors import (InfeasibleCertificateError, InvalidSlopeError, NonFiniteWeightsError,
@@ -223,6 +223,49 @@ def test_chain_recursion_is_sound_and_not_above_the_product(seed: int) -> None:
                                               rel=1e-12)
     optimized = chain_constant(blocks, head, method="optimized")
     assert lower <= optimized.value * (1 + 1e-9) and optimized.value <= bound.value * (1 + 1e-12), seed
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_branch_chain_of_one_hidden_layer_is_the_block(activation: str, seed: int) -> None:
+    """The state (x, phi) with the head [S, G] gives the block certificate itself (the head scores exactly)."""
+    gen = torch.Generator().manual_seed(seed)
+    act = get_activation(activation)
+    s, w, g = resnet_block(7, 11, gen, True)
+    alpha, beta = torch.tensor(act.alpha), torch.tensor(act.beta)
+    chained = chain_constant(*branch_chain(s, [w, g], [alpha], [beta]))
+    assert chained.value == pytest.approx(block_constant(s, w, g, alpha, beta).value, rel=1e-9), seed
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_bottleneck_and_post_activation_are_sound(activation: str, seed: int) -> None:
+    """relu(x + W3 sigma(W2 sigma(W1 x + b1) + b2)) (a ResNet v1 bottleneck): the branch as blocks, the
+    activation after the sum as the block (0, I, I); above the pattern and Jacobian bounds, below naive."""
+    gen = torch.Generator().manual_seed(seed)
+    act = get_activation(activation)
+    assert act.fn is not None and act.derivative is not None
+    n, m = 5, 8
+    ws = [torch.randn(m, n, generator=gen, dtype=torch.float64) * math.sqrt(2 / n),
+          torch.randn(m, m, generator=gen, dtype=torch.float64) * math.sqrt(2 / m),
+          torch.randn(n, m, generator=gen, dtype=torch.float64) * math.sqrt(2 / m)]
+    alpha, beta = torch.tensor(act.alpha), torch.tensor(act.beta)
+    blocks, head = branch_chain(None, ws, [alpha, alpha], [beta, beta])
+    eye = torch.eye(n, dtype=torch.float64)
+    post = ResidualBlock(torch.zeros(n, n, dtype=torch.float64), eye, eye, torch.tensor(0.0), torch.tensor(1.0))
+    summed = ResidualBlock(head, torch.zeros(1, head.shape[1], dtype=torch.float64),
+                           torch.zeros(n, 1, dtype=torch.float64), alpha, beta)
+    bound = chain_constant([*blocks, summed, post])
+    bias = [torch.randn(m, generator=gen, dtype=torch.float64) for _ in range(2)]
+    x = torch.randn(256, n, generator=gen, dtype=torch.float64)
+    z1 = x @ ws[0].T + bias[0]
+    z2 = act(z1) @ ws[1].T + bias[1]
+    y = x + act(z2) @ ws[2].T
+    jac = (act.derivative(y)[:, :, None] * (eye + (ws[2] * act.derivative(z2)[:, None, :])
+                                             @ (ws[1] * act.derivative(z1)[:, None, :]) @ ws[0]))
+    lower = max(float(torch.linalg.matrix_norm(jac, ord=2).max()),
+                chain_pattern_bound([*blocks, summed], generator=gen))
+    slope = max(abs(act.alpha), abs(act.beta))
+    naive = 1 + slope**2 * math.prod(float(torch.linalg.matrix_norm(w, ord=2)) for w in ws)
+    assert lower <= bound.value * (1 + 1e-9) and bound.value < naive, (seed, lower, bound.value, naive)
 
 
 def test_sll_chain_stays_at_one(seed: int) -> None:

@@ -182,10 +182,7 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
         if head.shape[1] != width:
             raise ShapeMismatchError(f"head has {head.shape[1]} columns, the last block {width} outputs")
         product *= float(certified_root(spectral_norm_squared(head), 0.0))
-    forms = [_carried(blocks)] + ([_carried(blocks, optimized=True)] if method == "optimized" else [])
-    if head is not None:
-        forms = [head @ f @ head.T for f in forms]
-        forms = [(f + f.T) / 2 for f in forms]
+    forms = [_carried(blocks, head)] + ([_carried(blocks, head, optimized=True)] if method == "optimized" else [])
     form = min(forms, key=bf.top)
     recursion = float(certified_root(bf.top(form), 0.0))
     per_rule = {"product": product, "recursion": recursion}
@@ -194,33 +191,117 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
     return BlockBound(min(product, recursion), method, rule, per_rule, None, time.perf_counter() - start, extras)
 
 
-def _carried(blocks: Sequence[ResidualBlock], *, optimized: bool = False) -> torch.Tensor:
-    """E_L of the block recursion: E_0 = I, E_k = the best closed-form next form of block k from E_{k-1}
-    (refined by L-BFGS on lambda_max(E_k) if ``optimized``)."""
+def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, optimized: bool = False
+             ) -> torch.Tensor:
+    """head E_L head^T of the block recursion: E_0 = I, E_k the next form of block k from E_{k-1}.
+
+    At block k every closed-form candidate is scored one block ahead: by the best closed-form
+    lambda_max(E_{k+1}) of block k+1 from it, or at the last block by lambda_max(head E_k head^T)
+    (decisions 31).  With ``optimized``, the kept candidate is refined by L-BFGS on lambda_max(E_k).
+    """
+    variants = _canonical_chain(blocks)
     factor: torch.Tensor | None = None
-    form: torch.Tensor | None = None
+    form = torch.eye(variants[0][0].shortcut.shape[1], dtype=torch.float64)
+    for index, options in enumerate(variants):
+        last = index + 1 == len(variants)
+        best: tuple[float, bf.Choice, bf.Stage] | None = None
+        for block in options:
+            st = bf.stage(block, factor)
+            if block.inner.shape[0] == 0:
+                found = bf.Choice("linear", block.inner.new_zeros(0), st.base, bf.top(st.base))
+                candidates = [(0.0, found)]
+            else:
+                candidates = []  # at the last block the neuron rule sees the head (the Gamma rules do not)
+                for label, lam in bf.proposals(bf.projected(st, head) if last and head is not None else st):
+                    nxt = bf.next_form(st, lam)
+                    if nxt is not None:
+                        candidates.append((0.0, bf.Choice(label, lam, nxt, bf.top(nxt))))
+            for _, found in candidates:
+                score = (bf.top(_headed(found.form, head)) if last
+                         else _ahead(variants[index + 1], _lower_factor(found.form, index + 1)))
+                if best is None or score < best[0]:
+                    best = (score, found, st)
+        if best is None:
+            raise InfeasibleCertificateError(f"no closed-form multipliers of residual block {index + 1} "
+                                             "passed Cholesky")
+        _, found, st = best
+        if optimized and found.lam.numel():
+            found = optimize_block(st, found)
+        form = found.form
+        factor = _lower_factor(form, index + 1)
+    return _headed(form, head)
+
+
+def branch_chain(shortcut: torch.Tensor | None, weights: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor],
+                 betas: Sequence[torch.Tensor]) -> tuple[list[ResidualBlock], torch.Tensor]:
+    """A block with a deep branch, h(x) = S x + W_L sigma(W_{L-1} ... sigma(W_1 x + b_1) ...), as blocks and a head.
+
+    The state (x, phi_k) carries the input beside the branch (decisions 31): block 1 is
+    ([I; 0], W_1, [0; I]), block k is (diag(I, 0), [0, W_k], [0; I]), and the head is [S, W_L], so
+    ``chain_constant(*branch_chain(...))`` bounds Lip(h) (with one hidden layer it equals
+    :func:`block_constant`).  ``alphas[k]``, ``betas[k]``: slopes of hidden layer k+1 (one value or one per neuron).
+    """
+    if len(weights) < 2 or len(alphas) != len(weights) - 1 or len(betas) != len(weights) - 1:
+        raise ShapeMismatchError(f"a branch needs L >= 2 weights and L - 1 slope pairs, got {len(weights)} weights, "
+                                 f"{len(alphas)} alphas and {len(betas)} betas")
+    ws = [_matrix(w, f"branch weight {k + 1}") for k, w in enumerate(weights)]
+    n = ws[0].shape[1]
+    s = torch.eye(n, dtype=torch.float64, device=ws[0].device) if shortcut is None else _matrix(shortcut, "shortcut (S)")
+    if s.shape != (ws[-1].shape[0], n):
+        raise ShapeMismatchError(f"shortcut (S) must be {ws[-1].shape[0]} x {n} (outputs x inputs), "
+                                 f"got {tuple(s.shape)}")
+    dev = ws[0].device
+    blocks, prev = [], 0
+    for k, w in enumerate(ws[:-1]):
+        m = w.shape[0]
+        if w.shape[1] != (n if k == 0 else prev):
+            raise ShapeMismatchError(f"branch weight {k + 1} takes {w.shape[1]} inputs, the layer before gives "
+                                     f"{n if k == 0 else prev}")
+        short = torch.zeros(n + m, n + prev, dtype=torch.float64, device=dev)
+        short[:n, :n] = torch.eye(n, dtype=torch.float64, device=dev)
+        inner = torch.cat([torch.zeros(m, n, dtype=torch.float64, device=dev), w], 1) if k else w
+        outer = torch.cat([torch.zeros(n, m, dtype=torch.float64, device=dev), torch.eye(m, dtype=torch.float64, device=dev)])
+        blocks.append(ResidualBlock(short, inner, outer, alphas[k], betas[k]))
+        prev = m
+    if ws[-1].shape[1] != prev:
+        raise ShapeMismatchError(f"branch weight {len(ws)} takes {ws[-1].shape[1]} inputs, the layer before gives {prev}")
+    return blocks, torch.cat([s, ws[-1]], 1)
+
+
+def _headed(form: torch.Tensor, head: torch.Tensor | None) -> torch.Tensor:
+    """head E head^T, symmetrized (E itself without a head)."""
+    if head is None:
+        return form
+    out = head @ form @ head.T
+    return (out + out.T) / 2
+
+
+def _ahead(options: list[bf.Canonical], factor: torch.Tensor) -> float:
+    """The least closed-form lambda_max(E_next) of a block (its slope treatments) from the form L L^T."""
+    values = []
+    for block in options:
+        st = bf.stage(block, factor)
+        if block.inner.shape[0] == 0:
+            values.append(bf.top(st.base))
+            continue
+        try:
+            values.append(bf.choose(st).value)
+        except InfeasibleCertificateError:
+            continue
+    return min(values, default=math.inf)
+
+
+def _canonical_chain(blocks: Sequence[ResidualBlock]) -> list[list[bf.Canonical]]:
+    """Every block's canonical forms (slope treatments), with the widths of consecutive blocks checked."""
+    out = []
     width: int | None = None
     for index, raw in enumerate(blocks, 1):
         s, w, g, alpha, beta = _checked(raw.shortcut, raw.inner, raw.outer, raw.alpha, raw.beta)
         if width is not None and s.shape[1] != width:
             raise ShapeMismatchError(f"block {index} takes {s.shape[1]} inputs, block {index - 1} gives {width}")
         width = s.shape[0]
-        best: bf.Choice | None = None
-        for relax in _treatments(alpha, beta, "combined"):
-            block = bf.canonical(s, w, g, alpha, beta, relax=relax)
-            st = bf.stage(block, factor)
-            if block.inner.shape[0] == 0:
-                found = bf.Choice("linear", w.new_zeros(0), st.base, bf.top(st.base))
-            else:
-                found = bf.choose(st)
-                found = optimize_block(st, found) if optimized else found
-            if best is None or found.value < best.value:
-                best = found
-        assert best is not None
-        form = best.form
-        factor = _lower_factor(form, index)
-    assert form is not None
-    return form
+        out.append([bf.canonical(s, w, g, alpha, beta, relax=relax) for relax in _treatments(alpha, beta, "combined")])
+    return out
 
 
 def _lower_factor(form: torch.Tensor, index: int) -> torch.Tensor:

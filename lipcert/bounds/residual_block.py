@@ -133,7 +133,7 @@ def block_constant(shortcut: torch.Tensor | None, inner: torch.Tensor, outer: to
     found, block = best
     value = float(certified_root(found.value, 0.0))
     label = found.label if block.label == "exact" else f"{found.label} [relaxed]"
-    if method == "combined" and naive < value:
+    if method in ("combined", "optimized") and naive < value:
         value, label, lam = naive, "naive", None
     else:
         lam = torch.zeros_like(alpha)
@@ -166,9 +166,9 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
 
     The minimum of two certificates: the product of the block constants (:func:`block_constant` with
     ``method``) times ||head||, and the recursion that carries each block's form E_k into the next
-    block (decisions 31), choosing at every block the closed-form multipliers of least lambda_max(E_k)
-    (with ``method="optimized"`` also a pass refined by L-BFGS on it, which is greedy too and not always
-    better: the lesser of the two passes is kept).
+    block (decisions 31), choosing every block's closed-form multipliers one block ahead (with
+    ``method="optimized"`` also a pass whose blocks are refined by L-BFGS on lambda_max(E_k); being
+    greedy it is not always better, and the lesser of the two passes is kept).
     ``extras["blocks"]`` lists the block constants; ``extras["form"]`` is head E_L head^T.
     """
     start = time.perf_counter()
@@ -201,22 +201,21 @@ def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, opti
     """
     variants = _canonical_chain(blocks)
     factor: torch.Tensor | None = None
-    form = torch.eye(variants[0][0].shortcut.shape[1], dtype=torch.float64)
+    form: torch.Tensor | None = None
     for index, options in enumerate(variants):
         last = index + 1 == len(variants)
         best: tuple[float, bf.Choice, bf.Stage] | None = None
         for block in options:
             st = bf.stage(block, factor)
             if block.inner.shape[0] == 0:
-                found = bf.Choice("linear", block.inner.new_zeros(0), st.base, bf.top(st.base))
-                candidates = [(0.0, found)]
+                candidates = [bf.Choice("linear", block.inner.new_zeros(0), st.base, bf.top(st.base))]
             else:
                 candidates = []  # at the last block the neuron rule sees the head (the Gamma rules do not)
                 for label, lam in bf.proposals(bf.projected(st, head) if last and head is not None else st):
                     nxt = bf.next_form(st, lam)
                     if nxt is not None:
-                        candidates.append((0.0, bf.Choice(label, lam, nxt, bf.top(nxt))))
-            for _, found in candidates:
+                        candidates.append(bf.Choice(label, lam, nxt, bf.top(nxt)))
+            for found in candidates:
                 score = (bf.top(_headed(found.form, head)) if last
                          else _ahead(variants[index + 1], _lower_factor(found.form, index + 1)))
                 if best is None or score < best[0]:
@@ -229,6 +228,7 @@ def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, opti
             found = optimize_block(st, found)
         form = found.form
         factor = _lower_factor(form, index + 1)
+    assert form is not None
     return _headed(form, head)
 
 

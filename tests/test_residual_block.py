@@ -24,7 +24,9 @@ ACTIVATIONS = ("relu", "tanh", "leaky_relu(0.1)", "sigmoid", "silu", "gelu", "ab
 
 
 def sll_block(m: int, n: int, gen: torch.Generator, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Araujo et al. 2023: h(x) = x - 2 W T^{-1} relu(W^T x + b), T_ii = sum_j |W^T W|_ij q_j / q_i; returns (inner, outer)."""
+    """Araujo et al. 2023: h(x) = x - 2 W T^{-1} relu(W^T x + b), T_ii = sum_j |W^T W|_ij q_j / q_i.
+
+    Returns (inner, outer) = (W^T, -2 W T^{-1}) in block_constant's orientation."""
     inner = torch.randn(m, n, generator=gen, dtype=torch.float64)
     if nonnegative:  # T - inner inner^T is then singular (a weighted Laplacian): the optimum is on the boundary
         inner = inner.abs()
@@ -45,7 +47,8 @@ def resnet_block(n: int, m: int, gen: torch.Generator, shortcut: bool) -> tuple[
 def lmi_min_eigenvalue(s: torch.Tensor, w: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
                        rho: float, lam: torch.Tensor) -> float:
     """lambda_min of the block LMI (module docstring of residual_block), scaled by its diagonal (a congruence)."""
-    top_left = rho**2 * torch.eye(w.shape[1], dtype=torch.float64) - s.T @ s + 2 * w.T @ ((lam * alpha * beta)[:, None] * w)
+    top_left = (rho**2 * torch.eye(w.shape[1], dtype=torch.float64) - s.T @ s
+                + 2 * w.T @ ((lam * alpha * beta)[:, None] * w))
     off = -(s.T @ g + w.T @ torch.diag(lam * (alpha + beta)))
     q = torch.cat([torch.cat([top_left, off], 1), torch.cat([off.T, torch.diag(2 * lam) - g.T @ g], 1)], 0)
     d = torch.diagonal(q).clamp(min=1e-300).rsqrt()
@@ -282,8 +285,8 @@ def test_linear_and_dead_neurons(seed: int) -> None:
     linear = block_constant(s, w, g, torch.tensor(0.5), torch.tensor(0.5))
     exact = float(torch.linalg.matrix_norm(s + 0.5 * g @ w, ord=2))
     assert linear.value == pytest.approx(exact, rel=1e-7) and linear.value >= exact, seed
-    w2, g2 = torch.cat([w, torch.zeros(1, 5, dtype=torch.float64)]), torch.cat([g, torch.randn(5, 1, generator=gen,
-                                                                                                 dtype=torch.float64)], 1)
+    dead = torch.randn(5, 1, generator=gen, dtype=torch.float64)  # its neuron has a zero row of W: constant
+    w2, g2 = torch.cat([w, torch.zeros(1, 5, dtype=torch.float64)]), torch.cat([g, dead], 1)
     padded = block_constant(s, w2, g2, torch.tensor(0.0), torch.tensor(1.0))
     assert padded.value == pytest.approx(block_constant(s, w, g, torch.tensor(0.0), torch.tensor(1.0)).value, rel=1e-12)
     assert padded.multipliers is not None and float(padded.multipliers[-1]) == 0.0

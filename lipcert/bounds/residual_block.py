@@ -246,11 +246,11 @@ def branch_chain(shortcut: torch.Tensor | None, weights: Sequence[torch.Tensor],
                                  f"{len(alphas)} alphas and {len(betas)} betas")
     ws = [_matrix(w, f"branch weight {k + 1}") for k, w in enumerate(weights)]
     n = ws[0].shape[1]
-    s = torch.eye(n, dtype=torch.float64, device=ws[0].device) if shortcut is None else _matrix(shortcut, "shortcut (S)")
+    dev = ws[0].device
+    s = torch.eye(n, dtype=torch.float64, device=dev) if shortcut is None else _matrix(shortcut, "shortcut (S)")
     if s.shape != (ws[-1].shape[0], n):
         raise ShapeMismatchError(f"shortcut (S) must be {ws[-1].shape[0]} x {n} (outputs x inputs), "
                                  f"got {tuple(s.shape)}")
-    dev = ws[0].device
     blocks, prev = [], 0
     for k, w in enumerate(ws[:-1]):
         m = w.shape[0]
@@ -260,11 +260,13 @@ def branch_chain(shortcut: torch.Tensor | None, weights: Sequence[torch.Tensor],
         short = torch.zeros(n + m, n + prev, dtype=torch.float64, device=dev)
         short[:n, :n] = torch.eye(n, dtype=torch.float64, device=dev)
         inner = torch.cat([torch.zeros(m, n, dtype=torch.float64, device=dev), w], 1) if k else w
-        outer = torch.cat([torch.zeros(n, m, dtype=torch.float64, device=dev), torch.eye(m, dtype=torch.float64, device=dev)])
+        outer = torch.cat([torch.zeros(n, m, dtype=torch.float64, device=dev),
+                           torch.eye(m, dtype=torch.float64, device=dev)])
         blocks.append(ResidualBlock(short, inner, outer, alphas[k], betas[k]))
         prev = m
     if ws[-1].shape[1] != prev:
-        raise ShapeMismatchError(f"branch weight {len(ws)} takes {ws[-1].shape[1]} inputs, the layer before gives {prev}")
+        raise ShapeMismatchError(f"branch weight {len(ws)} takes {ws[-1].shape[1]} inputs, "
+                                 f"the layer before gives {prev}")
     return blocks, torch.cat([s, ws[-1]], 1)
 
 
@@ -371,5 +373,6 @@ def _checked(shortcut: Any, inner: Any, outer: Any, alpha: Any, beta: Any
             raise InvalidSlopeError(f"{name} holds NaN or infinite slopes")
         slopes.append(t)
     if bool((slopes[0] > slopes[1]).any()):
-        raise InvalidSlopeError(f"alpha > beta at neurons {torch.nonzero(slopes[0] > slopes[1]).flatten()[:5].tolist()}")
+        bad = torch.nonzero(slopes[0] > slopes[1]).flatten()[:5].tolist()
+        raise InvalidSlopeError(f"alpha > beta at neurons {bad}")
     return s, w, g, slopes[0], slopes[1]

@@ -11,6 +11,10 @@ It is rho-Lipschitz for every bias b if a diagonal Lambda >= 0 makes the block L
 [-G^T S - Lambda W, 2 Lambda - G^T G]]).  :mod:`.block_form` evaluates it in closed form for given
 multipliers; this module chooses them (closed-form rules, their minimum, an L-BFGS optimizer) and
 composes blocks.  Every value ends with :func:`lipcert.rounding.certified_root`.
+
+Use: one block, :func:`block_constant`; blocks in sequence with a final linear map, :func:`chain_constant`
+(``BlockBound.pairwise()`` then gives the margin constants); a branch with several hidden layers,
+:func:`branch_chain`; an activation after the sum, the block ``ResidualBlock(0, I, I, alpha, beta)``.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ import torch
 
 from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
 from ..memory import check_budget
+from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network, require_network
-from . import abs_layer, closed_form, matrix_free, optimize, sdp
+from . import abs_layer, closed_form, graph, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
@@ -247,7 +248,7 @@ def resolve(method: str, options: Mapping[str, Any] | None = None) -> MethodCall
 
 
 def lipschitz(
-    net: Network,
+    net: AnyNetwork,
     method: str = "combined",
     *,
     options: Mapping[str, Any] | None = None,
@@ -259,9 +260,11 @@ def lipschitz(
 
     Parameters
     ----------
-    net : Network
+    net : Network or GraphNetwork
         The network; the bound refers to its input space (raw inputs when it carries its
-        normalization) and holds for every bias and every activation in its slope class.
+        normalization) and holds for every bias and every activation in its slope class.  A graph
+        with residual blocks is bounded by the method on every chain, composed across stages with
+        ||S|| + Lip(g) per block (:mod:`lipcert.bounds.graph`, docs/decisions.md 29).
     method : str
         One of :data:`METHODS` (``"gc(1.7)"`` style names set the rule parameter inline).
     options : mapping, optional
@@ -312,8 +315,10 @@ def lipschitz(
     Lip(f) <= ||W_L M_{L-1}^{-1} W_L^T||^{1/2}.  Each rule picks a diagonal Lambda_k in
     closed form; ECLipsE-Fast is Lambda_k = I / lambda_max(Gamma_k).
     """
-    net = require_network(net, "lipschitz", operators=True)
     call = resolve(method, options)
+    if isinstance(net, GraphNetwork):
+        return _graph(net, call, method, options, dtype=dtype, device=device, max_bytes=max_bytes)
+    net = require_network(net, "lipschitz", operators=True)
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
@@ -331,6 +336,19 @@ def lipschitz(
         if net.has_operators:
             bound = replace(bound, extras={**bound.extras, "path": "dense (operator layers materialized)"})
     return replace(bound, network=net.fingerprint())
+
+
+def _graph(net: GraphNetwork, call: MethodCall, method: str, options: Mapping[str, Any] | None, *,
+           dtype: torch.dtype, device: str | torch.device | None, max_bytes: float | None) -> LipschitzBound:
+    """:func:`lipschitz` of a network graph: the method on every chain, composed (:mod:`.graph`); margin
+    options (``direction``, ``pairs``) go to the chain whose outputs are the network's."""
+    inner = {k: v for k, v in (options or {}).items() if k not in ("direction", "pairs")}
+
+    def chain_bound(chain: Network, last: bool) -> LipschitzBound:
+        return lipschitz(chain, method, options=options if last else inner, dtype=dtype, device=device,
+                         max_bytes=max_bytes)
+
+    return replace(graph.graph_lipschitz(net, chain_bound, call.name), network=net.fingerprint())
 
 
 def checked_device(device: str | torch.device | None) -> torch.device:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network
 
 FLOAT64 = 8
@@ -44,11 +45,15 @@ def method_bytes(net: Network, method: str, options: Mapping[str, Any]) -> int:
     return OVERHEAD + weights + matrices * FLOAT64 * widest**2
 
 
-def lower_bytes(net: Network) -> int:
+def lower_bytes(net: AnyNetwork) -> int:
     """Estimated peak working memory of :func:`~lipcert.bounds.lower.lower_bound`: products of each width
-    with the input size (pattern bound) and a batch of Jacobians (samples x outputs x width)."""
-    widest = max(net.widths, default=0)
-    return OVERHEAD + FLOAT64 * (3 * widest * net.input_dim + 4 * JACOBIAN_SAMPLES * (net.widths[-1] + 2) * widest)
+    with the input size (pattern bound) and a batch of Jacobians (samples x outputs x width); on a graph
+    the widest layer of any of its chains, and two activations of it per input for autograd."""
+    widths = [w for chain in net.chains() for w in chain.widths] if isinstance(net, GraphNetwork) else net.widths
+    widest = max(widths, default=0)
+    extra = 2 * widest * (net.input_dim + JACOBIAN_SAMPLES) if isinstance(net, GraphNetwork) else 0
+    return OVERHEAD + FLOAT64 * (3 * widest * net.input_dim + 4 * JACOBIAN_SAMPLES * (net.output_dim + 2) * widest
+                                 + extra)
 
 
 __all__ = ["lower_bytes", "method_bytes"]

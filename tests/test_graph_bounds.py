@@ -1,0 +1,102 @@
+"""Bounds, lower bounds and certified radii of network graphs (lipcert/bounds/graph.py, graph_lower.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lipcert
+from lipcert.attacks import attack, soundness_violations
+from lipcert.bounds import lipschitz, lower_bound
+from lipcert.bounds.graph import block_lipschitz, shortcut_norm
+from lipcert.errors import GraphNetworkError
+from lipcert.graph import GraphNetwork, Residual, graph_network
+from lipcert.network import Network
+from lipcert.radii import pairwise_constants
+
+from test_graph import _branch, residual_net
+
+ACTIVATIONS = ["relu", "tanh", "leaky_relu", "sigmoid", "silu", "gelu"]
+METHODS = ["naive", "eclipse-fast", "gc", "shift", "combined"]
+
+
+def _jacobian_rows(net: GraphNetwork, x: torch.Tensor) -> torch.Tensor:
+    """Jacobians (B, K, n_0) of the graph at the rows of x, by autograd."""
+    return torch.stack([torch.autograd.functional.jacobian(lambda z: net.forward_flat(z[None])[0], xi) for xi in x])
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_every_method_is_above_the_lower_bounds(act: str, rng: np.random.Generator) -> None:
+    net = residual_net(rng, act)
+    low = lower_bound(net, restarts=3, samples=32)
+    assert low.value > 0 and low.pattern > 0
+    bounds = {m: lipschitz(net, m) for m in METHODS}
+    bounds["optimized"] = lipschitz(net, "optimized", options={"iterations": 5})
+    for name, b in bounds.items():
+        assert b.value >= low.value, f"{act} {name}: {b.value} below the lower bound {low.value}"
+        assert b.extras["path"] == "graph" and b.network == net.fingerprint()
+    assert bounds["combined"].value <= bounds["naive"].value * (1 + 1e-9)
+    assert bounds["optimized"].value <= bounds["combined"].value * (1 + 1e-9)
+    # margin constants: L_ij >= ||(e_i - e_j)^T J(x)|| at sampled points
+    jac = _jacobian_rows(net, torch.as_tensor(rng.standard_normal((16, net.input_dim))))
+    for name, b in bounds.items():
+        pair = pairwise_constants(b, net)
+        diff = (jac[:, :, None, :] - jac[:, None, :, :]).norm(dim=-1).amax(dim=0).numpy()
+        assert np.all(pair >= diff), name
+        assert np.all(pair <= np.sqrt(2) * b.value * (1 + 1e-9) + 1e-12)
+
+
+def _norm(w: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(w, ord=2))
+
+
+def _naive_by_hand(chain: Network) -> float:
+    slopes = [float(torch.maximum(a.abs(), b.abs()).max()) for a, b in chain.slopes()]
+    return float(np.prod([_norm(w) for w in chain.weights]) * np.prod(slopes))
+
+
+def test_naive_is_the_sum_product_form(rng: np.random.Generator) -> None:
+    net = residual_net(rng, "silu")
+    expected = 1.0
+    for t, stage in enumerate(net.stages):
+        if isinstance(stage, Network):
+            expected *= _naive_by_hand(stage)
+        else:
+            expected *= _norm(stage.shortcut_matrix()) + _naive_by_hand(stage.branch)
+        if t < len(net.activations):
+            expected *= 1.0998393201  # SiLU's slope bound between stages
+    got = lipschitz(net, "naive").value
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got >= expected
+
+
+def test_block_lipschitz_is_shortcut_plus_branch(rng: np.random.Generator) -> None:
+    g = _branch(rng, [6, 9, 6], "tanh")
+    s = torch.as_tensor(rng.standard_normal((6, 6)))
+    block = Residual(g, s)
+    one = block_lipschitz(block, lambda chain, last: lipschitz(chain, "eclipse-fast"))
+    assert one.shortcut == pytest.approx(_norm(s), rel=1e-7) and one.shortcut >= _norm(s)
+    assert one.value == pytest.approx(one.shortcut + lipschitz(g, "eclipse-fast").value, rel=1e-12)
+    assert shortcut_norm(Residual(g)) == 1.0
+    net = graph_network([block])
+    assert isinstance(net, GraphNetwork)
+    bound = lipschitz(net, "eclipse-fast")
+    assert bound.value <= one.value * (1 + 1e-9)  # the Young form never exceeds ||S|| + Lip(g)
+    assert bound.value >= lower_bound(net, restarts=2, samples=16).value
+
+
+def test_certified_radii_of_a_residual_net_survive_pgd(rng: np.random.Generator) -> None:
+    net = residual_net(rng, "relu", width=8, n_in=6, n_out=4)
+    x = rng.random((60, 6))
+    y = np.asarray(net(x)).argmax(axis=1)
+    y[:5] = (y[:5] + 1) % 4  # a few misclassified inputs get radius 0
+    cert = lipcert.certify(net, x, y, method=["naive", "combined"])
+    assert np.all(cert.radii_of("combined") >= cert.radii_of("naive") * (1 - 1e-12))
+    assert np.all(cert.radius[:5] == 0) and np.all(cert.radius[5:] > 0)
+    result = attack(net, x, y, norm=2, eps=cert.radius * (1 - 1e-9), steps=30, restarts=2)
+    assert soundness_violations(cert, result).size == 0
+    wide = attack(net, x, y, norm=2, eps=2.0, steps=30, restarts=2)
+    assert wide.success[5:].mean() > 0.5  # the attack breaks these inputs at larger radii
+    with pytest.raises(GraphNetworkError, match="local radii"):
+        lipcert.certify(net, x[:2], y[:2], method="naive", local=True)

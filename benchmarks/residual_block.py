@@ -7,9 +7,10 @@ Blocks h(x) = S x + G relu(W x + b), n inputs and outputs, m = 2n neurons: W ~ N
 G ~ branch * N(0, 2/m) (He scale), S = I for even block indices and S ~ N(0, 1/n) (a random 1x1 map)
 for odd ones.  Per block: every closed-form rule, `combined`, `optimized`, the block SDP (cvxpy, on
 the first --sdp-blocks blocks of widths with n + m <= 200) and the pattern lower bound; ratios are to
-naive = ||S|| + ||G|| ||W|| (1 + ||G|| ||W|| when S = I).  Then every activation at one width, and
-chains of blocks (product of block constants against the carried-form recursion).  Every upper bound
-is asserted to be >= the lower bound.  One BLAS thread.
+naive = ||S|| + ||G|| ||W|| (1 + ||G|| ||W|| when S = I).  Then every activation at one width,
+chains of blocks (product of block constants against the carried-form recursion), and bottleneck
+blocks with two hidden layers (m = n / 2) against 1 + the chain closed form of the branch alone.
+Every upper bound is asserted to be >= the lower bound.  One BLAS thread.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 from lipcert.activations import get_activation
 from lipcert.bounds.block_lower import chain_pattern_bound
 from lipcert.bounds.block_sdp import block_sdp
-from lipcert.bounds.residual_block import ResidualBlock, block_constant, chain_constant
+from lipcert.bounds.closed_form import combined
+from lipcert.bounds.residual_block import ResidualBlock, block_constant, branch_chain, chain_constant
 
 from run_info import machine
 
@@ -132,6 +134,35 @@ def chains_table(args: argparse.Namespace, out: list[str]) -> None:
             print(out[-1], flush=True)
 
 
+def bottleneck_table(args: argparse.Namespace, out: list[str]) -> None:
+    out += ["| n | m | blocks | naive | 1 + Lip(branch) | recursion | recursion / naive | "
+            "recursion / (1 + Lip(branch)) | recursion / LB | t (s) |", "|" + "---:|" * 10]
+    zero, one = torch.tensor(0.0), torch.tensor(1.0)
+    for n in (16, 32, 64):
+        m = n // 2
+        gen = torch.Generator().manual_seed(n)
+        rows = []
+        for _ in range(args.activation_blocks):
+            ws = [torch.randn(m, n, generator=gen, dtype=torch.float64) * math.sqrt(2 / n),
+                  torch.randn(m, m, generator=gen, dtype=torch.float64) * math.sqrt(2 / m),
+                  torch.randn(n, m, generator=gen, dtype=torch.float64) * math.sqrt(2 / m)]
+            blocks, head = branch_chain(None, ws, [zero, zero], [one, one])
+            bound, took = timed(chain_constant, blocks, head)
+            last = ResidualBlock(head, torch.zeros(1, n + m, dtype=torch.float64),
+                                 torch.zeros(n, 1, dtype=torch.float64), zero, one)
+            low = chain_pattern_bound([*blocks, last], restarts=4, generator=gen)
+            assert bound.value >= low * (1 - 1e-9), n
+            slopes = [(torch.zeros(m, dtype=torch.float64), torch.ones(m, dtype=torch.float64))] * 2
+            branch = min(r.value for r in combined(ws, slopes).values())
+            naive = 1 + math.prod(float(torch.linalg.matrix_norm(w, ord=2)) for w in ws)
+            rows.append({"naive": naive, "branch": 1 + branch, "recursion": bound.value, "pattern": low, "t": took})
+        out.append(f"| {n} | {m} | {len(rows)} | {mean(rows, 'naive', None)} | {mean(rows, 'branch', None)} | "
+                   f"{mean(rows, 'recursion', None)} | {mean(rows, 'recursion')} | "
+                   f"{mean(rows, 'recursion', 'branch')} | "
+                   f"{mean(rows, 'recursion', 'pattern')} | {median(rows, 't')} |")
+        print(out[-1], flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -149,8 +180,9 @@ def main() -> None:
             f"Machine: {machine('at the start')}.", "", (__doc__ or "").split("\n\n")[2], ""]
     sections: list[tuple[str, list[str]]] = [("## Mean ratio to naive, per width (ReLU)", []),
                                              ("## Every activation (n = 32, m = 64, branch 1)", []),
-                                             ("## Chains of blocks (n = 32, m = 64, branch 0.5)", [])]
-    for (title, lines), fill in zip(sections, (widths_table, activations_table, chains_table)):
+                                             ("## Chains of blocks (n = 32, m = 64, branch 0.5)", []),
+                                             ("## Bottleneck blocks x + W3 relu(W2 relu(W1 x)) (branch_chain)", [])]
+    for (title, lines), fill in zip(sections, (widths_table, activations_table, chains_table, bottleneck_table)):
         fill(args, lines)
         body = [line for t, ls in sections for line in (t, "", *ls, "")]
         tail = [f"Machine: {machine()}; total {(time.perf_counter() - start) / 60:.1f} min.", ""]

@@ -13,7 +13,7 @@ from lipcert.activations import get_activation
 from lipcert.bounds import block_form as bf
 from lipcert.bounds.block_lower import chain_jacobian_bound, chain_pattern_bound
 from lipcert.bounds.closed_form import single_rule
-from lipcert.bounds.residual_block import (BlockBound, ResidualBlock, block_constant, chain_constant,
+from lipcert.bounds.residual_block import (BlockBound, ResidualBlock, block_constant, branch_chain, chain_constant,
                                            multiplier_value)
 from lipcert.bounds.rules import Rule
 from lipcert.errors import (InfeasibleCertificateError, InvalidSlopeError, NonFiniteWeightsError,
@@ -24,7 +24,9 @@ ACTIVATIONS = ("relu", "tanh", "leaky_relu(0.1)", "sigmoid", "silu", "gelu", "ab
 
 
 def sll_block(m: int, n: int, gen: torch.Generator, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Araujo et al. 2023: h(x) = x - 2 W T^{-1} relu(W^T x + b), T_ii = sum_j |W^T W|_ij q_j / q_i; returns (inner, outer)."""
+    """Araujo et al. 2023: h(x) = x - 2 W T^{-1} relu(W^T x + b), T_ii = sum_j |W^T W|_ij q_j / q_i.
+
+    Returns (inner, outer) = (W^T, -2 W T^{-1}) in block_constant's orientation."""
     inner = torch.randn(m, n, generator=gen, dtype=torch.float64)
     if nonnegative:  # T - inner inner^T is then singular (a weighted Laplacian): the optimum is on the boundary
         inner = inner.abs()
@@ -45,7 +47,8 @@ def resnet_block(n: int, m: int, gen: torch.Generator, shortcut: bool) -> tuple[
 def lmi_min_eigenvalue(s: torch.Tensor, w: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
                        rho: float, lam: torch.Tensor) -> float:
     """lambda_min of the block LMI (module docstring of residual_block), scaled by its diagonal (a congruence)."""
-    top_left = rho**2 * torch.eye(w.shape[1], dtype=torch.float64) - s.T @ s + 2 * w.T @ ((lam * alpha * beta)[:, None] * w)
+    top_left = (rho**2 * torch.eye(w.shape[1], dtype=torch.float64) - s.T @ s
+                + 2 * w.T @ ((lam * alpha * beta)[:, None] * w))
     off = -(s.T @ g + w.T @ torch.diag(lam * (alpha + beta)))
     q = torch.cat([torch.cat([top_left, off], 1), torch.cat([off.T, torch.diag(2 * lam) - g.T @ g], 1)], 0)
     d = torch.diagonal(q).clamp(min=1e-300).rsqrt()
@@ -225,6 +228,49 @@ def test_chain_recursion_is_sound_and_not_above_the_product(seed: int) -> None:
     assert lower <= optimized.value * (1 + 1e-9) and optimized.value <= bound.value * (1 + 1e-12), seed
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_branch_chain_of_one_hidden_layer_is_the_block(activation: str, seed: int) -> None:
+    """The state (x, phi) with the head [S, G] gives the block certificate itself (the head scores exactly)."""
+    gen = torch.Generator().manual_seed(seed)
+    act = get_activation(activation)
+    s, w, g = resnet_block(7, 11, gen, True)
+    alpha, beta = torch.tensor(act.alpha), torch.tensor(act.beta)
+    chained = chain_constant(*branch_chain(s, [w, g], [alpha], [beta]))
+    assert chained.value == pytest.approx(block_constant(s, w, g, alpha, beta).value, rel=1e-9), seed
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_bottleneck_and_post_activation_are_sound(activation: str, seed: int) -> None:
+    """relu(x + W3 sigma(W2 sigma(W1 x + b1) + b2)) (a ResNet v1 bottleneck): the branch as blocks, the
+    activation after the sum as the block (0, I, I); above the pattern and Jacobian bounds, below naive."""
+    gen = torch.Generator().manual_seed(seed)
+    act = get_activation(activation)
+    assert act.fn is not None and act.derivative is not None
+    n, m = 5, 8
+    ws = [torch.randn(m, n, generator=gen, dtype=torch.float64) * math.sqrt(2 / n),
+          torch.randn(m, m, generator=gen, dtype=torch.float64) * math.sqrt(2 / m),
+          torch.randn(n, m, generator=gen, dtype=torch.float64) * math.sqrt(2 / m)]
+    alpha, beta = torch.tensor(act.alpha), torch.tensor(act.beta)
+    blocks, head = branch_chain(None, ws, [alpha, alpha], [beta, beta])
+    eye = torch.eye(n, dtype=torch.float64)
+    post = ResidualBlock(torch.zeros(n, n, dtype=torch.float64), eye, eye, torch.tensor(0.0), torch.tensor(1.0))
+    summed = ResidualBlock(head, torch.zeros(1, head.shape[1], dtype=torch.float64),
+                           torch.zeros(n, 1, dtype=torch.float64), alpha, beta)
+    bound = chain_constant([*blocks, summed, post])
+    bias = [torch.randn(m, generator=gen, dtype=torch.float64) for _ in range(2)]
+    x = torch.randn(256, n, generator=gen, dtype=torch.float64)
+    z1 = x @ ws[0].T + bias[0]
+    z2 = act(z1) @ ws[1].T + bias[1]
+    y = x + act(z2) @ ws[2].T
+    jac = (act.derivative(y)[:, :, None] * (eye + (ws[2] * act.derivative(z2)[:, None, :])
+                                             @ (ws[1] * act.derivative(z1)[:, None, :]) @ ws[0]))
+    lower = max(float(torch.linalg.matrix_norm(jac, ord=2).max()),
+                chain_pattern_bound([*blocks, summed], generator=gen))
+    slope = max(abs(act.alpha), abs(act.beta))
+    naive = 1 + slope**2 * math.prod(float(torch.linalg.matrix_norm(w, ord=2)) for w in ws)
+    assert lower <= bound.value * (1 + 1e-9) and bound.value < naive, (seed, lower, bound.value, naive)
+
+
 def test_sll_chain_stays_at_one(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     blocks = [ResidualBlock(None, *sll_block(10, 6, gen), torch.tensor(0.0), torch.tensor(1.0)) for _ in range(3)]
@@ -239,8 +285,8 @@ def test_linear_and_dead_neurons(seed: int) -> None:
     linear = block_constant(s, w, g, torch.tensor(0.5), torch.tensor(0.5))
     exact = float(torch.linalg.matrix_norm(s + 0.5 * g @ w, ord=2))
     assert linear.value == pytest.approx(exact, rel=1e-7) and linear.value >= exact, seed
-    w2, g2 = torch.cat([w, torch.zeros(1, 5, dtype=torch.float64)]), torch.cat([g, torch.randn(5, 1, generator=gen,
-                                                                                                 dtype=torch.float64)], 1)
+    dead = torch.randn(5, 1, generator=gen, dtype=torch.float64)  # its neuron has a zero row of W: constant
+    w2, g2 = torch.cat([w, torch.zeros(1, 5, dtype=torch.float64)]), torch.cat([g, dead], 1)
     padded = block_constant(s, w2, g2, torch.tensor(0.0), torch.tensor(1.0))
     assert padded.value == pytest.approx(block_constant(s, w, g, torch.tensor(0.0), torch.tensor(1.0)).value, rel=1e-12)
     assert padded.multipliers is not None and float(padded.multipliers[-1]) == 0.0

@@ -77,6 +77,12 @@ def stage(block: Canonical, factor: torch.Tensor | None = None) -> Stage:
     return Stage(gram(y), z.T @ y, gram(z), block.outer)
 
 
+def projected(st: Stage, head: torch.Tensor) -> Stage:
+    """The stage of the block followed by the linear map ``head``: N A, N C0 N^T, N G (Gamma unchanged)."""
+    base = head @ st.base @ head.T
+    return Stage(st.gamma, head @ st.cross, (base + base.T) / 2, head @ st.outer)
+
+
 def next_form(st: Stage, lam: torch.Tensor) -> torch.Tensor | None:
     """E_next for multipliers ``lam`` (per unit rho^2), or None if M = 2 Lambda - Lambda Gamma Lambda fails Cholesky.
 

@@ -11,6 +11,10 @@ It is rho-Lipschitz for every bias b if a diagonal Lambda >= 0 makes the block L
 [-G^T S - Lambda W, 2 Lambda - G^T G]]).  :mod:`.block_form` evaluates it in closed form for given
 multipliers; this module chooses them (closed-form rules, their minimum, an L-BFGS optimizer) and
 composes blocks.  Every value ends with :func:`lipcert.rounding.certified_root`.
+
+Use: one block, :func:`block_constant`; blocks in sequence with a final linear map, :func:`chain_constant`
+(``BlockBound.pairwise()`` then gives the margin constants); a branch with several hidden layers,
+:func:`branch_chain`; an activation after the sum, the block ``ResidualBlock(0, I, I, alpha, beta)``.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ def block_constant(shortcut: torch.Tensor | None, inner: torch.Tensor, outer: to
     found, block = best
     value = float(certified_root(found.value, 0.0))
     label = found.label if block.label == "exact" else f"{found.label} [relaxed]"
-    if method == "combined" and naive < value:
+    if method in ("combined", "optimized") and naive < value:
         value, label, lam = naive, "naive", None
     else:
         lam = torch.zeros_like(alpha)
@@ -166,9 +170,9 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
 
     The minimum of two certificates: the product of the block constants (:func:`block_constant` with
     ``method``) times ||head||, and the recursion that carries each block's form E_k into the next
-    block (decisions 31), choosing at every block the closed-form multipliers of least lambda_max(E_k)
-    (with ``method="optimized"`` also a pass refined by L-BFGS on it, which is greedy too and not always
-    better: the lesser of the two passes is kept).
+    block (decisions 31), choosing every block's closed-form multipliers one block ahead (with
+    ``method="optimized"`` also a pass whose blocks are refined by L-BFGS on lambda_max(E_k); being
+    greedy it is not always better, and the lesser of the two passes is kept).
     ``extras["blocks"]`` lists the block constants; ``extras["form"]`` is head E_L head^T.
     """
     start = time.perf_counter()
@@ -182,10 +186,7 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
         if head.shape[1] != width:
             raise ShapeMismatchError(f"head has {head.shape[1]} columns, the last block {width} outputs")
         product *= float(certified_root(spectral_norm_squared(head), 0.0))
-    forms = [_carried(blocks)] + ([_carried(blocks, optimized=True)] if method == "optimized" else [])
-    if head is not None:
-        forms = [head @ f @ head.T for f in forms]
-        forms = [(f + f.T) / 2 for f in forms]
+    forms = [_carried(blocks, head)] + ([_carried(blocks, head, optimized=True)] if method == "optimized" else [])
     form = min(forms, key=bf.top)
     recursion = float(certified_root(bf.top(form), 0.0))
     per_rule = {"product": product, "recursion": recursion}
@@ -194,33 +195,119 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
     return BlockBound(min(product, recursion), method, rule, per_rule, None, time.perf_counter() - start, extras)
 
 
-def _carried(blocks: Sequence[ResidualBlock], *, optimized: bool = False) -> torch.Tensor:
-    """E_L of the block recursion: E_0 = I, E_k = the best closed-form next form of block k from E_{k-1}
-    (refined by L-BFGS on lambda_max(E_k) if ``optimized``)."""
+def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, optimized: bool = False
+             ) -> torch.Tensor:
+    """head E_L head^T of the block recursion: E_0 = I, E_k the next form of block k from E_{k-1}.
+
+    At block k every closed-form candidate is scored one block ahead: by the best closed-form
+    lambda_max(E_{k+1}) of block k+1 from it, or at the last block by lambda_max(head E_k head^T)
+    (decisions 31).  With ``optimized``, the kept candidate is refined by L-BFGS on lambda_max(E_k).
+    """
+    variants = _canonical_chain(blocks)
     factor: torch.Tensor | None = None
     form: torch.Tensor | None = None
+    for index, options in enumerate(variants):
+        last = index + 1 == len(variants)
+        best: tuple[float, bf.Choice, bf.Stage] | None = None
+        for block in options:
+            st = bf.stage(block, factor)
+            if block.inner.shape[0] == 0:
+                candidates = [bf.Choice("linear", block.inner.new_zeros(0), st.base, bf.top(st.base))]
+            else:
+                candidates = []  # at the last block the neuron rule sees the head (the Gamma rules do not)
+                for label, lam in bf.proposals(bf.projected(st, head) if last and head is not None else st):
+                    nxt = bf.next_form(st, lam)
+                    if nxt is not None:
+                        candidates.append(bf.Choice(label, lam, nxt, bf.top(nxt)))
+            for found in candidates:
+                score = (bf.top(_headed(found.form, head)) if last
+                         else _ahead(variants[index + 1], _lower_factor(found.form, index + 1)))
+                if best is None or score < best[0]:
+                    best = (score, found, st)
+        if best is None:
+            raise InfeasibleCertificateError(f"no closed-form multipliers of residual block {index + 1} "
+                                             "passed Cholesky")
+        _, found, st = best
+        if optimized and found.lam.numel():
+            found = optimize_block(st, found)
+        form = found.form
+        factor = _lower_factor(form, index + 1)
+    assert form is not None
+    return _headed(form, head)
+
+
+def branch_chain(shortcut: torch.Tensor | None, weights: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor],
+                 betas: Sequence[torch.Tensor]) -> tuple[list[ResidualBlock], torch.Tensor]:
+    """A block with a deep branch, h(x) = S x + W_L sigma(W_{L-1} ... sigma(W_1 x + b_1) ...), as blocks and a head.
+
+    The state (x, phi_k) carries the input beside the branch (decisions 31): block 1 is
+    ([I; 0], W_1, [0; I]), block k is (diag(I, 0), [0, W_k], [0; I]), and the head is [S, W_L], so
+    ``chain_constant(*branch_chain(...))`` bounds Lip(h) (with one hidden layer it equals
+    :func:`block_constant`).  ``alphas[k]``, ``betas[k]``: slopes of hidden layer k+1 (one value or one per neuron).
+    """
+    if len(weights) < 2 or len(alphas) != len(weights) - 1 or len(betas) != len(weights) - 1:
+        raise ShapeMismatchError(f"a branch needs L >= 2 weights and L - 1 slope pairs, got {len(weights)} weights, "
+                                 f"{len(alphas)} alphas and {len(betas)} betas")
+    ws = [_matrix(w, f"branch weight {k + 1}") for k, w in enumerate(weights)]
+    n = ws[0].shape[1]
+    dev = ws[0].device
+    s = torch.eye(n, dtype=torch.float64, device=dev) if shortcut is None else _matrix(shortcut, "shortcut (S)")
+    if s.shape != (ws[-1].shape[0], n):
+        raise ShapeMismatchError(f"shortcut (S) must be {ws[-1].shape[0]} x {n} (outputs x inputs), "
+                                 f"got {tuple(s.shape)}")
+    blocks, prev = [], 0
+    for k, w in enumerate(ws[:-1]):
+        m = w.shape[0]
+        if w.shape[1] != (n if k == 0 else prev):
+            raise ShapeMismatchError(f"branch weight {k + 1} takes {w.shape[1]} inputs, the layer before gives "
+                                     f"{n if k == 0 else prev}")
+        short = torch.zeros(n + m, n + prev, dtype=torch.float64, device=dev)
+        short[:n, :n] = torch.eye(n, dtype=torch.float64, device=dev)
+        inner = torch.cat([torch.zeros(m, n, dtype=torch.float64, device=dev), w], 1) if k else w
+        outer = torch.cat([torch.zeros(n, m, dtype=torch.float64, device=dev),
+                           torch.eye(m, dtype=torch.float64, device=dev)])
+        blocks.append(ResidualBlock(short, inner, outer, alphas[k], betas[k]))
+        prev = m
+    if ws[-1].shape[1] != prev:
+        raise ShapeMismatchError(f"branch weight {len(ws)} takes {ws[-1].shape[1]} inputs, "
+                                 f"the layer before gives {prev}")
+    return blocks, torch.cat([s, ws[-1]], 1)
+
+
+def _headed(form: torch.Tensor, head: torch.Tensor | None) -> torch.Tensor:
+    """head E head^T, symmetrized (E itself without a head)."""
+    if head is None:
+        return form
+    out = head @ form @ head.T
+    return (out + out.T) / 2
+
+
+def _ahead(options: list[bf.Canonical], factor: torch.Tensor) -> float:
+    """The least closed-form lambda_max(E_next) of a block (its slope treatments) from the form L L^T."""
+    values = []
+    for block in options:
+        st = bf.stage(block, factor)
+        if block.inner.shape[0] == 0:
+            values.append(bf.top(st.base))
+            continue
+        try:
+            values.append(bf.choose(st).value)
+        except InfeasibleCertificateError:
+            continue
+    return min(values, default=math.inf)
+
+
+def _canonical_chain(blocks: Sequence[ResidualBlock]) -> list[list[bf.Canonical]]:
+    """Every block's canonical forms (slope treatments), with the widths of consecutive blocks checked."""
+    out = []
     width: int | None = None
     for index, raw in enumerate(blocks, 1):
         s, w, g, alpha, beta = _checked(raw.shortcut, raw.inner, raw.outer, raw.alpha, raw.beta)
         if width is not None and s.shape[1] != width:
             raise ShapeMismatchError(f"block {index} takes {s.shape[1]} inputs, block {index - 1} gives {width}")
         width = s.shape[0]
-        best: bf.Choice | None = None
-        for relax in _treatments(alpha, beta, "combined"):
-            block = bf.canonical(s, w, g, alpha, beta, relax=relax)
-            st = bf.stage(block, factor)
-            if block.inner.shape[0] == 0:
-                found = bf.Choice("linear", w.new_zeros(0), st.base, bf.top(st.base))
-            else:
-                found = bf.choose(st)
-                found = optimize_block(st, found) if optimized else found
-            if best is None or found.value < best.value:
-                best = found
-        assert best is not None
-        form = best.form
-        factor = _lower_factor(form, index)
-    assert form is not None
-    return form
+        out.append([bf.canonical(s, w, g, alpha, beta, relax=relax) for relax in _treatments(alpha, beta, "combined")])
+    return out
 
 
 def _lower_factor(form: torch.Tensor, index: int) -> torch.Tensor:
@@ -290,5 +377,6 @@ def _checked(shortcut: Any, inner: Any, outer: Any, alpha: Any, beta: Any
             raise InvalidSlopeError(f"{name} holds NaN or infinite slopes")
         slopes.append(t)
     if bool((slopes[0] > slopes[1]).any()):
-        raise InvalidSlopeError(f"alpha > beta at neurons {torch.nonzero(slopes[0] > slopes[1]).flatten()[:5].tolist()}")
+        bad = torch.nonzero(slopes[0] > slopes[1]).flatten()[:5].tolist()
+        raise InvalidSlopeError(f"alpha > beta at neurons {bad}")
     return s, w, g, slopes[0], slopes[1]

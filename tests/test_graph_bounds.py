@@ -37,6 +37,8 @@ def test_every_method_is_above_the_lower_bounds(act: str, rng: np.random.Generat
         assert b.value >= low.value, f"{act} {name}: {b.value} below the lower bound {low.value}"
         assert b.extras["path"] == "graph" and b.network == net.fingerprint()
     assert bounds["combined"].value <= bounds["naive"].value * (1 + 1e-9)
+    recursion = bounds["combined"].per_rule["recursion (combined)"]  # the carried form through the graph
+    assert bounds["combined"].value == min(bounds["combined"].per_rule.values()) <= recursion
     assert bounds["optimized"].value <= bounds["combined"].value * (1 + 1e-9)
     # margin constants: L_ij >= ||(e_i - e_j)^T J(x)|| at sampled points
     jac = _jacobian_rows(net, torch.as_tensor(rng.standard_normal((16, net.input_dim))))

@@ -9,7 +9,9 @@ Margin bounds come from the last stage's certificates: for an output direction c
 Lip(c^T f) <= Lip(c^T s_T) R with R the product over the earlier stages, and through a last residual
 block Lip(c^T s_T) <= ||S^T c|| + Lip(c^T g) <= sqrt(c^T ((1 + t) S S^T + (1 + 1/t) G_g) c) for any t > 0
 (Young's inequality), t = Lip(g) / ||S|| making the value ||S|| + Lip(g) again, or the block
-certificate's form E (Lip(c^T s_T) <= sqrt(c^T E c)) when the certificate is lower.  Every bound is a
+certificate's form E (Lip(c^T s_T) <= sqrt(c^T E c)) when the certificate is lower.  ``combined`` and
+``optimized`` also run the carried-form recursion through the whole graph (:mod:`.graph_blocks`,
+decisions 31) and keep the lesser.  Every bound is a
 :class:`~lipcert.bounds.result.LipschitzBound` whose Gram matrices give ``pairwise()`` and ``along(c)``.
 """
 
@@ -26,6 +28,7 @@ from ..graph import GraphNetwork, Residual
 from ..network import Network
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
+from .graph_blocks import graph_recursion
 from .residual_block import METHODS as BLOCK_METHODS
 from .residual_block import BlockBound as BlockCertificate
 from .residual_block import block_constant
@@ -98,6 +101,15 @@ def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False
     return BlockBound(value, s, branch)
 
 
+def recursion_method(method: str) -> str | None:
+    """The carried-form recursion's method for a graph ``method``: taken beside the stagewise composition by
+    ``combined`` and ``greedy`` (as "combined") and by ``optimized`` and the SDP methods (as "optimized");
+    single rules and naive stay stagewise, so that they remain the rule they name."""
+    if method in ("combined", "greedy", "eclipse"):
+        return "combined"
+    return "optimized" if method in ("optimized", "lipsdp-neuron", "lipsdp-layer") else None
+
+
 def _slope(net: GraphNetwork, t: int) -> float:
     """max |slope| of the activation after stage t (1 when there is none)."""
     slopes = net.between_slopes(t)
@@ -164,6 +176,10 @@ def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> 
         grams = {name: Gram(torch.zeros(k, k, dtype=torch.float64), 0.0) for name in grams}
     else:
         grams = {name: Gram(g.matrix.detach().cpu().double(), g.log_scale + log_rest) for name, g in grams.items()}
+    recursion = recursion_method(method)
+    if recursion is not None:  # the carried-form recursion through the whole graph (decisions 31)
+        carried = graph_recursion(net, method=recursion)
+        grams[f"recursion ({recursion})"] = Gram(carried.extras["form"], 0.0)
     values = {name: g.value for name, g in grams.items()}
     best = min(values, key=values.__getitem__)
     return LipschitzBound(

@@ -9,8 +9,8 @@ not enter: every bound holds for all of them):
   when it has more, S + W_1 pending when g is affine;
 * an activation between stages: the block (0, I, I) with its slopes.
 
-The map still pending at the end is the head.  Standalone: :func:`.graph.graph_lipschitz` composes
-block by block instead (its ``block_lipschitz`` is where a block certificate would be taken as a minimum).
+The map still pending at the end is the head.  :func:`.graph.graph_lipschitz` takes it beside its
+stagewise composition for ``combined`` and ``optimized``.
 """
 
 from __future__ import annotations

@@ -100,3 +100,17 @@ def test_certified_radii_of_a_residual_net_survive_pgd(rng: np.random.Generator)
     assert wide.success[5:].mean() > 0.5  # the attack breaks these inputs at larger radii
     with pytest.raises(GraphNetworkError, match="local radii"):
         lipcert.certify(net, x[:2], y[:2], method="naive", local=True)
+
+
+def test_margin_constants_use_the_last_layer_rows(rng: np.random.Generator) -> None:
+    net = residual_net(rng, "relu")  # its last stage is one Linear layer W_L
+    last = net.stages[-1]
+    assert isinstance(last, Network) and last.depth == 1
+    bound = lipschitz(net, "eclipse-fast")
+    rest = np.prod([s["value"] for s in bound.extras["stages"][:-1]]) * np.prod(bound.extras["between_slopes"])
+    w = last.weights[0].numpy()
+    rows = np.linalg.norm(w[:, None, :] - w[None, :, :], axis=-1) * rest
+    np.testing.assert_allclose(pairwise_constants(bound, net), rows, rtol=1e-7)
+    assert np.all(pairwise_constants(bound, net) >= rows)
+    c = rng.standard_normal(net.output_dim)
+    assert bound.along(c) == pytest.approx(np.linalg.norm(c @ w) * rest, rel=1e-7)

@@ -114,3 +114,55 @@ def test_margin_constants_use_the_last_layer_rows(rng: np.random.Generator) -> N
     assert np.all(pairwise_constants(bound, net) >= rows)
     c = rng.standard_normal(net.output_dim)
     assert bound.along(c) == pytest.approx(np.linalg.norm(c @ w) * rest, rel=1e-7)
+
+
+def test_a_last_residual_block_gives_sound_margin_constants(rng: np.random.Generator) -> None:
+    net = graph_network([_branch(rng, [5, 6]), Residual(_branch(rng, [6, 8, 6], "tanh")),
+                         Residual(_branch(rng, [6, 7, 4], "tanh"), torch.as_tensor(rng.standard_normal((4, 6))))],
+                        ["tanh", "tanh"])
+    assert isinstance(net, GraphNetwork)
+    jac = _jacobian_rows(net, torch.as_tensor(rng.standard_normal((32, 5))))
+    diff = (jac[:, :, None, :] - jac[:, None, :, :]).norm(dim=-1).amax(dim=0).numpy()
+    for method in ("naive", "combined"):
+        bound = lipschitz(net, method)
+        block = bound.extras["stages"][-1]
+        rest = bound.extras["stages"][0]["value"] * bound.extras["stages"][1]["value"] * np.prod(
+            bound.extras["between_slopes"])
+        assert bound.value <= block["value"] * rest * (1 + 1e-9)  # Young's form: never above ||S|| + Lip(g)
+        assert np.all(pairwise_constants(bound, net) >= diff)
+        assert bound.value >= float(torch.linalg.matrix_norm(jac, 2).max())
+
+
+def test_rounding_bound_holds_against_exact_arithmetic(rng: np.random.Generator) -> None:
+    """float64 logits of a small ReLU graph against the same graph in exact rational arithmetic."""
+    from fractions import Fraction
+
+    from lipcert.graph_rounding import error_plan, forward_error
+
+    net = residual_net(rng, "relu", width=4, blocks=1, n_in=3, n_out=2)
+    x = torch.as_tensor(rng.standard_normal((5, 3)) * 10)
+    logits, err = forward_error(error_plan(net), x)
+
+    def affine(w: torch.Tensor, b: torch.Tensor | None, z: list[Fraction]) -> list[Fraction]:
+        rows = [sum((Fraction(float(w[i, j])) * z[j] for j in range(len(z))), Fraction(0)) for i in range(w.shape[0])]
+        return rows if b is None else [r + Fraction(float(v)) for r, v in zip(rows, b)]
+
+    def chain(c: Network, z: list[Fraction]) -> list[Fraction]:
+        for k, (w, b) in enumerate(zip(c.weights, c.biases)):
+            z = affine(w, b, z)
+            if k < len(c.activations):
+                z = [max(v, Fraction(0)) for v in z]
+        return z
+
+    for row in range(x.shape[0]):
+        z = [Fraction(float(v)) for v in x[row]]
+        for t, stage in enumerate(net.stages):
+            if isinstance(stage, Network):
+                z = chain(stage, z)
+            else:
+                short = z if stage.shortcut is None else affine(stage.shortcut, stage.shortcut_bias, z)
+                z = [a + b for a, b in zip(short, chain(stage.branch, z))]
+            if t < len(net.activations):
+                z = [max(v, Fraction(0)) for v in z]
+        gap = max(abs(Fraction(float(v)) - e) for v, e in zip(logits[row], z))
+        assert 0 < float(err[row]) and gap <= Fraction(float(err[row]))

@@ -23,17 +23,9 @@ from lipcert.errors import UnsupportedOperatorError
 from lipcert.graph import GraphNetwork, Residual, graph_network
 from lipcert.network import Network
 
-from .graph import (
-    Conversion,
-    DenseBlock,
-    Layer,
-    build_network,
-    check_dense_size,
-    dense_plan,
-    materialize,
-)
+from .graph import Conversion, DenseBlock, Layer, build_network, check_dense_size, dense_plan, materialize
 
-SUBTRACTIONS = frozenset({"Sub", "sub", "Tensor.sub", "isub", "operator.sub"})
+SUBTRACTIONS = frozenset({"Sub", "sub", "Tensor.sub", "Tensor.sub_", "isub"})
 """Merge op types that compute ``source - other``."""
 
 

@@ -23,7 +23,6 @@ import torch
 from .activations import Activation, get_activation
 from .errors import ShapeMismatchError
 from .network import ArrayLike, Network, _as_tensor, array_hash
-from .operators import DEFAULT_MAX_DENSE_BYTES
 
 Hook = Callable[[int, Activation, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``hook(site, activation, alpha, beta, z)``: replaces activation site number ``site`` (counted in
@@ -112,11 +111,6 @@ class GraphNetwork:
         return tuple(names)
 
     @property
-    def has_operators(self) -> bool:
-        """True if some chain keeps a layer as a convolution operator."""
-        return any(net.has_operators for net in self.chains())
-
-    @property
     def num_parameters(self) -> int:
         return sum(net.num_parameters for net in self.chains()) + sum(
             s.shortcut.numel() for s in self.stages if isinstance(s, Residual) and s.shortcut is not None)
@@ -142,14 +136,6 @@ class GraphNetwork:
                          f"{stage.shortcut_bias is None} {array_hash(*arrays)}".encode())
             h.update(repr(None if act is None else (act.name, act.mask)).encode())
         return h.hexdigest()
-
-    def densified(self, max_bytes: int = DEFAULT_MAX_DENSE_BYTES) -> GraphNetwork:
-        """The same graph with every chain's operator layers materialized (see :meth:`Network.densified`)."""
-        if not self.has_operators:
-            return self
-        stages = tuple(replace(s, branch=s.branch.densified(max_bytes)) if isinstance(s, Residual)
-                       else s.densified(max_bytes) for s in self.stages)
-        return replace(self, stages=stages)
 
     def with_info(self, **info: Any) -> GraphNetwork:
         """A copy with more provenance recorded in ``info``."""

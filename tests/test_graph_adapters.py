@@ -140,6 +140,35 @@ def test_torch_basic_blocks_load_and_match_torch(seed: int, rng: np.random.Gener
     assert naive.value >= combined.value >= low.value
 
 
+class PreActivation(nn.Module):
+    """A pre-activation block x + W2 relu(W1 relu(x)) and a subtracted one, x - W4 tanh(W3 x), in plain torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.w1, self.w2 = nn.Linear(5, 6), nn.Linear(6, 7), nn.Linear(7, 6)
+        self.w3, self.w4, self.head = nn.Linear(6, 8), nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + self.w2(torch.relu(self.w1(torch.relu(h))))
+        h = h - self.w4(torch.tanh(self.w3(h)))
+        return self.head(torch.relu(h))
+
+
+def test_pre_activation_and_subtracted_blocks_load_from_torch(seed: int, rng: np.random.Generator) -> None:
+    torch.manual_seed(seed % 2**31)
+    model = PreActivation().double().eval()
+    net = lipcert.load(model, input_shape=(5,))
+    assert isinstance(net, GraphNetwork) and [type(s).__name__ for s in net.stages] == [
+        "Network", "Residual", "Residual", "Network"]
+    assert net.activations == (None, None, net.activations[2]) and net.activations[2].name == "relu"
+    x = torch.as_tensor(rng.standard_normal((10, 5)))
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(net(x), ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+    assert lipcert.lipschitz(net, "combined").value >= lipcert.lower_bound(net, restarts=2, samples=16).value
+
+
 def test_bad_graphs_name_their_nodes(rng: np.random.Generator) -> None:
     inits = _weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (4, 6), "b1": (4,), "W3": (3, 4), "b3": (3,),
                            "W5": (1, 6), "b5": (1,)})

@@ -68,7 +68,9 @@ def _scores(net: GraphNetwork, pattern: list[torch.Tensor], u: torch.Tensor, v: 
 
 def graph_pattern_bound(net: GraphNetwork, *, restarts: int = 8, sweeps: int = 30,
                         generator: torch.Generator | None = None, deadline: float | None = None) -> float:
-    """max ||J_D||_2 over slope patterns D by block-coordinate ascent; restart 0 is all-beta, the others random."""
+    """max ||J_D||_2 over slope patterns D by block-coordinate ascent; restart 0 is all-beta, the others random.
+
+    Stops at ``deadline`` (a ``time.perf_counter()`` value) once one pattern has been evaluated."""
     sites = _sites(net)
     best = 0.0
     for rep in range(max(restarts, 1)):
@@ -81,6 +83,8 @@ def graph_pattern_bound(net: GraphNetwork, *, restarts: int = 8, sweeps: int = 3
                 jac = pattern_jacobian(net, pattern)
                 u_mat, s, vh = torch.linalg.svd(jac, full_matrices=False)
                 best = max(best, float(s[0]))
+                if _late(deadline):  # each site costs a pass of n_0 inputs: stop inside a sweep too
+                    return best
                 score = _scores(net, pattern, u_mat[:, 0], vh[0])[k]
                 new = torch.where(score > 0, beta, alpha)
                 changed |= not torch.equal(new, pattern[k])

@@ -19,16 +19,13 @@ import torch
 
 from ..graph import GraphNetwork, Residual
 from ..network import Network
-from ..operators import DEFAULT_MAX_DENSE_BYTES
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
 from .residual_block import BlockBound, ResidualBlock, branch_chain, chain_constant
 
 
-def graph_blocks(net: GraphNetwork, max_bytes: int = DEFAULT_MAX_DENSE_BYTES
-                 ) -> tuple[list[ResidualBlock], torch.Tensor]:
-    """The blocks and the head of ``net`` (operators densified within ``max_bytes``), as the module docstring says."""
-    net = net.densified(max_bytes)
+def graph_blocks(net: GraphNetwork) -> tuple[list[ResidualBlock], torch.Tensor]:
+    """The blocks and the head of ``net`` (whose layers are dense), as the module docstring says."""
     blocks: list[ResidualBlock] = []
     pending: torch.Tensor | None = None  # linear map waiting for the next block (None: the identity)
     for t, stage in enumerate(net.stages):
@@ -79,13 +76,12 @@ def _residual(stage: Residual, blocks: list[ResidualBlock], pending: torch.Tenso
     return head
 
 
-def graph_recursion(net: GraphNetwork, *, method: str = "combined",
-                    max_bytes: int = DEFAULT_MAX_DENSE_BYTES) -> BlockBound:
+def graph_recursion(net: GraphNetwork, *, method: str = "combined") -> BlockBound:
     """Certified bound on Lip_2 of a network graph: :func:`.residual_block.chain_constant` on its blocks.
 
     ``pairwise()`` of the result gives the margin constants of the graph's outputs.
     """
-    blocks, head = graph_blocks(net, max_bytes)
+    blocks, head = graph_blocks(net)
     if not blocks:  # a purely linear graph (graph_network would have returned a chain)
         value = float(certified_root(spectral_norm_squared(head), 0.0))
         form = head @ head.T

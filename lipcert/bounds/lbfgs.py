@@ -89,13 +89,14 @@ class Objective(Protocol):
 
 
 def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline: float | None,
-             progress: bool | None, desc: str, target: float = 0.0, blocks: torch.Tensor | None = None
-             ) -> tuple[Point | None, list[float]]:
+             progress: bool | None, desc: str, target: float = 0.0, blocks: torch.Tensor | None = None,
+             clock: list[float] | None = None) -> tuple[Point | None, list[float]]:
     """Barrier continuation with L-BFGS and backtracking from ``theta``.
 
     Returns the best iterate by certified value (None if ``theta`` itself is infeasible) and the
     trajectory: the certified value at the start and after every accepted iteration.  Stops early
-    once a certified value is at most ``target``.  ``blocks``: see :func:`lbfgs_direction`.
+    once a certified value is at most ``target``.  ``blocks``: see :func:`lbfgs_direction`.  ``clock``, if
+    given, receives the :func:`time.perf_counter` time of every trajectory entry.
     """
     from tqdm.auto import tqdm
 
@@ -105,6 +106,8 @@ def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline:
         return None, []
     best = point
     trajectory = [point.value]
+    clock = [] if clock is None else clock
+    clock.append(time.perf_counter())
     memory: list[tuple[torch.Tensor, torch.Tensor]] = []
     stage = 0
     recent = [point.objective]
@@ -119,6 +122,7 @@ def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline:
                 recent.append(accepted.objective)
                 best = accepted if accepted.value < best.value else best
                 trajectory.append(accepted.value)
+                clock.append(time.perf_counter())
                 bar.update(1)
                 bar.set_postfix(value=f"{best.value:.6g}")
                 if not bool(torch.isfinite(accepted.grad()).all()):

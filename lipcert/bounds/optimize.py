@@ -246,7 +246,8 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     -------
     dict of str to RecursionResult
         ``"optimized"`` first (its ``extras`` hold the ``trajectory`` of certified values per
-        iteration, ``start``, ``start_rule``, ``iterations``, ``evaluations``, ``seconds``), then
+        iteration, ``trajectory_seconds`` (when each was reached, counted from the call), ``start``,
+        ``start_rule``, ``iterations``, ``evaluations``, ``seconds``), then
         ``"optimized:i-j"`` for the pairs, then every closed-form pass.  Each is a valid certificate
         for all outputs; the optimized ones are never above their starting closed-form value.
     """
@@ -277,9 +278,12 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     problem.sizes = [int(m.sum()) for m in masks]
     theta0 = _scaled_start(ws, relaxed, next(rule for rule in rules if rule.name == start_rule))
     iterations = opts.get("iterations", DEFAULT_ITERATIONS)
+    clock: list[float] = []
     best_point, trajectory = (None, []) if theta0 is None else minimize(problem, theta0, iterations, deadline,
-                                                                        progress, _LABEL, blocks=problem.blocks())
+                                                                        progress, _LABEL, blocks=problem.blocks(),
+                                                                        clock=clock)
     out = {_LABEL: _finish(problem, best_point, origin, _LABEL, start_rule, trajectory, start_time)}
+    out[_LABEL].extras["trajectory_seconds"] = [t - start_time for t in clock]
     if opts.get("pairs") and outputs > 1 and direction is None:
         warm = theta0 if best_point is None else best_point.theta
         if warm is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -104,10 +105,12 @@ def measure_deep(net: lipcert.Network, sdp: bool, chain: dict[str, Any] | None) 
     row["load_opt"] = load_average()
     row["lipsdp"] = bound(net, "lipsdp-neuron") if sdp else None
     row["load_sdp"] = load_average() if sdp else None
-    if chain is not None and chain.get("sqrt_rho"):
+    if chain is not None and chain.get("sqrt_rho") and chain["status"] == "optimal":
         row["chain"] = (chain["sqrt_rho"], chain["seconds"])
         row["chain_certificate"] = chain.get("certificate")
-    row["chain_note"] = None if chain is None else f"{chain['solver']} {chain['status']}, load {chain['load']}"
+    row["chain_note"] = None if chain is None else (
+        f"{chain['solver']} {chain['status']} after {chain['seconds']:.0f} s (limit {chain['time_limit']:.0f} s), "
+        f"sqrt(rho) {chain.get('sqrt_rho', math.nan):.5g}, load {chain['load']}")
     start = time.perf_counter()
     low = lipcert.lower_bound(net, restarts=4)
     row["pattern"] = (low.pattern, time.perf_counter() - start)

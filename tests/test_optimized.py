@@ -265,3 +265,24 @@ def test_depth_30_width_20_gets_close_to_the_long_run() -> None:
     bound = optimized(net, iterations=50)
     assert bound.value <= 1.03 * 545.92, bound.value
     assert bound.value >= pattern_bound(net, restarts=4)
+
+
+def test_a_trial_whose_eigensolver_fails_is_an_infeasible_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """eigvalsh can fail to converge on a wild trial step (seen with per-neuron L-BFGS scales): the line
+    search must shrink that trial like a failed Cholesky, not crash."""
+    from lipcert.bounds import optimize as module
+
+    calls = [0]
+    original = module.top_eigenvalue
+
+    def flaky(u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 8:  # 3 hidden layers: the start (3 calls), the first iterate (3), then the first trial
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return original(u, gamma)
+
+    monkeypatch.setattr(module, "top_eigenvalue", flaky)
+    net = gaussian([6] * 4 + [1], seed=0)
+    bound = optimized(net, iterations=5)
+    assert calls[0] > 8 and bound.extras["iterations"] == 5
+    assert bound.value <= bound.extras["start"] < lipcert.lipschitz(net, "combined").value * (1 + 1e-9)

@@ -124,7 +124,11 @@ class _Problem:
         return _TAU * torch.logsumexp(logs / _TAU, dim=0) + result.log_scale
 
     def evaluate(self, theta: torch.Tensor) -> Point | None:
-        """The iterate at theta, or None if it is infeasible (a Cholesky failed) or not finite."""
+        """The iterate at theta, or None if it is infeasible (a Cholesky failed) or not finite.
+
+        A trial step far out (huge or non-finite multipliers) can make an eigensolver fail to converge
+        before any Cholesky test: that trial is infeasible too, and the line search shrinks it.
+        """
         self.evaluations += 1
         var = theta.detach().clone().requires_grad_(True)
         barrier: list[torch.Tensor] = []
@@ -132,7 +136,7 @@ class _Problem:
             with warnings.catch_warnings():  # run() reads its layer scales as floats: constants, by design
                 warnings.filterwarnings("ignore", "Converting a tensor with requires_grad", UserWarning)
                 result = run(self.weights, self.slopes, self.chooser(var, barrier if self.mu > 0 else None))
-        except InfeasibleCertificateError:
+        except (InfeasibleCertificateError, torch.linalg.LinAlgError):
             return None
         objective = self.surrogate(result)
         if barrier:
@@ -339,7 +343,7 @@ def _finish(problem: _Problem, best: Point | None, origin: RecursionResult, name
         with torch.no_grad():
             try:
                 result = run(problem.weights, problem.slopes, problem.chooser(best.theta))
-            except InfeasibleCertificateError:
+            except (InfeasibleCertificateError, torch.linalg.LinAlgError):
                 result = origin
     if problem.value(result) > problem.value(origin):
         result = origin

@@ -9,7 +9,9 @@ the line search, so every accepted iterate is a certificate.  The barrier weight
 The L-BFGS initial matrix is diag(gamma_b) over *blocks* of parameters (a hidden layer's parameters
 in ``optimized``) with gamma_b = s_b^T y_b / y_b^T y_b from the newest pair (the scalar
 s^T y / y^T y where s_b^T y_b <= 0): on deep chains the curvature of the first layers is orders of
-magnitude above that of the last ones (docs/decisions.md 36), which one scalar cannot match.
+magnitude above that of the last ones (docs/decisions.md 36), which one scalar cannot match.  The
+curvature pairs are kept when a stage ends by stalling (mu changes little between stages) and dropped
+when it ends by a failed line search.
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline:
                 if stage == len(BARRIER):
                     break
                 problem.mu = BARRIER[stage]
-                memory.clear()
+                if accepted is None:  # a failed line search distrusts the curvature pairs; a stall does not
+                    memory.clear()
                 point = problem.evaluate(point.theta)
                 if point is None:
                     break

@@ -85,6 +85,8 @@ def chain_rows(paths: list[Path]) -> dict[str, dict[str, Any]]:
     """LipSDP-Neuron rows of benchmarks/lipsdp_chain.py (JSON lines), by net name; the last row of a name wins."""
     rows: dict[str, dict[str, Any]] = {}
     for path in paths:
+        if not path.exists():  # its SDP run has not written a row yet
+            continue
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)

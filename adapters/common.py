@@ -173,8 +173,10 @@ def check_conversion(net: Network, reference: Reference, *, input_range: tuple[f
 def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[float] | float | None,
            std: Sequence[float] | float | None, input_range: RangeOption, max_dense_bytes: int | None,
            check: bool, rtol: float | None, reference_dtype: torch.dtype, check_samples: int,
-           channels_last: bool, info: dict[str, Any]) -> Network:
+           channels_last: bool, info: dict[str, Any], dense: bool = False) -> Network:
     """Prepend the normalization, build the Network, check it against ``reference`` and record provenance.
+
+    Convolutions stay :class:`~lipcert.operators.Conv2dOperator` layers unless ``dense`` (docs/decisions.md 35).
 
     ``reference`` evaluates the original model on *normalized* inputs (what it consumes).
     """
@@ -195,7 +197,7 @@ def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[floa
                                                           "std": None if s is None else s.tolist()},
             "notes": list(conv.notes)}
     limit = DEFAULT_MAX_DENSE_BYTES if max_dense_bytes is None else int(max_dense_bytes)
-    net = build_network(conv, max_dense_bytes=limit, input_range=rng, info=info)
+    net = build_network(conv, max_dense_bytes=limit, input_range=rng, info=info, operators=not dense)
     if not check or reference is None:
         return net.with_info(conversion_error=None)
     tol = rtol if rtol is not None else (FLOAT64_RTOL if reference_dtype == torch.float64 else FLOAT32_RTOL)

@@ -204,12 +204,13 @@ def attack(
     box_range = net.input_range if input_range is None else input_range
     alpha = 2.5 / max(steps, 1) if step_size is None else float(step_size)
     gen = torch.Generator().manual_seed(seed)
-    weights = [w.to(dtype) for w in net.weights]
+    ops = list(net.operators) or [None] * net.depth  # operator layers (convolutions) apply themselves
+    weights = [w.to(dtype) if op is None else op for w, op in zip(net.weights, ops)]
     biases = [b.to(dtype) for b in net.biases]
 
     def logits(z: torch.Tensor) -> torch.Tensor:
         for k, (w, b) in enumerate(zip(weights, biases)):
-            z = z @ w.T + b
+            z = (z @ w.T if isinstance(w, torch.Tensor) else w.matmat(z)) + b
             if k < len(net.activations):
                 z = net.activations[k](z)
         return z

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelLoadError
-from .network import Network, require_network
+from .network import Network
 
-OPTIONS = ("input_range", "max_dense_bytes", "check", "rtol", "check_samples")
+OPTIONS = ("input_range", "max_dense_bytes", "dense", "check", "rtol", "check_samples")
 
 
 def load(source: Any, *, input_shape: Sequence[int] | None = None,
@@ -48,6 +48,12 @@ def load(source: Any, *, input_shape: Sequence[int] | None = None,
         (H, W, C) with C in {1, 3, 4} and H, W >= 8), otherwise None (unknown).
         ``max_dense_bytes`` -- limit on the total size of the dense float64 weight
         matrices (default 4e9); a larger model raises ModelLoadError with the estimate.
+        Convolutions (2-D, one per layer, with any per-channel scaling before or after them
+        folded in) are kept as :class:`~lipcert.operators.Conv2dOperator` layers and count
+        nothing toward it; the bound methods choose the dense or matrix-free path by their memory
+        estimate (``extras["path"]``).
+        ``dense`` -- materialize every convolution as a dense matrix at load (the behaviour
+        before operator layers); default False.
         ``check`` -- compare the Network with the original model (onnxruntime, or the torch
         module) on ``check_samples`` (16) random inputs in the input range and raise
         ModelLoadError if they differ by more than ``rtol`` (1e-4 for float32 models,
@@ -118,8 +124,8 @@ def as_network(model: Any, x: Any = None, *, input_shape: Sequence[int] | None =
         A torch module with neither inputs nor ``input_shape`` (its input shape is unknown), or
         any error of :func:`load`.
     """
-    if isinstance(model, Network):  # operator layers (convolutions): only lipschitz takes them as they are
-        return require_network(model, verb, operators=verb == "lipschitz")
+    if isinstance(model, Network):  # operator layers (convolutions) pass: what needs dense matrices densifies them
+        return model
     import torch
 
     if isinstance(model, torch.nn.Module) and input_shape is None:

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
-from ..memory import check_budget
+from ..memory import check_budget, default_limit
 from ..network import Network, require_network
+from ..operators import DEFAULT_MAX_DENSE_BYTES
 from . import abs_layer, closed_form, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
-from .workspace import method_bytes
+from .workspace import matrix_free_bytes, method_bytes
 
 Weights = list[torch.Tensor]
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -317,20 +318,47 @@ def lipschitz(
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
-    if net.has_operators and call.name == "naive":  # matrix-free (docs/decisions.md 21)
+    path, needed = choose_path(net, call, max_bytes)
+    if path == "matrix-free":  # docs/decisions.md 21, 35
         start = time.perf_counter()
-        result = matrix_free.naive(net)
+        results = MATRIX_FREE[call.method.name](net, call)
         slopes = [(a.to(dev), b.to(dev)) for a, b in net.slopes()]
-        bound = _report(call, {"naive": result}, slopes, torch.float64, dev, time.perf_counter() - start)
-        bound = replace(bound, extras={**bound.extras, "path": "matrix-free"})
-    else:  # operator layers are densified after a memory estimate (DenseTooLargeError says how much)
-        dense = net.densified() if net.has_operators else net
-        check_budget(f"method {call.name} on widths {list(net.widths)}",
-                     method_bytes(dense, call.method.name, call.options), max_bytes)
+        bound = _report(call, results, slopes, torch.float64, dev, time.perf_counter() - start)
+    else:  # operator layers are materialized (the estimate counted them)
+        dense = net.densified(max(needed, DEFAULT_MAX_DENSE_BYTES)) if net.has_operators else net
         bound = _compute(call, dense, torch.float64 if call.method.float64_only else dtype, dev)
-        if net.has_operators:
-            bound = replace(bound, extras={**bound.extras, "path": "dense (operator layers materialized)"})
+    if net.has_operators:
+        bound = replace(bound, extras={**bound.extras, "path": path, "memory_estimate": needed})
     return replace(bound, network=net.fingerprint())
+
+
+MatrixFree = Callable[[Network, MethodCall], dict[str, RecursionResult]]
+MATRIX_FREE: dict[str, MatrixFree] = {"naive": lambda net, call: {"naive": matrix_free.naive(net)}}
+"""Methods with a matrix-free path for networks with operator layers (convolutions), by registry name."""
+
+
+def choose_path(net: Network, call: MethodCall, max_bytes: float | None = None) -> tuple[str, int]:
+    """``("dense", bytes)`` or ``("matrix-free", bytes)``: how ``call`` runs on ``net``, and its estimated peak.
+
+    A dense network runs dense, after the memory check.  A network with operator layers runs dense when
+    the method's estimate on the dense form (:func:`~lipcert.bounds.workspace.method_bytes`, whose weights
+    are the dense matrices) fits ``max_bytes`` (default 80 % of the memory available); otherwise matrix-free
+    when the method has a matrix-free path (:data:`MATRIX_FREE`) whose estimate
+    (:func:`~lipcert.bounds.workspace.matrix_free_bytes`) fits.  Otherwise MemoryBudgetError (the
+    dense estimate's, naming ``--max-dense-gb``).
+    """
+    dense = method_bytes(net, call.method.name, call.options)
+    what = f"method {call.name} on widths {list(net.widths)}"
+    if not net.has_operators:
+        check_budget(what, dense, max_bytes)
+        return "dense", dense
+    limit = default_limit() if max_bytes is None else max_bytes
+    if dense <= limit or call.method.name not in MATRIX_FREE:
+        check_budget(what + " (its convolutions as dense matrices; no matrix-free path)", dense, max_bytes)
+        return "dense", dense
+    free = matrix_free_bytes(net)
+    check_budget(what + " (matrix-free)", free, max_bytes)
+    return "matrix-free", free
 
 
 def checked_device(device: str | torch.device | None) -> torch.device:

@@ -17,6 +17,7 @@ from typing import Any
 from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network
 from .conv_grid import plan_bytes, plan_chain
+from .conv_norm import conv_norm_bytes
 
 FLOAT64 = 8
 OVERHEAD = 64 * 2**20
@@ -44,6 +45,19 @@ def method_bytes(net: Network, method: str, options: Mapping[str, Any]) -> int:
     else:
         matrices = MATRICES.get(method, SINGLE_RULE)
     return OVERHEAD + weights + matrices * FLOAT64 * widest**2
+
+
+def matrix_free_bytes(net: Network) -> int:
+    """Estimated peak working memory of the matrix-free naive product (operator networks): the kernels
+    and dense weights twice, the largest :func:`~lipcert.bounds.conv_norm.conv_norm_bytes` of a
+    convolution, the smaller Gram matrix of the widest dense hidden layer (8 copies, as ``naive``),
+    and :data:`OVERHEAD`."""
+    ops = list(net.operators) or [None] * net.depth
+    held = 2 * FLOAT64 * sum(w.numel() if op is None else op.kernel.numel() for w, op in zip(net.weights, ops))
+    convs = max((conv_norm_bytes(op) for op in ops[:-1] if op is not None), default=0)
+    dense = max((min(w.shape) for w, op in zip(net.weights[:-1], ops[:-1]) if op is None), default=0)
+    last = net.weights[-1].shape[0] * net.weights[-1].shape[1] * FLOAT64 * (1 if ops[-1] is None else 3)
+    return OVERHEAD + held + max(convs, MATRICES["naive"] * FLOAT64 * dense**2) + last
 
 
 def lower_bytes(net: AnyNetwork) -> int:
@@ -83,4 +97,4 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
     return OVERHEAD + weights + kept + max(need, naive)
 
 
-__all__ = ["lower_bytes", "method_bytes", "per_frequency_bytes"]
+__all__ = ["lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes"]

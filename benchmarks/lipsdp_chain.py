@@ -51,32 +51,19 @@ def nets(seeds: list[int]) -> dict[str, Any]:
 
 
 def log_scales(net: lipcert.Network, certificate: lipcert.LipschitzBound) -> list[float]:
-    """log C_k, C_k = 1 / lambda_max(true Gamma_k) along the certificate's own trajectory; C_L = 1 / bound^2.
-
-    The trajectory is that of ``certificate.extras["chooser"]`` when the optimizer left one (a rebuild in its
-    stable parameterization), else a replay of the stored multipliers.
-    """
+    """log C_k, C_k = 1 / lambda_max(true Gamma_k) along a replay of the certificate's multipliers (SN(1)
+    where a replayed layer fails its Cholesky test: only the scales are used); C_L = 1 / bound^2."""
     logs: list[float] = []
-    slopes = [(torch.zeros_like(a), b) for a, b in net.slopes()]
-    rebuild = certificate.extras.get("chooser")
+    lam = [m.double() for m in certificate.multipliers]
 
     def record(ctx: LayerContext):
-        logs.append(-(ctx.log_scale + math.log(float(torch.linalg.eigvalsh(ctx.gamma)[-1]))))
-        yield from rebuild(ctx)
+        top = float(torch.linalg.eigvalsh(ctx.gamma)[-1])
+        logs.append(-(ctx.log_scale + math.log(top)))
+        m = lam[ctx.index - 1].to(ctx.gamma)
+        yield "replay", torch.exp(torch.log(m[m > 0]) + ctx.log_scale)
+        yield from rule_chooser(Rule("sn", 1.0))(ctx)
 
-    if rebuild is not None:
-        run(list(net.weights), slopes, record)
-    else:
-        lam = [m.double() for m in certificate.multipliers]
-        replay_logs: list[float] = []
-
-        def rec(ctx: LayerContext):
-            replay_logs.append(-(ctx.log_scale + math.log(float(torch.linalg.eigvalsh(ctx.gamma)[-1]))))
-            m = lam[ctx.index - 1].to(ctx.gamma)
-            yield "replay", torch.exp(torch.log(m[m > 0]) + ctx.log_scale)
-            yield "sn(1)", torch.ones_like(ctx.gamma[0]) / float(torch.linalg.eigvalsh(ctx.gamma)[-1] * 1.000001)
-        run(list(net.weights), slopes, rec)
-        logs = replay_logs
+    run(list(net.weights), [(torch.zeros_like(a), b) for a, b in net.slopes()], record)
     return logs + [-2 * math.log(certificate.value)]
 
 

@@ -70,6 +70,7 @@ def lbfgs_direction(grad: torch.Tensor, memory: list[tuple[torch.Tensor, torch.T
         if blocks is None:
             q *= scale
         else:
+            blocks = blocks.to(s.device)
             count = int(blocks.max()) + 1
             sy = torch.zeros(count, dtype=s.dtype, device=s.device).index_add_(0, blocks, s * y)
             yy = torch.zeros_like(sy).index_add_(0, blocks, y * y)

@@ -11,6 +11,7 @@ works per sample.
 
 from __future__ import annotations
 
+import copy
 import operator
 import pickle
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.graph import AnyNetwork
 
-from . import groupsort, torch_sort
+from . import groupsort, torch_library, torch_sort
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers, reaching
 from .residual import SUBTRACTIONS
@@ -70,16 +71,23 @@ def _replace(value: Any, how: Any) -> Any:
 
 
 class _Tracer(torch.fx.Tracer):
-    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves."""
+    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves and the
+    library layers of :mod:`.torch_library` traced through their load-time forwards."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return groupsort.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        frozen = torch_library.traced_forward(m)
+        return super().call_module(m, forward if frozen is None else frozen, args, kwargs)
 
 
 def trace(module: nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a clear error for untraceable modules."""
     if _Tracer().is_leaf_module(module, ""):  # fx would trace into the forward of a bare torch layer
         module = nn.Sequential(OrderedDict([(type(module).__name__, module)]))
+    if torch_library.needs_copy(module):  # fx stores the load-time constants on the traced root
+        module = copy.deepcopy(module)
     try:
         return torch.fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code

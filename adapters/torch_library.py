@@ -1,0 +1,82 @@
+"""Library layers that torch.fx cannot follow, traced through forwards with their weights read at load time.
+
+orthogonium's ``SDPBasedLipschitzDense`` (SLL) computes its scaling t from W and q inside forward (and
+its ``safe_inv`` assigns into a tensor, which fx cannot trace); ``ConcatResidual`` splits its input with
+``chunk`` and concatenates two branches.  Both are recognized by class (module path and name, through
+the MRO, as :mod:`.groupsort` does for activations) and traced through an equivalent forward made of
+operators the fx adapter converts, with the weights computed once, in float64, by the library's own
+code:
+
+* SLL: y = x - 2 W^T diag(t) relu(W x + b), a residual block with identity shortcut (the subtraction
+  negates the branch's last layer);
+* ConcatResidual with ``fn``: y = [x1; fn(x2)] for x = [x1; x2] split on axis 1 (x1 takes the larger
+  half, as ``chunk`` does), written y = S x + E fn(P x) with S = diag(I, 0) (x with its second half
+  padded away) and P, E the selection and zero padding on axis 1: a residual block whose linear
+  shortcut is S and whose branch is fn between P and E.  ``fn`` is traced as usual, so a nested
+  residual inside it is refused by :mod:`.residual` with the node named.
+
+The traced copy holds the computed constants; the user's module is never changed, and the conversion
+is checked against the original module's own output as every conversion is.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Forward = Callable[..., Any]
+
+
+def _sll_dense(m: Any) -> Forward:
+    """y = x - 2 W^T diag(t) act(W x + b), t = the library's ``compute_t`` on a float64 copy of the layer."""
+    with torch.no_grad():
+        frozen = copy.deepcopy(m).double()
+        t = frozen.compute_t().detach()
+        w, b = frozen.weight.detach(), frozen.bias.detach().reshape(-1)
+
+    def forward(x: Any) -> Any:
+        return x - F.linear(t * m.activation(F.linear(x, w, b)), 2.0 * w.T)
+
+    return forward
+
+
+def _concat_residual(m: Any) -> Forward:
+    """y = [x1; fn(x2)] on axis 1 as x with its second half zeroed plus fn(x2) padded in front."""
+    def forward(x: Any) -> Any:
+        channels = x.size(1)
+        second = channels // 2
+        first = channels - second
+        shortcut = torch.movedim(F.pad(torch.movedim(x.narrow(1, 0, first), 1, -1), (0, second)), -1, 1)
+        out = m.fn(x.narrow(1, first, second))
+        return shortcut + torch.movedim(F.pad(torch.movedim(out, 1, -1), (first, 0)), -1, 1)
+
+    return forward
+
+
+_LIBRARIES: dict[str, dict[str, Callable[[Any], Forward]]] = {
+    "orthogonium": {"SDPBasedLipschitzDense": _sll_dense, "ConcatResidual": _concat_residual},
+}
+
+
+def _factory(m: nn.Module) -> Callable[[Any], Forward] | None:
+    for cls in type(m).__mro__:
+        for prefix, classes in _LIBRARIES.items():
+            if cls.__module__.startswith(prefix + ".") and cls.__name__ in classes:
+                return classes[cls.__name__]
+    return None
+
+
+def traced_forward(m: nn.Module) -> Forward | None:
+    """The traceable forward of a library layer lipcert recognizes by class, or None for any other module."""
+    factory = _factory(m)
+    return None if factory is None else factory(m)
+
+
+def needs_copy(module: nn.Module) -> bool:
+    """True when ``module`` holds a recognized layer (fx stores the constants of its forward on the traced root)."""
+    return any(_factory(m) is not None for m in module.modules())

@@ -72,24 +72,30 @@ def _replace(value: Any, how: Any) -> Any:
 
 class _Tracer(torch.fx.Tracer):
     """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves and the
-    library layers of :mod:`.torch_library` traced through their load-time forwards."""
+    library layers of :mod:`.torch_library` traced through their load-time forwards (``forwards``, by id)."""
+
+    def __init__(self, forwards: dict[int, Any] | None = None) -> None:
+        super().__init__()
+        self.forwards = forwards or {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if id(m) in self.forwards:
+            return False
         return groupsort.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        frozen = torch_library.traced_forward(m)
-        return super().call_module(m, forward if frozen is None else frozen, args, kwargs)
+        return super().call_module(m, self.forwards.get(id(m), forward), args, kwargs)
 
 
 def trace(module: nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a clear error for untraceable modules."""
     if _Tracer().is_leaf_module(module, ""):  # fx would trace into the forward of a bare torch layer
         module = nn.Sequential(OrderedDict([(type(module).__name__, module)]))
-    if torch_library.needs_copy(module):  # fx stores the load-time constants on the traced root
+    if torch_library.holds_library_layer(module):  # fx stores their load-time constants on the root: trace a copy
         module = copy.deepcopy(module)
+    forwards = torch_library.traced_forwards(module)
     try:
-        return torch.fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
+        return torch.fx.GraphModule(module, _Tracer(forwards).trace(module), type(module).__name__)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
         raise ModelLoadError(
             f"torch.fx could not trace {type(module).__name__} ({type(exc).__name__}: {exc}). lipcert reads general "

@@ -1,7 +1,8 @@
 """Library layers that torch.fx cannot follow, traced through forwards with their weights read at load time.
 
 orthogonium's ``SDPBasedLipschitzDense`` (SLL) computes its scaling t from W and q inside forward (and
-its ``safe_inv`` assigns into a tensor, which fx cannot trace); ``ConcatResidual`` splits its input with
+its ``safe_inv`` assigns into a tensor, which fx cannot trace), ``SDPBasedLipschitzResBlock`` (conv SLL)
+computes its kernel by an AOL parametrization (fx keeps parametrized modules whole); ``ConcatResidual`` splits its input with
 ``chunk`` and concatenates two branches.  Both are recognized by class (module path and name, through
 the MRO, as :mod:`.groupsort` does for activations) and traced through an equivalent forward made of
 operators the fx adapter converts, with the weights computed once, in float64, by the library's own
@@ -9,6 +10,7 @@ code:
 
 * SLL: y = x - 2 W^T diag(t) relu(W x + b), a residual block with identity shortcut (the subtraction
   negates the branch's last layer);
+* conv SLL: y = x - 2 conv^T(relu(conv(x) + b)) with the parametrized kernel, the same block on feature maps;
 * ConcatResidual with ``fn``: y = [x1; fn(x2)] for x = [x1; x2] split on axis 1 (x1 takes the larger
   half, as ``chunk`` does), written y = S x + E fn(P x) with S = diag(I, 0) (x with its second half
   padded away) and P, E the selection and zero padding on axis 1: a residual block whose linear
@@ -45,6 +47,20 @@ def _sll_dense(m: Any) -> Forward:
     return forward
 
 
+def _sll_conv(m: Any) -> Forward:
+    """y = x - 2 conv^T(act(conv(x) + b)) with the kernel of the library's AOL parametrization, in float64."""
+    with torch.no_grad():
+        frozen = copy.deepcopy(m).double()
+        k, b = frozen.kernel.detach(), frozen.bias.detach()
+    pad, groups = m.padding, m.groups
+
+    def forward(x: Any) -> Any:
+        inner = m.activation(F.conv2d(x, k, padding=pad, groups=groups) + b)
+        return x - F.conv_transpose2d(inner, 2.0 * k, padding=pad, groups=groups)
+
+    return forward
+
+
 def _concat_residual(m: Any) -> Forward:
     """y = [x1; fn(x2)] on axis 1 as x with its second half zeroed plus fn(x2) padded in front."""
     def forward(x: Any) -> Any:
@@ -59,7 +75,8 @@ def _concat_residual(m: Any) -> Forward:
 
 
 _LIBRARIES: dict[str, dict[str, Callable[[Any], Forward]]] = {
-    "orthogonium": {"SDPBasedLipschitzDense": _sll_dense, "ConcatResidual": _concat_residual},
+    "orthogonium": {"SDPBasedLipschitzDense": _sll_dense, "SDPBasedLipschitzResBlock": _sll_conv,
+                    "ConcatResidual": _concat_residual},
 }
 
 
@@ -71,12 +88,17 @@ def _factory(m: nn.Module) -> Callable[[Any], Forward] | None:
     return None
 
 
-def traced_forward(m: nn.Module) -> Forward | None:
-    """The traceable forward of a library layer lipcert recognizes by class, or None for any other module."""
-    factory = _factory(m)
-    return None if factory is None else factory(m)
-
-
-def needs_copy(module: nn.Module) -> bool:
-    """True when ``module`` holds a recognized layer (fx stores the constants of its forward on the traced root)."""
+def holds_library_layer(module: nn.Module) -> bool:
+    """True when ``module`` holds a layer :func:`traced_forwards` rewrites."""
     return any(_factory(m) is not None for m in module.modules())
+
+
+def traced_forwards(module: nn.Module) -> dict[int, Forward]:
+    """The traceable forward of every library layer in ``module`` that lipcert recognizes by class, by the
+    layer's id; computed before tracing (fx would trace the parametrizations the weights are read through)."""
+    out: dict[int, Forward] = {}
+    for m in module.modules():
+        factory = _factory(m)
+        if factory is not None:
+            out[id(m)] = factory(m)
+    return out

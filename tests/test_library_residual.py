@@ -94,6 +94,8 @@ def _draw_models() -> dict[str, tuple[nn.Module, tuple[int, ...], tuple[bool, ..
                                                         sll.SDPBasedLipschitzDense(8, 8, 6),
                                                         orthogonium_layers.OrthoLinear(8, 8),
                                                         orthogonium_layers.UnitNormLinear(8, 3)), (8,), (True,) * 3),
+        "AOCLipschitzResBlock": (nn.Sequential(sll.AOCLipschitzResBlock(2, 2, 3), nn.ReLU(), nn.Flatten(),
+                                               nn.Linear(2 * 4 * 4, 3)), (2, 4, 4), (True,)),
     }
 
 
@@ -141,12 +143,22 @@ def test_concat_residual_on_feature_maps(seed: int) -> None:
     _assert_bounded(net, seed)
 
 
-@pytest.mark.parametrize("depth", [1, 3])
-def test_sll_stacks_are_certified_one_lipschitz(depth: int, seed: int) -> None:
+def _sll_conv_stack(depth: int, channels: int) -> nn.Sequential:
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the AOL parametrization of the kernel, as in _models
+    try:
+        return nn.Sequential(*[sll.SDPBasedLipschitzResBlock(channels, 2, 3) for _ in range(depth)])
+    finally:
+        torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize(("kind", "depth"), [("dense", 1), ("dense", 3), ("conv", 2)])
+def test_sll_stacks_are_certified_one_lipschitz(kind: str, depth: int, seed: int) -> None:
     torch.manual_seed(seed)
-    net, model = _load(_sll_stack(depth, 10, 16), (10,))
+    model, shape = (_sll_stack(depth, 10, 16), (10,)) if kind == "dense" else (_sll_conv_stack(depth, 2), (2, 4, 4))
+    net, model = _load(model, shape)
     assert len([s for s in net.stages if isinstance(s, Residual)]) == depth
-    _assert_matches(net, model, (10,), torch.Generator().manual_seed(seed))
+    _assert_matches(net, model, shape, torch.Generator().manual_seed(seed))
     assert abs(_assert_bounded(net, seed) - 1.0) <= 1e-6
 
 

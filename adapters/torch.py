@@ -81,7 +81,8 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.forwards:
             return False
-        return groupsort.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+        return (groupsort.is_leaf(m) or torch_library.refusal(m) is not None
+                or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         return super().call_module(m, self.forwards.get(id(m), forward), args, kwargs)
@@ -274,7 +275,7 @@ class _Interpreter:
                 module = self.gm.get_submodule(str(node.target))
                 handler = module_handler(module)
                 if handler is None:
-                    raise NotCovered(module_why(module))
+                    raise NotCovered(torch_library.refusal(module) or module_why(module))
                 if len(args) != 1 or marked_args[0] is not DYNAMIC or kwargs:
                     raise NotCovered("called with extra arguments")
                 ops = handler(module, tuple(probe.shape))

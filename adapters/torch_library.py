@@ -80,6 +80,22 @@ _LIBRARIES: dict[str, dict[str, Callable[[Any], Forward]]] = {
 }
 
 
+_REFUSED: dict[str, dict[str, str]] = {
+    "orthogonium": {"L2NormResidual": "orthogonium's L2NormResidual computes sqrt(x^2 / 2 + fn(x)^2 / 2 + eps) "
+                                      "entry by entry, which is neither a residual block y = S x + g(x) nor an "
+                                      "elementwise activation of one branch; lipcert has no bound for it"},
+}
+
+
+def refusal(m: nn.Module) -> str | None:
+    """Why lipcert refuses a library layer it recognizes by class (kept whole in the trace), or None."""
+    for cls in type(m).__mro__:
+        for prefix, classes in _REFUSED.items():
+            if cls.__module__.startswith(prefix + ".") and cls.__name__ in classes:
+                return classes[cls.__name__]
+    return None
+
+
 def _factory(m: nn.Module) -> Callable[[Any], Forward] | None:
     for cls in type(m).__mro__:
         for prefix, classes in _LIBRARIES.items():

@@ -193,3 +193,10 @@ def test_orthogonium_parametrizations_after_double(seed: int) -> None:
     torch.testing.assert_close(rows, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-6)
     with pytest.raises(ModelLoadError, match="fails on an input"):
         lipcert.load(model.double(), input_shape=(6,))
+
+
+def test_l2norm_residual_is_refused_by_name(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), residual.L2NormResidual(_mlp(8, 8, 8)), nn.Linear(8, 2)).double().eval()
+    with pytest.raises(UnsupportedOperatorError, match=r"L2NormResidual node '1': orthogonium's L2NormResidual"):
+        lipcert.load(model, input_shape=(6,))

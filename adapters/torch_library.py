@@ -11,6 +11,7 @@ code:
 * SLL: y = x - 2 W^T diag(t) relu(W x + b), a residual block with identity shortcut (the subtraction
   negates the branch's last layer);
 * conv SLL: y = x - 2 conv^T(relu(conv(x) + b)) with the parametrized kernel, the same block on feature maps;
+* SLL x AOC (strided): y = conv_s(x) - 2 conv_b(relu(conv_a(x) + b)), a block with a strided conv shortcut;
 * ConcatResidual with ``fn``: y = [x1; fn(x2)] for x = [x1; x2] split on axis 1 (x1 takes the larger
   half, as ``chunk`` does), written y = S x + E fn(P x) with S = diag(I, 0) (x with its second half
   padded away) and P, E the selection and zero padding on axis 1: a residual block whose linear
@@ -61,6 +62,28 @@ def _sll_conv(m: Any) -> Forward:
     return forward
 
 
+def _sll_aoc(m: Any) -> Forward:
+    """y = conv_s(x) - 2 conv_b(act(conv_a(x) + b)), the three kernels fused by orthogonium's own
+    ``fast_matrix_conv`` from the AOL kernel and the orthogonal pre/post convolutions, in float64."""
+    from orthogonium.layers.conv.SLL.sll_layer import fast_matrix_conv, transpose_kernel
+
+    with torch.no_grad():
+        f = copy.deepcopy(m).double()
+        pre, post, kernel, groups = f.pre_conv.weight, f.post_conv.weight, f.kernel, f.groups
+        k_a = fast_matrix_conv(pre, kernel, groups=groups).detach()
+        k_b = fast_matrix_conv(transpose_kernel(kernel, groups=groups), post, groups=groups).detach()
+        k_s = fast_matrix_conv(pre, post, groups=groups).detach()
+        b = f.bias.detach()
+    pad, stride, skip_pad = m.padding, m.stride, m.skip_kernel_size // 2
+
+    def forward(x: Any) -> Any:
+        inner = m.activation(F.conv2d(x, k_a, padding=pad, groups=groups) + b)
+        skip = F.conv2d(x, k_s, padding=skip_pad, stride=stride, groups=groups)
+        return skip - F.conv2d(inner, 2.0 * k_b, padding=pad, stride=stride, groups=groups)
+
+    return forward
+
+
 def _concat_residual(m: Any) -> Forward:
     """y = [x1; fn(x2)] on axis 1 as x with its second half zeroed plus fn(x2) padded in front."""
     def forward(x: Any) -> Any:
@@ -76,6 +99,7 @@ def _concat_residual(m: Any) -> Forward:
 
 _LIBRARIES: dict[str, dict[str, Callable[[Any], Forward]]] = {
     "orthogonium": {"SDPBasedLipschitzDense": _sll_dense, "SDPBasedLipschitzResBlock": _sll_conv,
+                    "SLLxAOCLipschitzResBlock": _sll_aoc,
                     "ConcatResidual": _concat_residual},
 }
 

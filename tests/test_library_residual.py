@@ -96,6 +96,8 @@ def _draw_models() -> dict[str, tuple[nn.Module, tuple[int, ...], tuple[bool, ..
                                                         orthogonium_layers.UnitNormLinear(8, 3)), (8,), (True,) * 3),
         "AOCLipschitzResBlock": (nn.Sequential(sll.AOCLipschitzResBlock(2, 2, 3), nn.ReLU(), nn.Flatten(),
                                                nn.Linear(2 * 4 * 4, 3)), (2, 4, 4), (True,)),
+        "SLLxAOCLipschitzResBlock": (nn.Sequential(sll.SLLxAOCLipschitzResBlock(2, 4, 2, 3, stride=2), nn.Flatten(),
+                                                   nn.Linear(4 * 3 * 3, 3)), (2, 6, 6), (False,)),
     }
 
 

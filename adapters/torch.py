@@ -381,8 +381,9 @@ def analyze_module(module: nn.Module, *, input_shape: Sequence[int] | None, sour
             with torch.no_grad():
                 module(torch.zeros((1, *shape), dtype=_dtype(module)))
         except Exception as exc:  # noqa: BLE001 - any failure of the user's module on this shape
+            hint = torch_library.stale_dtype(module) or "check input_shape (one input without the batch axis)"
             raise ModelLoadError(f"{name} fails on an input of shape {(1, *shape)} ({type(exc).__name__}: {exc}); "
-                                 "check input_shape (one input without the batch axis)") from exc
+                                 f"{hint}") from exc
     return _Interpreter(module, shape, name).run()
 
 

@@ -120,6 +120,19 @@ def refusal(m: nn.Module) -> str | None:
     return None
 
 
+def stale_dtype(module: nn.Module) -> str | None:
+    """Why ``module`` may fail in its own dtype: an orthogonium parametrization (``L2Normalize`` and the
+    modules built on it) keeps the dtype it was built with in ``.dtype``, which ``.double()`` does not
+    change; None when there is none."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    for m in module.modules():
+        kept = getattr(m, "dtype", None)
+        if type(m).__module__.startswith("orthogonium.") and isinstance(kept, torch.dtype) and dtypes - {kept}:
+            return (f"orthogonium's {type(m).__name__} keeps the dtype it was built with ({kept}) after .double() or "
+                    f".to(); build the model under torch.set_default_dtype(torch.float64), or load it in {kept}")
+    return None
+
+
 def _factory(m: nn.Module) -> Callable[[Any], Forward] | None:
     for cls in type(m).__mro__:
         for prefix, classes in _LIBRARIES.items():

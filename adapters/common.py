@@ -174,9 +174,11 @@ def check_conversion(net: AnyNetwork, reference: Reference, *, input_range: tupl
 def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[float] | float | None,
            std: Sequence[float] | float | None, input_range: RangeOption, max_dense_bytes: int | None,
            check: bool, rtol: float | None, reference_dtype: torch.dtype, check_samples: int,
-           channels_last: bool, info: dict[str, Any]) -> AnyNetwork:
+           channels_last: bool, info: dict[str, Any], dense: bool = False) -> AnyNetwork:
     """Prepend the normalization, build the Network (a GraphNetwork when the model has residual connections,
-    adapters/residual.py), check it against ``reference`` and record provenance.
+    adapters/residual.py; its layers dense), check it against ``reference`` and record provenance.
+
+    Convolutions stay :class:`~lipcert.operators.Conv2dOperator` layers unless ``dense`` (docs/decisions.md 35).
 
     ``reference`` evaluates the original model on *normalized* inputs (what it consumes).
     """
@@ -198,7 +200,7 @@ def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[floa
             "notes": list(conv.notes)}
     limit = DEFAULT_MAX_DENSE_BYTES if max_dense_bytes is None else int(max_dense_bytes)
     net = (build_graph(conv, max_dense_bytes=limit, input_range=rng, info=info) if has_merges(conv) else
-           build_network(conv, max_dense_bytes=limit, input_range=rng, info=info))
+           build_network(conv, max_dense_bytes=limit, input_range=rng, info=info, operators=not dense))
     if not check or reference is None:
         return net.with_info(conversion_error=None)
     tol = rtol if rtol is not None else (FLOAT64_RTOL if reference_dtype == torch.float64 else FLOAT32_RTOL)

@@ -107,6 +107,7 @@ def _npz_network(path: Path, *, mean: Sequence[float] | float | None, std: Seque
     from lipcert.npz import load_npz
 
     options.pop("max_dense_bytes", None)  # the file holds the dense matrices already: nothing to materialize
+    options.pop("dense", None)
     if mean is not None or std is not None or options:
         raise ModelLoadError("mean/std and loading options are not supported for .npz networks; fold the "
                              "normalization into W1 and b1")

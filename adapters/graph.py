@@ -364,10 +364,54 @@ def materialize(block: DenseBlock) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def block_operator(block: DenseBlock) -> LinearOperator | None:
-    """The operator of a block that is one operator layer (a convolution with its bias), else None."""
-    if len(block.layers) == 1 and block.layers[0].operator is not None:
-        return block.layers[0].operator
-    return None
+    """The operator of a block whose linear part is one convolution, else None.
+
+    Per-channel scalings before it (the input normalization) and after it (an eval BatchNorm) are
+    folded into its kernel: K'[o, c] = d_out[o] K[o, c] d_in[c].  A layer counts as a per-channel
+    scaling when its linear part maps ones to a per-channel constant d and a random probe z to d z;
+    the load's conversion check compares the folded network with the model.
+    """
+    found = [i for i, layer in enumerate(block.layers) if layer.operator is not None]
+    if len(found) != 1 or any(layer.fn is None for layer in block.layers):
+        return None
+    i = found[0]
+    op = block.layers[i].operator
+    assert op is not None
+    if i == 0 and len(block.layers) == 1:
+        return op
+    if op.adjoint:
+        return None
+    d_in = _channel_scale(block.layers[:i], op.in_shape)
+    d_out = _channel_scale(block.layers[i + 1:], op.conv_out_shape)
+    if d_in is None or d_out is None:
+        return None
+    g = op.groups
+    k = op.kernel.reshape(g, -1, *op.kernel.shape[1:]) * d_in.reshape(g, 1, -1, 1, 1)
+    return replace(op, kernel=k.reshape(op.kernel.shape) * d_out.reshape(-1, 1, 1, 1))
+
+
+def _channel_scale(layers: Sequence[Layer], shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """d (one per channel) if the linear part of ``layers`` on (1, *shape) is x -> d x per channel, else None."""
+    if not layers:
+        return torch.ones(shape[0], dtype=torch.float64)
+    if any(tuple(layer.in_shape) != (1, *shape) or tuple(layer.out_shape) != (1, *shape) for layer in layers):
+        return None
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            assert layer.fn is not None
+            x = layer.fn(x, False)
+        return x
+
+    with torch.no_grad():
+        ones = linear(torch.ones(1, *shape, dtype=torch.float64))[0]
+        d = ones.reshape(shape[0], -1)[:, 0]
+        probe = torch.randn(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        expected = probe * d.reshape(1, -1, 1, 1)
+        if not (torch.allclose(ones, d.reshape(-1, 1, 1).expand(shape), rtol=1e-12, atol=0)
+                and torch.allclose(linear(probe), expected, rtol=1e-12, atol=1e-300)):
+            return None
+    return d
 
 
 def build_network(conv: Conversion, *, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
@@ -386,11 +430,14 @@ def build_network(conv: Conversion, *, max_dense_bytes: int = DEFAULT_MAX_DENSE_
     weights: list[torch.Tensor | LinearOperator] = []
     biases, acts = [], []
     for block, op in zip(blocks, kept):
-        fn = block.layers[0].fn if block.layers else None
         w: torch.Tensor | LinearOperator
-        if op is not None and fn is not None:
+        if op is not None:
             with torch.no_grad():
-                w, b = op, fn(torch.zeros(block.in_shape, dtype=torch.float64), True).reshape(-1)
+                x = torch.zeros(block.in_shape, dtype=torch.float64)
+                for layer in block.layers:
+                    assert layer.fn is not None
+                    x = layer.fn(x, True)
+                w, b = op, x.reshape(-1)
         else:
             w, b = materialize(block)
         weights.append(w)

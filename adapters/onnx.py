@@ -407,8 +407,8 @@ def _reference(model: onnx.ModelProto, conv: Conversion, elem_type: int) -> Any:
 
 def from_onnx(source: str | Path | onnx.ModelProto, *, mean: Sequence[float] | float | None = None,
               std: Sequence[float] | float | None = None, input_shape: Sequence[int] | None = None,
-              input_range: RangeOption = "auto", max_dense_bytes: int | None = None, check: bool = True,
-              rtol: float | None = None, check_samples: int = 16) -> AnyNetwork:
+              input_range: RangeOption = "auto", max_dense_bytes: int | None = None, dense: bool = False,
+              check: bool = True, rtol: float | None = None, check_samples: int = 16) -> AnyNetwork:
     """Load an ONNX model as a :class:`~lipcert.Network` (see :func:`lipcert.load` for the options).
 
     Raises
@@ -423,13 +423,13 @@ def from_onnx(source: str | Path | onnx.ModelProto, *, mean: Sequence[float] | f
     model = read_model(source)
     conv = convert_model(model, model_name(source), input_shape)
     return to_network(model, conv, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
-                      check=check, rtol=rtol, check_samples=check_samples)
+                      dense=dense, check=check, rtol=rtol, check_samples=check_samples)
 
 
 def to_network(model: onnx.ModelProto, conv: Conversion, *, mean: Sequence[float] | float | None = None,
                std: Sequence[float] | float | None = None, input_range: RangeOption = "auto",
-               max_dense_bytes: int | None = None, check: bool = True, rtol: float | None = None,
-               check_samples: int = 16) -> AnyNetwork:
+               max_dense_bytes: int | None = None, dense: bool = False, check: bool = True,
+               rtol: float | None = None, check_samples: int = 16) -> AnyNetwork:
     """The :class:`~lipcert.Network` of ``model`` from its conversion ``conv`` (:func:`convert_model`), checked
     against onnxruntime; the options and errors are those of :func:`from_onnx`."""
     conv.raise_issues()
@@ -440,7 +440,7 @@ def to_network(model: onnx.ModelProto, conv: Conversion, *, mean: Sequence[float
     info = {"source": conv.source, "format": "onnx", "input_name": conv.input_name, "opset": opset_of(model),
             "onnx_ops": ops, "channels_last": conv.channels_last}
     return finish(conv, reference, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
-                  check=check, rtol=rtol, reference_dtype=ref_dtype, check_samples=check_samples,
+                  dense=dense, check=check, rtol=rtol, reference_dtype=ref_dtype, check_samples=check_samples,
                   channels_last=conv.channels_last, info=info)
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lipcert.activations import Activation, elu, get_activation, hardtanh, leaky_relu, relu, softplus
+from lipcert.operators import Conv2dOperator
 
 from .graph import AffineOp, NotCovered, Op, undilate
 from .maxpool import max_pool_ops, pooled_positions
@@ -175,8 +176,12 @@ def conv(node: OnnxNode) -> list[Op]:
 
     detail = (f"{w_arr.shape[1] * groups}->{w_arr.shape[0]} channels, kernel {kernel}, stride {strides}, "
               f"pads {begins + ends}, dilation {dilations}, groups {groups}")
+    operator = None
+    if n == 2 and len(node.shape) == 4 and node.shape[0] == 1 and min(begins + ends) >= 0:
+        operator = Conv2dOperator.conv(t64(w_arr), node.shape[1:], stride=tuple(strides), dilation=tuple(dilations),
+                                       groups=groups, padding=(begins[0], ends[0], begins[1], ends[1]))
     return [AffineOp(fn, w_arr.size + (0 if b_arr is None else b_arr.size), detail,
-                     module=conv_module(weight, bias, strides, pad, groups))]
+                     module=conv_module(weight, bias, strides, pad, groups), operator=operator)]
 
 
 def conv_transpose(node: OnnxNode) -> list[Op]:

@@ -34,7 +34,7 @@ from lipcert.network import Network, require_network
 
 from .common import as_channels, normalization_layer
 from .files import read
-from .graph import Conversion, DenseBlock, Layer, materialize
+from .graph import Conversion, DenseBlock, Layer, materialize, undilate
 from .modules import ActivationModule, LayerGraph, Reshape, Scale, conv_module
 from .residual import SUBTRACTIONS, has_merges
 from .torch import analyze_module
@@ -122,14 +122,26 @@ def from_conversion(conv: Conversion) -> nn.Module:
 
 
 def from_network(net: Network) -> nn.Sequential:
-    """The dense chain of a Network: Flatten, then Linear and activation modules (float64)."""
+    """The chain of a Network: Flatten, then Linear (or, for a zero-padded convolution kept as an
+    operator, Reshape, padding and Conv2d, Flatten and the bias) and activation modules (float64).
+
+    Other operator layers (circular padding, transposed convolutions) become Linear modules through
+    their memory-checked dense matrices.
+    """
     parts: list[nn.Module] = [nn.Flatten()]
-    for k, (w, b) in enumerate(zip(net.weights, net.biases)):
-        linear = nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64)
-        with torch.no_grad():
-            linear.weight.copy_(w)
-            linear.bias.copy_(b)
-        parts.append(linear.requires_grad_(False))
+    ops = list(net.operators) or [None] * net.depth
+    for k, (w, b, op) in enumerate(zip(net.weights, net.biases, ops)):
+        if op is not None and not op.adjoint and not op.circular:
+            t, bottom, left, r = op.padding
+            conv = conv_module(undilate(op.kernel, op.dilation), None, op.stride, (left, r, t, bottom), op.groups)
+            parts += [Reshape(op.input_shape), conv, nn.Flatten(), Scale(torch.ones_like(b)[None], b[None].clone())]
+        else:
+            dense = w if op is None else op.dense()
+            linear = nn.Linear(dense.shape[1], dense.shape[0], dtype=torch.float64)
+            with torch.no_grad():
+                linear.weight.copy_(dense)
+                linear.bias.copy_(b)
+            parts.append(linear.requires_grad_(False))
         if k < len(net.activations):
             parts.append(ActivationModule(net.activations[k]))
     return nn.Sequential(*parts).eval()

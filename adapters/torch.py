@@ -407,7 +407,8 @@ def _reference(module: nn.Module, conv: Conversion) -> tuple[Any, torch.dtype]:
 
 def from_module(module: nn.Module, *, input_shape: Sequence[int] | None = None,
                 mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
-                input_range: RangeOption = "auto", max_dense_bytes: int | None = None, check: bool = True,
+                input_range: RangeOption = "auto", max_dense_bytes: int | None = None,
+                dense: bool = False, check: bool = True,
                 rtol: float | None = None, check_samples: int = 16, source: str | None = None) -> AnyNetwork:
     """Convert a ``torch.nn.Module`` (in eval mode) to a :class:`~lipcert.Network`; see :func:`lipcert.load`.
 
@@ -421,12 +422,13 @@ def from_module(module: nn.Module, *, input_shape: Sequence[int] | None = None,
     """
     conv = analyze_module(module, input_shape=input_shape, source=source)
     return to_network(module, conv, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
-                      check=check, rtol=rtol, check_samples=check_samples)
+                      dense=dense, check=check, rtol=rtol, check_samples=check_samples)
 
 
 def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | float | None = None,
                std: Sequence[float] | float | None = None, input_range: RangeOption = "auto",
-               max_dense_bytes: int | None = None, check: bool = True, rtol: float | None = None,
+               max_dense_bytes: int | None = None, dense: bool = False, check: bool = True,
+               rtol: float | None = None,
                check_samples: int = 16) -> AnyNetwork:
     """The :class:`~lipcert.Network` of ``module`` from its conversion ``conv`` (:func:`analyze_module`), checked
     against the module itself; the options and errors are those of :func:`from_module`."""
@@ -435,8 +437,8 @@ def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | f
     info = {"source": conv.source, "format": "torch", "input_name": conv.input_name,
             "module": type(module).__name__}
     return finish(conv, reference, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
-                  check=check, rtol=rtol, reference_dtype=dtype, check_samples=check_samples, channels_last=False,
-                  info=info)
+                  dense=dense, check=check, rtol=rtol, reference_dtype=dtype, check_samples=check_samples,
+                  channels_last=False, info=info)
 
 
 def _state_dict_message(path: Path, obj: dict[Any, Any]) -> str:

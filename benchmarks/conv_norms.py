@@ -1,6 +1,6 @@
 """Certified conv-layer spectral norms on a ResNet-18-shaped suite (issue 18, part 1).
 
-Run:  python benchmarks/conv_norms.py [--seed 0] [--out benchmarks/results/conv_norms.md]
+Run:  python benchmarks/conv_norms.py [--seed 0] [--baseline REV] [--out benchmarks/results/conv_norms.md]
 
 The 20 convolutions of a CIFAR ResNet-18 (3x3 convs, stride-2 3x3 and 1x1 shortcuts, 64 -> 512
 channels, 32x32 -> 4x4) with He-normal random kernels N(0, 2 / (C_in k^2)).  For each layer:
@@ -9,14 +9,19 @@ and a reference: the exact norm by dense SVD where the matrix has at most 4096 r
 else a rigorous *lower* bound ||A v|| / ||v|| from the top Ritz vector of a Lanczos run on A^T A
 (matrix-free).  ratio = bound / reference; a ratio below 1 would be a soundness failure, and
 since the reference is at most the exact norm, the true ratio is at most the one shown.
+With ``--baseline REV`` the conv_norm module of git revision REV runs on every layer too, right
+before the current one (same process, same load), and both times are shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
+import subprocess
 import sys
 import time
+from types import ModuleType
 from pathlib import Path
 
 import torch
@@ -61,19 +66,38 @@ def reference(op: Conv2dOperator, seed: int) -> tuple[float, str]:
     return float(op.matmat(ritz[None]).norm() / ritz.norm()), "lower bound (Lanczos Ritz vector, 80 steps)"
 
 
+def baseline_module(rev: str) -> ModuleType:
+    """lipcert/bounds/conv_norm.py as of git revision ``rev``, imported inside the lipcert.bounds package."""
+    repo = Path(__file__).resolve().parent.parent
+    src = subprocess.check_output(["git", "show", f"{rev}:lipcert/bounds/conv_norm.py"], cwd=repo, text=True)
+    spec = importlib.util.spec_from_loader("lipcert.bounds._baseline_conv_norm", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "lipcert.bounds"
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    exec(compile(src, f"{rev}:conv_norm.py", "exec"), module.__dict__)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", default=None, help="git revision whose conv_norm also runs, for timing")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "conv_norms.md")
     args = parser.parse_args()
     command = "python benchmarks/" + " ".join(shlex.quote(a) for a in [Path(__file__).name, *sys.argv[1:]])
     start_line = machine("at the start")
     print(f"seed {args.seed}", flush=True)
     gen = torch.Generator().manual_seed(args.seed)
-    rows, total, worst = [], 0.0, 0.0
+    old = baseline_module(args.baseline) if args.baseline else None
+    rows, total, worst, old_total = [], 0.0, 0.0, 0.0
     for name, ci, co, k, s, n in RESNET18:
         kernel = torch.randn(co, ci, k, k, generator=gen, dtype=torch.float64) * (2 / (ci * k * k)) ** 0.5
         op = Conv2dOperator.conv(kernel, (ci, n, n), stride=s, padding=k // 2)
+        old_cell = ""
+        if old is not None:
+            before = old.conv_norm(op)
+            old_total += before.seconds
+            old_cell = f"{before.value:.5f} | {before.seconds:.2f} | "
         t0 = time.perf_counter()
         bound = conv_norm(op)
         total += time.perf_counter() - t0
@@ -82,7 +106,7 @@ def main() -> None:
         worst = max(worst, ratio)
         est = ", ".join(f"{m} {v:.5f}" for m, v in bound.estimates.items())
         line = (f"| {name} | {ci}->{co}, k{k}, s{s}, {n}x{n} | {ref:.5f} | {how.split(' (')[0]} | {bound.value:.5f} | "
-                f"{ratio:.4f} | {bound.method} | {est} | {bound.seconds:.2f} |")
+                f"{ratio:.4f} | {bound.method} | {est} | {old_cell}{bound.seconds:.2f} |")
         print(line, flush=True)
         rows.append(line)
     text = "\n".join([
@@ -91,11 +115,13 @@ def main() -> None:
         "reference: exact norm by dense SVD where it fits, else a rigorous lower bound ||Av||/||v|| (Lanczos "
         "Ritz vector of A^T A, 80 steps); ratio = certified bound / reference (>= 1 is sound; the true ratio "
         "to the exact norm is at most this).", "",
-        "| layer | shape | reference | kind | certified bound | ratio | method | estimators | seconds |",
-        "|---|---|---|---|---|---|---|---|---|", *rows, "",
-        f"All 20 layers: {total:.1f} s for the certified bounds (references not counted); worst ratio {worst:.4f}.", ""])
+        "| layer | shape | reference | kind | certified bound | ratio | method | estimators | "
+        + (f"bound at {args.baseline} | seconds at {args.baseline} | " if old else "") + "seconds |",
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if old else "") + "---|", *rows, "",
+        f"All 20 layers: {total:.1f} s for the certified bounds (references not counted); worst ratio {worst:.4f}."
+        + (f" At {args.baseline}, in the same process: {old_total:.1f} s." if old else ""), ""])
     args.out.write_text(text + "\n", encoding="utf-8")
-    print(f"total {total:.1f} s, worst ratio {worst:.4f}; wrote {args.out}")
+    print(f"total {total:.1f} s (baseline {old_total:.1f} s), worst ratio {worst:.4f}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -80,13 +80,14 @@ def logits64(net: AnyNetwork, flat: torch.Tensor) -> torch.Tensor:
 
 
 def _chain_logits(net: Network, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The chain's forward pass with its weights cast once to ``dtype``."""
-    weights = [w.to(dtype) for w in net.weights]
+    """The chain's forward pass with its weights cast once to ``dtype`` (operator layers apply themselves)."""
+    ops = list(net.operators) or [None] * net.depth
+    weights = [w.to(dtype) if op is None else op for w, op in zip(net.weights, ops)]
     biases = [b.to(dtype) for b in net.biases]
 
     def logits(z: torch.Tensor) -> torch.Tensor:
         for k, (w, b) in enumerate(zip(weights, biases)):
-            z = z @ w.T + b
+            z = (z @ w.T if isinstance(w, torch.Tensor) else w.matmat(z)) + b
             if k < len(net.activations):
                 z = net.activations[k](z)
         return z

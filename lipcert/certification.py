@@ -36,7 +36,7 @@ from .graph_rounding import error_plan, forward_error
 from .loading import as_model
 from .local.bound import LOCAL_RULES
 from .local.radius import LOCAL_METHOD, local_radii
-from .network import require_network
+from .network import Network, require_network
 from .norms import Norm, check_eps, parse_norm, radius_scale
 from .radii import pairwise_constants, radii_from_margins
 from .records import (
@@ -425,7 +425,10 @@ def certify(
                     raise ResumeError(f"{records}: recorded indices do not match the inputs")
 
         floor = np.minimum.reduce(list(pairs.values()))
-        job = _Job(net, error_plan(net), pairs, scale, float(tolerance), norm_name, floor,
+        # local radii read dense weight matrices: an operator network is densified once, memory-checked
+        limit = None if max_bytes is None else int(max_bytes)
+        local_net = require_network(net, "certify(local=...)", max_bytes=limit) if local else net
+        job = _Job(local_net, error_plan(net), pairs, scale, float(tolerance), norm_name, floor,
                    _local_options(local, LOCAL_RULES) if local else None, torch.get_num_threads())
         start = time.perf_counter()
         from tqdm.auto import tqdm

@@ -12,7 +12,7 @@ from .errors import ModelLoadError
 from .graph import GraphNetwork
 from .network import Network, require_network
 
-OPTIONS = ("input_range", "max_dense_bytes", "check", "rtol", "check_samples")
+OPTIONS = ("input_range", "max_dense_bytes", "dense", "check", "rtol", "check_samples")
 
 
 def load(source: Any, *, input_shape: Sequence[int] | None = None,
@@ -50,6 +50,12 @@ def load(source: Any, *, input_shape: Sequence[int] | None = None,
         (H, W, C) with C in {1, 3, 4} and H, W >= 8), otherwise None (unknown).
         ``max_dense_bytes`` -- limit on the total size of the dense float64 weight
         matrices (default 4e9); a larger model raises ModelLoadError with the estimate.
+        Convolutions (2-D, one per layer, with any per-channel scaling before or after them
+        folded in) are kept as :class:`~lipcert.operators.Conv2dOperator` layers and count
+        nothing toward it; the bound methods choose the dense or matrix-free path by their memory
+        estimate (``extras["path"]``).
+        ``dense`` -- materialize every convolution as a dense matrix at load (the behaviour
+        before operator layers); default False.
         ``check`` -- compare the Network with the original model (onnxruntime, or the torch
         module) on ``check_samples`` (16) random inputs in the input range and raise
         ModelLoadError if they differ by more than ``rtol`` (1e-4 for float32 models,
@@ -131,9 +137,7 @@ def as_model(model: Any, x: Any = None, *, input_shape: Sequence[int] | None = N
              verb: str = "this verb") -> Network | GraphNetwork:
     """As :func:`as_network`, for the verbs that also take a :class:`~lipcert.graph.GraphNetwork`
     (residual blocks: ``lipschitz``, ``lower_bound``, ``certify``); a graph passes through unchanged."""
-    if isinstance(model, Network):  # operator layers (convolutions): only lipschitz takes them as they are
-        return require_network(model, verb, operators=verb == "lipschitz")
-    if isinstance(model, GraphNetwork):
+    if isinstance(model, Network | GraphNetwork):  # operator layers pass: what needs dense matrices densifies them
         return model
     import torch
 

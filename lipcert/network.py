@@ -325,14 +325,15 @@ class Network:
                 f"input_shape={self.input_shape}, parameters={self.num_parameters})")
 
 
-def require_network(net: Any, verb: str, *, operators: bool = False) -> Network:
+def require_network(net: Any, verb: str, *, operators: bool = False, max_bytes: int | None = None) -> Network:
     """``net`` itself when it is a :class:`Network`, else :class:`~lipcert.errors.NotANetworkError`.
 
     For the functions below the verbs, which take a loaded Network only; the public verbs
     (``lipcert.lipschitz``, ``lipcert.certify``, ...) load any model first.  Unless ``operators``
-    (the caller handles operator layers), a network with operator layers is an
-    :class:`~lipcert.errors.OperatorLayersError`; a :class:`~lipcert.graph.GraphNetwork` is a
-    :class:`~lipcert.errors.GraphNetworkError` naming ``verb``.
+    (the caller handles operator layers), a network with operator layers is returned densified
+    (:meth:`Network.densified`, at most ``max_bytes``, default 4 GB, of dense matrices), or a
+    :class:`~lipcert.errors.DenseTooLargeError` naming ``verb`` says why it cannot be; a
+    :class:`~lipcert.graph.GraphNetwork` is a :class:`~lipcert.errors.GraphNetworkError` naming ``verb``.
     """
     if getattr(net, "is_graph", False):
         raise GraphNetworkError(f"{verb} needs a chain network, but this one has residual blocks (a "
@@ -344,9 +345,11 @@ def require_network(net: Any, verb: str, *, operators: bool = False) -> Network:
                                "lipcert.certify, ... load paths and torch modules themselves)")
     if net.has_operators and not operators:
         layers = [k + 1 for k, op in enumerate(net.operators) if op is not None]
-        raise OperatorLayersError(f"{verb} needs dense weight matrices, but layers {layers} of this network are kept as "
-                                  "convolution operators; call net.densified() first (it checks the memory), or "
-                                  "bound it with the matrix-free method naive")
+        try:
+            return net.densified(DEFAULT_MAX_DENSE_BYTES if max_bytes is None else max_bytes)
+        except DenseTooLargeError as exc:
+            raise DenseTooLargeError(f"{verb} needs dense weight matrices, but layers {layers} of this network are "
+                                     f"convolution operators: {exc}") from None
     return net
 
 

@@ -80,7 +80,7 @@ class Chain(Protocol):
 class ErrorLayer:
     """One affine layer and the activation after it, with the norms its rounding-error bound needs."""
 
-    weight: torch.Tensor
+    weight: Any         # the (n_k, n_{k-1}) matrix, or an operator layer (matmat, kernel: a convolution)
     bias: torch.Tensor
     activation: Any
     row_abs: float      # ||W||_inf: max row sum of |W|
@@ -96,14 +96,27 @@ EXACT_ACTIVATIONS = ("relu", "relu6", "hardtanh", "abs", "abs_or_identity")
 
 
 def error_layers(net: Chain) -> list[ErrorLayer]:
-    """The layers of a network with the norms :func:`logit_error_bound` needs (computed once per network)."""
+    """The layers of a network with the norms :func:`logit_error_bound` needs (computed once per network).
+
+    An operator layer (a convolution with kernel K, ``Network.operators``) takes the norms of K: every
+    row of the convolution holds a subset of one output channel's kernel entries (of one input channel's,
+    for its adjoint), in sums of at most C_in/g kh kw (C_out/g kh kw) products.
+    """
     out = []
-    for k, (w, b) in enumerate(zip(net.weights, net.biases)):
+    ops = list(getattr(net, "operators", ()) or [None] * len(net.weights))
+    for k, (w, b, op) in enumerate(zip(net.weights, net.biases, ops)):
         act = net.activations[k] if k < len(net.activations) else None
         slope = 0.0 if act is None else float(torch.maximum(net.alphas[k].abs(), net.betas[k].abs()).max())
         exact = act is None or act.name.split("(")[0] in EXACT_ACTIVATIONS
-        out.append(ErrorLayer(w, b, act, float(w.abs().sum(1).max()), float(w.norm(dim=1).max()),
-                              float(b.abs().max()) if b.numel() else 0.0, affine_gamma(w.shape[1]), slope, exact))
+        if op is None:
+            row_abs, row_norm, terms, linear = float(w.abs().sum(1).max()), float(w.norm(dim=1).max()), w.shape[1], w
+        else:
+            kernel = op.kernel if not op.adjoint else op.kernel.reshape(op.groups, -1, *op.kernel.shape[1:]).transpose(1, 2)
+            rows = kernel.reshape(-1, *kernel.shape[-3:]) if op.adjoint else kernel  # one row per output channel
+            row_abs, row_norm = float(rows.abs().sum((1, 2, 3)).max()), float(rows.flatten(1).norm(dim=1).max())
+            terms, linear = rows[0].numel(), op
+        out.append(ErrorLayer(linear, b, act, row_abs, row_norm, float(b.abs().max()) if b.numel() else 0.0,
+                              affine_gamma(terms), slope, exact))
     return out
 
 
@@ -123,7 +136,8 @@ def logit_error_bound(layers: list[ErrorLayer], x: torch.Tensor,
     a_norm = x.norm(dim=1)
     err = torch.zeros(x.shape[0], dtype=torch.float64) if carried is None else carried
     for layer in layers:
-        z = a @ layer.weight.T + layer.bias
+        w = layer.weight
+        z = (a @ w.T if isinstance(w, torch.Tensor) else w.matmat(a)) + layer.bias
         err = layer.row_abs * err + layer.gamma * (layer.row_norm * a_norm + layer.bias_abs)
         if layer.activation is None:
             return z, err

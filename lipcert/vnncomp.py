@@ -45,7 +45,7 @@ from .bounds.methods import resolve
 from .bounds.result import Gram
 from .errors import InvalidArgumentError, ModelLoadError, ShapeMismatchError, UnknownMethodError
 from .local.bound import local_bound
-from .network import Network
+from .network import Network, require_network
 from .rounding import UNIT_ROUNDOFF, error_layers, logit_error_bound
 
 STATUSES = ("unsat", "sat", "unknown", "timeout")
@@ -328,6 +328,7 @@ def vnnlib_check(
         from .loading import as_network
 
         net = as_network(model, verb="vnnlib_check")
+    net = require_network(net, "lipcert vnnlib")  # the local bound and the attack read dense weight matrices
     if (spec.num_inputs, spec.num_outputs) != (net.input_dim, net.output_dim):
         raise ShapeMismatchError(f"{spec.source} has {spec.num_inputs} inputs and {spec.num_outputs} outputs but "
                                  f"the model {model} takes {net.input_dim} and gives {net.output_dim}")

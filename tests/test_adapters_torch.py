@@ -66,7 +66,7 @@ CONV_CASES = [
 def test_conv2d_matrix_is_the_convolution_and_its_transpose_the_adjoint(rng: np.random.Generator, kw: dict) -> None:
     _torch_seed(rng)
     conv = nn.Conv2d(6, 6, 3, **kw).double()
-    net = from_module(conv, input_shape=(6, 9, 8))
+    net = from_module(conv, input_shape=(6, 9, 8), dense=True)  # the dense matrix itself
     w, b = net.weights[0], net.biases[0]
     x = torch.randn(5, 6, 9, 8, dtype=torch.float64)
     with torch.no_grad():
@@ -83,12 +83,12 @@ def test_conv2d_matrix_is_the_convolution_and_its_transpose_the_adjoint(rng: np.
 def test_conv1d_and_conv_transpose2d_matrices(rng: np.random.Generator) -> None:
     _torch_seed(rng)
     conv1 = nn.Conv1d(2, 4, 3, stride=2, padding=2, dilation=2, groups=2).double()
-    net = from_module(conv1, input_shape=(2, 11))
+    net = from_module(conv1, input_shape=(2, 11), dense=True)
     x = torch.randn(4, 2, 11, dtype=torch.float64)
     torch.testing.assert_close(x.reshape(4, -1) @ net.weights[0].T + net.biases[0],
                                conv1(x).detach().reshape(4, -1), rtol=1e-12, atol=1e-12)
     up = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1).double()
-    net = from_module(up, input_shape=(4, 5, 5))
+    net = from_module(up, input_shape=(4, 5, 5), dense=True)
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
     with torch.no_grad():
         y = up(x)
@@ -130,13 +130,13 @@ def test_mean_std_prepended_equals_normalization_in_the_model(rng: np.random.Gen
     outside = Normalized(with_norm=False)
     outside.load_state_dict(inside.state_dict())
     outside.eval()
-    a = lipcert.load(inside, input_shape=(3, 8, 8))
-    b = lipcert.load(outside, input_shape=(3, 8, 8), mean=[0.49, 0.48, 0.45], std=[0.2, 0.19, 0.21])
+    a = lipcert.load(inside, input_shape=(3, 8, 8), dense=True)  # the dense matrices are compared
+    b = lipcert.load(outside, input_shape=(3, 8, 8), mean=[0.49, 0.48, 0.45], std=[0.2, 0.19, 0.21], dense=True)
     assert a.widths == b.widths == (192, 96, 4)
     for wa, wb in zip(a.weights + a.biases, b.weights + b.biases):
         torch.testing.assert_close(wa, wb, rtol=1e-6, atol=1e-6)
     # W1 columns of channel c are divided by std_c
-    plain = lipcert.load(outside, input_shape=(3, 8, 8))
+    plain = lipcert.load(outside, input_shape=(3, 8, 8), dense=True)
     ratio = (b.weights[0] / plain.weights[0]).reshape(96, 3, 64)
     finite = torch.isfinite(ratio)
     for c, s in enumerate([0.2, 0.19, 0.21]):
@@ -254,8 +254,15 @@ def test_dense_size_limit_for_a_large_convolution() -> None:
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 64 * 64, 10))
     size = 8 * (64 * 64 * 64) * (3 * 64 * 64) + 8 * 10 * 64**3
     with pytest.raises(ModelLoadError, match=rf"about {size / 1e9:.3g} GB.*over the limit of 4 GB.*max_dense_bytes="):
-        lipcert.load(model.eval(), input_shape=(3, 64, 64))
+        lipcert.load(model.eval(), input_shape=(3, 64, 64), dense=True)
     assert math.isclose(size / 1e9, 25.79, rel_tol=1e-3)
+    # by default the convolutions stay operators (nothing dense but the last layer), and naive runs matrix-free
+    small = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 2, 1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2 * 64 * 64, 10)).eval()
+    net = lipcert.load(small, input_shape=(3, 64, 64))
+    assert [op is not None for op in net.operators] == [True, True, False] and net.dense_nbytes > 25e9
+    bound = lipcert.lipschitz(net, "naive", max_bytes=4e9)
+    assert bound.extras["path"] == "matrix-free" and bound.value > 0
 
 
 def test_cli_inspect_on_pickled_modules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,7 +63,7 @@ from lipcert import datasets
 from lipcert.bounds.rules import parse_rule
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
-ARCHS = ("mlp", "mlp-wide", "conv-small", "conv-deep")
+ARCHS = ("mlp", "mlp-wide", "conv-small", "conv-deep", "conv-large")
 Affine = nn.Linear | nn.Conv2d
 REPORT_EPS = {"mnist": (0.5, 1.0, 1.58), "fashion-mnist": (0.5, 1.0, 1.58), "cifar10": (36 / 255, 72 / 255, 108 / 255)}
 
@@ -82,7 +82,8 @@ def load_split(dataset: str, data_dir: Path | None, split: str, limit: int | Non
 # ---------------------------------------------------------------------------------------- models
 def build_model(arch: str, input_shape: Sequence[int], n_classes: int = 10) -> nn.Sequential:
     """``mlp`` (n-100-100-K), ``mlp-wide`` (n-256-256-K), ``conv-small`` (ERAN ConvSmall, no pooling) or
-    ``conv-deep`` (ConvDeep of SDP-CROWN's Table 1: four 8-channel convolutions, no pooling)."""
+    ``conv-deep`` (ConvDeep of SDP-CROWN's Table 1: four 8-channel convolutions, no pooling) or ``conv-large``
+    (ConvLarge of SDP-CROWN: convolutions 32, 32 (k4, s2), 64, 64 (k4, s2), then 512, 512, K)."""
     c, h, w = input_shape
     if arch in ("mlp", "mlp-wide"):
         width = 100 if arch == "mlp" else 256
@@ -99,6 +100,12 @@ def build_model(arch: str, input_shape: Sequence[int], n_classes: int = 10) -> n
                              nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 4, stride=2, padding=1), nn.ReLU(),
                              nn.Flatten(), nn.Linear(8 * (h2 // 2) * (w2 // 2), 100), nn.ReLU(),
                              nn.Linear(100, n_classes))
+    if arch == "conv-large":
+        return nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 4, stride=2, padding=1),
+                             nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(64 * (h // 4) * (w // 4), 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                             nn.Linear(512, n_classes))
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
 
 
@@ -398,7 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: onnxruntime and torch disagree by {onnx_error:.3g} on {args.out}", file=sys.stderr)
         return 1
     net = lipcert.load(args.out, input_range=(0.0, 1.0))
-    bounds = [lipcert.lipschitz(net, m) for m in ("combined", "naive")]
+    bounds = []
+    for method in ("combined", "naive"):  # combined has no matrix-free path: over the memory budget it is left out
+        try:
+            bounds.append(lipcert.lipschitz(net, method))
+        except lipcert.LipcertError as exc:
+            print(f"note: {method} left out: {exc}", file=sys.stderr)
     eps = REPORT_EPS[args.dataset]
     test = {"images": f"first {len(y_test)} of the {args.dataset} test set",
             **evaluate(net, bounds, x_test, y_test, eps)}

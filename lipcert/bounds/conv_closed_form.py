@@ -181,6 +181,11 @@ def _check_slopes(net: Network, plan: ChainPlan) -> list[tuple[torch.Tensor, tor
     return slopes
 
 
+def check_chain(net: Network) -> None:
+    """Raise UnsupportedConvGeometryError or UnsupportedSlopesError when ``net`` has no per-frequency pass."""
+    _check_slopes(net, plan_chain(net))
+
+
 def single_rule_conv(net: Network, rule: Rule, plan: ChainPlan | None = None) -> RecursionResult:
     """Theorem 1 with per-channel multipliers from ``rule`` on a conv chain + dense tail, per frequency.
 

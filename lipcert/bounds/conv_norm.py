@@ -20,7 +20,11 @@ the smaller:
   Where the exact Gram is too large but the grid still small (8 x 8 at 256 channels: +2 % -> below).
 
 Groups: the operator is block-diagonal over groups, so its norm is the *max* over groups.
-Rounding: every singular value or Gram eigenvalue is raised by its solver's backward error and by a
+Speed (docs/decisions.md 34): the frequency blocks' norms come from one batched ``eigvalsh`` of their
+Gram matrices (the smaller side; unread polyphase components dropped); the exact and rows-exact Gram
+matrices get their top Ritz value from Lanczos (on the convolution itself for the exact one) and
+one Cholesky factorization of theta I - G confirms it (real or complex Hermitian).
+Rounding: every Gram eigenvalue is raised by its solver's backward error and by a
 bound on the rounding of the blocks (gamma_m sum_t ||K_t||_F) or of the Gram matrix
 (gamma_m (sum_t ||K_t||_F)^2) before the certified square root (:func:`lipcert.rounding.certified_root`).
 """
@@ -29,18 +33,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..operators import Conv2dOperator
 from ..rounding import certified_root, gamma
-from .eigen import lambda_max
+from .eigen import DENSE_BELOW, lambda_max, lanczos
 
 DENSE_LIMIT = 8192
 """Largest Gram dimension (per group) for which the exact ``dense`` estimator runs by default."""
 SMALL_GRID = 64
 """The ``dense`` estimator runs only where the output grid has at most this many positions."""
+_RELATIVE_SLACK = (1e-7, 1e-4, 1e-2)
 _EIGVALSH_ERROR = 8.0  # backward error of svd / eigvalsh: |fl(x) - x| <= 8 n eps max|x| (as in eigen.py)
 
 
@@ -82,6 +87,28 @@ def conv_norm(op: Conv2dOperator, *, dense_limit: int = DENSE_LIMIT, small_grid:
         estimates["dense"] = _dense_bound(op)
     best = min(estimates, key=estimates.__getitem__)
     return ConvNorm(estimates[best], best, estimates, time.perf_counter() - start)
+
+
+def conv_norm_bytes(op: Conv2dOperator, *, dense_limit: int = DENSE_LIMIT, small_grid: int = SMALL_GRID) -> int:
+    """Estimated peak working memory of :func:`conv_norm` on ``op`` in bytes (the largest estimator's).
+
+    Frequency: the complex blocks, their Gram matrices and eigvalsh's workspace (3 copies); exact
+    Gram: the matrix, its permuted copy and the Cholesky factor (4 n^2 doubles); rows exact: the
+    per-frequency Gram matrices and one factorization.
+    """
+    _, h_out, w_out = op.conv_out_shape
+    peak = 0
+    if _periodizable(op):
+        (ax_h, ax_w), g = _axes(op), op.groups
+        freqs = (ax_h.grid() or 1) * ((ax_w.grid() or 1) // 2 + 1)
+        rows, cols = op.kernel.shape[0] // g, op.kernel.shape[1] * ax_h.stride * ax_w.stride
+        peak = 16 * g * freqs * (rows * cols + 3 * min(rows, cols) ** 2)
+        if h_out * w_out <= small_grid and 2 * _semi_dim(op) <= dense_limit and _dense_dim(op) > dense_limit:
+            peak = max(peak, 16 * ((ax_w.grid() or 1) // 2 + 3) * _semi_dim(op) ** 2)
+    dim = _dense_dim(op)
+    if dim <= dense_limit and (h_out * w_out <= small_grid or not peak) or not peak:
+        peak = max(peak, 4 * 8 * dim**2)
+    return peak
 
 
 # ---------------------------------------------------------------------------------- axes
@@ -154,38 +181,64 @@ def _phases(ax: _Axis, m: int, half: bool) -> torch.Tensor:
 
 
 def frequency_blocks(op: Conv2dOperator) -> torch.Tensor:
-    """B(w) for half of the frequency pairs: (groups, F, C_out/g, C_in/g * s_h * s_w), complex.
+    """B(w) for half of the frequency pairs: (groups, F, C_out/g, C_in/g * phases), complex.
 
-    The other half are complex conjugates (a real kernel), with the same norms.
+    The other half are complex conjugates (a real kernel), with the same norms.  Polyphase
+    components that no tap reads (a 1x1 kernel at stride 2 reads one of four) are left out: their
+    columns of B(w) are zero.
     """
     ax_h, ax_w = _axes(op)
     m_h, m_w = ax_h.grid(), ax_w.grid()
     if m_h is None or m_w is None:
         raise ValueError(f"{op.describe()}: circular padding with a stride that does not divide the input")
-    e_h, e_w = _phases(ax_h, m_h, False), _phases(ax_w, m_w, True)
+    e_h, e_w = _read_phases(_phases(ax_h, m_h, False)), _read_phases(_phases(ax_w, m_w, True))
     k = _grouped(op).to(torch.complex128)
     blocks = torch.einsum("gocab,hra,wtb->ghwocrt", k, e_h, e_w)
     g, fh, fw, co = blocks.shape[:4]
     return blocks.reshape(g, fh * fw, co, -1)
 
 
+def _read_phases(e: torch.Tensor) -> torch.Tensor:
+    """E[w, r, a] restricted to the polyphase components r that some tap reads."""
+    return e[:, (e != 0).any(dim=(0, 2))]
+
+
+def _top_gram_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
+    """Largest eigenvalue of B B^H (or B^H B, the smaller) per block, batched (float64).
+
+    The batched eigvalsh runs on one intra-op thread: with two threads on a loaded machine it took
+    10-30x longer than with one (measured: 561 blocks of 64 x 64, 0.8 s vs 23 s).
+    """
+    rows, cols = blocks.shape[-2:]
+    gram = blocks @ blocks.mH if rows <= cols else blocks.mH @ blocks
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigvalsh(gram)[..., -1]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _frequency_bounds(op: Conv2dOperator) -> torch.Tensor:
     """Certified max over row frequencies of ||B(w)|| per group and column frequency: (groups, F_w).
 
-    Batched singular values (faster than complex eigvalsh), raised by their error; the maximum is
-    the ``frequency`` bound.
+    Batched: the Gram matrix of every block (the smaller side) and its eigvalsh, 3-10x faster
+    than singular values of the blocks; the maximum is the ``frequency`` bound.
     """
     blocks = frequency_blocks(op)
     rows, cols = blocks.shape[-2:]
     m_w = _axes(op)[1].grid() or 1
-    top = torch.linalg.svdvals(blocks)[..., 0].reshape(op.groups, -1, m_w // 2 + 1).amax(1)
+    top = _top_gram_eigenvalues(blocks).reshape(op.groups, -1, m_w // 2 + 1).amax(1)
     taps = op.kernel.shape[2] * op.kernel.shape[3]
-    # svd is backward stable (|fl(sigma) - sigma| <= 8 n eps ||B||); each entry of B is a sum of
-    # <= taps products with phases computed to a few ulps: ||fl(B) - B|| <= gamma_m sum_t ||K_t||_F
+    # Each entry of fl(B) is a sum of <= taps products with phases computed to a few ulps:
+    # ||fl(B) - B|| <= e_B = gamma_{4 taps + 16} T, T = sum_t ||K_t||_F (so also || |fl(B)| || <= 2 T).
+    # fl(G) = fl(B) fl(B)^H has |fl(G) - G'| <= gamma_n |fl B| |fl B|^H (n = min side, Higham 3.5), so
+    # ||fl(B)||^2 <= lambda_max(fl G) + gamma_n 4 T^2; eigvalsh adds 8 n eps |lambda| (backward stable).
     k = _grouped(op)
     tap_sum = float(k.flatten(-2).norm(dim=-3).norm(dim=-2).sum(-1).max())
-    sigma = top * (1 + _EIGVALSH_ERROR * min(rows, cols) * torch.finfo(torch.float64).eps)
-    sigma = sigma + 2 * gamma(4 * taps + 16) * tap_sum
+    square = top.clamp(min=0) * (1 + _EIGVALSH_ERROR * max(rows, cols) * torch.finfo(torch.float64).eps)
+    square = square + 4 * gamma(max(rows, cols) + 4) * tap_sum**2
+    sigma = torch.sqrt(square) * (1 + 4 * torch.finfo(torch.float64).eps) + 2 * gamma(4 * taps + 16) * tap_sum
     return torch.as_tensor(certified_root((sigma * sigma).numpy(), 0.0))
 
 
@@ -236,7 +289,11 @@ def dense_gram(op: Conv2dOperator, group: int = 0) -> torch.Tensor:
     taps = k.permute(2, 3, 0, 1)  # (kh, kw, co, ci)
     m_h, m_w = (h_out, w_out) if out_side else (h, w)
     c = k.shape[0] if out_side else k.shape[1]
-    gram = torch.zeros(m_h, m_w, m_h, m_w, c, c, dtype=torch.float64)
+    # every tap-pair product K_t K_t'^T (or K_t^T K_t') in one GEMM: (kh, kw, kh, kw, c, c)
+    side = taps if out_side else taps.transpose(-1, -2)
+    flat = side.reshape(-1, side.shape[-1])
+    products = (flat @ flat.T).reshape(*side.shape[:3], *side.shape[:3]).permute(0, 1, 3, 4, 2, 5)
+    gram = torch.zeros(m_h * m_w * m_h * m_w, c, c, dtype=torch.float64)
     co_h, co_w = _coincidences(ax_h, out_side), _coincidences(ax_w, out_side)
     for (a, a2), (uh, vh) in co_h.items():
         if not uh:
@@ -244,14 +301,15 @@ def dense_gram(op: Conv2dOperator, group: int = 0) -> torch.Tensor:
         for (b, b2), (uw, vw) in co_w.items():
             if not uw:
                 continue
-            block = taps[a, b] @ taps[a2, b2].T if out_side else taps[a, b].T @ taps[a2, b2]
             ih, iw = torch.meshgrid(torch.tensor(uh), torch.tensor(uw), indexing="ij")
             jh, jw = torch.meshgrid(torch.tensor(vh), torch.tensor(vw), indexing="ij")
-            idx = (ih.reshape(-1), iw.reshape(-1), jh.reshape(-1), jw.reshape(-1))
-            gram.index_put_(idx, block.expand(len(idx[0]), c, c), accumulate=True)
+            lin = (((ih * m_w + iw) * m_h + jh) * m_w + jw).reshape(-1)
+            gram.index_add_(0, lin, products[a, b, a2, b2].expand(len(lin), c, c))
+    gram = gram.reshape(m_h, m_w, m_h, m_w, c, c)
     n = m_h * m_w * c
     gram = gram.permute(0, 1, 4, 2, 3, 5).reshape(n, n)
-    return (gram + gram.T) / 2
+    upper = gram.T.contiguous()
+    return gram.add_(upper).mul_(0.5)
 
 
 def _dense_bound(op: Conv2dOperator) -> float:
@@ -260,10 +318,47 @@ def _dense_bound(op: Conv2dOperator) -> float:
     error = _gram_error(_grouped(op), max(co, ci) + taps * taps + 4)
     tops = []
     for g in range(op.groups):
-        gram = dense_gram(op, g)
-        # lambda_max is certified (Cholesky-confirmed or dense eigvalsh plus its backward error)
-        tops.append(float(lambda_max(gram)))
+        sub = _group_operator(op, g)
+        n = min(sub.shape)
+        if n < DENSE_BELOW:  # certified: dense eigvalsh plus its backward error
+            tops.append(float(lambda_max(dense_gram(op, g))))
+            continue
+        # the top Ritz value from the convolution itself (no pass over the n x n matrix), confirmed by
+        # one Cholesky of theta I - G (theta > lambda_max(G) when it succeeds)
+        if sub.shape[0] <= sub.shape[1]:
+            matvec = lambda v: sub.matmat(sub.rmatmat(v[None]))[0]  # noqa: E731
+        else:
+            matvec = lambda v: sub.rmatmat(sub.matmat(v[None]))[0]  # noqa: E731
+        theta, _ = lanczos(matvec, n, dtype=torch.float64, device=torch.device("cpu"), tol=1e-10)
+        tops.append(confirmed_top(dense_gram(op, g), theta))
     return float(certified_root(max(tops) + error, 0.0))
+
+
+def _group_operator(op: Conv2dOperator, group: int) -> Conv2dOperator:
+    """The convolution of one group alone (groups = 1), as an operator (no adjoint: same norm)."""
+    c_in, h, w = op.in_shape
+    return replace(op, kernel=_grouped(op)[group], in_shape=(c_in // op.groups, h, w), groups=1, adjoint=False)
+
+
+def confirmed_top(gram: torch.Tensor, estimate: float) -> float:
+    """A certified upper bound on lambda_max of the symmetric ``gram`` from an estimate of it.
+
+    estimate + slack is confirmed by a Cholesky factorization of (estimate + slack) I - gram (real
+    symmetric or complex Hermitian), with slack 1e-7, then 1e-4, 1e-2 of the matrix's scale; else
+    :func:`~lipcert.bounds.eigen.lambda_max`'s own search (real matrices) or eigvalsh plus its error.
+    """
+    spread = max(abs(estimate), float(gram.diagonal().real.abs().max()), torch.finfo(torch.float64).tiny)
+    for slack in _RELATIVE_SLACK:
+        candidate = estimate + slack * spread
+        shifted = -gram
+        shifted.diagonal().add_(candidate)
+        if int(torch.linalg.cholesky_ex(shifted).info) == 0:
+            return candidate
+        del shifted
+    if not gram.is_complex():
+        return float(lambda_max(gram))
+    values = torch.linalg.eigvalsh(gram)
+    return float(values[-1]) + _EIGVALSH_ERROR * gram.shape[0] * torch.finfo(torch.float64).eps * float(values.abs().max())
 
 
 # ---------------------------------------------------------------------------------- rows exact
@@ -323,6 +418,19 @@ def _semi_bound(op: Conv2dOperator, columns: torch.Tensor) -> float:
         if g not in grams:
             grams[g] = semi_grams(op, g)
         gram = grams[g][w]
-        real = torch.cat([torch.cat([gram.real, -gram.imag], 1), torch.cat([gram.imag, gram.real], 1)], 0)
-        best = max(best, min(cap, float(certified_root(float(lambda_max((real + real.T) / 2)) + error, 0.0))))
+        top = confirmed_top(gram, _hermitian_ritz(gram)) if gram.shape[0] >= DENSE_BELOW else float(
+            torch.linalg.eigvalsh(gram)[-1] * (1 + _EIGVALSH_ERROR * gram.shape[0] * torch.finfo(torch.float64).eps))
+        best = max(best, min(cap, float(certified_root(top + error, 0.0))))
     return best
+
+
+def _hermitian_ritz(gram: torch.Tensor) -> float:
+    """Top Ritz value of a Hermitian matrix by real Lanczos on its real form [[Re, -Im], [Im, Re]]
+    (the same spectrum, each eigenvalue twice), applied as one complex product per step."""
+    n = gram.shape[0]
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        z = gram @ torch.complex(v[:n], v[n:])
+        return torch.cat([z.real, z.imag])
+
+    return lanczos(matvec, 2 * n, dtype=torch.float64, device=gram.device, tol=1e-10)[0]

@@ -58,6 +58,7 @@ def pattern_bound(net: Network, *, restarts: int = 8, sweeps: int = 30,
     B the product right of it.  Restart 0 starts from all-beta, the others at random.  After the
     first sweep, the search stops at ``deadline`` (a ``time.perf_counter()`` value).
     """
+    net = require_network(net, "pattern_bound")  # dense weight matrices (operator layers densified)
     ws = list(net.weights)
     if len(ws) == 1:
         return float(torch.linalg.matrix_norm(ws[0], ord=2))
@@ -105,6 +106,7 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
                    ) -> tuple[float, torch.Tensor | None]:
     """max ||J(x)||_2 over random inputs, refined by gradient ascent (useful for smooth activations) until
     ``deadline`` (a ``time.perf_counter()`` value; the random inputs are always evaluated)."""
+    net = require_network(net, "jacobian_bound")  # dense weight matrices (operator layers densified)
     if any(a.fn is None or a.derivative is None for a in net.activations):
         return 0.0, None
     n0 = net.input_dim

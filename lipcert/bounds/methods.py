@@ -17,24 +17,15 @@ from typing import Any
 
 import torch
 
-from ..errors import (
-    DenseTooLargeError,
-    InfeasibleCertificateError,
-    InvalidArgumentError,
-    InvalidOptionError,
-    MemoryBudgetError,
-    UnknownMethodError,
-    UnsupportedConvGeometryError,
-    UnsupportedSlopesError,
-)
-from ..memory import check_budget
+from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
 from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network, require_network
+from ..operators import DEFAULT_MAX_DENSE_BYTES
 from . import abs_layer, closed_form, conv_closed_form, graph, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
-from .workspace import method_bytes, per_frequency_bytes
+from .workspace import choose_path
 
 Weights = list[torch.Tensor]
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -331,27 +322,19 @@ def lipschitz(
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
-    if net.has_operators and call.name == "naive":  # matrix-free (docs/decisions.md 21)
+    path, needed = choose_path(net, call.method.name, call.name, call.options, max_bytes)
+    if path == "matrix-free":  # docs/decisions.md 21, 35
         start = time.perf_counter()
-        result = matrix_free.naive(net)
+        results = {"naive": matrix_free.naive(net)}
         slopes = [(a.to(dev), b.to(dev)) for a, b in net.slopes()]
-        bound = _report(call, {"naive": result}, slopes, torch.float64, dev, time.perf_counter() - start)
-        bound = replace(bound, extras={**bound.extras, "path": "matrix-free"})
-    elif net.has_operators and isinstance(found := _per_frequency(call, net, max_bytes), LipschitzBound):
-        bound = found
-    else:  # operator layers are densified after a memory estimate (DenseTooLargeError says how much)
-        try:
-            dense = net.densified() if net.has_operators else net
-            check_budget(f"method {call.name} on widths {list(net.widths)}",
-                         method_bytes(dense, call.method.name, call.options), max_bytes)
-        except (DenseTooLargeError, MemoryBudgetError) as err:
-            if not net.has_operators:
-                raise
-            raise type(err)(f"{err}. No per-frequency pass: {found}; per frequency lipcert bounds "
-                            f"{', '.join(conv_closed_form.METHODS)} on conv chains without dense matrices") from None
+        bound = _report(call, results, slopes, torch.float64, dev, time.perf_counter() - start)
+    elif path == "per-frequency":  # docs/decisions.md 27, 32
+        bound = _per_frequency(call, net)
+    else:  # operator layers are materialized (the estimate counted them)
+        dense = net.densified(max(needed, DEFAULT_MAX_DENSE_BYTES)) if net.has_operators else net
         bound = _compute(call, dense, torch.float64 if call.method.float64_only else dtype, dev)
-        if net.has_operators:
-            bound = replace(bound, extras={**bound.extras, "path": "dense", "per_frequency": found})
+    if net.has_operators:
+        bound = replace(bound, extras={"path": path, **bound.extras, "memory_estimate": needed})
     return replace(bound, network=net.fingerprint())
 
 
@@ -368,25 +351,18 @@ def _graph(net: GraphNetwork, call: MethodCall, method: str, options: Mapping[st
     return replace(graph.graph_lipschitz(net, chain_bound, call.name), network=net.fingerprint())
 
 
-def _per_frequency(call: MethodCall, net: Network, max_bytes: float | None) -> LipschitzBound | str:
-    """The per-frequency bound of an operator network (docs/decisions.md 27, 32), or why there is none.
+def _per_frequency(call: MethodCall, net: Network) -> LipschitzBound:
+    """The per-frequency bound of an operator network (docs/decisions.md 27, 32).
 
     ``extras["path"]`` is ``"per-frequency"``, or ``"matrix-free naive"`` where the naive product (run
     beside the rules on zero-padded grids, and in ``combined``) is the smaller.  Always float64 on the CPU
-    (``dtype`` and ``device`` do not apply; the bound says so in ``extras``).
+    (``dtype`` and ``device`` do not apply).
     """
-    if call.method.name not in conv_closed_form.METHODS:
-        return f"{call.name} has no per-frequency form"
-    try:
-        needed = per_frequency_bytes(net, call.method.name, call.options)
-        check_budget(f"method {call.name} per frequency on widths {list(net.widths)}", needed, max_bytes)
-        start = time.perf_counter()
-        results = conv_closed_form.certificates(net, call.method.name, call.options)
-    except (UnsupportedConvGeometryError, UnsupportedSlopesError) as err:
-        return str(err)
+    start = time.perf_counter()
+    results = conv_closed_form.certificates(net, call.method.name, call.options)
     bound = _report(call, results, net.slopes(), torch.float64, torch.device("cpu"), time.perf_counter() - start)
-    path = "matrix-free naive" if bound.rule == "naive" else "per-frequency"
-    return replace(bound, extras={**bound.extras, "path": path, "memory_estimate": needed})
+    return replace(bound, extras={**bound.extras, "path": "matrix-free naive" if bound.rule == "naive" else
+                                  "per-frequency"})
 
 
 def checked_device(device: str | torch.device | None) -> torch.device:

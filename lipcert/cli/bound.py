@@ -2,7 +2,8 @@
 
 Every method's working memory is estimated before it runs (over ``--max-dense-gb``, or 80 % of the
 memory available, the method is refused and reported); the lower bound has a time budget
-(``--lower-seconds``); seconds and peak memory are reported per method.
+(``--lower-seconds``); seconds, peak memory and the path (``dense`` or ``matrix-free``, chosen by the
+memory estimate for networks with convolution operators) are reported per method.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     bounds: dict[str, float | None] = {}
     seconds: dict[str, float | None] = {}
     peak: dict[str, int | None] = {}
+    paths: dict[str, str] = {}
     notes: dict[str, str] = {}
     for name in names:
         try:
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             bounds[name], seconds[name], peak[name], notes[name] = None, None, None, str(exc)
             continue
         bounds[name], seconds[name], peak[name] = b.value, b.seconds, memory.peak_bytes
+        paths[name] = str(b.extras.get("path", "dense"))
         if b.status != "ok":
             notes[name] = b.status
     lower = None
@@ -80,14 +83,14 @@ def run(args: argparse.Namespace) -> int:
             seconds["lower bound"] = lower.seconds
         out: dict[str, Any] = {"model": str(args.model), "widths": list(net.widths), "bounds": bounds,
                                "lower_bound": None if lower is None else lower.value, "seconds": seconds,
-                               "peak_memory_bytes": peak}
+                               "peak_memory_bytes": peak, "paths": paths}
         if notes:
             out["notes"] = notes
         print(json.dumps(out, indent=2))
         return 0
     print(f"{args.model}: {net}")
     naive = bounds.get("naive")
-    header = f"{'method':<16}{'bound':>14}{'/naive':>10}{'/lower':>10}{'seconds':>10}{'peak MB':>10}"
+    header = f"{'method':<16}{'bound':>14}{'/naive':>10}{'/lower':>10}{'seconds':>10}{'peak MB':>10}  path"
     print(header)
     print("-" * len(header))
     for name, value in bounds.items():
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         r_naive = f"{value / naive:10.3f}" if naive else f"{'':>10}"
         r_low = f"{value / lower.value:10.3f}" if lower is not None and lower.value > 0 else f"{'':>10}"
-        print(f"{name:<16}{value:14.6g}{r_naive}{r_low}{seconds[name]:10.3f}{_mb(peak[name]):>10}")
+        print(f"{name:<16}{value:14.6g}{r_naive}{r_low}{seconds[name]:10.3f}{_mb(peak[name]):>10}  {paths[name]}")
     if lower is not None:
         print(f"{'lower bound':<16}{lower.value:14.6g}{'':>20}{lower.seconds:10.3f}{_mb(peak['lower bound']):>10}   "
               f"(pattern {lower.pattern:.6g}, Jacobian {lower.jacobian:.6g})")

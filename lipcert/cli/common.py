@@ -39,7 +39,10 @@ def add_model_arguments(p: argparse.ArgumentParser, *, many: bool = False) -> No
                    help="input shape without batch, e.g. 1,28,28 (needed for some .pt files)")
     p.add_argument("--max-dense-gb", type=float, default=None,
                    help="limit on the dense weight matrices of a converted model (default 4) and on the working "
-                        "memory of each bound (default 80%% of the memory available), in GB")
+                        "memory of each bound (default 80%% of the memory available), in GB; a bound on a model with "
+                        "convolutions runs matrix-free where its dense form would exceed it")
+    p.add_argument("--dense-convs", action="store_true",
+                   help="materialize convolutions as dense matrices at load (default: kept as operators)")
     add_class_arguments(p)
 
 
@@ -48,5 +51,7 @@ def load_model(args: argparse.Namespace) -> Network | GraphNetwork:
 
     limit = getattr(args, "max_dense_gb", None)
     options: dict[str, Any] = {} if limit is None else {"max_dense_bytes": int(limit * 1e9)}
+    if getattr(args, "dense_convs", False):
+        options["dense"] = True
     source, keywords = model_source(args)
     return load(source, input_shape=args.input_shape, mean=args.mean, std=args.std, **keywords, **options)

@@ -59,7 +59,7 @@ from ..bounds.recursion import LayerContext, factor_certificate
 from ..bounds.result import Gram
 from ..bounds.rules import Rule, parse_rule
 from ..errors import InfeasibleCertificateError, InvalidArgumentError, ShapeMismatchError, UnknownActivationError
-from ..network import Network
+from ..network import Network, require_network
 from ..norms import check_eps, l2_radius, parse_norm
 from ..rounding import INFLATION, affine_gamma, inflate
 
@@ -237,6 +237,7 @@ def local_bound(net: Network, x: np.ndarray | torch.Tensor, radius: float, norm:
     -------
     LocalBound
     """
+    net = require_network(net, "local_bound")  # dense weight matrices (operator layers densified)
     _check(net)
     norm_name = parse_norm(norm)
     radius = float(check_eps(radius)[0])

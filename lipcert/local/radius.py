@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..bounds.rules import Rule
-from ..network import Network
+from ..network import Network, require_network
 from ..norms import parse_norm, radius_scale
 from ..radii import pair_radii
 from .bound import LOCAL_DAMPINGS, LOCAL_RULES, Intervals, local_bound
@@ -109,6 +109,7 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     constant that proves m and says nothing about larger radii.
     """
     t0 = time.perf_counter()
+    net = require_network(net, "local_radius")  # dense weight matrices (operator layers densified)
     norm_name = parse_norm(norm)
     scale = radius_scale(norm_name, net.input_dim)
     logit_row, err_row, lab = np.asarray(logits, np.float64)[None], np.array([error], np.float64), np.array([label])
@@ -167,6 +168,7 @@ def local_radii(net: Network, x: torch.Tensor, labels: np.ndarray, logits: np.nd
                 intervals: Intervals | None = None, iterations: int = DEFAULT_ITERATIONS,
                 seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`local_radius` of a batch: radii (0 for misclassified inputs) and seconds per input."""
+    net = require_network(net, "local_radii")  # densified once here, not per input
     radii, spent = np.array(start, dtype=np.float64), np.zeros(len(labels))
     predicted = np.asarray(logits).argmax(axis=1)
     for i in range(len(labels)):

@@ -54,7 +54,8 @@ def _elementwise(layer: Layer) -> nn.Module | None:
     """A module equal to the layer when it maps every entry by its own ``w x + b``, else None.
 
     Per-channel factors on an image (a normalization) become a 1x1 convolution (diagonal kernel):
-    auto_LiRPA 0.3 fails on a Mul/Add by a full tensor before a convolution.
+    auto_LiRPA 0.3 fails on a Mul/Add by a full tensor before a convolution; factors on flat vectors (SLL's t,
+    a residual's scalar mixing) become a diagonal Linear, since its BoundMul fails on those too.
     """
     if tuple(layer.in_shape) != tuple(layer.out_shape) or layer.fn is None:
         return None
@@ -67,6 +68,12 @@ def _elementwise(layer: Layer) -> nn.Module | None:
     if w.ndim == 4 and torch.equal(w, w[..., :1, :1].expand_as(w)) and torch.equal(b, b[..., :1, :1].expand_as(b)):
         c = w.shape[1]
         return conv_module(w[0, :, 0, 0].reshape(c, 1, 1, 1), b[0, :, 0, 0], (1, 1), (0, 0, 0, 0), c)
+    if w.ndim == 2:  # flat: auto_LiRPA 0.3's BoundMul fails on x * w of (1, n) tensors; a diagonal Linear is the same map
+        linear = nn.Linear(w.shape[1], w.shape[1], dtype=torch.float64)
+        with torch.no_grad():
+            linear.weight.copy_(torch.diag(w[0]))
+            linear.bias.copy_(b[0])
+        return linear.requires_grad_(False)
     return Scale(w.clone(), b.clone())
 
 

@@ -11,6 +11,7 @@ works per sample.
 
 from __future__ import annotations
 
+import copy
 import operator
 import pickle
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.graph import AnyNetwork
 
-from . import groupsort, torch_sort
+from . import groupsort, torch_library, torch_sort
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers, reaching
 from .residual import SUBTRACTIONS
@@ -70,18 +71,32 @@ def _replace(value: Any, how: Any) -> Any:
 
 
 class _Tracer(torch.fx.Tracer):
-    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves."""
+    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves and the
+    library layers of :mod:`.torch_library` traced through their load-time forwards (``forwards``, by id)."""
+
+    def __init__(self, forwards: dict[int, Any] | None = None) -> None:
+        super().__init__()
+        self.forwards = forwards or {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return groupsort.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+        if id(m) in self.forwards:
+            return False
+        return (groupsort.is_leaf(m) or torch_library.refusal(m) is not None
+                or super().is_leaf_module(m, module_qualified_name))
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        return super().call_module(m, self.forwards.get(id(m), forward), args, kwargs)
 
 
 def trace(module: nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a clear error for untraceable modules."""
     if _Tracer().is_leaf_module(module, ""):  # fx would trace into the forward of a bare torch layer
         module = nn.Sequential(OrderedDict([(type(module).__name__, module)]))
+    if torch_library.holds_library_layer(module):  # fx stores their load-time constants on the root: trace a copy
+        module = copy.deepcopy(module)
+    forwards = torch_library.traced_forwards(module)
     try:
-        return torch.fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
+        return torch.fx.GraphModule(module, _Tracer(forwards).trace(module), type(module).__name__)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
         raise ModelLoadError(
             f"torch.fx could not trace {type(module).__name__} ({type(exc).__name__}: {exc}). lipcert reads general "
@@ -260,7 +275,7 @@ class _Interpreter:
                 module = self.gm.get_submodule(str(node.target))
                 handler = module_handler(module)
                 if handler is None:
-                    raise NotCovered(module_why(module))
+                    raise NotCovered(torch_library.refusal(module) or module_why(module))
                 if len(args) != 1 or marked_args[0] is not DYNAMIC or kwargs:
                     raise NotCovered("called with extra arguments")
                 ops = handler(module, tuple(probe.shape))
@@ -366,8 +381,9 @@ def analyze_module(module: nn.Module, *, input_shape: Sequence[int] | None, sour
             with torch.no_grad():
                 module(torch.zeros((1, *shape), dtype=_dtype(module)))
         except Exception as exc:  # noqa: BLE001 - any failure of the user's module on this shape
+            hint = torch_library.stale_dtype(module) or "check input_shape (one input without the batch axis)"
             raise ModelLoadError(f"{name} fails on an input of shape {(1, *shape)} ({type(exc).__name__}: {exc}); "
-                                 "check input_shape (one input without the batch axis)") from exc
+                                 f"{hint}") from exc
     return _Interpreter(module, shape, name).run()
 
 

@@ -86,6 +86,7 @@ def bound_row(net: Any, method: str, max_bytes: float | None) -> dict[str, Any]:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import lipcert
+    import lipcert.datasets
     from lipcert.bounds.methods import resolve
     from lipcert.bounds.workspace import matrix_free_bytes, method_bytes
 
@@ -110,7 +111,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         cert = lipcert.certify(net, x, y, bound=bounds, progress=False)
         out["certify_s"] = time.perf_counter() - t0
         out["clean"] = float(cert.clean_accuracy)
-        out["certified"] = {m: [float(cert.certified_accuracy(e, m)) for e in EPS[spec["dataset"]]] for m in cert.methods}
+        eps = list(EPS[spec["dataset"]])
+        out["certified"] = {m: [float(a) for a in cert.certified_accuracy(eps, m)] for m in cert.methods}
     for r in rows:
         r.pop("bound", None)
     out["bounds"] = rows

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from lipcert.errors import ModelLoadError, NonFiniteWeightsError
-from lipcert.network import Network
+from lipcert.graph import AnyNetwork
 
 from .graph import DEFAULT_MAX_DENSE_BYTES, Conversion, Layer, build_network
+from .residual import build_graph, has_merges
 
 RangeOption = tuple[float, float] | None | Literal["auto"]
 Reference = Callable[[np.ndarray], np.ndarray]
@@ -141,7 +142,7 @@ def require_finite(arrays: Mapping[str, Any], where: Callable[[str], str]) -> No
                                         "the model file is corrupt or its training diverged")
 
 
-def check_conversion(net: Network, reference: Reference, *, input_range: tuple[float, float] | None,
+def check_conversion(net: AnyNetwork, reference: Reference, *, input_range: tuple[float, float] | None,
                      samples: int, rtol: float, source: str, seed: int = 0) -> dict[str, Any]:
     """Compare ``net`` with the original model; raise ModelLoadError when they differ.
 
@@ -173,8 +174,9 @@ def check_conversion(net: Network, reference: Reference, *, input_range: tuple[f
 def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[float] | float | None,
            std: Sequence[float] | float | None, input_range: RangeOption, max_dense_bytes: int | None,
            check: bool, rtol: float | None, reference_dtype: torch.dtype, check_samples: int,
-           channels_last: bool, info: dict[str, Any], dense: bool = False) -> Network:
-    """Prepend the normalization, build the Network, check it against ``reference`` and record provenance.
+           channels_last: bool, info: dict[str, Any], dense: bool = False) -> AnyNetwork:
+    """Prepend the normalization, build the Network (a GraphNetwork when the model has residual connections,
+    adapters/residual.py; its layers dense), check it against ``reference`` and record provenance.
 
     Convolutions stay :class:`~lipcert.operators.Conv2dOperator` layers unless ``dense`` (docs/decisions.md 35).
 
@@ -197,7 +199,8 @@ def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[floa
                                                           "std": None if s is None else s.tolist()},
             "notes": list(conv.notes)}
     limit = DEFAULT_MAX_DENSE_BYTES if max_dense_bytes is None else int(max_dense_bytes)
-    net = build_network(conv, max_dense_bytes=limit, input_range=rng, info=info, operators=not dense)
+    net = (build_graph(conv, max_dense_bytes=limit, input_range=rng, info=info) if has_merges(conv) else
+           build_network(conv, max_dense_bytes=limit, input_range=rng, info=info, operators=not dense))
     if not check or reference is None:
         return net.with_info(conversion_error=None)
     tol = rtol if rtol is not None else (FLOAT64_RTOL if reference_dtype == torch.float64 else FLOAT32_RTOL)

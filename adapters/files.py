@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lipcert.errors import ModelLoadError
+from lipcert.graph import AnyNetwork
 from lipcert.network import Network
 
 from .graph import Conversion
@@ -45,10 +46,10 @@ class ModelFile:
     path: Path
     format: Format
     conversion: Conversion | None
-    _build: Callable[..., Network] = field(repr=False, compare=False)
+    _build: Callable[..., AnyNetwork] = field(repr=False, compare=False)
 
     def network(self, *, mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
-                **options: Any) -> Network:
+                **options: Any) -> AnyNetwork:
         """The Network :func:`lipcert.load` returns for this file (``options`` as for :func:`lipcert.load`).
 
         Raises

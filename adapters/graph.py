@@ -85,6 +85,9 @@ class Layer:
         Human-readable attributes (kernel, stride, ...), shown by ``lipcert inspect``.
     module : torch.nn.Module or None
         For an affine layer, an equivalent float64 torch module on batches, when the handler gives one.
+    other : str
+        For a merge of two branches (``source + other``, or ``source - other`` when ``op_type`` is a
+        subtraction), the second tensor read; empty for every other layer (adapters/residual.py).
     """
 
     name: str
@@ -99,10 +102,11 @@ class Layer:
     detail: str = ""
     module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     operator: LinearOperator | None = field(default=None, repr=False, compare=False)
+    other: str = ""
 
     @property
     def kind(self) -> str:
-        return "activation" if self.activation is not None else "affine"
+        return "activation" if self.activation is not None else "merge" if self.other else "affine"
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,21 @@ def chain_between(layers: Sequence[Layer], source: str, target: str) -> list[Lay
         out.append(layer)
         name = layer.source
     return out[::-1]
+
+
+def reaching(layers: Sequence[Layer], target: str) -> list[Layer] | None:
+    """The layers that tensor ``target`` depends on (through both inputs of merges), in their order; None if
+    no layer produces it."""
+    producer = {layer.target: layer for layer in layers}
+    if target not in producer:
+        return None
+    needed, todo = set(), [target]
+    while todo:
+        layer = producer.get(todo.pop())
+        if layer is not None and id(layer) not in needed:
+            needed.add(id(layer))
+            todo += [name for name in (layer.source, layer.other) if name]
+    return [layer for layer in layers if id(layer) in needed]
 
 
 def dense_plan(conv: Conversion) -> list[DenseBlock]:

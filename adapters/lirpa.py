@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lipcert.batch import checked_batch
-from lipcert.errors import UnknownVerifierError
+from lipcert.errors import GraphNetworkError, UnknownVerifierError
 from lipcert.local.bound import Intervals
 from lipcert.network import Network
 from lipcert.norms import Norm, check_eps, parse_norm
@@ -66,7 +66,7 @@ class LirpaModel:
 
     Attributes
     ----------
-    module : torch.nn.Sequential
+    module : torch.nn.Module
         The rebuilt model (raw inputs of shape ``(B, *input_shape)`` -> logits ``(B, K)``).
     bounded : auto_LiRPA.BoundedModule
     input_shape : tuple of int
@@ -74,7 +74,7 @@ class LirpaModel:
         K, the number of classes.
     """
 
-    module: torch.nn.Sequential
+    module: torch.nn.Module
     bounded: Any
     input_shape: tuple[int, ...]
     outputs: int
@@ -103,7 +103,10 @@ def bounded_module(source: Any, *, input_shape: Sequence[int] | None = None,
     with torch.no_grad():
         outputs = int(module(example).shape[1])
     with _float64():  # tables of tanh/sigmoid relaxations are made at construction, in the default dtype
-        bounded = lirpa.BoundedModule(module, example, bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
+        # auto_LiRPA 0.3 crashes on an Add of flat tensors in its default "patches" mode (backward_bound.py:
+        # get_sparse_C reads output_shape[-3] of every BoundAdd); "matrix" mode bounds them correctly
+        opts = {**BOUND_OPTS, **({"conv_mode": "matrix"} if getattr(module, "flat_merges", False) else {})}
+        bounded = lirpa.BoundedModule(module, example, bound_opts=opts, device="cpu", verbose=False)
     return LirpaModel(module, bounded, tuple(shape), outputs)
 
 
@@ -405,6 +408,9 @@ def preactivation_bounds(model: Any, x: Any, *, eps: float, norm: str | float = 
     name, norm_name = verifier_name(verifier), parse_norm(norm)
     e = float(check_eps(eps)[0])
     xt, _ = _inputs(lm, x, np.zeros(np.shape(x)[0], dtype=np.int64))
+    if not isinstance(lm.module, torch.nn.Sequential):
+        raise GraphNetworkError("preactivation bounds (for local radii) need a chain model; this one has residual "
+                                "connections (docs/decisions.md 28)")
     layers = list(lm.module)
     cuts = [i for i, m in enumerate(layers) if isinstance(m, ActivationModule)]
     lirpa = load_auto_lirpa()

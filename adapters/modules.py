@@ -1,8 +1,8 @@
 """Leaf ``torch.nn`` modules in float64 that the adapters and the rebuild share.
 
 A row-major reshape per sample, an elementwise ``x * w + b``, an activation calling its own
-function, a convolution after zero padding (grouped convolutions as one block-diagonal kernel)
-and a float64 copy of a user's module.  Nothing here reads models or knows the layer chain.
+function, a convolution after zero padding (grouped convolutions as one block-diagonal kernel),
+layers with residual merges evaluated by tensor name, and a float64 copy of a user's module.  Nothing here reads models or knows the layer chain.
 """
 
 from __future__ import annotations
@@ -112,6 +112,32 @@ class _Pad(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.pad(x, self.pad)
+
+
+class LayerGraph(nn.Module):
+    """Layers evaluated by tensor name, with merges ``a + b`` / ``a - b``: a model with residual connections.
+
+    ``steps`` lists, in evaluation order, (source, target, other, subtract): the layer's module reads
+    tensor ``source`` and writes ``target``; a merge (``other`` not empty) writes ``source + other`` (or
+    ``source - other``) and its module is unused.  The output is the last target, flattened per sample.
+    """
+
+    def __init__(self, input_name: str, steps: Sequence[tuple[str, str, str, bool]], layers: Sequence[nn.Module],
+                 flat_merges: bool = False) -> None:
+        super().__init__()
+        self.input_name = input_name
+        self.flat_merges = flat_merges  # a merge of non-image tensors (auto_LiRPA then needs conv_mode "matrix")
+        self.steps: list[tuple[str, str, str, bool]] = [tuple(step) for step in steps]  # type: ignore[misc]
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env = {self.input_name: x}
+        for (source, target, other, subtract), layer in zip(self.steps, self.layers):
+            if other:
+                env[target] = env[source] - env[other] if subtract else env[source] + env[other]
+            else:
+                env[target] = layer(env[source])
+        return env[self.steps[-1][1]].flatten(1)
 
 
 def torch_copy(module: nn.Module) -> nn.Module:

@@ -20,18 +20,18 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from google.protobuf.message import DecodeError
 
 from lipcert.errors import ModelLoadError
-from lipcert.network import Network
+from lipcert.graph import AnyNetwork
 
 from . import onnx_sort
 from .common import RangeOption, finish, require_finite
-from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers
+from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers, reaching
 from .maxpool import for_input
-from .onnx_opset import upgrade
 from .onnx_node import users
 from .onnx_ops import ELEMENTWISE, HANDLERS, OnnxNode, identify, merge_why, why_not
+from .onnx_opset import upgrade
+from .onnx_read import graph_input, input_spec, model_name, opset_of, read_model
 
 MIN_OPSET, MAX_TESTED_OPSET = 9, 21
 _SHAPE_ONLY = {"Shape", "Size"}
@@ -46,72 +46,6 @@ class Dyn:
         self.probe = probe
 
 
-def read_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    """Parse and validate an ONNX file; ModelLoadError for a missing, corrupt or invalid file."""
-    if isinstance(source, onnx.ModelProto):
-        model = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ModelLoadError(f"no such ONNX file: {path}")
-        try:
-            model = onnx.load(str(path))
-        except DecodeError as exc:
-            raise ModelLoadError(f"{path} is not a valid ONNX file: protobuf parsing failed ({exc}); the file is "
-                                 "probably truncated or corrupt") from exc
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{path} could not be read as ONNX: {exc}") from exc
-    try:
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{_name(source)} is not a valid ONNX model: {first}") from exc
-    if len(model.graph.node) == 0:
-        raise ModelLoadError(f"{_name(source)}: the ONNX graph has no nodes")
-    return model
-
-
-def _name(source: Any) -> str:
-    return "ONNX model" if isinstance(source, onnx.ModelProto) else str(source)
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    raise ModelLoadError("the ONNX model imports no version of the default operator set")
-
-
-def _shapes(model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None
-            ) -> tuple[str, tuple[int, ...], tuple[int, ...], int]:
-    """Input name, per-sample shape, Network input shape and element type."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelLoadError(f"{source}: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-                             "lipcert needs exactly one")
-    inp = inputs[0]
-    ttype = inp.type.tensor_type
-    dims: list[int | None] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                              for d in ttype.shape.dim]
-    batch = len(dims) >= 2 and dims[0] in (None, 1)
-    rest = dims[1:] if batch else dims
-    if input_shape is not None:
-        given = tuple(int(s) for s in input_shape)
-        if len(given) == len(dims) and batch and given[0] == 1 and len(given) - 1 != len(rest):
-            given = given[1:]
-        if len(given) != len(rest) or any(d is not None and d != g for d, g in zip(rest, given)):
-            raise ModelLoadError(f"{source}: input_shape {given} does not fit the model input {inp.name!r} of shape "
-                                 f"{['?' if d is None else d for d in dims]} (give the shape without batch axis)")
-        rest = list(given)
-    if any(d is None for d in rest):
-        raise ModelLoadError(f"{source}: the input {inp.name!r} has symbolic dimensions "
-                             f"{['?' if d is None else d for d in dims]}; pass input_shape=(...) without the batch "
-                             "axis")
-    shape = tuple(int(d) for d in rest)  # type: ignore[arg-type]
-    return inp.name, ((1,) + shape if batch else shape), shape, int(ttype.elem_type)
-
-
 class _Interpreter:
     """One pass over the graph, building layers and issues."""
 
@@ -124,7 +58,7 @@ class _Interpreter:
         self.graph = model.graph
         self.opset = opset_of(model)
         self.nodes = list(self.graph.node)
-        self.input_name, self.sample_shape, self.input_shape, self.elem_type = _shapes(model, source, input_shape)
+        self.input_name, self.sample_shape, self.input_shape, self.elem_type = input_spec(model, source, input_shape)
         self.env: dict[str, Any] = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
         require_finite(self.env, lambda name: f"{source}: initializer {name!r} ({users(self.nodes, name)})")
         gen = torch.Generator().manual_seed(0)
@@ -233,11 +167,27 @@ class _Interpreter:
             self.tried_fusion.add(source)
             if self.fuse(source, i) or self.fuse_sorting(source, i):
                 return
+        if node.op_type in ("Add", "Sub") and len(dyn) == 2 and node.input[0] != node.input[1]:
+            self.merge(i, node, [inputs[k].probe for k in dyn])
+            return
         if len({node.input[k] for k in dyn}) > 1 or len(dyn) > 1:
             self.issue(i, merge_why(node.op_type))
             self._fallback(i)
             return
         self.convert(i, node, inputs, dyn[0])
+
+    def merge(self, i: int, node: onnx.NodeProto, probes: list[torch.Tensor]) -> None:
+        """An Add or Sub of two branches: a merge layer (adapters/residual.py), if their shapes agree."""
+        a, b = probes
+        if a.shape != b.shape:
+            self.issue(i, f"it adds two branches of shapes {tuple(a.shape)} and {tuple(b.shape)}; a residual "
+                          "connection needs equal shapes (broadcasting between branches is not supported)")
+            self._fallback(i)
+            return
+        self.layers.append(Layer(self.label(i), node.op_type, node.input[0], node.output[0], tuple(a.shape),
+                                 tuple(a.shape), detail=f"{node.input[0]} {'+' if node.op_type == 'Add' else '-'} "
+                                 f"{node.input[1]}", other=node.input[1]))
+        self.env[node.output[0]] = Dyn(a + b if node.op_type == "Add" else a - b)
 
     def _dynamic_users(self, name: str) -> list[int]:
         return [j for j in self.consumers.get(name, []) if self.nodes[j].op_type not in _SHAPE_ONLY]
@@ -390,7 +340,8 @@ class _Interpreter:
             out = self.env.get(self.outputs[0])
             if not isinstance(out, Dyn):
                 raise ModelLoadError(f"{self.source}: the output {self.outputs[0]!r} does not depend on the input")
-            chain = chain_between(self.layers, self.input_name, self.outputs[0])
+            chain = (reaching(self.layers, self.outputs[0]) if any(layer.other for layer in self.layers) else
+                     chain_between(self.layers, self.input_name, self.outputs[0]))
             if chain is None:
                 raise ModelLoadError(f"{self.source}: internal error: output {self.outputs[0]!r} is not reached from "
                                      f"the input {self.input_name!r} through the converted layers")
@@ -426,11 +377,7 @@ def convert_model(model: onnx.ModelProto, source: str, input_shape: Sequence[int
 def analyze_onnx(source: str | Path | onnx.ModelProto, *, input_shape: Sequence[int] | None = None) -> Conversion:
     """Read an ONNX model into a :class:`~.graph.Conversion` (layers and every unsupported node), not built."""
     model = read_model(source)
-    return convert_model(model, _name(source), input_shape)
-
-
-def _graph_input(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
-    return model.graph.input[[i.name for i in model.graph.input].index(name)]
+    return convert_model(model, model_name(source), input_shape)
 
 
 def _reference(model: onnx.ModelProto, conv: Conversion, elem_type: int) -> Any:
@@ -444,7 +391,7 @@ def _reference(model: onnx.ModelProto, conv: Conversion, elem_type: int) -> Any:
         raise ModelLoadError(f"{conv.source}: onnxruntime cannot run the model for the conversion check ({exc}); "
                              "pass check=False to skip the check") from exc
     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
-    dims = _graph_input(model, conv.input_name).type.tensor_type.shape.dim
+    dims = graph_input(model, conv.input_name).type.tensor_type.shape.dim
     dynamic_batch = conv.has_batch_axis and not (dims[0].HasField("dim_value") and dims[0].dim_value == 1)
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -461,7 +408,7 @@ def _reference(model: onnx.ModelProto, conv: Conversion, elem_type: int) -> Any:
 def from_onnx(source: str | Path | onnx.ModelProto, *, mean: Sequence[float] | float | None = None,
               std: Sequence[float] | float | None = None, input_shape: Sequence[int] | None = None,
               input_range: RangeOption = "auto", max_dense_bytes: int | None = None, dense: bool = False,
-              check: bool = True, rtol: float | None = None, check_samples: int = 16) -> Network:
+              check: bool = True, rtol: float | None = None, check_samples: int = 16) -> AnyNetwork:
     """Load an ONNX model as a :class:`~lipcert.Network` (see :func:`lipcert.load` for the options).
 
     Raises
@@ -474,7 +421,7 @@ def from_onnx(source: str | Path | onnx.ModelProto, *, mean: Sequence[float] | f
         the message lists every offending node.
     """
     model = read_model(source)
-    conv = convert_model(model, _name(source), input_shape)
+    conv = convert_model(model, model_name(source), input_shape)
     return to_network(model, conv, mean=mean, std=std, input_range=input_range, max_dense_bytes=max_dense_bytes,
                       dense=dense, check=check, rtol=rtol, check_samples=check_samples)
 
@@ -482,11 +429,11 @@ def from_onnx(source: str | Path | onnx.ModelProto, *, mean: Sequence[float] | f
 def to_network(model: onnx.ModelProto, conv: Conversion, *, mean: Sequence[float] | float | None = None,
                std: Sequence[float] | float | None = None, input_range: RangeOption = "auto",
                max_dense_bytes: int | None = None, dense: bool = False, check: bool = True,
-               rtol: float | None = None, check_samples: int = 16) -> Network:
+               rtol: float | None = None, check_samples: int = 16) -> AnyNetwork:
     """The :class:`~lipcert.Network` of ``model`` from its conversion ``conv`` (:func:`convert_model`), checked
     against onnxruntime; the options and errors are those of :func:`from_onnx`."""
     conv.raise_issues()
-    elem_type = int(_graph_input(model, conv.input_name).type.tensor_type.elem_type)
+    elem_type = int(graph_input(model, conv.input_name).type.tensor_type.elem_type)
     reference = _reference(model, conv, elem_type) if check else None
     ref_dtype = torch.float64 if elem_type == onnx.TensorProto.DOUBLE else torch.float32
     ops = sorted({n.op_type for n in model.graph.node})

@@ -10,6 +10,8 @@ layer by layer, convolutions stay convolutions:
   a reshape, checked by applying it to ``0, 1, 2, ...``;
 * an elementwise scaling and shift (a normalization, Sub/Div by constants) becomes ``x * w + b``;
 * any other affine layer becomes a dense ``Linear`` of its materialized matrix (exact);
+* a model with residual merges (Add/Sub of two branches) becomes a :class:`~.modules.LayerGraph` that
+  evaluates the same layers by tensor name, so auto_LiRPA sees the additions;
 * an activation becomes a module calling the activation's own function.
 
 From a :class:`~lipcert.Network` alone (no conversion, e.g. ``.npz`` weights) the module is the
@@ -28,12 +30,13 @@ import torch
 from torch import nn
 
 from lipcert.errors import ModelLoadError
-from lipcert.network import Network
+from lipcert.network import Network, require_network
 
 from .common import as_channels, normalization_layer
 from .files import read
 from .graph import Conversion, DenseBlock, Layer, materialize, undilate
-from .modules import ActivationModule, Reshape, Scale, conv_module
+from .modules import ActivationModule, LayerGraph, Reshape, Scale, conv_module
+from .residual import SUBTRACTIONS, has_merges
 from .torch import analyze_module
 
 
@@ -92,13 +95,19 @@ def _layer_module(layer: Layer) -> nn.Module:
     return _elementwise(layer) or _dense(layer)
 
 
-def from_conversion(conv: Conversion) -> nn.Sequential:
-    """The chain of a conversion as a float64 module on batches of inputs of shape ``conv.input_shape``."""
+def from_conversion(conv: Conversion) -> nn.Module:
+    """The layers of a conversion as a float64 module on batches of inputs of shape ``conv.input_shape``:
+    an ``nn.Sequential`` for a chain, a :class:`~.modules.LayerGraph` for a model with residual merges."""
     conv.raise_issues()
     if not conv.has_batch_axis or any(not shape or shape[0] != 1 for layer in conv.layers
                                       for shape in (layer.in_shape, layer.out_shape)):
         raise ModelLoadError(f"{conv.source}: the model has no batch axis, or a layer moves it; rebuild it from its "
                              "Network instead (to_torch(lipcert.load(...)))")
+    if has_merges(conv):
+        steps = [(layer.source, layer.target, layer.other, layer.op_type in SUBTRACTIONS) for layer in conv.layers]
+        modules = [nn.Identity() if layer.other else _layer_module(layer) for layer in conv.layers]
+        flat = any(layer.other and len(layer.out_shape) != 4 for layer in conv.layers)
+        return LayerGraph(conv.layers[0].source, steps, modules, flat).eval()
     parts = [_layer_module(layer) for layer in conv.layers]
     if len(conv.layers[-1].out_shape) != 2:
         parts.append(nn.Flatten())
@@ -151,7 +160,7 @@ def chain_of(source: str | Path | nn.Module, *, input_shape: Sequence[int] | Non
     else:
         found = read(source, input_shape=input_shape)
         if found.conversion is None:
-            return found.network(mean=mean, std=std)
+            return require_network(found.network(mean=mean, std=std), "to_torch")  # an .npz file is a chain
         conv = found.conversion
     conv.raise_issues()
     m, s = as_channels(mean, "mean"), as_channels(std, "std")
@@ -161,8 +170,9 @@ def chain_of(source: str | Path | nn.Module, *, input_shape: Sequence[int] | Non
 
 
 def to_torch(source: Any, *, input_shape: Sequence[int] | None = None, mean: Sequence[float] | float | None = None,
-             std: Sequence[float] | float | None = None) -> nn.Sequential:
-    """A float64 ``nn.Sequential`` computing the same function as ``lipcert.load(source, ...)``.
+             std: Sequence[float] | float | None = None) -> nn.Module:
+    """A float64 ``nn.Sequential`` (a :class:`~.modules.LayerGraph` for residual models) computing the same
+    function as ``lipcert.load(source, ...)``.
 
     Parameters
     ----------
@@ -174,7 +184,7 @@ def to_torch(source: Any, *, input_shape: Sequence[int] | None = None, mean: Seq
 
     Returns
     -------
-    torch.nn.Sequential
+    torch.nn.Module
         Takes raw inputs of shape ``(B, *input_shape)`` and returns logits ``(B, K)``.
     """
     if not isinstance(source, Network | Conversion):

@@ -24,11 +24,12 @@ import torch.fx
 from torch import nn
 
 from lipcert.errors import ModelLoadError
-from lipcert.network import Network
+from lipcert.graph import AnyNetwork
 
 from . import groupsort, torch_sort
 from .common import RangeOption, finish, require_finite
-from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers
+from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers, reaching
+from .residual import SUBTRACTIONS
 from .maxpool import for_input
 from .sniff import torch_load
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
@@ -165,10 +166,36 @@ class _Interpreter:
         op_type, name = self._describe(node)
         if self._fuse_sorting(node, dyns[0]):
             return
+        if len(dyns) == 2 and self._merge(node, args, kwargs, op_type, name):
+            return
         if len(dyns) > 1:
             self.issue(node, op_type, _merge_why(op_type), name)
             return
         self.convert(node, args, kwargs, dyns[0], op_type, name)
+
+    def _merge(self, node: torch.fx.Node, args: Any, kwargs: Any, op_type: str, name: str) -> bool:
+        """``a + b`` or ``a - b`` of two branches as a merge layer (adapters/residual.py); False if it is not one."""
+        if op_type not in _MERGES or kwargs or len(node.args) != 2 or not all(
+                isinstance(a, torch.fx.Node) and isinstance(d, Dyn) for a, d in zip(node.args, args)):
+            return False
+        first, second = node.args
+        assert isinstance(first, torch.fx.Node) and isinstance(second, torch.fx.Node)
+        a, b = args[0].probe, args[1].probe
+        if first is second:
+            return False
+        if a.shape != b.shape:
+            self.issue(node, op_type, f"it adds two branches of shapes {tuple(a.shape)} and {tuple(b.shape)}; a "
+                                      "residual connection needs equal shapes (no broadcasting between branches)", name)
+            return True
+        if op_type in ("iadd", "isub", "Tensor.add_", "Tensor.sub_") and len(first.users) > 1:
+            self.issue(node, op_type, "it adds in place to a tensor that is used again afterwards; lipcert reads the "
+                                      "graph as pure functions (write out = out + x)", name)
+            return True
+        self.layers.append(Layer(name, op_type, first.name, node.name, tuple(a.shape), tuple(a.shape),
+                                 detail=f"{first.name} {'-' if op_type in SUBTRACTIONS else '+'} {second.name}",
+                                 other=second.name))
+        self.env[node.name] = Dyn(a - b if op_type in SUBTRACTIONS else a + b)
+        return True
 
     def _fuse_sorting(self, node: torch.fx.Node, dyn: Dyn) -> bool:
         """Convert the calls from ``node`` on that compute a sorting activation (:mod:`.torch_sort`), if they do."""
@@ -281,7 +308,8 @@ class _Interpreter:
             raise ModelLoadError(f"{self.source}: the output does not depend on the input")
         if not issues:
             out_name = next(n.name for n in self.gm.graph.nodes if self.env.get(n.name) is self.output)
-            chain = chain_between(self.layers, self.input_name, out_name)
+            chain = (reaching(self.layers, out_name) if any(layer.other for layer in self.layers) else
+                     chain_between(self.layers, self.input_name, out_name))
             if chain is None:
                 raise ModelLoadError(f"{self.source}: internal error: the output is not reached from the input")
             layers = chain
@@ -295,6 +323,10 @@ def _hashable(key: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+_MERGES = frozenset({"add", "iadd", "Tensor.add", "Tensor.add_", "sub", "isub", "Tensor.sub", "Tensor.sub_"})
+"""fx op types (see ``_Interpreter._describe``) that add or subtract two branches."""
 
 
 def _merge_why(op_type: str) -> str:
@@ -361,7 +393,7 @@ def from_module(module: nn.Module, *, input_shape: Sequence[int] | None = None,
                 mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
                 input_range: RangeOption = "auto", max_dense_bytes: int | None = None,
                 dense: bool = False, check: bool = True,
-                rtol: float | None = None, check_samples: int = 16, source: str | None = None) -> Network:
+                rtol: float | None = None, check_samples: int = 16, source: str | None = None) -> AnyNetwork:
     """Convert a ``torch.nn.Module`` (in eval mode) to a :class:`~lipcert.Network`; see :func:`lipcert.load`.
 
     Raises
@@ -381,7 +413,7 @@ def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | f
                std: Sequence[float] | float | None = None, input_range: RangeOption = "auto",
                max_dense_bytes: int | None = None, dense: bool = False, check: bool = True,
                rtol: float | None = None,
-               check_samples: int = 16) -> Network:
+               check_samples: int = 16) -> AnyNetwork:
     """The :class:`~lipcert.Network` of ``module`` from its conversion ``conv`` (:func:`analyze_module`), checked
     against the module itself; the options and errors are those of :func:`from_module`."""
     conv.raise_issues()

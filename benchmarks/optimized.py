@@ -6,8 +6,8 @@ Run:  python benchmarks/optimized.py [--data ../shared/data] [--out benchmarks/r
 With --deep, only the depth grid of the deep-net section runs (see :func:`deep`): Gaussian nets of
 width 20 and 50 and the ECLipsE nets at depth 30, 50 and 100, each with ECLipsE-Fast, combined,
 optimized (default 100 iterations), the pattern lower bound, the load average at each row, and
-optionally LipSDP-Neuron (--sdp: lipcert's own, where its size limit allows; --reference: SCS on the
-net rescaled by the optimized certificate, see :func:`reference`).
+LipSDP-Neuron from the rows that benchmarks/lipsdp_chain.py wrote (--chain FILE, repeatable), and
+optionally lipcert's own dense LipSDP-Neuron (--sdp, where its size limit allows).
 
 Three tables: Gaussian nets (W ~ N(0, 1/fan_in), input = width, one output, no biases;
 lipcert.random_nets.gaussian, seed 0), the original ECLipsE benchmark nets (width 80, depth 2-100,
@@ -32,13 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from run_info import REPO, SHARED_DATA, load_average, machine
 
 import lipcert
-from lipcert.bounds.sdp import SIZE_LIMITS
 from lipcert.errors import LipcertError
 from lipcert.random_nets import eclipse_benchmark, gaussian
-
-from run_info import REPO, SHARED_DATA, load_average, machine
 
 TIME_FACTOR = 50  # the issue's time target: at most 50x ECLipsE-Fast
 GAUSSIAN = [  # (width, depth, run the SDPs)
@@ -83,105 +81,102 @@ DEEP_WIDTHS = (20, 50)
 DEEP_DEPTHS = (30, 50, 100)
 
 
-def reference(net: lipcert.Network, certificate: lipcert.LipschitzBound, eps: float) -> tuple[float, float] | None:
-    """(sqrt(rho*), seconds) of LipSDP-Neuron solved by SCS on the net rescaled layer by layer so that the
-    given certificate's Gamma_k have lambda_max 1 and its bound is 1 (the SDP's rho is then about 1 and
-    SCS's absolute tolerance ``eps`` is a relative one).  lipcert's own SDP scales by ECLipsE-Fast,
-    which on deep nets is orders of magnitude above the optimum, so its eps is loose relative to rho.
-    A solver value, not a certificate; None if SCS fails.
-    """
-    import cvxpy as cp
-    from lipcert.bounds import sdp
-    from lipcert.bounds.closed_form import rule_chooser
-    from lipcert.bounds.recursion import run
-    from lipcert.bounds.rules import Rule, lambda_max
-
-    weights, slopes = list(net.weights), net.slopes()
-    logs: list[float] = []
-
-    def choose(ctx):  # replay the certificate's multipliers (SN(1) where rounding rejects them): scales only
-        logs.append(-(ctx.log_scale + math.log(float(lambda_max(ctx.gamma)))))
-        lam = certificate.multipliers[ctx.index - 1].to(ctx.gamma)
-        yield "replay", torch.exp(torch.log(lam[lam > 0]) + ctx.log_scale)
-        yield from rule_chooser(Rule("sn", 1.0))(ctx)
-
-    start = time.perf_counter()
-    run(weights, [(torch.zeros_like(a), b) for a, b in slopes], choose)
-    log_c = logs + [-2 * math.log(certificate.value)]
-    prev, ws = 0.0, []
-    for w, lc in zip(weights, log_c):
-        ws.append(w.numpy() * math.exp((lc - prev) / 2))
-        prev = lc
-    problem, rho, _ = sdp._lipsdp_problem(ws, [(a.numpy() * 0, b.numpy()) for a, b in slopes], True)
-    try:
-        problem.solve(solver=cp.SCS, eps_abs=eps, eps_rel=eps, max_iters=200_000)
-    except cp.error.SolverError as exc:
-        print(f"  reference: {exc}", flush=True)
-        return None
-    if rho.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
-        print(f"  reference: SCS {problem.status}", flush=True)
-        return None
-    return math.sqrt(float(rho.value) * math.exp(-log_c[-1])), time.perf_counter() - start
+def chain_rows(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """LipSDP-Neuron rows of benchmarks/lipsdp_chain.py (JSON lines), by net name; the last row of a name wins."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        if not path.exists():  # its SDP run has not written a row yet
+            continue
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                row.pop("multipliers", None)
+                rows[row["net"]] = row
+    return rows
 
 
-def measure_deep(net: lipcert.Network, sdp: bool, ref_eps: float | None) -> dict[str, Any]:
-    """One row of the depth grid (ReLU nets): closed forms, optimized (defaults), SDP references, pattern bound."""
+def measure_deep(net: lipcert.Network, sdp: bool, chain: dict[str, Any] | None) -> dict[str, Any]:
+    """One row of the depth grid (ReLU nets): closed forms, optimized (defaults), LipSDP-Neuron, pattern bound."""
     row: dict[str, Any] = {"widths": list(net.widths)}
     row["fast"] = bound(net, "eclipse-fast")
     row["combined"] = bound(net, "combined")
     opt = lipcert.lipschitz(net, "optimized", options={"progress": False})
     row["opt"] = (opt.value, opt.seconds)
     row["opt_iterations"] = opt.extras.get("iterations")
+    row["opt_trace"] = list(zip(opt.extras.get("trajectory", []), opt.extras.get("trajectory_seconds", [])))
     row["load_opt"] = load_average()
     row["lipsdp"] = bound(net, "lipsdp-neuron") if sdp else None
     row["load_sdp"] = load_average() if sdp else None
-    size = net.weights[0].shape[1] + sum(w.shape[0] for w in net.weights[:-1])
-    row["reference"] = reference(net, opt, ref_eps) if ref_eps and size <= SIZE_LIMITS["SCS"] else None
+    if chain is not None and chain.get("sqrt_rho") and chain["status"] == "optimal":
+        row["chain"] = (chain["sqrt_rho"], chain["seconds"])
+        row["chain_certificate"] = chain.get("certificate")
+    row["chain_note"] = None if chain is None else (
+        f"{chain['solver']} {chain['status']} after {chain['seconds']:.0f} s (limit {chain['time_limit']:.0f} s), "
+        f"sqrt(rho) {chain.get('sqrt_rho', math.nan):.5g}, load {chain['load']}")
     start = time.perf_counter()
     low = lipcert.lower_bound(net, restarts=4)
     row["pattern"] = (low.pattern, time.perf_counter() - start)
-    print(json.dumps(row), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if k != "opt_trace"}), flush=True)
     return row
 
 
 def deep_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """Values with (ratio to LipSDP-Neuron: lipcert's where it ran, else the SCS reference, else none)."""
-    out = ["| net | ECLipsE-Fast | combined | optimized (100 it) | LipSDP-Neuron (lipcert) | LipSDP-Neuron (SCS, "
-           "rescaled) | pattern LB | optimized / best LipSDP | times | load (1/5/15 min) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    """Values, ratio optimized / LipSDP-Neuron (or / the pattern bound where that is exact), time ratio."""
+    out = ["| net | ECLipsE-Fast | combined | optimized (100 it) | LipSDP-Neuron (chain SDP) | pattern LB | "
+           "optimized / LipSDP | optimized time / SDP time | optimized within 1.05x at | optimized at 1/10 of the "
+           "SDP's time | times | load (1/5/15 min) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows:
-        refs = [row[k][0] for k in ("lipsdp", "reference") if row.get(k)]
+        refs = [row[k][0] for k in ("lipsdp", "chain") if row.get(k)]
         ref = min(refs) if refs else None
-        cells = [_cell(row, k, None) for k in ("fast", "combined", "opt", "lipsdp", "reference", "pattern")]
-        ratio = f"{row['opt'][0] / ref:.4f}" if ref else "–"
-        times = [f"{k} {row[k][1]:.3g}s" for k in ("fast", "combined", "opt", "lipsdp", "reference") if row.get(k)]
+        if name.startswith("ECLipsE") and ref is None:  # LipSDP-Neuron = pattern bound there (math.md Table B)
+            ratio = f"{row['opt'][0] / row['pattern'][0]:.4f} (to the pattern LB = exact)"
+        else:
+            ratio = f"{row['opt'][0] / ref:.4f}" if ref else "–"
+        sdp_times = [row[k][1] for k in ("lipsdp", "chain") if row.get(k)]
+        speed = f"{row['opt'][1] / min(sdp_times):.3f}" if sdp_times else "–"
+        exact_ref = ref if ref else (row["pattern"][0] if name.startswith("ECLipsE") else None)
+        reached = [(i, t) for i, (v, t) in enumerate(row.get("opt_trace", [])) if exact_ref and v <= 1.05 * exact_ref]
+        within = f"it {reached[0][0]}, {reached[0][1]:.3g}s" if reached else "–"
+        if reached and sdp_times:
+            within += f" ({reached[0][1] / min(sdp_times):.3f} of SDP)"
+        early = [v for v, t in row.get("opt_trace", []) if sdp_times and t <= min(sdp_times) / 10]
+        tenth = f"{min(early):.5g} ({min(early) / ref:.4f})" if early and ref else "–"
+        cells = [_cell(row, k, None) for k in ("fast", "combined", "opt", "chain", "pattern")]
+        if row.get("chain_note") and not row.get("chain"):
+            cells[3] = f"– ({row['chain_note']})"
+        times = [f"{k} {row[k][1]:.3g}s" for k in ("fast", "combined", "opt", "lipsdp", "chain") if row.get(k)]
         load = row["load_opt"] + (f"; SDP {row['load_sdp']}" if row.get("load_sdp") else "")
-        out.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {', '.join(times)} "
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {speed} | {within} | {tenth} | {', '.join(times)} "
                    f"({row['opt_iterations']} it) | {load} |")
     return out
 
 
 def deep(args: argparse.Namespace, command: str) -> int:
-    """The depth grid: Gaussian width 20 / 50 and ECLipsE nets, depth 30 / 50 / 100."""
+    """The depth grid: Gaussian width 20 / 50 (seeds ``--seeds``) and ECLipsE nets, depth 30 / 50 / 100."""
     rows: list[tuple[str, dict[str, Any]]] = []
     start = time.perf_counter()
-    nets = [(f"Gaussian {w} x {d}", lambda w=w, d=d: gaussian([w] * d + [1], seed=0))
-            for w in DEEP_WIDTHS for d in DEEP_DEPTHS]
+    nets = [(f"Gaussian {w} x {d}" + (f" seed {s}" if s else ""),
+             lambda w=w, d=d, s=s: gaussian([w] * d + [1], seed=s))
+            for s in args.seeds for w in DEEP_WIDTHS for d in DEEP_DEPTHS]
     nets += [(f"ECLipsE depth {d} (width 80)", lambda d=d: eclipse_benchmark(d)) for d in DEEP_DEPTHS]
     for name, make in nets:
         if args.only and not any(part in name for part in args.only):
             continue
         print(name, flush=True)
-        rows.append((name, measure_deep(make(), args.sdp, args.reference)))
+        chain = chain_rows(args.chain or [])  # read per net: the SDP runs may still be writing the file
+        rows.append((name, measure_deep(make(), args.sdp, chain.get(name))))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join([
             "# Method `optimized` on deep nets (depth 30-100)", "",
             f"Command: `{command}` (total {(time.perf_counter() - start) / 60:.1f} min)  ",
             f"Machine: {machine()}", "",
-            "Gaussian nets: lipcert.random_nets.gaussian([w] * d + [1], seed=0) (W ~ N(0, 1/fan_in), no biases); "
+            "Gaussian nets: lipcert.random_nets.gaussian([w] * d + [1], seed) (W ~ N(0, 1/fan_in), no biases); "
             "ECLipsE nets: lipcert.random_nets.eclipse_benchmark(d) (width 80).  Cells: upper bounds on the L2 "
-            "Lipschitz constant (the SCS reference column is a solver value, not a certificate).  Times are wall "
-            "times on the shared machine at the load shown (one torch thread).", "",
+            "Lipschitz constant.  LipSDP-Neuron: sqrt(rho*) of benchmarks/lipsdp_chain.py (the exact clique-split "
+            "form of the SDP; a solver value: Clarabel at width 20, SCS at width 50, each with a time limit), read "
+            f"from {', '.join(str(p) for p in args.chain or []) or 'no file'}.  Times are wall times on the shared "
+            "machine at the load shown (one torch thread; the SDPs ran in another process).", "",
             *deep_table(rows), ""]))
     return 0
 
@@ -286,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-large", action="store_true", help="leave out the 1000 x 50 net")
     parser.add_argument("--deep", action="store_true", help="run only the depth grid (depth 30, 50, 100)")
     parser.add_argument("--sdp", action="store_true", help="with --deep: lipcert's LipSDP-Neuron where it runs")
-    parser.add_argument("--reference", type=float, default=None, metavar="EPS",
-                        help="with --deep: LipSDP-Neuron by SCS at this eps on the net rescaled by the certificate")
+    parser.add_argument("--chain", type=Path, action="append", metavar="FILE",
+                        help="with --deep: LipSDP-Neuron rows of benchmarks/lipsdp_chain.py (JSON lines)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --deep: seeds of the Gaussian nets")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="with --deep: only the nets whose row name contains NAME (repeatable)")
     args = parser.parse_args(argv)

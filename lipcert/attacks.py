@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,8 @@ import torch
 
 from .certification import Certification
 from .errors import InvalidArgumentError, InvalidNormError, ShapeMismatchError
-from .loading import as_network
+from .graph import AnyNetwork, GraphNetwork
+from .loading import as_model
 from .network import Network
 from .norms import check_eps, parse_norm
 
@@ -71,10 +73,26 @@ class AttackResult:
         return float(1 - self.success.mean()) if self.success.size else 0.0
 
 
-def logits64(net: Network, flat: torch.Tensor) -> torch.Tensor:
+def logits64(net: AnyNetwork, flat: torch.Tensor) -> torch.Tensor:
     """Float64 logits of a flat batch."""
     with torch.no_grad():
         return torch.as_tensor(net(flat.to(torch.float64).reshape(-1, *net.input_shape)))
+
+
+def _chain_logits(net: Network, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The chain's forward pass with its weights cast once to ``dtype`` (operator layers apply themselves)."""
+    ops = list(net.operators) or [None] * net.depth
+    weights = [w.to(dtype) if op is None else op for w, op in zip(net.weights, ops)]
+    biases = [b.to(dtype) for b in net.biases]
+
+    def logits(z: torch.Tensor) -> torch.Tensor:
+        for k, (w, b) in enumerate(zip(weights, biases)):
+            z = (z @ w.T if isinstance(w, torch.Tensor) else w.matmat(z)) + b
+            if k < len(net.activations):
+                z = net.activations[k](z)
+        return z
+
+    return logits
 
 
 def _margin(f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -104,7 +122,7 @@ def _clip(x0: torch.Tensor, delta: torch.Tensor, box: tuple[torch.Tensor, torch.
     return point if box is None else torch.maximum(torch.minimum(point, box[1]), box[0])
 
 
-def verify(net: Network, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
+def verify(net: AnyNetwork, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
            x_adv: np.ndarray | torch.Tensor, norm: str | float, eps: float | np.ndarray,
            input_range: tuple[float, float] | None = None) -> np.ndarray:
     """Mask of verified adversarial points: inside the eps-ball and the box, float64 argmax != label."""
@@ -180,7 +198,7 @@ def attack(
     """
     start = time.perf_counter()
     norm_name = parse_norm(norm)
-    net = as_network(model, x, verb="attack")
+    net = as_model(model, x, verb="attack")
     if dtype not in (torch.float32, torch.float64):
         raise InvalidArgumentError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     for name, value in (("steps", steps), ("restarts", restarts), ("batch_size", batch_size)):
@@ -204,16 +222,11 @@ def attack(
     box_range = net.input_range if input_range is None else input_range
     alpha = 2.5 / max(steps, 1) if step_size is None else float(step_size)
     gen = torch.Generator().manual_seed(seed)
-    ops = list(net.operators) or [None] * net.depth  # operator layers (convolutions) apply themselves
-    weights = [w.to(dtype) if op is None else op for w, op in zip(net.weights, ops)]
-    biases = [b.to(dtype) for b in net.biases]
-
-    def logits(z: torch.Tensor) -> torch.Tensor:
-        for k, (w, b) in enumerate(zip(weights, biases)):
-            z = (z @ w.T if isinstance(w, torch.Tensor) else w.matmat(z)) + b
-            if k < len(net.activations):
-                z = net.activations[k](z)
-        return z
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    if isinstance(net, GraphNetwork):
+        logits = net.forward_flat
+    else:
+        logits = _chain_logits(net, dtype)
 
     best = flat.clone()
     clean_logits = logits64(net, flat)

@@ -1,7 +1,7 @@
 """``lipcert.certify``: certified radii of a set of inputs from margins and Lipschitz bounds.
 
 Every input gets its float64 logits, a rigorous bound on their rounding error
-(:func:`lipcert.rounding.logit_error_bound`) and, per bound method, the radius its pairwise
+(:func:`lipcert.rounding.logit_error_bound`, through residual blocks :mod:`lipcert.graph_rounding`) and, per bound method, the radius its pairwise
 constants prove (:func:`lipcert.radii.radii_from_margins`); with ``local`` also the radius that
 per-input local constants prove (:mod:`lipcert.local`).  Radii are in the network's input space
 (raw inputs when the network carries its normalization), in the L2 or L-infinity norm
@@ -24,16 +24,30 @@ import torch
 from .batch import check_count, check_number, checked_batch
 from .bounds import LipschitzBound, lipschitz
 from .bounds.optimize import check_options
-from .errors import InputRangeWarning, InvalidArgumentError, ResumeError, ShapeMismatchError, UnknownMethodError
+from .errors import (
+    InputRangeWarning,
+    InvalidArgumentError,
+    ResumeError,
+    ShapeMismatchError,
+    UnknownMethodError,
+)
+from .graph import AnyNetwork, GraphNetwork
+from .graph_rounding import error_plan, forward_error
+from .loading import as_model
 from .local.bound import LOCAL_RULES
-from .loading import as_network
 from .local.radius import LOCAL_METHOD, local_radii
 from .network import Network, require_network
 from .norms import Norm, check_eps, parse_norm, radius_scale
 from .radii import pairwise_constants, radii_from_margins
-from .records import RECORDS_VERSION, RecordStore, array_hash, batch_rows, network_hash, record_columns
+from .records import (
+    RECORDS_VERSION,
+    RecordStore,
+    array_hash,
+    batch_rows,
+    network_hash,
+    record_columns,
+)
 from .runfolder import hold
-from .rounding import error_layers, logit_error_bound
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,13 +162,13 @@ class Certification:
 
 
 # ---------------------------------------------------------------------------------- the verb
-def method_bound(net: Network, name: str, max_bytes: float | None = None) -> LipschitzBound:
+def method_bound(net: AnyNetwork, name: str, max_bytes: float | None = None) -> LipschitzBound:
     """The global bound behind the radii of one method: :func:`lipcert.lipschitz`, and for
     ``optimized`` also every margin direction e_i - e_j (warm-started from the full-vector optimum)."""
     return lipschitz(net, name, options={"pairs": True} if name == "optimized" else None, max_bytes=max_bytes)
 
 
-def _bounds(net: Network, method: str | Sequence[str],
+def _bounds(net: AnyNetwork, method: str | Sequence[str],
             bound: LipschitzBound | Sequence[LipschitzBound] | Mapping[str, LipschitzBound] | None,
             max_bytes: float | None = None) -> tuple[dict[str, LipschitzBound], dict[str, float]]:
     timings: dict[str, float] = {}
@@ -200,7 +214,7 @@ def _local_options(local: Literal[True] | Sequence[Any] | Mapping[str, Any], rul
     return {"rules": tuple(local.get("rules", rules)), **budget}
 
 
-def _header(net: Network, flat: torch.Tensor, labels: np.ndarray, idx: np.ndarray, norm: Norm, tolerance: float,
+def _header(net: AnyNetwork, flat: torch.Tensor, labels: np.ndarray, idx: np.ndarray, norm: Norm, tolerance: float,
             bounds: Mapping[str, LipschitzBound], methods: Sequence[str]) -> dict[str, Any]:
     """The fingerprint of a run in its records file: network, data, norm, tolerance, and per method the
     value of the global bound behind its radii (for the local radii: the best global bound, their floor)."""
@@ -210,7 +224,7 @@ def _header(net: Network, flat: torch.Tensor, labels: np.ndarray, idx: np.ndarra
             "bounds": values}
 
 
-def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def _as_inputs(net: AnyNetwork, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     shape = net.info.get("output_shape")
     if shape is not None and sum(int(d) != 1 for d in shape) > 1:
         raise ShapeMismatchError(f"the model's output has shape {tuple(shape)} per input, not one vector of logits: "
@@ -226,7 +240,7 @@ def _as_inputs(net: Network, x: Any, y: Any, index: Any) -> tuple[torch.Tensor, 
     return flat, labels, idx
 
 
-def _warn_outside_range(net: Network, flat: torch.Tensor) -> None:
+def _warn_outside_range(net: AnyNetwork, flat: torch.Tensor) -> None:
     """Warn (InputRangeWarning) when the inputs leave the model's declared input range."""
     if net.input_range is None or flat.numel() == 0:
         return
@@ -242,7 +256,7 @@ def _warn_outside_range(net: Network, flat: torch.Tensor) -> None:
 class _Job:
     """What every batch of a run needs, computed once (and sent once to every worker of a cluster)."""
 
-    net: Network
+    net: AnyNetwork
     layers: Any
     pairs: dict[str, np.ndarray]
     scale: float
@@ -271,7 +285,7 @@ def _forward_batch(job: _Job, xb: torch.Tensor, lab: np.ndarray, ids: np.ndarray
     """Logits, rounding bound, margins and global radii of one batch (a records batch: same batch, same bits),
     with the intra-op threads of the process that made ``job``."""
     with torch.no_grad(), _threads(job.threads):
-        logits_t, err_t = logit_error_bound(job.layers, xb)
+        logits_t, err_t = forward_error(job.layers, xb)
     logits, err = logits_t.numpy(), err_t.numpy() + job.tolerance
     others = np.where(np.eye(logits.shape[1], dtype=bool)[lab], -np.inf, logits)
     batch = {"index": ids, "label": lab, "prediction": logits.argmax(axis=1),
@@ -288,7 +302,7 @@ def _local_batch(job: _Job, xb: torch.Tensor, batch: Mapping[str, np.ndarray]) -
     assert job.local is not None
     best = np.maximum.reduce([batch[f"radius:{m}"] for m in job.pairs])
     with _threads(1):
-        return local_radii(job.net, xb, batch["label"], batch["logits"], batch["logit_error"], job.floor, job.norm,
+        return local_radii(require_network(job.net, "local radii"), xb, batch["label"], batch["logits"], batch["logit_error"], job.floor, job.norm,
                            best, **job.local)
 
 
@@ -324,7 +338,7 @@ def certify(
 
     Parameters
     ----------
-    model : Network, path or torch.nn.Module
+    model : Network, GraphNetwork, path or torch.nn.Module
         The classifier, loaded with :func:`lipcert.load` (a torch module's input shape is read from
         ``x``); radii refer to its input space (raw inputs when it carries its normalization).
     x : array (N, *input_shape) or (N, d)
@@ -376,14 +390,16 @@ def certify(
     Notes
     -----
     The margin f_y - f_j is computed in float64 and reduced by twice a rigorous bound on the
-    logits' rounding error (:func:`lipcert.rounding.logit_error_bound`) plus ``tolerance``, so a reported radius is
+    logits' rounding error (:func:`lipcert.rounding.logit_error_bound`, through residual blocks :mod:`lipcert.graph_rounding`) plus ``tolerance``, so a reported radius is
     never larger than what the bound proves for the exact network.
     """
     wall = time.perf_counter()
     norm_name = parse_norm(norm)
     batch_size = check_count("batch_size", batch_size)
     tolerance = check_number("tolerance", tolerance)
-    net = as_network(model, x, verb="certify")
+    net = as_model(model, x, verb="certify")
+    if local and isinstance(net, GraphNetwork):
+        require_network(net, "certify with local radii")  # GraphNetworkError: local radii need a chain
     flat, labels, idx = _as_inputs(net, x, y, index)
     _warn_outside_range(net, flat)
     bounds, timings = _bounds(net, method, bound, max_bytes)
@@ -412,7 +428,7 @@ def certify(
         # local radii read dense weight matrices: an operator network is densified once, memory-checked
         limit = None if max_bytes is None else int(max_bytes)
         local_net = require_network(net, "certify(local=...)", max_bytes=limit) if local else net
-        job = _Job(local_net, error_layers(net), pairs, scale, float(tolerance), norm_name, floor,
+        job = _Job(local_net, error_plan(net), pairs, scale, float(tolerance), norm_name, floor,
                    _local_options(local, LOCAL_RULES) if local else None, torch.get_num_threads())
         start = time.perf_counter()
         from tqdm.auto import tqdm

@@ -28,7 +28,7 @@ from .attacks import AttackResult, attack, soundness_violations
 from .certification import Certification, certify
 from .errors import DemoDataError
 from .loading import load
-from .network import Network
+from .network import Network, require_network
 
 MODEL_FILE = "demo_model.onnx"
 SAMPLES_FILE = "demo_samples.npz"
@@ -101,7 +101,7 @@ def load_model() -> Network:
     """The bundled model as a :class:`Network` (read through the ONNX adapter, inputs in [0, 1])."""
     _verify(MODEL_FILE, model_card()["sha256"])
     with resources.as_file(_data(MODEL_FILE)) as path:
-        return load(path, input_range=INPUT_RANGE)
+        return require_network(load(path, input_range=INPUT_RANGE), "the demo")
 
 
 def load_samples() -> Samples:

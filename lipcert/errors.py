@@ -166,3 +166,7 @@ class ClusterError(LipcertError, RuntimeError):
 
 class UnsupportedConvGeometryError(LipcertError, ValueError):
     """An operator layer whose geometry a matrix-free method does not handle (e.g. zero padding or stride)."""
+
+
+class GraphNetworkError(LipcertError, TypeError):
+    """A network graph (residual blocks) given to a function that handles chains only."""

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelLoadError
-from .network import Network
+from .graph import GraphNetwork
+from .network import Network, require_network
 
 OPTIONS = ("input_range", "max_dense_bytes", "dense", "check", "rtol", "check_samples")
 
@@ -17,8 +18,9 @@ OPTIONS = ("input_range", "max_dense_bytes", "dense", "check", "rtol", "check_sa
 def load(source: Any, *, input_shape: Sequence[int] | None = None,
          mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
          weights: str | Path | None = None, model_args: Mapping[str, Any] | Sequence[Any] | None = None,
-         model_path: str | Path | Sequence[str | Path] | None = None, **options: Any) -> Network:
-    """Load a model as a :class:`~lipcert.Network`.
+         model_path: str | Path | Sequence[str | Path] | None = None, **options: Any) -> Network | GraphNetwork:
+    """Load a model as a :class:`~lipcert.Network`, or a :class:`~lipcert.graph.GraphNetwork` when it has
+    residual blocks (docs/decisions.md 28).
 
     Parameters
     ----------
@@ -77,7 +79,7 @@ def load(source: Any, *, input_shape: Sequence[int] | None = None,
     CheckpointMismatchError
         ``weights`` that do not fit the model class (every missing, unexpected, misshapen key named).
     """
-    if isinstance(source, Network):
+    if isinstance(source, Network | GraphNetwork):
         return source
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -123,8 +125,19 @@ def as_network(model: Any, x: Any = None, *, input_shape: Sequence[int] | None =
     ModelLoadError
         A torch module with neither inputs nor ``input_shape`` (its input shape is unknown), or
         any error of :func:`load`.
+    GraphNetworkError
+        The model has residual blocks and ``verb`` needs a chain.
     """
-    if isinstance(model, Network):  # operator layers (convolutions) pass: what needs dense matrices densifies them
+    net = as_model(model, x, input_shape=input_shape, mean=mean, std=std, verb=verb)
+    return net if isinstance(net, Network) else require_network(net, verb)
+
+
+def as_model(model: Any, x: Any = None, *, input_shape: Sequence[int] | None = None,
+             mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
+             verb: str = "this verb") -> Network | GraphNetwork:
+    """As :func:`as_network`, for the verbs that also take a :class:`~lipcert.graph.GraphNetwork`
+    (residual blocks: ``lipschitz``, ``lower_bound``, ``certify``); a graph passes through unchanged."""
+    if isinstance(model, Network | GraphNetwork):  # operator layers pass: what needs dense matrices densifies them
         return model
     import torch
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .activations import Activation, get_activation
-from .errors import (DenseTooLargeError, InvalidWeightsError, NonFiniteWeightsError, NotANetworkError,
-                     OperatorLayersError, ShapeMismatchError, UnknownActivationError)
+from .errors import (DenseTooLargeError, GraphNetworkError, InvalidWeightsError, NonFiniteWeightsError,
+                     NotANetworkError, OperatorLayersError, ShapeMismatchError, UnknownActivationError)
 from .operators import DEFAULT_MAX_DENSE_BYTES, LinearOperator
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -332,8 +332,13 @@ def require_network(net: Any, verb: str, *, operators: bool = False, max_bytes: 
     (``lipcert.lipschitz``, ``lipcert.certify``, ...) load any model first.  Unless ``operators``
     (the caller handles operator layers), a network with operator layers is returned densified
     (:meth:`Network.densified`, at most ``max_bytes``, default 4 GB, of dense matrices), or a
-    :class:`~lipcert.errors.DenseTooLargeError` naming ``verb`` says why it cannot be.
+    :class:`~lipcert.errors.DenseTooLargeError` naming ``verb`` says why it cannot be; a
+    :class:`~lipcert.graph.GraphNetwork` is a :class:`~lipcert.errors.GraphNetworkError` naming ``verb``.
     """
+    if getattr(net, "is_graph", False):
+        raise GraphNetworkError(f"{verb} needs a chain network, but this one has residual blocks (a "
+                                f"GraphNetwork: {net!r}); residual graphs are supported by lipschitz, lower_bound "
+                                "and certify (global radii); docs/decisions.md 28")
     if not isinstance(net, Network):
         raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: load the model first "
                                "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "

@@ -19,14 +19,14 @@ import numpy as np
 
 from .bounds.result import LipschitzBound
 from .errors import ShapeMismatchError
-from .network import Network
+from .graph import AnyNetwork
 from .rounding import UNIT_ROUNDOFF
 
 _SQRT2_SLACK = 1 + 1e-12
 """Relative slack on sqrt(2) Lip(f) (the rounding of sqrt(2) and of the product)."""
 
 
-def pairwise_constants(bound: LipschitzBound, network: Network) -> np.ndarray:
+def pairwise_constants(bound: LipschitzBound, network: AnyNetwork) -> np.ndarray:
     """K x K bounds on Lip(f_i - f_j) of ``network``; sqrt(2) Lip(f) (as ||e_i - e_j|| = sqrt(2)) when
     the method gives no margin bounds.  A bound of another network is refused
     (:class:`~lipcert.errors.BoundMismatchError`)."""

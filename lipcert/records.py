@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from .errors import ResumeError
-from .network import Network, array_hash
+from .graph import AnyNetwork
+from .network import array_hash
 
 RECORDS_VERSION = 2
 
 
-def network_hash(net: Network) -> str:
+def network_hash(net: AnyNetwork) -> str:
     """The network's :meth:`~lipcert.Network.fingerprint` (weights, biases, slopes, activations, input shape)."""
     return net.fingerprint()
 

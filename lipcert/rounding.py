@@ -91,7 +91,7 @@ class ErrorLayer:
     exact_activation: bool
 
 
-_EXACT = ("relu", "relu6", "hardtanh", "abs", "abs_or_identity")
+EXACT_ACTIVATIONS = ("relu", "relu6", "hardtanh", "abs", "abs_or_identity")
 """Activations computed without rounding (comparisons, copies and sign changes)."""
 
 
@@ -107,7 +107,7 @@ def error_layers(net: Chain) -> list[ErrorLayer]:
     for k, (w, b, op) in enumerate(zip(net.weights, net.biases, ops)):
         act = net.activations[k] if k < len(net.activations) else None
         slope = 0.0 if act is None else float(torch.maximum(net.alphas[k].abs(), net.betas[k].abs()).max())
-        exact = act is None or act.name.split("(")[0] in _EXACT
+        exact = act is None or act.name.split("(")[0] in EXACT_ACTIVATIONS
         if op is None:
             row_abs, row_norm, terms, linear = float(w.abs().sum(1).max()), float(w.norm(dim=1).max()), w.shape[1], w
         else:
@@ -120,8 +120,11 @@ def error_layers(net: Chain) -> list[ErrorLayer]:
     return out
 
 
-def logit_error_bound(layers: list[ErrorLayer], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_error_bound(layers: list[ErrorLayer], x: torch.Tensor,
+                      carried: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 logits of a flat batch and a bound on the rounding error of every logit.
+
+    ``carried`` (B,) bounds an error already in every entry of ``x`` (a chain inside a larger graph).
 
     Standard error analysis (Higham, Thm 3.5): |fl(W a + b) - (W a + b)| <= gamma_{n+1} (|W| |a| + |b|),
     and sum_j |W_ij| |a_j| <= ||W_i||_2 ||a||_2.  With E_{k-1} the bound on the error carried in a,
@@ -131,7 +134,7 @@ def logit_error_bound(layers: list[ErrorLayer], x: torch.Tensor) -> tuple[torch.
     """
     a = x
     a_norm = x.norm(dim=1)
-    err = torch.zeros(x.shape[0], dtype=torch.float64)
+    err = torch.zeros(x.shape[0], dtype=torch.float64) if carried is None else carried
     for layer in layers:
         w = layer.weight
         z = (a @ w.T if isinstance(w, torch.Tensor) else w.matmat(a)) + layer.bias

@@ -17,7 +17,7 @@ from .bounds import methods
 from .bounds import lower as lower_bounds
 from .bounds.lower import LowerBound
 from .bounds.result import LipschitzBound
-from .loading import as_network
+from .loading import as_model
 
 
 def lipschitz(
@@ -34,8 +34,9 @@ def lipschitz(
 
     Parameters
     ----------
-    model : Network, path or torch.nn.Module
-        Loaded with :func:`lipcert.load` (a torch module needs ``input_shape``).
+    model : Network, GraphNetwork, path or torch.nn.Module
+        Loaded with :func:`lipcert.load` (a torch module needs ``input_shape``); a model with residual
+        blocks is a GraphNetwork, bounded stage by stage (docs/decisions.md 29).
     method, options, dtype, device, max_bytes
         See :func:`lipcert.bounds.methods.lipschitz`: a method name of :data:`lipcert.bounds.METHODS`,
         its options mapping, the precision and device of the closed-form recursions, the limit on
@@ -48,7 +49,7 @@ def lipschitz(
     LipschitzBound
         ``value`` >= Lip_2(f) of the loaded Network (raw inputs when it carries its normalization).
     """
-    net = as_network(model, input_shape=input_shape, verb="lipschitz")
+    net = as_model(model, input_shape=input_shape, verb="lipschitz")
     return methods.lipschitz(net, method, options=options, dtype=dtype, device=device, max_bytes=max_bytes)
 
 
@@ -61,6 +62,6 @@ def lower_bound(model: Any, *, restarts: int = 8, samples: int = 256, seed: int 
     ``restarts``, ``samples`` and ``seed`` are those of the pattern and sampled-Jacobian bounds,
     ``seconds`` their time budget and ``max_bytes`` the limit on their estimated working memory.
     """
-    net = as_network(model, input_shape=input_shape, verb="lower_bound")
+    net = as_model(model, input_shape=input_shape, verb="lower_bound")
     return lower_bounds.lower_bound(net, restarts=restarts, samples=samples, seed=seed, seconds=seconds,
                                     max_bytes=max_bytes)

@@ -325,9 +325,9 @@ def vnnlib_check(
     timings: dict[str, float] = {}
     spec = prop if isinstance(prop, VnnProperty) else read_vnnlib(prop)
     if net is None:
-        from .loading import load
+        from .loading import as_network
 
-        net = load(model)
+        net = as_network(model, verb="vnnlib_check")
     net = require_network(net, "lipcert vnnlib")  # the local bound and the attack read dense weight matrices
     if (spec.num_inputs, spec.num_outputs) != (net.input_dim, net.output_dim):
         raise ShapeMismatchError(f"{spec.source} has {spec.num_inputs} inputs and {spec.num_outputs} outputs but "

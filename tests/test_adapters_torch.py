@@ -199,11 +199,11 @@ class Residual(nn.Module):
         return torch.cat([self.fc1(x), self.fc2(x)], dim=1)
 
 
-def test_residual_lppool_and_concat_are_all_reported() -> None:
-    conv = analyze_module(Residual(), input_shape=(2, 4, 4))
-    assert [(i.op_type, i.name) for i in conv.issues] == [("add", "add"), ("LPPool2d", "pool"), ("cat", "cat")]
-    with pytest.raises(UnsupportedOperatorError, match=r"(?s)3 operators.*add node 'add': .*residual connection"
-                                                       r".*LPPool2d node 'pool': this pooling.*cat node 'cat'"):
+def test_lppool_and_concat_are_all_reported_beside_a_residual() -> None:
+    conv = analyze_module(Residual(), input_shape=(2, 4, 4))  # the residual add is supported (adapters/residual.py)
+    assert [(i.op_type, i.name) for i in conv.issues] == [("LPPool2d", "pool"), ("cat", "cat")]
+    with pytest.raises(UnsupportedOperatorError, match=r"(?s)2 operators.*LPPool2d node 'pool': this pooling"
+                                                       r".*cat node 'cat'"):
         lipcert.load(Residual(), input_shape=(2, 4, 4))
 
 

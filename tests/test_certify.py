@@ -175,13 +175,13 @@ def test_resume_continues_without_recomputing_finished_inputs(
     # interrupted in the middle of writing input 257: keep 256 full records and half a line
     records.write_bytes(b"".join(lines[:257]) + lines[257][: len(lines[257]) // 2])
     computed = []
-    real = certification.logit_error_bound
+    real = certification.forward_error
 
     def counting(layers, batch):  # type: ignore[no-untyped-def]
         computed.append(batch.shape[0])
         return real(layers, batch)
 
-    monkeypatch.setattr(certification, "logit_error_bound", counting)
+    monkeypatch.setattr(certification, "forward_error", counting)
     resumed = lipcert.certify(net, x, y, method="naive,combined", batch_size=100, records=records, resume=True)
     assert resumed.resumed == 200  # whole batches only, so the remaining batches are the same as before
     assert sum(computed) == 330

@@ -224,3 +224,65 @@ def test_deep_nets_never_above_the_start_nor_below_the_pattern_bound(seed: int, 
         low = lipcert.lower_bound(net, restarts=4, samples=32)
         assert max(low.value, low.pattern) <= bound.value
         assert draw is rng or bound.value < 0.7 * comb, (seed, bound.value, comb)
+
+
+def test_depth_30_every_iterate_is_a_certificate_between_the_lower_bounds_and_the_start(
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block-scaled schedule on a random depth-30 net (seed printed by the rng fixture): every feasible
+    point it evaluates, rebuilt through the recursion without autograd (Cholesky-checked; a failure raises),
+    reports the value it was accepted with and lies above the lower bounds; the result is never above the
+    start, the start never above combined."""
+    from lipcert.bounds.closed_form import closed_form_slopes
+    from lipcert.bounds.lower import pattern_bound
+    from lipcert.bounds.recursion import run
+
+    seen = _recorded_iterates(monkeypatch)
+    net = gaussian([8] * 30 + [1], seed=rng)
+    comb = lipcert.lipschitz(net, "combined").value
+    bound = optimized(net, iterations=10)
+    trajectory = bound.extras["trajectory"]
+    assert len(seen) > 8 and len(trajectory) == len(bound.extras["trajectory_seconds"])
+    assert trajectory[0] <= comb * (1 + 1e-9) and bound.value <= trajectory[0] and bound.value < comb
+    low = pattern_bound(net, restarts=4)  # the rigorous bound that matters at depth (math.md 12.6)
+    slopes = closed_form_slopes(net.slopes())
+    for problem, theta, value in seen[:: max(1, len(seen) // 10)]:
+        with torch.no_grad():
+            result = run(list(net.weights), slopes, problem.chooser(theta))
+        assert result.value == pytest.approx(value, rel=1e-9)
+        assert low <= value
+    assert bound.value == pytest.approx(min(min(v for _, _, v in seen), comb), rel=1e-9)
+
+
+def test_depth_30_width_20_gets_close_to_the_long_run() -> None:
+    """Quality regression on a fixed net: 50 iterations reach 1.03x of what a long run reaches.
+
+    The long run, 545.94 (1000 iterations allowed; the barrier schedule ends it at 279), is within
+    1.0006x of LipSDP-Neuron's 545.61 (benchmarks/lipsdp_chain.py, Clarabel): docs/decisions.md 36.
+    """
+    from lipcert.bounds.lower import pattern_bound
+
+    net = gaussian([20] * 30 + [1], seed=0)
+    bound = optimized(net, iterations=50)
+    assert bound.value <= 1.03 * 545.94, bound.value
+    assert bound.value >= pattern_bound(net, restarts=4)
+
+
+def test_a_trial_whose_eigensolver_fails_is_an_infeasible_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """eigvalsh can fail to converge on a wild trial step (seen with per-neuron L-BFGS scales): the line
+    search must shrink that trial like a failed Cholesky, not crash."""
+    from lipcert.bounds import optimize as module
+
+    calls = [0]
+    original = module.top_eigenvalue
+
+    def flaky(u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 8:  # 3 hidden layers: the start (3 calls), the first iterate (3), then the first trial
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return original(u, gamma)
+
+    monkeypatch.setattr(module, "top_eigenvalue", flaky)
+    net = gaussian([6] * 4 + [1], seed=0)
+    bound = optimized(net, iterations=5)
+    assert calls[0] > 8 and bound.extras["iterations"] == 5
+    assert bound.value <= bound.extras["start"] < lipcert.lipschitz(net, "combined").value * (1 + 1e-9)

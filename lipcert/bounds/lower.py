@@ -17,7 +17,9 @@ import torch
 
 from ..batch import check_count
 from ..memory import check_budget
+from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network, require_network
+from .graph_lower import graph_jacobian_bound, graph_pattern_bound
 from .workspace import lower_bytes
 
 
@@ -149,24 +151,31 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
     return best_val, best_x
 
 
-def lower_bound(net: Network, *, restarts: int = 8, samples: int = 256, seed: int = 0,
+def lower_bound(net: AnyNetwork, *, restarts: int = 8, samples: int = 256, seed: int = 0,
                 seconds: float | None = None, max_bytes: float | None = None) -> LowerBound:
     """The larger of the pattern bound and the sampled Jacobian bound (math.md 8.3).
 
-    ``net`` must be a Network (:func:`lipcert.lower_bound` loads paths and torch modules).
+    ``net`` must be a Network or a GraphNetwork (:mod:`.graph_lower`; :func:`lipcert.lower_bound` loads
+    paths and torch modules).
     ``seconds`` is a time budget (half for the pattern search, the rest for the Jacobian ascent;
     each does at least one pass); ``max_bytes`` limits the estimated working memory
     (:func:`~lipcert.bounds.workspace.lower_bytes`; MemoryBudgetError above it).
     """
-    net = require_network(net, "lower_bound")
+    if not isinstance(net, GraphNetwork):
+        net = require_network(net, "lower_bound")
     restarts, samples = check_count("restarts", restarts, 0), check_count("samples", samples, 0)
     seed = check_count("seed", seed, 0)
-    check_budget(f"the lower bound on widths {list(net.widths)}", lower_bytes(net), max_bytes)
+    widths = [w for chain in net.chains() for w in chain.widths] if isinstance(net, GraphNetwork) else net.widths
+    check_budget(f"the lower bound on widths {list(widths)}", lower_bytes(net), max_bytes)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     half, end = (None, None) if seconds is None else (start + seconds / 2, start + seconds)
-    pattern = pattern_bound(net, restarts=restarts, generator=gen, deadline=half)
-    jac, point = jacobian_bound(net, samples=samples, generator=gen, deadline=end)
+    if isinstance(net, GraphNetwork):
+        pattern = graph_pattern_bound(net, restarts=restarts, generator=gen, deadline=half)
+        jac, point = graph_jacobian_bound(net, samples=samples, generator=gen, deadline=end)
+    else:
+        pattern = pattern_bound(net, restarts=restarts, generator=gen, deadline=half)
+        jac, point = jacobian_bound(net, samples=samples, generator=gen, deadline=end)
     took = time.perf_counter() - start
     status = "ok" if end is None or not _late(end) else f"stopped at its time budget of {seconds:g} s"
     return LowerBound(max(pattern, jac), pattern, jac, took, point, status)

@@ -17,15 +17,23 @@ from typing import Any
 
 import torch
 
-from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
+from ..errors import (
+    InfeasibleCertificateError,
+    InvalidArgumentError,
+    InvalidOptionError,
+    UnknownMethodError,
+    UnsupportedConvGeometryError,
+    UnsupportedSlopesError,
+)
+from ..graph import AnyNetwork, GraphNetwork
 from ..memory import check_budget, default_limit
 from ..network import Network, require_network
 from ..operators import DEFAULT_MAX_DENSE_BYTES
-from . import abs_layer, closed_form, matrix_free, optimize, sdp
+from . import abs_layer, closed_form, conv_closed_form, graph, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
-from .workspace import matrix_free_bytes, method_bytes
+from .workspace import matrix_free_bytes, method_bytes, per_frequency_bytes
 
 Weights = list[torch.Tensor]
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -248,7 +256,7 @@ def resolve(method: str, options: Mapping[str, Any] | None = None) -> MethodCall
 
 
 def lipschitz(
-    net: Network,
+    net: AnyNetwork,
     method: str = "combined",
     *,
     options: Mapping[str, Any] | None = None,
@@ -260,9 +268,11 @@ def lipschitz(
 
     Parameters
     ----------
-    net : Network
+    net : Network or GraphNetwork
         The network; the bound refers to its input space (raw inputs when it carries its
-        normalization) and holds for every bias and every activation in its slope class.
+        normalization) and holds for every bias and every activation in its slope class.  A graph
+        with residual blocks is bounded by the method on every chain, composed across stages with
+        ||S|| + Lip(g) per block (:mod:`lipcert.bounds.graph`, docs/decisions.md 29).
     method : str
         One of :data:`METHODS` (``"gc(1.7)"`` style names set the rule parameter inline).
     options : mapping, optional
@@ -313,39 +323,53 @@ def lipschitz(
     Lip(f) <= ||W_L M_{L-1}^{-1} W_L^T||^{1/2}.  Each rule picks a diagonal Lambda_k in
     closed form; ECLipsE-Fast is Lambda_k = I / lambda_max(Gamma_k).
     """
-    net = require_network(net, "lipschitz", operators=True)
     call = resolve(method, options)
+    if isinstance(net, GraphNetwork):
+        return _graph(net, call, method, options, dtype=dtype, device=device, max_bytes=max_bytes)
+    net = require_network(net, "lipschitz", operators=True)
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
     path, needed = choose_path(net, call, max_bytes)
     if path == "matrix-free":  # docs/decisions.md 21, 35
         start = time.perf_counter()
-        results = MATRIX_FREE[call.method.name](net, call)
+        results = {"naive": matrix_free.naive(net)}
         slopes = [(a.to(dev), b.to(dev)) for a, b in net.slopes()]
         bound = _report(call, results, slopes, torch.float64, dev, time.perf_counter() - start)
+    elif path == "per-frequency":  # docs/decisions.md 27, 32
+        bound = _per_frequency(call, net)
     else:  # operator layers are materialized (the estimate counted them)
         dense = net.densified(max(needed, DEFAULT_MAX_DENSE_BYTES)) if net.has_operators else net
         bound = _compute(call, dense, torch.float64 if call.method.float64_only else dtype, dev)
     if net.has_operators:
-        bound = replace(bound, extras={**bound.extras, "path": path, "memory_estimate": needed})
+        bound = replace(bound, extras={"path": path, **bound.extras, "memory_estimate": needed})
     return replace(bound, network=net.fingerprint())
 
 
-MatrixFree = Callable[[Network, MethodCall], dict[str, RecursionResult]]
-MATRIX_FREE: dict[str, MatrixFree] = {"naive": lambda net, call: {"naive": matrix_free.naive(net)}}
-"""Methods with a matrix-free path for networks with operator layers (convolutions), by registry name."""
+def _graph(net: GraphNetwork, call: MethodCall, method: str, options: Mapping[str, Any] | None, *,
+           dtype: torch.dtype, device: str | torch.device | None, max_bytes: float | None) -> LipschitzBound:
+    """:func:`lipschitz` of a network graph: the method on every chain, composed (:mod:`.graph`); margin
+    options (``direction``, ``pairs``) go to the chain whose outputs are the network's."""
+    inner = {k: v for k, v in (options or {}).items() if k not in ("direction", "pairs")}
+
+    def chain_bound(chain: Network, last: bool) -> LipschitzBound:
+        return lipschitz(chain, method, options=options if last else inner, dtype=dtype, device=device,
+                         max_bytes=max_bytes)
+
+    return replace(graph.graph_lipschitz(net, chain_bound, call.name), network=net.fingerprint())
 
 
 def choose_path(net: Network, call: MethodCall, max_bytes: float | None = None) -> tuple[str, int]:
-    """``("dense", bytes)`` or ``("matrix-free", bytes)``: how ``call`` runs on ``net``, and its estimated peak.
+    """``("dense" | "matrix-free" | "per-frequency", bytes)``: how ``call`` runs on ``net``, and its estimated peak.
 
     A dense network runs dense, after the memory check.  A network with operator layers runs dense when
     the method's estimate on the dense form (:func:`~lipcert.bounds.workspace.method_bytes`, whose weights
-    are the dense matrices) fits ``max_bytes`` (default 80 % of the memory available); otherwise matrix-free
-    when the method has a matrix-free path (:data:`MATRIX_FREE`) whose estimate
-    (:func:`~lipcert.bounds.workspace.matrix_free_bytes`) fits.  Otherwise MemoryBudgetError (the
-    dense estimate's, naming ``--max-dense-gb``).
+    are the dense matrices) fits ``max_bytes`` (default 80 % of the memory available); otherwise without
+    dense matrices when the method has such a path: ``naive`` as the product of certified conv norms
+    (:func:`~lipcert.bounds.workspace.matrix_free_bytes`), the closed forms of
+    :data:`~lipcert.bounds.conv_closed_form.METHODS` per frequency where the chain has a circular grid
+    and slopes in [0, 1] (:func:`~lipcert.bounds.workspace.per_frequency_bytes`).  Otherwise
+    MemoryBudgetError (the dense estimate's, naming ``--max-dense-gb`` and why there is no other path).
     """
     dense = method_bytes(net, call.method.name, call.options)
     what = f"method {call.name} on widths {list(net.widths)}"
@@ -353,12 +377,46 @@ def choose_path(net: Network, call: MethodCall, max_bytes: float | None = None) 
         check_budget(what, dense, max_bytes)
         return "dense", dense
     limit = default_limit() if max_bytes is None else max_bytes
-    if dense <= limit or call.method.name not in MATRIX_FREE:
-        check_budget(what + " (its convolutions as dense matrices; no matrix-free path)", dense, max_bytes)
+    if dense <= limit:
         return "dense", dense
-    free = matrix_free_bytes(net)
-    check_budget(what + " (matrix-free)", free, max_bytes)
-    return "matrix-free", free
+    if call.method.name == "naive":
+        free = matrix_free_bytes(net)
+        check_budget(what + " (matrix-free)", free, max_bytes)
+        return "matrix-free", free
+    reason = per_frequency_reason(net, call)
+    if reason is None:
+        needed = per_frequency_bytes(net, call.method.name, call.options)
+        check_budget(what + " (per frequency)", needed, max_bytes)
+        return "per-frequency", needed
+    check_budget(f"{what} (its convolutions as dense matrices; no matrix-free path: {reason}; without dense "
+                 f"matrices lipcert bounds naive and, per frequency, {', '.join(conv_closed_form.METHODS)})",
+                 dense, max_bytes)
+    return "dense", dense
+
+
+def per_frequency_reason(net: Network, call: MethodCall) -> str | None:
+    """Why ``call`` has no per-frequency pass on ``net`` (None: it has one)."""
+    if call.method.name not in conv_closed_form.METHODS:
+        return f"{call.name} has no per-frequency form"
+    try:
+        conv_closed_form.check_chain(net)
+    except (UnsupportedConvGeometryError, UnsupportedSlopesError) as err:
+        return str(err)
+    return None
+
+
+def _per_frequency(call: MethodCall, net: Network) -> LipschitzBound:
+    """The per-frequency bound of an operator network (docs/decisions.md 27, 32).
+
+    ``extras["path"]`` is ``"per-frequency"``, or ``"matrix-free naive"`` where the naive product (run
+    beside the rules on zero-padded grids, and in ``combined``) is the smaller.  Always float64 on the CPU
+    (``dtype`` and ``device`` do not apply).
+    """
+    start = time.perf_counter()
+    results = conv_closed_form.certificates(net, call.method.name, call.options)
+    bound = _report(call, results, net.slopes(), torch.float64, torch.device("cpu"), time.perf_counter() - start)
+    return replace(bound, extras={**bound.extras, "path": "matrix-free naive" if bound.rule == "naive" else
+                                  "per-frequency"})
 
 
 def checked_device(device: str | torch.device | None) -> torch.device:

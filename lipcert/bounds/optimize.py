@@ -30,7 +30,8 @@ is singular (M_{L-1} along the null space of W_L, for instance), so the steps mi
 mu * barrier with barrier = -sum_k log(det C_k / prod diag C_k), C_k = 2 Lambda_k^{-1} - Gamma_k,
 for mu = 1e-2 down to 0 (path following; each stage warm-starts the next and ends once its
 objective changes by less than max(1e-5, mu) over 5 iterations), which keeps early iterates off the
-boundary where the recursion's margins would stall the line search.
+boundary where the recursion's margins would stall the line search.  The descent itself (barrier
+continuation, L-BFGS with one initial scale per hidden layer, backtracking) is :mod:`.lbfgs`.
 
 The certificate uses the closed forms' slopes (alpha >= 0 relaxed to 0, math.md 7(ii)); negative
 alpha (SiLU, GELU) and per-neuron slopes go through the recursion's general-slope test.
@@ -43,14 +44,14 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InfeasibleCertificateError, InvalidParameterError, ShapeMismatchError
 from . import abs_layer, closed_form
+from .lbfgs import Point, minimize
 from .recursion import Candidate, LayerContext, RecursionResult, run
 from .result import Gram
 from .rules import DEFAULT_RULE_SET, Rule
@@ -60,41 +61,12 @@ Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 DEFAULT_ITERATIONS = 100
 DEFAULT_PAIR_ITERATIONS = 20
 OPTIONS = ("iterations", "seconds", "direction", "pairs", "pair_iterations", "progress")
-_MEMORY = 40            # L-BFGS history length
-_ARMIJO = 1e-4          # sufficient-decrease constant of the backtracking line search
-_MAX_BACKTRACKS = 30
 _TAU = 0.01             # temperature of the smooth lambda_max surrogate (log units)
-_FIRST_STEP = 0.1       # largest change of any log lambda on the first (gradient) step
 _LABEL = "optimized"
-# Barrier weights mu of the continuation: objective + mu * sum_k -log(det M_k / prod diag M_k).
-_BARRIER = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
-_STAGE_WINDOW = 5       # a stage ends when its last _STAGE_WINDOW iterations lowered its objective
-_STAGE_TOL = 1e-5       # by less than max(_STAGE_TOL, mu) (log units), or when the line search fails
 _DENSE_TOP = 512        # lambda_max of U^1/2 Gamma U^1/2 by eigvalsh up to this width, power iteration above
 _POWER_STEPS = 60
 _SOFT_TOP = 0.01        # temperature of the smooth top eigenvalue, relative to lambda_max
 _MAX_START_C = 1.999
-
-
-@dataclass
-class Point:
-    """One feasible iterate: parameters, objective (surrogate plus barrier), certified value.
-
-    The gradient is computed on first use (:meth:`grad`): rejected line-search trials skip the backward pass.
-    """
-
-    theta: torch.Tensor
-    objective: float
-    value: float
-    graph: tuple[torch.Tensor, torch.Tensor] | None  # (objective tensor, theta leaf) until the gradient is taken
-    gradient: torch.Tensor | None = None
-
-    def grad(self) -> torch.Tensor:
-        if self.gradient is None:
-            assert self.graph is not None
-            self.gradient = torch.autograd.grad(*self.graph)[0]
-            self.graph = None
-        return self.gradient
 
 
 class _Problem:
@@ -129,6 +101,11 @@ class _Problem:
 
         return choose
 
+    def blocks(self) -> torch.Tensor:
+        """Hidden layer of every parameter (phi_k and psi_k belong to layer k): the blocks of the L-BFGS scaling."""
+        layers = torch.arange(len(self.sizes))
+        return torch.cat([layers.repeat_interleave(torch.tensor(self.sizes, dtype=torch.long)), layers])
+
     def value(self, result: RecursionResult) -> float:
         """Certified bound of one pass: sqrt(lambda_max(G_L)) or sqrt(c^T G_L c), as :class:`.result.Gram` reads it."""
         if self.direction is None:
@@ -147,7 +124,11 @@ class _Problem:
         return _TAU * torch.logsumexp(logs / _TAU, dim=0) + result.log_scale
 
     def evaluate(self, theta: torch.Tensor) -> Point | None:
-        """The iterate at theta, or None if it is infeasible (a Cholesky failed) or not finite."""
+        """The iterate at theta, or None if it is infeasible (a Cholesky failed) or not finite.
+
+        A trial step far out (huge or non-finite multipliers) can make an eigensolver fail to converge
+        before any Cholesky test: that trial is infeasible too, and the line search shrinks it.
+        """
         self.evaluations += 1
         var = theta.detach().clone().requires_grad_(True)
         barrier: list[torch.Tensor] = []
@@ -155,7 +136,7 @@ class _Problem:
             with warnings.catch_warnings():  # run() reads its layer scales as floats: constants, by design
                 warnings.filterwarnings("ignore", "Converting a tensor with requires_grad", UserWarning)
                 result = run(self.weights, self.slopes, self.chooser(var, barrier if self.mu > 0 else None))
-        except InfeasibleCertificateError:
+        except (InfeasibleCertificateError, torch.linalg.LinAlgError):
             return None
         objective = self.surrogate(result)
         if barrier:
@@ -220,108 +201,6 @@ def log_det_ratio(mat: torch.Tensor) -> torch.Tensor:
     return 2 * torch.log(torch.diagonal(low)).sum() - torch.log(torch.diagonal(mat)).sum()
 
 
-def _lbfgs_direction(grad: torch.Tensor, memory: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """-H grad by the L-BFGS two-loop recursion (steepest descent without memory)."""
-    q = grad.clone()
-    alphas = []
-    for s, y in reversed(memory):
-        a = float(s @ q) / float(y @ s)
-        alphas.append(a)
-        q -= a * y
-    if memory:
-        s, y = memory[-1]
-        q *= float(s @ y) / float(y @ y)
-    for (s, y), a in zip(memory, reversed(alphas)):
-        b = float(y @ q) / float(y @ s)
-        q += (a - b) * s
-    return -q
-
-
-class Objective(Protocol):
-    """What :func:`minimize` needs: a barrier weight ``mu`` and iterates (None where infeasible)."""
-
-    mu: float
-
-    def evaluate(self, theta: torch.Tensor) -> Point | None: ...
-
-
-def minimize(problem: Objective, theta: torch.Tensor, iterations: int, deadline: float | None,
-             progress: bool | None, desc: str, target: float = 0.0) -> tuple[Point | None, list[float]]:
-    """Barrier continuation with L-BFGS and backtracking from ``theta``.
-
-    Returns the best iterate by certified value (None if ``theta`` itself is infeasible) and the
-    trajectory: the certified value at the start and after every accepted iteration.  Stops early
-    once a certified value is at most ``target``.
-    """
-    from tqdm.auto import tqdm
-
-    problem.mu = _BARRIER[0]
-    point = problem.evaluate(theta)
-    if point is None:
-        return None, []
-    best = point
-    trajectory = [point.value]
-    memory: list[tuple[torch.Tensor, torch.Tensor]] = []
-    stage = 0
-    recent = [point.objective]
-    bar = tqdm(total=iterations, desc=desc, unit="it", disable=None if progress is None else not progress,
-               leave=False)
-    try:
-        while len(trajectory) <= iterations and best.value > target:
-            if deadline is not None and time.perf_counter() > deadline:
-                break
-            accepted = _line_search(problem, point, memory, deadline)
-            if accepted is not None:
-                recent.append(accepted.objective)
-                best = accepted if accepted.value < best.value else best
-                trajectory.append(accepted.value)
-                bar.update(1)
-                bar.set_postfix(value=f"{best.value:.6g}")
-                if not bool(torch.isfinite(accepted.grad()).all()):
-                    break
-                s, y = accepted.theta - point.theta, accepted.grad() - point.grad()
-                if float(s @ y) > 1e-12 * float(s.norm() * y.norm()):
-                    memory.append((s, y))
-                    del memory[:-_MEMORY]
-                point = accepted
-            tol = max(_STAGE_TOL, problem.mu)
-            stalled = len(recent) > _STAGE_WINDOW and recent[-_STAGE_WINDOW - 1] - recent[-1] < tol
-            if accepted is None or stalled:  # this barrier weight has converged: lower it, or stop after the last
-                stage += 1
-                if stage == len(_BARRIER):
-                    break
-                problem.mu = _BARRIER[stage]
-                memory.clear()
-                point = problem.evaluate(point.theta)
-                if point is None:
-                    break
-                recent = [point.objective]
-    finally:
-        bar.close()
-    best.graph = None
-    return best, trajectory
-
-
-def _line_search(problem: Objective, point: Point, memory: list[tuple[torch.Tensor, torch.Tensor]],
-                 deadline: float | None) -> Point | None:
-    """Armijo backtracking along the L-BFGS direction; infeasible trials (failed Cholesky) are shrunk."""
-    grad = point.grad()
-    direction = _lbfgs_direction(grad, memory)
-    slope = float(grad @ direction)
-    if not slope < 0:
-        memory.clear()
-        direction, slope = -grad, -float(grad @ grad)
-    step = 1.0 if memory else _FIRST_STEP / max(float(direction.abs().max()), 1e-300)
-    for _ in range(_MAX_BACKTRACKS):
-        trial = problem.evaluate(point.theta + step * direction)
-        if trial is not None and trial.objective <= point.objective + _ARMIJO * step * slope:
-            return trial
-        if deadline is not None and time.perf_counter() > deadline:
-            return None
-        step /= 2
-    return None
-
-
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` of the optimizer, checked: known names, iteration counts integers >= 0, seconds >= 0."""
     unknown = sorted(set(options) - set(OPTIONS))
@@ -371,7 +250,8 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     -------
     dict of str to RecursionResult
         ``"optimized"`` first (its ``extras`` hold the ``trajectory`` of certified values per
-        iteration, ``start``, ``start_rule``, ``iterations``, ``evaluations``, ``seconds``), then
+        iteration, ``trajectory_seconds`` (when each was reached, counted from the call), ``start``,
+        ``start_rule``, ``iterations``, ``evaluations``, ``seconds``), then
         ``"optimized:i-j"`` for the pairs, then every closed-form pass.  Each is a valid certificate
         for all outputs; the optimized ones are never above their starting closed-form value.
     """
@@ -402,9 +282,12 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
     problem.sizes = [int(m.sum()) for m in masks]
     theta0 = _scaled_start(ws, relaxed, next(rule for rule in rules if rule.name == start_rule))
     iterations = opts.get("iterations", DEFAULT_ITERATIONS)
+    clock: list[float] = []
     best_point, trajectory = (None, []) if theta0 is None else minimize(problem, theta0, iterations, deadline,
-                                                                        progress, _LABEL)
+                                                                        progress, _LABEL, blocks=problem.blocks(),
+                                                                        clock=clock)
     out = {_LABEL: _finish(problem, best_point, origin, _LABEL, start_rule, trajectory, start_time)}
+    out[_LABEL].extras["trajectory_seconds"] = [t - start_time for t in clock]
     if opts.get("pairs") and outputs > 1 and direction is None:
         warm = theta0 if best_point is None else best_point.theta
         if warm is None:
@@ -417,7 +300,7 @@ def optimized(weights: Sequence[torch.Tensor], slopes: Slopes, rules: Sequence[R
             pair = _Problem(ws, relaxed, problem.sizes, c)
             name = f"{_LABEL}:{i}-{j}"
             pair_best, pair_trajectory = minimize(pair, warm, opts.get("pair_iterations", DEFAULT_PAIR_ITERATIONS),
-                                                   deadline, progress, name)
+                                                   deadline, progress, name, blocks=pair.blocks())
             out[name] = _finish(pair, pair_best, origin, name, start_rule, pair_trajectory, start_time)
     out.update(passes)
     return out
@@ -460,7 +343,7 @@ def _finish(problem: _Problem, best: Point | None, origin: RecursionResult, name
         with torch.no_grad():
             try:
                 result = run(problem.weights, problem.slopes, problem.chooser(best.theta))
-            except InfeasibleCertificateError:
+            except (InfeasibleCertificateError, torch.linalg.LinAlgError):
                 result = origin
     if problem.value(result) > problem.value(origin):
         result = origin

@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network
+from .conv_grid import plan_bytes, plan_chain
 from .conv_norm import conv_norm_bytes
 
 FLOAT64 = 8
@@ -58,11 +60,41 @@ def matrix_free_bytes(net: Network) -> int:
     return OVERHEAD + held + max(convs, MATRICES["naive"] * FLOAT64 * dense**2) + last
 
 
-def lower_bytes(net: Network) -> int:
+def lower_bytes(net: AnyNetwork) -> int:
     """Estimated peak working memory of :func:`~lipcert.bounds.lower.lower_bound`: products of each width
-    with the input size (pattern bound) and a batch of Jacobians (samples x outputs x width)."""
-    widest = max(net.widths, default=0)
-    return OVERHEAD + FLOAT64 * (3 * widest * net.input_dim + 4 * JACOBIAN_SAMPLES * (net.widths[-1] + 2) * widest)
+    with the input size (pattern bound) and a batch of Jacobians (samples x outputs x width); on a graph
+    the widest layer of any of its chains, and two activations of it per input for autograd."""
+    widths = [w for chain in net.chains() for w in chain.widths] if isinstance(net, GraphNetwork) else net.widths
+    widest = max(widths, default=0)
+    extra = 2 * widest * (net.input_dim + JACOBIAN_SAMPLES) if isinstance(net, GraphNetwork) else 0
+    return OVERHEAD + FLOAT64 * (3 * widest * net.input_dim + 4 * JACOBIAN_SAMPLES * (net.output_dim + 2) * widest
+                                 + extra)
 
 
-__all__ = ["lower_bytes", "matrix_free_bytes", "method_bytes"]
+def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -> int:
+    """Estimated peak working memory of the per-frequency pass of ``method`` on an operator network (bytes).
+
+    One pass at a time (combined runs its rules one after another): the largest layer's frequency blocks
+    (:func:`~lipcert.bounds.conv_grid.plan_bytes`), the dense tail's recursion as a single rule on its
+    widths, and, where the naive product runs beside it, the matrix-free conv norms' frequency blocks and
+    exact Gram matrices (:mod:`lipcert.bounds.conv_norm`, at most 8192 rows per group).  Raises
+    :class:`~lipcert.errors.UnsupportedConvGeometryError` when the chain has no circular grid.
+    """
+    plan = plan_chain(net)
+    tail = net.weights[len(plan.layers):]
+    kernels = sum(layer.kernel.numel() for layer in plan.layers)
+    weights = 2 * FLOAT64 * (kernels + sum(w.numel() for w in tail))
+    widest = max((w.shape[0] for w in tail[:-1]), default=0)
+    need = plan_bytes(plan, int(tail[0].shape[0])) + SINGLE_RULE * FLOAT64 * widest**2
+    naive = 0
+    for op in (o for o in net.operators if o is not None):
+        (c_out, h_out, w_out), (c_in, h, w) = op.conv_out_shape, op.in_shape
+        blocks = 16 * 3 * (h + 4) * (w + 4) * c_out * c_in // op.groups
+        gram = min(c_out * h_out * w_out, c_in * h * w) // op.groups
+        naive = max(naive, blocks + (4 * FLOAT64 * gram**2 if gram <= 8192 and h_out * w_out <= 64 else 0))
+    passes = len(options.get("rules", ())) + 1 if method == "combined" else 2
+    kept = passes * FLOAT64 * (sum(net.widths[1:]) + net.widths[-1] ** 2)  # every pass's multipliers and G_L
+    return OVERHEAD + weights + kept + max(need, naive)
+
+
+__all__ = ["lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes"]

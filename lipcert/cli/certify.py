@@ -27,7 +27,7 @@ from ..bounds.methods import resolve
 from ..certification import Certification, certify, method_bound
 from ..errors import (DatasetError, InvalidArgumentError, InvalidRadiusError, ResumeError, ShapeMismatchError,
                       UnknownMethodError)
-from ..network import Network
+from ..graph import AnyNetwork
 from ..norms import check_eps, parse_norm
 from ..report import RunReport, write_run
 from ..runfolder import (RUN_FILES, check_output_folder, discard_aside, folder_kind, hold, recorded_rows,
@@ -112,7 +112,7 @@ def _eps(args: argparse.Namespace, norm: str) -> list[float]:
     return floats(DEFAULT_EPS[name, norm])
 
 
-def _inputs(net: Network, x: np.ndarray) -> tuple[np.ndarray, str]:
+def _inputs(net: AnyNetwork, x: np.ndarray) -> tuple[np.ndarray, str]:
     """The inputs in the network's shape: reshaped (row-major) when only the layout differs."""
     if tuple(x.shape[1:]) == net.input_shape:
         return x, ""
@@ -132,7 +132,7 @@ def _load_data(args: argparse.Namespace) -> Any:
     return datasets.load(args.dataset, split=args.split, root=args.data_dir, limit=args.n)
 
 
-def _attack_all(args: argparse.Namespace, net: Network, x: np.ndarray, y: np.ndarray, norm: str, eps: list[float],
+def _attack_all(args: argparse.Namespace, net: AnyNetwork, x: np.ndarray, y: np.ndarray, norm: str, eps: list[float],
                 input_range: tuple[float, float] | None) -> list[AttackResult]:
     """PGD at every eps; one line per finished eps in attack.jsonl so a resumed run skips it."""
     path = Path(args.out) / "attack.jsonl"
@@ -168,7 +168,7 @@ def _attack_all(args: argparse.Namespace, net: Network, x: np.ndarray, y: np.nda
 class CertifyRun:
     """What one certification run loaded and produced (for subcommands that build on it)."""
 
-    network: Network
+    network: AnyNetwork
     data: Any
     x: np.ndarray
     y: np.ndarray

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..graph import GraphNetwork
 from ..network import Network
 from .model_source import add_class_arguments, model_source
 
@@ -45,7 +46,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, many: bool = False) -> No
     add_class_arguments(p)
 
 
-def load_model(args: argparse.Namespace) -> Network:
+def load_model(args: argparse.Namespace) -> Network | GraphNetwork:
     from ..loading import load
 
     limit = getattr(args, "max_dense_gb", None)

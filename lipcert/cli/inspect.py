@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..errors import LipcertError
-from ..network import Network
+from ..graph import AnyNetwork, GraphNetwork
 from .common import add_model_arguments, load_model
 from .model_source import model_source
 
@@ -49,10 +49,11 @@ def _slopes(act: Any) -> str:
     return f"{act.name} [{act.alpha:g}, {act.beta:g}]"
 
 
-def _report(args: argparse.Namespace, conv: Any, net: Network | None, build_error: str | None) -> dict[str, Any]:
+def _report(args: argparse.Namespace, conv: Any, net: AnyNetwork | None, build_error: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"model": str(args.model), "normalized": args.mean is not None or args.std is not None}
     if conv is not None:
         from ..adapters.graph import dense_plan
+        from ..adapters.residual import has_merges
 
         out.update({
             "format": conv.format,
@@ -67,7 +68,7 @@ def _report(args: argparse.Namespace, conv: Any, net: Network | None, build_erro
             "issues": [{"name": i.name, "op_type": i.op_type, "why": i.why} for i in conv.issues],
             "notes": list(conv.notes),
         })
-        if not conv.issues:
+        if not conv.issues and not has_merges(conv):
             blocks = dense_plan(conv)
             out["dense"] = [{"layers": b.label, "rows": b.rows, "cols": b.cols, "bytes": b.nbytes,
                              "activation": (None if b.activation is None or b.activation.activation is None
@@ -80,6 +81,8 @@ def _report(args: argparse.Namespace, conv: Any, net: Network | None, build_erro
                           "input_range": None if net.input_range is None else list(net.input_range),
                           "input_space": net.info.get("input_space"),
                           "conversion_error": net.info.get("conversion_error")}
+        if isinstance(net, GraphNetwork):
+            out["network"]["stages"] = repr(net)
     if build_error is not None:
         out["build_error"] = build_error
     return out
@@ -106,14 +109,20 @@ def _print(report: dict[str, Any], conv: Any) -> None:
             for issue in conv.issues:
                 print(f"  - {issue}")
             return
-        print("\ndense matrices (consecutive affine layers merged):")
-        for k, b in enumerate(report["dense"], start=1):
+        if "dense" not in report:
+            print("\nresidual connections: the network is built as stages of chains and residual blocks")
+        for k, b in enumerate(report.get("dense", []), start=1):
+            if k == 1:
+                print("\ndense matrices (consecutive affine layers merged):")
             act = f"then {b['activation']}" if b["activation"] else "(output)"
             print(f"  W{k}: {b['rows']} x {b['cols']}  {b['bytes'] / 1e6:10.1f} MB  from {b['layers']}  {act}")
-        print(f"  total {report['dense_bytes_total'] / 1e6:.1f} MB")
+        if "dense" in report:
+            print(f"  total {report['dense_bytes_total'] / 1e6:.1f} MB")
     net = report.get("network")
     if net is not None:
         print(f"\nnetwork: widths {net['widths']}, {net['parameters']} parameters")
+        if "stages" in net:
+            print(f"stages: {net['stages']}")
         print(f"input space: {net['input_space']}")
         err = net["conversion_error"]
         print("conversion check: " + ("not run" if err is None else f"max |difference| {err:.3g} from the original"))
@@ -123,7 +132,7 @@ def _print(report: dict[str, Any], conv: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     conv = _analyze(args)
-    net: Network | None = None
+    net: AnyNetwork | None = None
     build_error: str | None = None
     if (conv is None or not conv.issues) and not args.no_build:
         try:

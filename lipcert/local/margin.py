@@ -4,7 +4,7 @@ Any positive multipliers that pass the Cholesky test give a valid factor in the 
 :mod:`lipcert.local.bound`, so for one margin direction c the bound ||F^T W_L^T c|| on a ball can be
 lowered by optimizing log lambda through the factored recursion with the ball's slopes fixed
 (:func:`optimized_margin`: L-BFGS with the barrier continuation of
-:func:`lipcert.bounds.optimize.minimize`, every iterate a certificate).  The pre-activation
+:func:`lipcert.bounds.lbfgs.minimize`, every iterate a certificate).  The pre-activation
 intervals, which these multipliers do not touch, often limit a radius more than the margin
 constant does (docs/decisions.md item 10).
 """
@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..bounds.optimize import Point, minimize, offered
+from ..bounds.lbfgs import Point, minimize
+from ..bounds.optimize import offered
 from ..bounds.recursion import LayerContext
 from ..bounds.result import Gram
 from ..errors import InfeasibleCertificateError, ShapeMismatchError
@@ -76,7 +77,7 @@ def optimized_margin(net: Network, bound: LocalBound, c: np.ndarray | torch.Tens
                      iterations: int = DEFAULT_ITERATIONS, target: float = 0.0, deadline: float | None = None) -> float:
     """Bound on Lip(c^T f) on ``bound``'s ball (with ``anchored``, on |c^T (f(x') - f(x))| / ||x' - x||),
     with multipliers optimized from the best of ``bound``'s passes for c (L-BFGS on log lambda through
-    the factored recursion, :func:`lipcert.bounds.optimize.minimize`).
+    the factored recursion, :func:`lipcert.bounds.lbfgs.minimize`).
 
     Every iterate is a certificate (same slopes, Cholesky-checked multipliers); the result is the best
     one, never above the start, and the search stops once it is at most ``target`` or at ``deadline``

@@ -21,7 +21,7 @@ import numpy as np
 from ..attacks import AttackResult
 from ..certification import Certification
 from ..errors import ReportError
-from ..network import Network
+from ..graph import AnyNetwork
 from ..norms import check_eps
 from . import plots as _plots
 from ..runfolder import MANIFEST, RUN_FILES, check_manifest, check_output_folder, write_manifest
@@ -75,7 +75,7 @@ def write_run(
     out_dir: str | Path,
     certification: Certification,
     *,
-    network: Network | None = None,
+    network: AnyNetwork | None = None,
     model: str | Path | None = None,
     dataset: Any = None,
     split: str | None = None,

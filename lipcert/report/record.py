@@ -16,7 +16,7 @@ from ..bounds import LipschitzBound
 from ..certification import Certification
 from ..errors import ReportError
 from ..local.radius import LOCAL_METHOD
-from ..network import Network
+from ..graph import AnyNetwork
 from ..norms import check_eps
 from ..records import network_hash
 from ..runfolder import sha256_file
@@ -39,7 +39,7 @@ def attack_eps(result: AttackResult) -> float:
     return float(values[0])
 
 
-def model_section(network: Network | None, model: str | Path | None) -> dict[str, Any]:
+def model_section(network: AnyNetwork | None, model: str | Path | None) -> dict[str, Any]:
     info = dict(network.info) if network is not None else {}
     path = model if model is not None else info.get("source")
     file = Path(path) if isinstance(path, str | Path) and Path(path).is_file() else None
@@ -96,7 +96,7 @@ def lipschitz_section(cert: Certification) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_record(cert: Certification, *, network: Network | None, model: str | Path | None, dataset: Any,
+def build_record(cert: Certification, *, network: AnyNetwork | None, model: str | Path | None, dataset: Any,
                  split: str | None, eps: Sequence[float] | None, attacks: Sequence[AttackResult],
                  timings: dict[str, float] | None, command: str | None) -> dict[str, Any]:
     """The report.json record (see :data:`~lipcert.report.schema.REPORT_SCHEMA`)."""

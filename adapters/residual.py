@@ -1,0 +1,218 @@
+"""Converted models with residual connections: the layer graph as a :class:`~lipcert.graph.GraphNetwork`.
+
+An adapter records the merge of two branches (ONNX ``Add``/``Sub``, fx ``+``/``-``) as a :class:`~.graph.Layer`
+with a second input ``other``.  Walking from the input, every tensor read by two layers must open a
+residual block: its two paths run, layer by layer with one reader each, to one merge; the path without
+an activation is the shortcut S (empty: the identity; else its affine layers materialized as one dense
+matrix), the other is the branch g (a chain).  The layers between blocks become chains and the
+activations right after or before a block become the activations between stages.  Anything else (two
+branches with activations, nested forks, a fork whose paths merge in different places) is an
+:class:`~lipcert.errors.UnsupportedOperatorError` naming the nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from lipcert.activations import Activation
+from lipcert.errors import UnsupportedOperatorError
+from lipcert.graph import GraphNetwork, Residual, graph_network
+from lipcert.network import Network
+
+from .graph import Conversion, DenseBlock, Layer, build_network, check_dense_size, dense_plan, materialize
+
+SUBTRACTIONS = frozenset({"Sub", "sub", "Tensor.sub", "Tensor.sub_", "isub"})
+"""Merge op types that compute ``source - other``."""
+
+
+def has_merges(conv: Conversion) -> bool:
+    """True when the conversion holds a merge of two branches (a residual connection)."""
+    return any(layer.other for layer in conv.layers)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One residual block of the layer graph: the merge, its shortcut path and its branch path."""
+
+    merge: Layer
+    shortcut: tuple[Layer, ...]
+    branch: tuple[Layer, ...]
+    shortcut_subtracted: bool
+    branch_subtracted: bool
+
+
+Item = tuple[Layer, ...] | _Block | Activation
+
+
+def _refuse(conv: Conversion, layer: Layer, why: str) -> UnsupportedOperatorError:
+    return UnsupportedOperatorError(f"{conv.source}: {layer.op_type} node {layer.name!r}: {why}")
+
+
+def _readers(layers: tuple[Layer, ...]) -> dict[str, list[Layer]]:
+    out: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for name in (layer.source, layer.other):
+            if name:
+                out.setdefault(name, []).append(layer)
+    return out
+
+
+def _path(conv: Conversion, readers: dict[str, list[Layer]], first: Layer, fork: str) -> tuple[list[Layer], Layer]:
+    """The layers from ``first`` up to (not including) the merge they lead to, and that merge."""
+    path: list[Layer] = []
+    layer = first
+    while not layer.other:
+        path.append(layer)
+        nxt = readers.get(layer.target, [])
+        if len(nxt) != 1:
+            why = ("its output is read by several layers inside a residual branch (nested branches are not supported)"
+                   if nxt else f"the branch from {fork!r} ends without merging back")
+            raise _refuse(conv, layer, why)
+        layer = nxt[0]
+    return path, layer
+
+
+def _block(conv: Conversion, readers: dict[str, list[Layer]], fork: str) -> _Block:
+    users = readers[fork]
+    merges = [u for u in users if u.other]
+    if len(users) != 2 or len(merges) > 1 or (merges and {merges[0].source, merges[0].other} == {fork}):
+        names = ", ".join(f"{u.op_type} {u.name!r}" for u in users)
+        raise UnsupportedOperatorError(f"{conv.source}: tensor {fork!r} is read by {names}: lipcert handles a fork "
+                                       "into exactly two paths that merge again by Add or Sub (a residual block)")
+    paths = []
+    for user in users:
+        paths.append(([], user) if user.other else _path(conv, readers, user, fork))
+    (p1, m1), (p2, m2) = paths
+    if m1 is not m2:
+        raise _refuse(conv, m1, f"the two paths from {fork!r} merge in different places ({m1.name!r} and "
+                                f"{m2.name!r}); lipcert handles residual blocks whose two paths meet once")
+    merge = m1
+    ends = [p[-1].target if p else fork for p in (p1, p2)]
+    if set(ends) != {merge.source, merge.other}:
+        raise _refuse(conv, merge, "internal error: the merge does not read the ends of the two paths")
+    acts = [any(layer.activation is not None for layer in p) for p in (p1, p2)]
+    if all(acts):
+        raise _refuse(conv, merge, "both of its inputs pass through activations; a residual block needs one linear "
+                                   "shortcut (identity, 1x1 convolution, downsampling) beside the branch")
+    # the shortcut is the path without activations (of two linear paths, the shorter one)
+    short, branch = (p1, p2) if not acts[0] and (acts[1] or len(p1) <= len(p2)) else (p2, p1)
+    subtract = merge.op_type in SUBTRACTIONS
+    short_end = short[-1].target if short else fork
+    return _Block(merge, tuple(short), tuple(branch), subtract and short_end == merge.other,
+                  subtract and short_end != merge.other)
+
+
+def _items(conv: Conversion) -> list[Item]:
+    """The model as chains (layer runs), residual blocks and activations, from input to output."""
+    readers = _readers(conv.layers)
+    items: list[Item] = []
+    run: list[Layer] = []
+    tensor = conv.layers[0].source
+    while True:
+        users = readers.get(tensor, [])
+        if not users:
+            break
+        if len(users) == 1 and not users[0].other:
+            run.append(users[0])
+            tensor = users[0].target
+            continue
+        if len(users) == 1:
+            raise _refuse(conv, users[0], f"it merges {tensor!r} with a tensor that does not branch off it")
+        if run:
+            items.append(tuple(run))
+            run = []
+        block = _block(conv, readers, tensor)
+        items.append(block)
+        tensor = block.merge.target
+    if run:
+        items.append(tuple(run))
+    return _split_activations(items)
+
+
+def _split_activations(items: list[Item]) -> list[Item]:
+    """Activations at the ends of a run next to a block become activations between stages."""
+    out: list[Item] = []
+    for k, item in enumerate(items):
+        if not isinstance(item, tuple):
+            out.append(item)
+            continue
+        run = list(item)
+        head: Activation | None = None
+        tail: Activation | None = None
+        if k > 0 and run and run[0].activation is not None:
+            head = run.pop(0).activation
+        if k + 1 < len(items) and run and run[-1].activation is not None:
+            tail = run.pop().activation
+        out += ([head] if head is not None else []) + ([tuple(run)] if run else []) + ([tail] if tail else [])
+    return out
+
+
+def _sub(conv: Conversion, layers: tuple[Layer, ...]) -> Conversion:
+    shape = tuple(layers[0].in_shape)
+    return replace(conv, layers=layers, sample_shape=shape, input_shape=(math.prod(shape),), issues=())
+
+
+def _chain(conv: Conversion, layers: tuple[Layer, ...], limit: int, negate: bool = False) -> Network:
+    net = build_network(_sub(conv, layers), max_dense_bytes=limit)
+    if not negate:
+        return net
+    return net.with_last_layer(-net.weights[-1], -net.biases[-1])
+
+
+def _shortcut(layers: tuple[Layer, ...], negate: bool, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    sign = -1.0 if negate else 1.0
+    if not layers:
+        return (None, None) if not negate else (-torch.eye(n, dtype=torch.float64), None)
+    w, b = materialize(DenseBlock(layers, tuple(layers[0].in_shape), tuple(layers[-1].out_shape), None))
+    return sign * w, sign * b
+
+
+def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[float, float] | None = None,
+                info: dict[str, Any] | None = None) -> Network | GraphNetwork:
+    """The :class:`~lipcert.graph.GraphNetwork` of a conversion with merges (a Network if it is a chain).
+
+    The dense matrices of every chain and shortcut are counted against ``max_dense_bytes`` before any
+    is built (ModelLoadError above it).
+    """
+    conv.raise_issues()
+    items = _items(conv)
+    runs = [it for it in items if isinstance(it, tuple)] + [p for it in items if isinstance(it, _Block)
+                                                          for p in (it.branch,)]
+    blocks = [b for run in runs for b in dense_plan(_sub(conv, run))]
+    blocks += [DenseBlock(it.shortcut, tuple(it.shortcut[0].in_shape), tuple(it.shortcut[-1].out_shape), None)
+               for it in items if isinstance(it, _Block) and it.shortcut]
+    check_dense_size(blocks, max_dense_bytes, conv.source)
+    stages: list[Network | Residual] = []
+    acts: list[Activation | None] = []
+    pending: Activation | None = None  # the activation since the last stage
+    for item in items:
+        if isinstance(item, Activation) and stages and pending is None:
+            pending = item
+            continue
+        if isinstance(item, Activation):  # two in a row: the second is carried by an identity chain
+            stage: Network | Residual = _identity(stages[-1].output_dim, item)
+        elif isinstance(item, tuple):
+            stage = _chain(conv, item, max_dense_bytes)
+        else:
+            branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted)
+            s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.output_dim)
+            stage = Residual(branch, s, c)
+        if stages:
+            acts.append(pending)
+        pending = None
+        stages.append(stage)
+    if pending is not None:  # the model ends with an activation after a block
+        acts.append(pending)
+        stages.append(_identity(stages[-1].output_dim))
+    return graph_network(stages, acts, input_shape=conv.input_shape, input_range=input_range, info=info)
+
+
+def _identity(n: int, activation: Activation | None = None) -> Network:
+    """The identity map on n entries as a chain; with an activation, that activation alone (I, phi, I)."""
+    eye = torch.eye(n, dtype=torch.float64)
+    return Network.from_weights([eye] if activation is None else [eye, eye], None, [] if activation is None
+                                else [activation])

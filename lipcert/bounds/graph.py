@@ -1,0 +1,189 @@
+"""Lipschitz bounds of network graphs: chain bounds composed across stages and residual blocks.
+
+For f = s_T o a_{T-1} o ... o a_1 o s_1 (lipcert/graph.py), Lip(f) <= Lip(s_T) prod_{t<T} Lip(s_t) max|a_t'|,
+with Lip(s_t) a chain bound for a chain stage and :func:`block_lipschitz` for a residual block
+y = S x + c + g(x): Lip <= ||S||_2 + Lip(g) (triangle inequality; never a product that drops the skip), or,
+for a branch g = G sigma(W x + b) + c' of one hidden layer, the block LMI certificate of
+:mod:`.residual_block` (docs/decisions.md 30) when it is lower.
+Margin bounds come from the last stage's certificates: for an output direction c,
+Lip(c^T f) <= Lip(c^T s_T) R with R the product over the earlier stages, and through a last residual
+block Lip(c^T s_T) <= ||S^T c|| + Lip(c^T g) <= sqrt(c^T ((1 + t) S S^T + (1 + 1/t) G_g) c) for any t > 0
+(Young's inequality), t = Lip(g) / ||S|| making the value ||S|| + Lip(g) again, or the block
+certificate's form E (Lip(c^T s_T) <= sqrt(c^T E c)) when the certificate is lower.  ``combined`` and
+``optimized`` also run the carried-form recursion through the whole graph (:mod:`.graph_blocks`,
+decisions 31) and keep the lesser.  Every bound is a
+:class:`~lipcert.bounds.result.LipschitzBound` whose Gram matrices give ``pairwise()`` and ``along(c)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..graph import GraphNetwork, Residual
+from ..network import Network
+from ..rounding import certified_root
+from .closed_form import spectral_norm_squared
+from .graph_blocks import graph_recursion
+from .residual_block import METHODS as BLOCK_METHODS
+from .residual_block import BlockBound as BlockCertificate
+from .residual_block import block_constant
+from .result import Gram, LipschitzBound
+
+ChainBound = Callable[[Network, bool], LipschitzBound]
+"""``chain_bound(chain, last)``: the method's bound on one chain; ``last`` says whether the chain's
+outputs are the network's outputs (margin options such as a direction apply to it only)."""
+
+
+@dataclass(frozen=True)
+class BlockBound:
+    """The bound of one residual block y = S x + c + g(x).
+
+    ``value`` >= Lip(block): the lesser of ||S||_2 + Lip(g) and, for a one-hidden-layer branch, the
+    block LMI certificate (``certificate``, :mod:`.residual_block`); ``shortcut`` is the certified
+    ||S||_2, ``branch`` the chain bound on g.
+    """
+
+    value: float
+    shortcut: float
+    branch: LipschitzBound
+    certificate: BlockCertificate | None = None
+
+
+def shortcut_norm(block: Residual) -> float:
+    """Certified ||S||_2 of a block's shortcut: 1 for the identity, else sqrt of a certified lambda_max."""
+    if block.shortcut is None:
+        return 1.0
+    return float(certified_root(max(spectral_norm_squared(block.shortcut), 0.0), 0.0))
+
+
+def block_method(method: str, branch: LipschitzBound) -> str | None:
+    """The residual-block method that matches a graph ``method`` (None: no block certificate).
+
+    ECLipsE-Fast is the SN(1) rule, a single rule is itself, ``optimized`` and the SDP methods use
+    the block's L-BFGS refinement, every other method the minimum over the block's closed forms.
+    """
+    if method == "naive":
+        return None
+    if method == "eclipse-fast":
+        return "sn(1)"
+    if method in ("sn", "gc", "shift", "gcs"):
+        return branch.rule if branch.rule in BLOCK_METHODS else None
+    return "optimized" if method in ("optimized", "lipsdp-neuron", "lipsdp-layer") else "combined"
+
+
+def block_certificate(block: Residual, method: str | None) -> BlockCertificate | None:
+    """The block LMI certificate of a block whose branch is G sigma(W x + b) + c (one hidden layer, dense)."""
+    g = block.branch
+    if method is None or g.depth != 2 or g.has_operators:
+        return None
+    alpha, beta = g.slopes()[0]
+    return block_constant(block.shortcut, g.weights[0], g.weights[1], alpha, beta, method=method)
+
+
+def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False,
+                    method: str = "naive") -> BlockBound:
+    """Bound on the L2 Lipschitz constant of a residual block: min(||S||_2 + Lip(g), block certificate).
+
+    The one place where a block's constant is composed.  ``last`` is passed on to ``chain_bound``;
+    ``method`` is the graph's method (:func:`block_method` maps it to the block's).
+    """
+    s = shortcut_norm(block)
+    branch = chain_bound(block.branch, last)
+    value = float((s + branch.value) * (1 + 4e-16))
+    certificate = block_certificate(block, block_method(method, branch))
+    if certificate is not None and certificate.value < value:
+        return BlockBound(certificate.value, s, branch, certificate)
+    return BlockBound(value, s, branch)
+
+
+def recursion_method(method: str) -> str | None:
+    """The carried-form recursion's method for a graph ``method``: taken beside the stagewise composition by
+    ``combined`` and ``greedy`` (as "combined") and by ``optimized`` and the SDP methods (as "optimized");
+    single rules and naive stay stagewise, so that they remain the rule they name."""
+    if method in ("combined", "greedy", "eclipse"):
+        return "combined"
+    return "optimized" if method in ("optimized", "lipsdp-neuron", "lipsdp-layer") else None
+
+
+def _slope(net: GraphNetwork, t: int) -> float:
+    """max |slope| of the activation after stage t (1 when there is none)."""
+    slopes = net.between_slopes(t)
+    return 1.0 if slopes is None else float(torch.maximum(slopes[0].abs(), slopes[1].abs()).max())
+
+
+def _residual_gram(block: Residual, shortcut: float, gram: Gram) -> Gram:
+    """Gram matrix (1 + t) S S^T + (1 + 1/t) G_g, t = Lip(g) / ||S||, of a last residual block."""
+    s_mat = block.shortcut_matrix()
+    lip_g = gram.value
+    if lip_g == 0.0:
+        return Gram(s_mat @ s_mat.T, 0.0)
+    ratio = lip_g / shortcut
+    g = gram.matrix.detach().cpu().double()
+    matrix = (1 + ratio) * (s_mat @ s_mat.T) * math.exp(-gram.log_scale) + (1 + 1 / ratio) * g
+    return Gram(matrix, gram.log_scale)
+
+
+def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> LipschitzBound:
+    """Bound on Lip_2 of a graph by ``method`` (its bound on every chain, composed as in the module docstring).
+
+    ``extras["stages"]`` lists each stage's kind and bound (and for a block ||S|| and Lip(g)),
+    ``extras["between_slopes"]`` the max |slope| of the activations between stages.
+    """
+    start = time.perf_counter()
+    log_rest, stages, notes = 0.0, [], []
+    last_t = len(net.stages) - 1
+    last: LipschitzBound | BlockBound | None = None
+    for t, stage in enumerate(net.stages):
+        bound: LipschitzBound | BlockBound
+        if isinstance(stage, Network):
+            bound = chain = chain_bound(stage, t == last_t)
+            stages.append({"kind": "chain", "widths": list(stage.widths), "value": bound.value})
+        else:
+            bound = block_lipschitz(stage, chain_bound, t == last_t, method)
+            chain = bound.branch
+            stages.append({"kind": "residual", "shortcut": "identity" if stage.shortcut is None else "linear",
+                           "shortcut_norm": bound.shortcut, "branch": bound.branch.value, "value": bound.value,
+                           "certificate": None if bound.certificate is None else bound.certificate.rule})
+        if chain.status != "ok":
+            notes.append(f"stage {t + 1}: {chain.status}")
+        if t == last_t:
+            last = bound
+        elif bound.value == 0.0 or _slope(net, t) == 0.0:
+            log_rest = -math.inf
+        else:
+            log_rest += 2 * (math.log(bound.value) + math.log(_slope(net, t)))
+    assert last is not None
+    if isinstance(last, BlockBound):
+        block = net.stages[-1]
+        assert isinstance(block, Residual)
+        if last.certificate is not None:  # Lip(c^T h) <= sqrt(c^T E c), E the block's form
+            grams = {method: Gram(last.certificate.extras["form"], 0.0)}
+        else:
+            grams = {k: _residual_gram(block, last.shortcut, g) for k, g in last.branch.grams.items()}
+        if not grams:  # a method without margin bounds: the block's value alone
+            k = net.output_dim
+            grams = {method: Gram(torch.eye(k, dtype=torch.float64), 2 * math.log(last.value))}
+    else:
+        grams = dict(last.grams) or {method: Gram(torch.eye(net.output_dim, dtype=torch.float64),
+                                                  2 * math.log(max(last.value, 1e-300)))}
+    k = net.output_dim
+    if log_rest == -math.inf:
+        grams = {name: Gram(torch.zeros(k, k, dtype=torch.float64), 0.0) for name in grams}
+    else:
+        grams = {name: Gram(g.matrix.detach().cpu().double(), g.log_scale + log_rest) for name, g in grams.items()}
+    recursion = recursion_method(method)
+    if recursion is not None:  # the carried-form recursion through the whole graph (decisions 31)
+        carried = graph_recursion(net, method=recursion)
+        grams[f"recursion ({recursion})"] = Gram(carried.extras["form"], 0.0)
+    values = {name: g.value for name, g in grams.items()}
+    best = min(values, key=values.__getitem__)
+    return LipschitzBound(
+        value=values[best], method=method, per_rule=values, rule=best, multipliers=(), slopes=(),
+        seconds=time.perf_counter() - start, status="ok" if not notes else "; ".join(notes), grams=grams,
+        extras={"path": "graph", "stages": stages,
+                "between_slopes": [_slope(net, t) for t in range(len(net.activations))]})

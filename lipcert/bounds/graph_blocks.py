@@ -1,0 +1,89 @@
+"""A network graph as a chain of residual blocks, bounded by the carried-form recursion (decisions 31).
+
+Every stage of a :class:`~lipcert.graph.GraphNetwork` becomes blocks h(x) = S x + G sigma(W x) of
+:mod:`.residual_block`, and linear maps between them are multiplied into the next block (biases do
+not enter: every bound holds for all of them):
+
+* a chain W_L phi(... phi(W_1 x)): the blocks (0, W_k, I) for its hidden layers, then W_L pending;
+* a residual block S x + g(x): (S, W_1, W_2) when g has one hidden layer, :func:`.residual_block.branch_chain`
+  when it has more, S + W_1 pending when g is affine;
+* an activation between stages: the block (0, I, I) with its slopes.
+
+The map still pending at the end is the head.  :func:`.graph.graph_lipschitz` takes it beside its
+stagewise composition for ``combined`` and ``optimized``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..graph import GraphNetwork, Residual
+from ..network import Network
+from ..rounding import certified_root
+from .closed_form import spectral_norm_squared
+from .residual_block import BlockBound, ResidualBlock, branch_chain, chain_constant
+
+
+def graph_blocks(net: GraphNetwork) -> tuple[list[ResidualBlock], torch.Tensor]:
+    """The blocks and the head of ``net`` (whose layers are dense), as the module docstring says."""
+    blocks: list[ResidualBlock] = []
+    pending: torch.Tensor | None = None  # linear map waiting for the next block (None: the identity)
+    for t, stage in enumerate(net.stages):
+        if isinstance(stage, Network):
+            for w, (alpha, beta) in zip(stage.weights[:-1], stage.slopes()):
+                blocks.append(_merged(ResidualBlock(torch.zeros(w.shape[0], w.shape[1], dtype=torch.float64), w,
+                                                    torch.eye(w.shape[0], dtype=torch.float64), alpha, beta), pending))
+                pending = None
+            pending = _then(stage.weights[-1], pending)
+        else:
+            pending = _residual(stage, blocks, pending)
+        slopes = net.between_slopes(t) if t < len(net.activations) else None
+        if slopes is not None:
+            eye = torch.eye(stage.output_dim, dtype=torch.float64)
+            zero = torch.zeros(stage.output_dim, stage.output_dim, dtype=torch.float64)
+            blocks.append(_merged(ResidualBlock(zero, eye, eye, *slopes), pending))
+            pending = None
+    head = torch.eye(net.output_dim, dtype=torch.float64) if pending is None else pending
+    return blocks, head
+
+
+def _merged(block: ResidualBlock, pending: torch.Tensor | None) -> ResidualBlock:
+    """``block`` after the linear map ``pending`` (S P, W P, G), or itself when nothing is pending."""
+    if pending is None:
+        return block
+    s = pending if block.shortcut is None else block.shortcut @ pending
+    return ResidualBlock(s, block.inner @ pending, block.outer, block.alpha, block.beta)
+
+
+def _then(linear: torch.Tensor, pending: torch.Tensor | None) -> torch.Tensor:
+    """``linear`` after ``pending``."""
+    return linear if pending is None else linear @ pending
+
+
+def _residual(stage: Residual, blocks: list[ResidualBlock], pending: torch.Tensor | None) -> torch.Tensor | None:
+    """Append the blocks of one residual stage (after ``pending``); returns the linear map pending after it."""
+    ws = list(stage.branch.weights)
+    s = stage.shortcut_matrix()
+    if len(ws) == 1:
+        return _then(s + ws[0], pending)
+    slopes = stage.branch.slopes()
+    if len(ws) == 2:
+        blocks.append(_merged(ResidualBlock(s, ws[0], ws[1], *slopes[0]), pending))
+        return None
+    inner, head = branch_chain(s, ws, [a for a, _ in slopes], [b for _, b in slopes])
+    blocks.append(_merged(inner[0], pending))
+    blocks.extend(inner[1:])
+    return head
+
+
+def graph_recursion(net: GraphNetwork, *, method: str = "combined") -> BlockBound:
+    """Certified bound on Lip_2 of a network graph: :func:`.residual_block.chain_constant` on its blocks.
+
+    ``pairwise()`` of the result gives the margin constants of the graph's outputs.
+    """
+    blocks, head = graph_blocks(net)
+    if not blocks:  # a purely linear graph (graph_network would have returned a chain)
+        value = float(certified_root(spectral_norm_squared(head), 0.0))
+        form = head @ head.T
+        return BlockBound(value, method, "linear", {"linear": value}, None, 0.0, {"form": (form + form.T) / 2})
+    return chain_constant(blocks, head, method=method)

@@ -1,0 +1,316 @@
+"""Network graphs: a sequence of chain pieces and residual blocks (docs/decisions.md 28).
+
+A :class:`GraphNetwork` is f = s_T o a_{T-1} o s_{T-1} o ... o a_1 o s_1, where each stage s_t is a chain
+:class:`~lipcert.Network` or a :class:`Residual` block y = S x + c + g(x) (S the identity or a dense
+linear shortcut, g a chain Network), and each a_t between two stages is an elementwise
+slope-restricted activation or nothing.  :func:`graph_network` builds one and normalizes it: a linear
+residual (g a single affine map) is merged into one affine map S + W exactly, a zero shortcut leaves
+the chain g, and neighbouring chains are joined, so a model with no real skip connection comes back
+as a plain Network.  Evaluation is float64, as for a Network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .activations import Activation, get_activation
+from .errors import ShapeMismatchError
+from .network import ArrayLike, Network, _as_tensor, array_hash
+
+Hook = Callable[[int, Activation, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``hook(site, activation, alpha, beta, z)``: replaces activation site number ``site`` (counted in
+evaluation order over the whole graph) applied to pre-activations ``z`` (batch, n)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Residual:
+    """A residual block y = S x + c + g(x).
+
+    Attributes
+    ----------
+    branch : Network
+        g, a chain from n_in to n_out entries (flat vectors).
+    shortcut : Tensor or None
+        S, a dense float64 (n_out, n_in) matrix (a 1x1 convolution, a downsampling, ...), or None for
+        the identity (n_in = n_out).
+    shortcut_bias : Tensor or None
+        c (n_out,), the shortcut's bias, or None for 0.
+    """
+
+    branch: Network
+    shortcut: torch.Tensor | None = None
+    shortcut_bias: torch.Tensor | None = None
+
+    @property
+    def input_dim(self) -> int:
+        return self.branch.input_dim
+
+    @property
+    def output_dim(self) -> int:
+        return self.branch.output_dim
+
+    def shortcut_matrix(self) -> torch.Tensor:
+        """S as a dense matrix (the identity materialized)."""
+        return torch.eye(self.input_dim, dtype=torch.float64) if self.shortcut is None else self.shortcut
+
+
+Stage = Network | Residual
+
+
+@dataclass(frozen=True, eq=False)
+class GraphNetwork:
+    """Stages (chains and residual blocks) with optional elementwise activations between them.
+
+    Built by :func:`graph_network`, which checks the shapes and merges what is a chain.
+
+    Attributes
+    ----------
+    stages : tuple of Network or Residual
+        s_1..s_T on flat vectors; stage t's input has the size of stage t-1's output.
+    activations : tuple of Activation or None
+        a_1..a_{T-1}, the activation after each stage but the last (None: none).
+    input_shape, input_range, info
+        As for :class:`~lipcert.Network`.
+    """
+
+    stages: tuple[Stage, ...]
+    activations: tuple[Activation | None, ...]
+    input_shape: tuple[int, ...]
+    input_range: tuple[float, float] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    is_graph: ClassVar[bool] = True
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def input_dim(self) -> int:
+        return self.stages[0].input_dim
+
+    @property
+    def output_dim(self) -> int:
+        return self.stages[-1].output_dim
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """(n_0, then the output size of every stage): the sizes of the tensors between stages."""
+        return (self.input_dim,) + tuple(s.output_dim for s in self.stages)
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """Names of every activation in evaluation order (inside chains and branches, and between stages)."""
+        names: list[str] = []
+        for net, act in zip(self.chains(), self.activations + (None,)):
+            names += net.activation_names
+            names += [] if act is None else [act.name]
+        return tuple(names)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(net.num_parameters for net in self.chains()) + sum(
+            s.shortcut.numel() for s in self.stages if isinstance(s, Residual) and s.shortcut is not None)
+
+    def chains(self) -> list[Network]:
+        """Every chain of the graph: the chain stages and the branches of the residual blocks."""
+        return [s.branch if isinstance(s, Residual) else s for s in self.stages]
+
+    def between_slopes(self, t: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-neuron (alpha, beta) of the activation after stage ``t`` (0-based), None if there is none."""
+        act = self.activations[t]
+        return None if act is None else act.neuron_slopes(self.stages[t].output_dim)
+
+    def fingerprint(self) -> str:
+        """sha256 over the structure and every stage's arrays (chains by their own fingerprint)."""
+        h = hashlib.sha256(repr(("graph", self.input_shape)).encode())
+        for stage, act in zip(self.stages, self.activations + (None,)):
+            if isinstance(stage, Network):
+                h.update(f"chain {stage.fingerprint()}".encode())
+            else:
+                arrays = [a.numpy() for a in (stage.shortcut, stage.shortcut_bias) if a is not None]
+                h.update(f"residual {stage.branch.fingerprint()} {stage.shortcut is None} "
+                         f"{stage.shortcut_bias is None} {array_hash(*arrays)}".encode())
+            h.update(repr(None if act is None else (act.name, act.mask)).encode())
+        return h.hexdigest()
+
+    def with_info(self, **info: Any) -> GraphNetwork:
+        """A copy with more provenance recorded in ``info``."""
+        return replace(self, info={**self.info, **info})
+
+    # ------------------------------------------------------------------ evaluation
+    def forward_flat(self, z: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
+        """f on a flat batch (B, n_0) in its dtype; ``hook`` replaces every activation (see :data:`Hook`)."""
+        site = [0]
+        for t, stage in enumerate(self.stages):
+            if isinstance(stage, Network):
+                z = chain_flat(stage, z, hook, site)
+            else:
+                short = z if stage.shortcut is None else z @ stage.shortcut.to(z.dtype).T
+                if stage.shortcut_bias is not None:
+                    short = short + stage.shortcut_bias.to(z.dtype)
+                z = short + chain_flat(stage.branch, z, hook, site)
+            act = self.activations[t] if t < len(self.activations) else None
+            if act is not None:
+                alpha, beta = act.neuron_slopes(z.shape[1])
+                z = act(z) if hook is None else hook(site[0], act, alpha, beta, z)
+                site[0] += 1
+        return z
+
+    def forward(self, x: ArrayLike) -> ArrayLike:
+        """Outputs f(x) for a batch (B, *input_shape) or one input, in float64 (as :meth:`Network.forward`)."""
+        is_numpy = not isinstance(x, torch.Tensor)
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        single = tuple(t.shape) == self.input_shape
+        if not single and tuple(t.shape[1:]) != self.input_shape:
+            raise ShapeMismatchError(f"expected inputs of shape (B, {', '.join(map(str, self.input_shape))}) "
+                                     f"or {self.input_shape}, got {tuple(t.shape)}")
+        flat = t.reshape(1 if single else t.shape[0], -1).to(torch.float64)
+        out = self.forward_flat(flat)
+        if single:
+            out = out[0]
+        return out.numpy() if is_numpy else out.to(t.device)
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        parts = []
+        for stage, act in zip(self.stages, self.activations + (None,)):
+            if isinstance(stage, Network):
+                parts.append(f"chain{list(stage.widths)}")
+            else:
+                short = "identity" if stage.shortcut is None else f"linear {tuple(stage.shortcut.shape)}"
+                parts.append(f"residual({short} + chain{list(stage.branch.widths)})")
+            if act is not None:
+                parts.append(act.name)
+        return (f"GraphNetwork([{', '.join(parts)}], input_shape={self.input_shape}, "
+                f"parameters={self.num_parameters})")
+
+
+AnyNetwork = Network | GraphNetwork
+"""What the verbs that handle residual blocks take: a chain or a graph."""
+
+
+def chain_flat(net: Network, z: torch.Tensor, hook: Hook | None = None, site: list[int] | None = None) -> torch.Tensor:
+    """A chain on a flat batch, with ``hook`` in place of its activations (``site[0]`` counts them)."""
+    if hook is None:
+        return net._forward_flat(z)
+    site = [0] if site is None else site
+    ops = list(net.operators) if net.operators else [None] * net.depth
+    for k, (w, b, op) in enumerate(zip(net.weights, net.biases, ops)):
+        z = (z @ w.to(z.dtype).T if op is None else op.matmat(z)) + b.to(z.dtype)
+        if k < len(net.activations):
+            z = hook(site[0], net.activations[k], net.alphas[k], net.betas[k], z)
+            site[0] += 1
+    return z
+
+
+def _layer_specs(net: Network) -> list[Any]:
+    ops = list(net.operators) if net.operators else [None] * net.depth
+    return [w if op is None else op for w, op in zip(net.weights, ops)]
+
+
+def _join(a: Network, act: Activation | None, b: Network) -> Network:
+    """The chain b o act o a (act None: b o a, the two affine maps multiplied into one)."""
+    between = act if act is not None else get_activation("identity")
+    return Network.from_weights(_layer_specs(a) + _layer_specs(b), list(a.biases) + list(b.biases),
+                                list(a.activations) + [between] + list(b.activations))
+
+
+def _check_residual(stage: Residual, t: int) -> Residual:
+    if not isinstance(stage.branch, Network):
+        raise ShapeMismatchError(f"stage {t + 1}: a residual branch must be a chain Network, got "
+                                 f"{type(stage.branch).__name__}")
+    n_in, n_out = stage.branch.input_dim, stage.branch.output_dim
+    shortcut = None if stage.shortcut is None else _as_tensor(stage.shortcut, f"stage {t + 1} shortcut")
+    bias = None if stage.shortcut_bias is None else _as_tensor(stage.shortcut_bias, f"stage {t + 1} shortcut bias")
+    if shortcut is None and n_in != n_out:
+        raise ShapeMismatchError(f"stage {t + 1}: an identity shortcut needs a branch with as many outputs as inputs, "
+                                 f"got {n_in} -> {n_out}")
+    if shortcut is not None and tuple(shortcut.shape) != (n_out, n_in):
+        raise ShapeMismatchError(f"stage {t + 1}: the shortcut has shape {tuple(shortcut.shape)} but the branch maps "
+                                 f"{n_in} -> {n_out} entries (expected ({n_out}, {n_in}))")
+    if bias is not None and tuple(bias.shape) != (n_out,):
+        raise ShapeMismatchError(f"stage {t + 1}: the shortcut bias has shape {tuple(bias.shape)}, expected ({n_out},)")
+    return Residual(stage.branch, shortcut, bias)
+
+
+def _as_chain(stage: Residual) -> Network | None:
+    """The chain a residual block is when it has no real skip: a zero shortcut, or a linear branch."""
+    if stage.shortcut is not None and not bool(stage.shortcut.any()):
+        g = stage.branch
+        if stage.shortcut_bias is None:
+            return g
+        return Network.from_weights(_layer_specs(g), list(g.biases[:-1]) + [g.biases[-1] + stage.shortcut_bias],
+                                    list(g.activations))
+    if stage.branch.depth == 1 and not stage.branch.has_operators:
+        w = stage.shortcut_matrix() + stage.branch.weights[0]
+        b = stage.branch.biases[0] + (0.0 if stage.shortcut_bias is None else stage.shortcut_bias)
+        return Network.from_weights([w], [b])
+    return None
+
+
+def graph_network(stages: Sequence[Stage], activations: Sequence[Activation | str | None] | None = None, *,
+                  input_shape: Sequence[int] | None = None, input_range: tuple[float, float] | None = None,
+                  info: dict[str, Any] | None = None) -> Network | GraphNetwork:
+    """A network of stages, normalized; a plain :class:`~lipcert.Network` when it is a chain.
+
+    Parameters
+    ----------
+    stages : sequence of Network or Residual
+        The stages in evaluation order (chains take flat vectors; their own input shapes are ignored).
+    activations : sequence of Activation, activation name or None, optional
+        One per gap between stages (default: none); None is no activation.
+    input_shape, input_range, info
+        As for :meth:`Network.from_weights`; ``input_shape`` defaults to (n_0,).
+
+    Linear residual blocks (S x + W x + b, no activation in g) become the affine map (S + W) x + b, zero
+    shortcuts leave g, and stages with no activation between them, or only an activation, are joined
+    into one chain; each rewrite computes the same function (up to rounding of S + W and of W_2 W_1).
+
+    Raises
+    ------
+    ShapeMismatchError
+        A stage whose input size is not its predecessor's output size, an identity shortcut around a
+        branch that changes the size, a shortcut of the wrong shape, no stage, activations of the wrong count.
+    """
+    stages = list(stages)
+    if not stages:
+        raise ShapeMismatchError("a graph network needs at least one stage")
+    acts: list[Activation | None] = [None] * (len(stages) - 1) if activations is None else [
+        None if a is None else get_activation(a) for a in activations]
+    if len(acts) != len(stages) - 1:
+        raise ShapeMismatchError(f"{len(stages)} stages need {len(stages) - 1} activations between them, got {len(acts)}")
+    checked: list[Stage] = []
+    for t, stage in enumerate(stages):
+        if isinstance(stage, Residual):
+            stage = _check_residual(stage, t)
+            stage = _as_chain(stage) or stage
+        elif not isinstance(stage, Network):
+            raise ShapeMismatchError(f"stage {t + 1} must be a Network or a Residual, got {type(stage).__name__}")
+        if t > 0 and stage.input_dim != checked[-1].output_dim:
+            raise ShapeMismatchError(f"stage {t + 1} takes {stage.input_dim} inputs but stage {t} has "
+                                     f"{checked[-1].output_dim} outputs")
+        checked.append(stage)
+    out_stages: list[Stage] = [checked[0]]
+    out_acts: list[Activation | None] = []
+    for stage, act in zip(checked[1:], acts):
+        prev = out_stages[-1]
+        if isinstance(prev, Network) and isinstance(stage, Network):
+            out_stages[-1] = _join(prev, act, stage)
+        else:
+            out_stages.append(stage)
+            out_acts.append(act)
+    n0 = out_stages[0].input_dim
+    shape = (n0,) if input_shape is None else tuple(int(s) for s in input_shape)
+    if math.prod(shape) != n0:
+        raise ShapeMismatchError(f"input shape {shape} has {math.prod(shape)} entries but the first stage takes {n0}")
+    if len(out_stages) == 1 and isinstance(out_stages[0], Network):
+        net = out_stages[0]
+        return Network._normalized(list(net.weights), list(net.biases), list(net.activations), list(net.alphas),
+                                   list(net.betas), shape, input_range, dict(info or {}), list(net.operators))
+    return GraphNetwork(tuple(out_stages), tuple(out_acts), shape, input_range, dict(info or {}))
+

@@ -1,0 +1,102 @@
+"""The rounding error of a graph's float64 forward pass (lipcert/rounding.py's analysis through residual blocks).
+
+Each chain carries the error bound E of its input through :func:`lipcert.rounding.logit_error_bound`; a
+residual block y = S x + c + g(x) adds the shortcut's error ||S||_inf E + 2 gamma_{n+1} (max_i ||S_i|| ||x||
++ max |c|) (E alone for the identity), the branch's, and the rounding of the bias and the sum, u (max |S x + c| + max |y|) (doubled);
+an activation between stages multiplies E by its largest |slope| and adds its own rounding, as in a chain.
+Every bound is per input and holds for every entry of the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .activations import Activation
+from .graph import AnyNetwork, Residual
+from .network import Network
+from .rounding import (
+    EXACT_ACTIVATIONS,
+    UNIT_ROUNDOFF,
+    ErrorLayer,
+    affine_gamma,
+    error_layers,
+    logit_error_bound,
+)
+
+
+@dataclass(frozen=True)
+class ErrorBlock:
+    """A residual block with the norms of its shortcut, and its branch's error layers."""
+
+    block: Residual
+    branch: list[ErrorLayer]
+    row_abs: float      # ||S||_inf (1 for the identity)
+    row_norm: float     # max row 2-norm of S
+    bias_abs: float     # max |c|
+    gamma: float        # 2 gamma_{n+1}
+
+
+@dataclass(frozen=True)
+class ErrorActivation:
+    """An activation between stages and the largest |slope| of its neurons."""
+
+    activation: Activation
+    slope: float
+    exact: bool
+
+
+ErrorPlan = list[ErrorLayer] | list[list[ErrorLayer] | ErrorBlock | ErrorActivation]
+
+
+def error_plan(net: AnyNetwork) -> ErrorPlan:
+    """What :func:`forward_error` needs of a network, computed once: a chain's error layers, or per stage."""
+    if isinstance(net, Network):
+        return error_layers(net)
+    plan: list[list[ErrorLayer] | ErrorBlock | ErrorActivation] = []
+    for t, stage in enumerate(net.stages):
+        if isinstance(stage, Network):
+            plan.append(error_layers(stage))
+        else:
+            s = stage.shortcut
+            c = stage.shortcut_bias
+            plan.append(ErrorBlock(stage, error_layers(stage.branch),
+                                   1.0 if s is None else float(s.abs().sum(1).max()),
+                                   0.0 if s is None else float(s.norm(dim=1).max()),
+                                   0.0 if c is None else float(c.abs().max()),
+                                   0.0 if s is None else affine_gamma(s.shape[1])))
+        slopes = net.between_slopes(t) if t < len(net.activations) else None
+        act = net.activations[t] if t < len(net.activations) else None
+        if act is not None and slopes is not None:
+            plan.append(ErrorActivation(act, float(torch.maximum(slopes[0].abs(), slopes[1].abs()).max()),
+                                        act.name.split("(")[0] in EXACT_ACTIVATIONS))
+    return plan
+
+
+def forward_error(plan: ErrorPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 outputs of a flat batch and a bound (B,) on the rounding error of every output entry."""
+    if not plan or isinstance(plan[0], ErrorLayer):
+        return logit_error_bound(plan, x)  # type: ignore[arg-type]
+    z, err = x, torch.zeros(x.shape[0], dtype=torch.float64)
+    for step in plan:
+        if isinstance(step, list):
+            z, err = logit_error_bound(step, z, err)
+        elif isinstance(step, ErrorBlock):
+            short, short_err = z, step.row_abs * err
+            if step.block.shortcut is not None:
+                short = z @ step.block.shortcut.T
+                short_err = short_err + step.gamma * (step.row_norm * z.norm(dim=1) + step.bias_abs)
+            if step.block.shortcut_bias is not None:
+                short = short + step.block.shortcut_bias
+            branch, branch_err = logit_error_bound(step.branch, z, err)
+            z = short + branch
+            err = short_err + branch_err + 2 * UNIT_ROUNDOFF * (z.abs().max(dim=1).values + short.abs().max(dim=1).values)
+        else:
+            a = step.activation(z)
+            err = step.slope * err
+            if not step.exact:
+                err = err + 16 * UNIT_ROUNDOFF * (a.norm(dim=1) + step.slope * z.norm(dim=1))
+            z = a
+    return z, err
+

@@ -17,23 +17,15 @@ from typing import Any
 
 import torch
 
-from ..errors import (
-    InfeasibleCertificateError,
-    InvalidArgumentError,
-    InvalidOptionError,
-    UnknownMethodError,
-    UnsupportedConvGeometryError,
-    UnsupportedSlopesError,
-)
+from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
 from ..graph import AnyNetwork, GraphNetwork
-from ..memory import check_budget, default_limit
 from ..network import Network, require_network
 from ..operators import DEFAULT_MAX_DENSE_BYTES
 from . import abs_layer, closed_form, conv_closed_form, graph, matrix_free, optimize, sdp
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
-from .workspace import matrix_free_bytes, method_bytes, per_frequency_bytes
+from .workspace import choose_path
 
 Weights = list[torch.Tensor]
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -330,7 +322,7 @@ def lipschitz(
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
-    path, needed = choose_path(net, call, max_bytes)
+    path, needed = choose_path(net, call.method.name, call.name, call.options, max_bytes)
     if path == "matrix-free":  # docs/decisions.md 21, 35
         start = time.perf_counter()
         results = {"naive": matrix_free.naive(net)}
@@ -357,52 +349,6 @@ def _graph(net: GraphNetwork, call: MethodCall, method: str, options: Mapping[st
                          max_bytes=max_bytes)
 
     return replace(graph.graph_lipschitz(net, chain_bound, call.name), network=net.fingerprint())
-
-
-def choose_path(net: Network, call: MethodCall, max_bytes: float | None = None) -> tuple[str, int]:
-    """``("dense" | "matrix-free" | "per-frequency", bytes)``: how ``call`` runs on ``net``, and its estimated peak.
-
-    A dense network runs dense, after the memory check.  A network with operator layers runs dense when
-    the method's estimate on the dense form (:func:`~lipcert.bounds.workspace.method_bytes`, whose weights
-    are the dense matrices) fits ``max_bytes`` (default 80 % of the memory available); otherwise without
-    dense matrices when the method has such a path: ``naive`` as the product of certified conv norms
-    (:func:`~lipcert.bounds.workspace.matrix_free_bytes`), the closed forms of
-    :data:`~lipcert.bounds.conv_closed_form.METHODS` per frequency where the chain has a circular grid
-    and slopes in [0, 1] (:func:`~lipcert.bounds.workspace.per_frequency_bytes`).  Otherwise
-    MemoryBudgetError (the dense estimate's, naming ``--max-dense-gb`` and why there is no other path).
-    """
-    dense = method_bytes(net, call.method.name, call.options)
-    what = f"method {call.name} on widths {list(net.widths)}"
-    if not net.has_operators:
-        check_budget(what, dense, max_bytes)
-        return "dense", dense
-    limit = default_limit() if max_bytes is None else max_bytes
-    if dense <= limit:
-        return "dense", dense
-    if call.method.name == "naive":
-        free = matrix_free_bytes(net)
-        check_budget(what + " (matrix-free)", free, max_bytes)
-        return "matrix-free", free
-    reason = per_frequency_reason(net, call)
-    if reason is None:
-        needed = per_frequency_bytes(net, call.method.name, call.options)
-        check_budget(what + " (per frequency)", needed, max_bytes)
-        return "per-frequency", needed
-    check_budget(f"{what} (its convolutions as dense matrices; no matrix-free path: {reason}; without dense "
-                 f"matrices lipcert bounds naive and, per frequency, {', '.join(conv_closed_form.METHODS)})",
-                 dense, max_bytes)
-    return "dense", dense
-
-
-def per_frequency_reason(net: Network, call: MethodCall) -> str | None:
-    """Why ``call`` has no per-frequency pass on ``net`` (None: it has one)."""
-    if call.method.name not in conv_closed_form.METHODS:
-        return f"{call.name} has no per-frequency form"
-    try:
-        conv_closed_form.check_chain(net)
-    except (UnsupportedConvGeometryError, UnsupportedSlopesError) as err:
-        return str(err)
-    return None
 
 
 def _per_frequency(call: MethodCall, net: Network) -> LipschitzBound:

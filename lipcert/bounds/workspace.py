@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import UnsupportedConvGeometryError, UnsupportedSlopesError
 from ..graph import AnyNetwork, GraphNetwork
+from ..memory import check_budget, default_limit
 from ..network import Network
+from . import conv_closed_form
 from .conv_grid import plan_bytes, plan_chain
 from .conv_norm import conv_norm_bytes
 
@@ -97,4 +100,53 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
     return OVERHEAD + weights + kept + max(need, naive)
 
 
-__all__ = ["lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes"]
+def choose_path(net: Network, method: str, label: str, options: Mapping[str, Any],
+                max_bytes: float | None = None) -> tuple[str, int]:
+    """``("dense" | "matrix-free" | "per-frequency", bytes)``: how registry method ``method`` (with ``options``;
+    ``label`` names it in messages) runs on ``net``, and its estimated peak working memory.
+
+    A dense network runs dense, after the memory check.  A network with operator layers runs dense when
+    the method's estimate on the dense form (:func:`~lipcert.bounds.workspace.method_bytes`, whose weights
+    are the dense matrices) fits ``max_bytes`` (default 80 % of the memory available); otherwise without
+    dense matrices when the method has such a path: ``naive`` as the product of certified conv norms
+    (:func:`~lipcert.bounds.workspace.matrix_free_bytes`), the closed forms of
+    :data:`~lipcert.bounds.conv_closed_form.METHODS` per frequency where the chain has a circular grid
+    and slopes in [0, 1] (:func:`~lipcert.bounds.workspace.per_frequency_bytes`).  Otherwise
+    MemoryBudgetError (the dense estimate's, naming ``--max-dense-gb`` and why there is no other path).
+    """
+    dense = method_bytes(net, method, options)
+    what = f"method {label} on widths {list(net.widths)}"
+    if not net.has_operators:
+        check_budget(what, dense, max_bytes)
+        return "dense", dense
+    limit = default_limit() if max_bytes is None else max_bytes
+    if dense <= limit:
+        return "dense", dense
+    if method == "naive":
+        free = matrix_free_bytes(net)
+        check_budget(what + " (matrix-free)", free, max_bytes)
+        return "matrix-free", free
+    reason = per_frequency_reason(net, method, label)
+    if reason is None:
+        needed = per_frequency_bytes(net, method, options)
+        check_budget(what + " (per frequency)", needed, max_bytes)
+        return "per-frequency", needed
+    check_budget(f"{what} (its convolutions as dense matrices; no matrix-free path: {reason}; without dense "
+                 f"matrices lipcert bounds naive and, per frequency, {', '.join(conv_closed_form.METHODS)})",
+                 dense, max_bytes)
+    return "dense", dense
+
+
+def per_frequency_reason(net: Network, method: str, label: str) -> str | None:
+    """Why ``method`` (named ``label``) has no per-frequency pass on ``net`` (None: it has one)."""
+    if method not in conv_closed_form.METHODS:
+        return f"{label} has no per-frequency form"
+    try:
+        conv_closed_form.check_chain(net)
+    except (UnsupportedConvGeometryError, UnsupportedSlopesError) as err:
+        return str(err)
+    return None
+
+
+__all__ = ["choose_path", "lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes",
+           "per_frequency_reason"]

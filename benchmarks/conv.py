@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "conv.md")
+    parser.add_argument("--modes", default="dense,default,matrix-free",
+                        help="loads to compare (models, trained): dense, default, matrix-free")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -169,8 +171,8 @@ def main() -> None:
     else:
         models = MODELS if args.what == "models" else [(args.model, args.dataset, None, None)]
         for model, dataset, mean, std in models:
-            for mode, methods in (("dense", ["naive", "combined"]), ("default", ["naive", "combined"]),
-                                  ("matrix-free", ["naive"])):
+            for mode in args.modes.split(","):
+                methods = ["naive"] if mode == "matrix-free" else ["naive", "combined"]
                 specs.append({"kind": "model", "model": model, "dataset": dataset, "mean": mean, "std": std,
                               "mode": mode, "methods": methods, "n": args.n})
     rows, results = [], []

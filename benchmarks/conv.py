@@ -86,6 +86,7 @@ def bound_row(net: Any, method: str, max_bytes: float | None) -> dict[str, Any]:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import lipcert
+    import lipcert.datasets
     from lipcert.bounds.methods import resolve
     from lipcert.bounds.workspace import matrix_free_bytes, method_bytes
 
@@ -110,7 +111,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         cert = lipcert.certify(net, x, y, bound=bounds, progress=False)
         out["certify_s"] = time.perf_counter() - t0
         out["clean"] = float(cert.clean_accuracy)
-        out["certified"] = {m: [float(cert.certified_accuracy(e, m)) for e in EPS[spec["dataset"]]] for m in cert.methods}
+        eps = list(EPS[spec["dataset"]])
+        out["certified"] = {m: [float(a) for a in cert.certified_accuracy(eps, m)] for m in cert.methods}
     for r in rows:
         r.pop("bound", None)
     out["bounds"] = rows
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "conv.md")
+    parser.add_argument("--modes", default="dense,default,matrix-free",
+                        help="loads to compare (models, trained): dense, default, matrix-free")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -167,8 +171,8 @@ def main() -> None:
     else:
         models = MODELS if args.what == "models" else [(args.model, args.dataset, None, None)]
         for model, dataset, mean, std in models:
-            for mode, methods in (("dense", ["naive", "combined"]), ("default", ["naive", "combined"]),
-                                  ("matrix-free", ["naive"])):
+            for mode in args.modes.split(","):
+                methods = ["naive"] if mode == "matrix-free" else ["naive", "combined"]
                 specs.append({"kind": "model", "model": model, "dataset": dataset, "mean": mean, "std": std,
                               "mode": mode, "methods": methods, "n": args.n})
     rows, results = [], []

@@ -37,12 +37,16 @@ class Reshape(nn.Module):
 
 
 class Scale(nn.Module):
-    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1)."""
+    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1).
+
+    The parameters are kept without the batch axis (the same broadcast): auto_LiRPA 0.3's ``BoundAdd``
+    and ``BoundMul`` prepend the batch to a parameter's shape and fail their shape check on a leading 1.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.weight = nn.Parameter(weight[0] if weight.ndim > 1 else weight, requires_grad=False)
+        self.bias = nn.Parameter(bias[0] if bias.ndim > 1 else bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight + self.bias
@@ -68,7 +72,8 @@ class ActivationModule(nn.Module):
         if isinstance(twice, torch.Tensor):
             flat = x.flatten(1)
             out = flat + torch.relu(-flat) @ twice
-            return out if x.dim() == 2 else out.reshape(x.shape)
+            # -1 and Python ints, not x.shape: a traced x.shape keeps the tracing batch size (auto_LiRPA's Reshape)
+            return out if x.dim() == 2 else out.reshape(-1, *(int(s) for s in x.shape[1:]))
         return self.activation(x)
 
     def extra_repr(self) -> str:

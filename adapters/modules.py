@@ -55,8 +55,10 @@ class Scale(nn.Module):
 class ActivationModule(nn.Module):
     """An elementwise :class:`~lipcert.Activation` as a module (calls its torch function)."""
 
-    def __init__(self, activation: Activation) -> None:
+    def __init__(self, activation: Activation, sample_shape: Sequence[int] | None = None) -> None:
+        """``sample_shape``: the shape of one input sample, when it is not flat (a masked activation reshapes)."""
         super().__init__()
+        self.sample_shape = None if sample_shape is None else tuple(int(s) for s in sample_shape)
         if activation.fn is None:
             raise ModelLoadError(f"activation {activation.name!r} is given only by its slopes and has no function "
                                  "to rebuild the model with")
@@ -72,8 +74,11 @@ class ActivationModule(nn.Module):
         if isinstance(twice, torch.Tensor):
             flat = x.flatten(1)
             out = flat + torch.relu(-flat) @ twice
-            # -1 and Python ints, not x.shape: a traced x.shape keeps the tracing batch size (auto_LiRPA's Reshape)
-            return out if x.dim() == 2 else out.reshape(-1, *(int(s) for s in x.shape[1:]))
+            if x.dim() == 2:
+                return out
+            # -1 and the stored sample shape, not x.shape: auto_LiRPA's Reshape keeps a traced x.shape, whose
+            # batch size is that of the example input
+            return out.reshape(-1, *(self.sample_shape or x.shape[1:]))
         return self.activation(x)
 
     def extra_repr(self) -> str:

@@ -255,7 +255,8 @@ def test_loading_auto_lirpa_keeps_the_callers_warning_filters() -> None:
 
 
 class _SortResidual(torch.nn.Module):
-    """Linear, sort activation, then h -> (h + act(Linear(h))) / 2 (a residual merge), then Linear to 3 classes."""
+    """Linear, sort activation, then h -> (h + Linear(act(h))) / 2 (a residual merge: the activation's input
+    also feeds the skip connection), then Linear to 3 classes."""
 
     def __init__(self, act: torch.nn.Module, seed: int) -> None:
         super().__init__()
@@ -268,7 +269,7 @@ class _SortResidual(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.first(x))
-        return self.last(0.5 * h + 0.5 * self.act(self.branch(h)))
+        return self.last(0.5 * h + 0.5 * self.branch(self.act(h)))
 
 
 @pytest.mark.parametrize("library", ["deel.torchlip GroupSort2", "orthogonium MaxMin"])

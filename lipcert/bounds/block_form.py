@@ -194,3 +194,73 @@ def choose(st: Stage, candidates: Iterator[tuple[str, torch.Tensor]] | None = No
     if best is None:
         raise InfeasibleCertificateError("no closed-form multipliers of the residual block passed Cholesky")
     return best
+
+
+PROBES = 4
+"""Directions kept per block for the Rayleigh-Ritz lower bounds of :func:`least_top`."""
+_PRUNE_MARGIN = 1e-9  # far above the rounding of lambda_max(P^T E_next P) and of the certified top
+
+
+@dataclass
+class Probe:
+    """What :func:`least_top` learnt on one block from earlier carried forms: orthonormal directions near the
+    top eigenvectors of its best next form (n_out x PROBES; None before the first call) and the winning label."""
+
+    vectors: torch.Tensor | None = None
+    label: str | None = None
+
+
+def distinct(candidates: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor, str]]:
+    """(label, lambda, label of the first equal lambda): a repeated multiplier vector gives the same E_next."""
+    seen: dict[bytes, str] = {}
+    for label, lam in candidates:
+        key = lam.detach().cpu().numpy().tobytes()
+        yield label, lam, seen.setdefault(key, label)
+
+
+def least_top(st: Stage, bar: float = math.inf, probe: Probe | None = None) -> float:
+    """min(bar, least certified lambda_max(E_next) over :func:`proposals`): ``choose(st).value`` when below ``bar``.
+
+    A candidate is skipped, without forming E_next, when lambda_max(P^T E_next P) (1 - 1e-9) >= the least
+    value so far (or ``bar``): by Cauchy interlacing lambda_max(E_next) >= lambda_max(P^T E_next P) for
+    orthonormal P, so its certified value would be larger and the minimum is unchanged.  P^T E_next P =
+    P^T C0 P + Y^T Y, Y = R^{-T} K^T P, costs PROBES right-hand sides instead of n_out plus an eigvalsh.
+    ``probe`` (updated here) carries P and the last winner (tried first) between calls on the same block.
+    """
+    probe = Probe() if probe is None else probe
+    ordered = list(distinct(proposals(st)))
+    ordered.sort(key=lambda c: c[0] != probe.label)  # stable: the last winner first, the rest in order
+    best, best_form, best_label = bar, None, None
+    p = probe.vectors
+    base_p = None if p is None else p.T @ st.base @ p
+    for label, lam, first in ordered:
+        if first != label:
+            continue
+        found = factor_certificate(st.gamma, lam)
+        if found is None:
+            continue
+        k = st.cross * lam[None, :] + st.outer
+        if p is not None and base_p is not None and best < math.inf:
+            y = solve_rt(found[1], k.T @ p)
+            small = base_p + y.T @ y
+            if float(torch.linalg.eigvalsh((small + small.T) / 2)[-1]) * (1 - _PRUNE_MARGIN) >= best:
+                continue
+        form = st.base + gram(solve_rt(found[1], k.T))
+        value = top(form)
+        if value < best:
+            best, best_form, best_label = value, form, label
+    if best_form is not None:
+        probe.label = best_label
+        probe.vectors = _refreshed(best_form, probe.vectors)
+    return best
+
+
+def _refreshed(form: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+    """Orthonormal directions near the top eigenvectors of ``form``: eigh the first time, then two steps of
+    subspace iteration from the previous ones (any orthonormal P gives a valid lower bound)."""
+    width = min(PROBES, form.shape[0])
+    if vectors is None:
+        return torch.linalg.eigh((form + form.T) / 2).eigenvectors[:, -width:]
+    for _ in range(2):
+        vectors = torch.linalg.qr(form @ vectors).Q
+    return vectors

@@ -233,13 +233,17 @@ def least_top(st: Stage, bar: float = math.inf, probe: Probe | None = None) -> f
     best, best_form, best_label = bar, None, None
     p = probe.vectors
     base_p = None if p is None else p.T @ st.base @ p
+    magnitude = st.gamma.abs()
     for label, lam, first in ordered:
         if first != label:
+            continue
+        k = st.cross * lam[None, :] + st.outer
+        if p is not None and base_p is not None and best < math.inf and _above(st, magnitude, lam, k.T @ p,
+                                                                             torch.diagonal(base_p), best):
             continue
         found = factor_certificate(st.gamma, lam)
         if found is None:
             continue
-        k = st.cross * lam[None, :] + st.outer
         if p is not None and base_p is not None and best < math.inf:
             y = solve_rt(found[1], k.T @ p)
             small = base_p + y.T @ y
@@ -253,6 +257,32 @@ def least_top(st: Stage, bar: float = math.inf, probe: Probe | None = None) -> f
         probe.label = best_label
         probe.vectors = _refreshed(best_form, probe.vectors)
     return best
+
+
+def _above(st: Stage, magnitude: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, base_p: torch.Tensor,
+           best: float) -> bool:
+    """True if v^T E_next v > best for some probe v, shown before any factorization.
+
+    With x = K^T v and M' = Lambda shrink(2 Lambda^{-1} - Gamma) Lambda (the matrix E_next inverts),
+    x^T M'^{-1} x >= (x^T x)^2 / (x^T M' x) when M' > 0 (Cauchy-Schwarz); if M' is not positive definite
+    the candidate is infeasible and skipped anyway.  x^T M' x is taken with its rounding bound added
+    (4 m eps |z|^T |M'| |z|, z = lambda x), so a near-singular direction cannot overstate the bound.
+    """
+    m = lam.shape[0]
+    eps = torch.finfo(lam.dtype).eps
+    delta = 4 * m * eps  # shrink's margin (recursion._MARGIN_EPS_PER_DIM = 4)
+    gdiag = torch.diagonal(st.gamma)
+    diag = gdiag + (2 / lam - gdiag) * (1 - delta)  # diagonal of shrink(2 Lambda^{-1} - Gamma) + Gamma
+    z = lam[:, None] * x
+    quad = (z * (diag[:, None] * z - st.gamma @ z)).sum(dim=0)
+    error = 4 * m * eps * ((z.abs() * (magnitude @ z.abs())).sum(dim=0) + (diag.abs()[:, None] * z * z).sum(dim=0))
+    upper = quad + error
+    sq = (x * x).sum(dim=0)
+    ok = (upper > 0) & (sq > 0)
+    if not bool(ok.any()):
+        return False
+    lower = base_p[ok] + sq[ok] ** 2 / upper[ok]
+    return float(lower.max()) * (1 - _PRUNE_MARGIN) >= best
 
 
 def _refreshed(form: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:

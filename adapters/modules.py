@@ -37,12 +37,16 @@ class Reshape(nn.Module):
 
 
 class Scale(nn.Module):
-    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1)."""
+    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1).
+
+    The parameters are kept without the batch axis (the same broadcast): auto_LiRPA 0.3's ``BoundAdd``
+    and ``BoundMul`` prepend the batch to a parameter's shape and fail their shape check on a leading 1.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.weight = nn.Parameter(weight[0] if weight.ndim > 1 else weight, requires_grad=False)
+        self.bias = nn.Parameter(bias[0] if bias.ndim > 1 else bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight + self.bias
@@ -51,8 +55,10 @@ class Scale(nn.Module):
 class ActivationModule(nn.Module):
     """An elementwise :class:`~lipcert.Activation` as a module (calls its torch function)."""
 
-    def __init__(self, activation: Activation) -> None:
+    def __init__(self, activation: Activation, sample_shape: Sequence[int] | None = None) -> None:
+        """``sample_shape``: the shape of one input sample, when it is not flat (a masked activation reshapes)."""
         super().__init__()
+        self.sample_shape = None if sample_shape is None else tuple(int(s) for s in sample_shape)
         if activation.fn is None:
             raise ModelLoadError(f"activation {activation.name!r} is given only by its slopes and has no function "
                                  "to rebuild the model with")
@@ -68,7 +74,11 @@ class ActivationModule(nn.Module):
         if isinstance(twice, torch.Tensor):
             flat = x.flatten(1)
             out = flat + torch.relu(-flat) @ twice
-            return out if x.dim() == 2 else out.reshape(x.shape)
+            if x.dim() == 2:
+                return out
+            # -1 and the stored sample shape, not x.shape: auto_LiRPA's Reshape keeps a traced x.shape, whose
+            # batch size is that of the example input
+            return out.reshape(-1, *(self.sample_shape or x.shape[1:]))
         return self.activation(x)
 
     def extra_repr(self) -> str:

@@ -167,6 +167,8 @@ class _Interpreter:
             self.tried_fusion.add(source)
             if self.fuse(source, i) or self.fuse_sorting(source, i):
                 return
+        elif node.op_type in onnx_sort.STARTS and self.fuse_sorting(source, i):
+            return  # a sorting region reading a tensor that also feeds another branch (a skip connection)
         if node.op_type in ("Add", "Sub") and len(dyn) == 2 and node.input[0] != node.input[1]:
             self.merge(i, node, [inputs[k].probe for k in dyn])
             return

@@ -1,7 +1,8 @@
 """ONNX subgraphs that compute a sorting activation (GroupSort, FullSort, MaxMin), found by their values.
 
 Exports write GroupSort as Reshape + ReduceMax/ReduceMin + Concat, as Split + Max/Min + Concat or
-as TopK.  Starting at a dynamic tensor used by several nodes, :func:`find` grows the region of
+as TopK.  Starting at a dynamic tensor used by several nodes (other users of it, such as a skip
+connection, stay outside), :func:`find` grows the region of
 such shape and order operators until it has one exit, runs it with the ONNX reference
 evaluator on random float32-representable samples (these operators only copy and compare, so
 the values are exact) and asks :func:`.groupsort.identify` which sorting activation it is.
@@ -49,6 +50,8 @@ def find(nodes: list[onnx.NodeProto], env: dict[str, object], users: Callable[[s
         node = nodes[j]
         if not any(n in inside for n in node.input) or node.op_type in _SHAPE_ONLY:
             continue
+        if j != start and node.op_type not in REGION_OPS and inside.isdisjoint(set(node.input) - {source}):
+            continue  # another user of the source (a skip connection), not part of the region
         if node.op_type not in REGION_OPS or len(region) >= _MAX_REGION:
             return None
         if any(n and n not in inside and not isinstance(env.get(n), np.ndarray) for n in node.input):
@@ -56,7 +59,7 @@ def find(nodes: list[onnx.NodeProto], env: dict[str, object], users: Callable[[s
         region.append(j)
         inside.update(o for o in node.output if o)
         exits = _exits(nodes, region, users, outputs)
-        if set(users(source)) <= set(region) and len(exits) == 1 and exits[0] == node.output[0]:
+        if len(exits) == 1 and exits[0] == node.output[0]:
             match = _identify(nodes, region, env, source, exits[0], probe, opsets, elem_type)
             if match is not None:
                 return match

@@ -94,7 +94,7 @@ def _dense(layer: Layer) -> nn.Module:
 
 def _layer_module(layer: Layer) -> nn.Module:
     if layer.activation is not None:
-        return ActivationModule(layer.activation)
+        return ActivationModule(layer.activation, layer.in_shape[1:])
     if layer.module is not None:
         return layer.module
     if _is_reshape(layer):

@@ -29,6 +29,7 @@ def lipschitz(
     device: str | torch.device | None = None,
     input_shape: Sequence[int] | None = None,
     max_bytes: float | None = None,
+    path: str = "auto",
 ) -> LipschitzBound:
     """Upper bound on the L2 Lipschitz constant of a model.
 
@@ -37,10 +38,11 @@ def lipschitz(
     model : Network, GraphNetwork, path or torch.nn.Module
         Loaded with :func:`lipcert.load` (a torch module needs ``input_shape``); a model with residual
         blocks is a GraphNetwork, bounded stage by stage (docs/decisions.md 29).
-    method, options, dtype, device, max_bytes
+    method, options, dtype, device, max_bytes, path
         See :func:`lipcert.bounds.methods.lipschitz`: a method name of :data:`lipcert.bounds.METHODS`,
         its options mapping, the precision and device of the closed-form recursions, the limit on
-        its estimated working memory.
+        its estimated working memory, and for convolutions kept as operators whether to run with dense
+        matrices ("dense"), without them ("matrix-free") or by the memory estimate ("auto").
     input_shape : sequence of int, optional
         Shape of one input without the batch axis, for a torch module.
 
@@ -50,7 +52,8 @@ def lipschitz(
         ``value`` >= Lip_2(f) of the loaded Network (raw inputs when it carries its normalization).
     """
     net = as_model(model, input_shape=input_shape, verb="lipschitz")
-    return methods.lipschitz(net, method, options=options, dtype=dtype, device=device, max_bytes=max_bytes)
+    return methods.lipschitz(net, method, options=options, dtype=dtype, device=device, max_bytes=max_bytes,
+                             path=path)
 
 
 def lower_bound(model: Any, *, restarts: int = 8, samples: int = 256, seed: int = 0,

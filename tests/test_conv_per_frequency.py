@@ -22,6 +22,7 @@ from lipcert.bounds.matrix_free import naive
 from lipcert.bounds.methods import lipschitz
 from lipcert.bounds.recursion import replay
 from lipcert.bounds.workspace import per_frequency_bytes
+from lipcert.errors import InvalidArgumentError
 from lipcert.memory import PeakMemory
 from lipcert.network import Network
 from lipcert.operators import Conv2dOperator
@@ -111,7 +112,7 @@ def test_zero_padded_chains_lie_between_the_dense_certificate_and_naive(seed: in
     lower = float(lower_bound(dense_net, restarts=2, samples=32, seed=seed % 2**31, seconds=2))
     free_naive = naive(net).value
     for method in ("eclipse-fast", "gc", "shift", "combined"):
-        bound = lipschitz(net, method)
+        bound = lipschitz(net, method, path="matrix-free")
         assert bound.extras["path"] == ("matrix-free naive" if bound.rule == "naive" else "per-frequency")
         assert "naive" in bound.per_rule and lower <= bound.value <= free_naive * (1 + 1e-9)
         assert bound.network == net.fingerprint()
@@ -121,7 +122,7 @@ def test_zero_padded_chains_lie_between_the_dense_certificate_and_naive(seed: in
     again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), ours.multipliers, ours.labels)
     assert lower <= again.value <= ours.value * (1 + 1e-9)
     circ_net = _chain(seed, specs, shape, circular=True)
-    circular = lipschitz(circ_net, "eclipse-fast")  # naive runs beside the rule only on restricted grids
+    circular = lipschitz(circ_net, "eclipse-fast", path="matrix-free")  # naive runs beside the rule only on restricted grids
     assert ("naive" in circular.per_rule) == (not conv_grid.plan_chain(circ_net).exact)
 
 
@@ -144,18 +145,20 @@ def test_a_stride_1_conv_transpose_is_the_adjoint_circular_conv(seed: int, circu
         assert dense <= ours.value * (1 + 1e-9) and again.value <= ours.value * (1 + 1e-9)
 
 
-def test_methods_without_a_frequency_form_densify_and_say_why(seed: int) -> None:
+def test_methods_without_a_frequency_form_run_dense_and_say_why(seed: int) -> None:
     net = _chain(seed, *GEOMETRIES["stride 2"], circular=True)
-    greedy = lipschitz(net, "greedy")
-    assert greedy.extras["path"] == "dense" and "no per-frequency form" in greedy.extras["per_frequency"]
+    assert lipschitz(net, "greedy").extras["path"] == "dense"  # the dense estimate fits the default budget
+    with pytest.raises(InvalidArgumentError, match="no matrix-free path: greedy has no per-frequency form"):
+        lipschitz(net, "greedy", path="matrix-free")
     leaky = Network.from_weights(list(net.operators[:2]) + list(net.weights[2:]), None, "leaky_relu",
                                  input_shape=net.input_shape)
-    fast = lipschitz(leaky, "eclipse-fast")  # leaky ReLU relaxes to [0, 1]: still per frequency
+    fast = lipschitz(leaky, "eclipse-fast", path="matrix-free")  # leaky ReLU relaxes to [0, 1]: per frequency
     assert fast.extras["path"] == "per-frequency"
     silu = Network.from_weights(list(net.operators[:2]) + list(net.weights[2:]), None, "silu",
                                 input_shape=net.input_shape)
-    dense = lipschitz(silu, "eclipse-fast")
-    assert dense.extras["path"] == "dense" and "slopes in [0, 1]" in dense.extras["per_frequency"]
+    assert lipschitz(silu, "eclipse-fast").extras["path"] == "dense"
+    with pytest.raises(InvalidArgumentError, match="slopes in \\[0, 1\\]"):
+        lipschitz(silu, "eclipse-fast", path="matrix-free")
 
 
 def test_the_memory_estimate_covers_the_measured_peak(seed: int) -> None:
@@ -197,7 +200,7 @@ def test_shared_conv_checkpoints_per_frequency(shared_data: Path, file: str) -> 
     """CNN-A (zero padding, stride 2) and ConvSmall (valid, stride 2 on 32 -> 15 -> 6): between the dense
     ECLipsE-Fast and naive, above the lower bound; combined at most ECLipsE-Fast."""
     net = _checkpoint(shared_data, file)
-    fast, comb = lipschitz(net, "eclipse-fast"), lipschitz(net, "combined")
+    fast, comb = lipschitz(net, "eclipse-fast", path="matrix-free"), lipschitz(net, "combined", path="matrix-free")
     assert fast.extras["path"] == "per-frequency" and comb.value <= fast.value
     dense_net = net.densified()
     dense = lipschitz(dense_net, "eclipse-fast")
@@ -249,7 +252,7 @@ def test_a_dense_fallback_that_does_not_fit_says_why_there_was_no_per_frequency_
     from lipcert.errors import MemoryBudgetError
 
     net = _chain(seed, *GEOMETRIES["stride 2"], circular=True)
-    with pytest.raises(MemoryBudgetError, match="greedy has no per-frequency form; per frequency lipcert bounds "
-                                                "eclipse-fast, sn"):
+    with pytest.raises(MemoryBudgetError, match="greedy has no per-frequency form; without dense matrices lipcert "
+                                                "bounds naive and, per frequency, eclipse-fast, sn"):
         lipschitz(net, "greedy", max_bytes=1e6)
-    assert lipschitz(net, "eclipse-fast", max_bytes=2e8).extras["path"] == "per-frequency"
+    assert lipschitz(net, "eclipse-fast", max_bytes=2e8, path="matrix-free").extras["path"] == "per-frequency"

@@ -252,3 +252,48 @@ def test_loading_auto_lirpa_keeps_the_callers_warning_filters() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "torch.jit.script" not in done.stderr
+
+
+class _SortResidual(torch.nn.Module):
+    """Linear, sort activation, then h -> (h + Linear(act(h))) / 2 (a residual merge: the activation's input
+    also feeds the skip connection), then Linear to 3 classes."""
+
+    def __init__(self, act: torch.nn.Module, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.first, self.branch, self.last = torch.nn.Linear(5, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.first(x))
+        return self.last(0.5 * h + 0.5 * self.branch(self.act(h)))
+
+
+@pytest.mark.parametrize("library", ["deel.torchlip GroupSort2", "orthogonium MaxMin"])
+def test_crown_on_residual_sort_model_exported_to_onnx(library: str, tmp_path: Path) -> None:
+    # the rebuilt abs_or_identity layers once kept the tracing batch size (1) in a Reshape, and the
+    # merge's Scale a parameter shape auto_LiRPA rejects: CROWN failed on batches of such models
+    if library.startswith("deel"):
+        act = pytest.importorskip("deel.torchlip").GroupSort2()
+    else:
+        act = pytest.importorskip("orthogonium.layers.custom_activations").MaxMin()
+    seed = 11
+    print("seed", seed)
+    path = tmp_path / "sort_residual.onnx"
+    torch.onnx.export(_SortResidual(act, seed).eval(), torch.zeros(1, 5), str(path), input_names=["x"],
+                      output_names=["y"], dynamo=False, opset_version=17)
+    gen = np.random.default_rng(seed)
+    x = gen.standard_normal((8, 5))
+    net = lipcert.load(path)
+    y = np.asarray(net(torch.as_tensor(x))).argmax(axis=1)  # labels = predictions: margins are positive
+    eps = [0.02, 0.3, 1.0, 3.0]
+    res = lirpa.verify(path, x, y, eps=eps, verifier="crown", batch_size=8)
+    assert res.verified[0].all() and not res.verified[-1].all()  # the check below has inputs on both sides
+    for k, e in enumerate(eps):
+        att = lipcert.attack(net, x, y, eps=e, steps=50, restarts=2, dtype=torch.float64)
+        print(f"eps {e}: {res.verified[k].sum()} verified by CROWN, {att.success.sum()} broken by PGD")
+        assert not (att.success & res.verified[k]).any()
+        assert att.success.any() or k < len(eps) - 1  # the attack can break what CROWN does not prove

@@ -194,3 +194,103 @@ def choose(st: Stage, candidates: Iterator[tuple[str, torch.Tensor]] | None = No
     if best is None:
         raise InfeasibleCertificateError("no closed-form multipliers of the residual block passed Cholesky")
     return best
+
+
+PROBES = 4
+"""Directions kept per block for the Rayleigh-Ritz lower bounds of :func:`least_top`."""
+_PRUNE_MARGIN = 1e-9  # far above the rounding of lambda_max(P^T E_next P) and of the certified top
+
+
+@dataclass
+class Probe:
+    """What :func:`least_top` learnt on one block from earlier carried forms: orthonormal directions near the
+    top eigenvectors of its best next form (n_out x PROBES; None before the first call) and the winning label."""
+
+    vectors: torch.Tensor | None = None
+    label: str | None = None
+
+
+def distinct(candidates: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor, str]]:
+    """(label, lambda, label of the first equal lambda): a repeated multiplier vector gives the same E_next."""
+    seen: dict[bytes, str] = {}
+    for label, lam in candidates:
+        key = lam.detach().cpu().numpy().tobytes()
+        yield label, lam, seen.setdefault(key, label)
+
+
+def least_top(st: Stage, bar: float = math.inf, probe: Probe | None = None) -> float:
+    """min(bar, least certified lambda_max(E_next) over :func:`proposals`): ``choose(st).value`` when below ``bar``.
+
+    A candidate is skipped, without forming E_next, when lambda_max(P^T E_next P) (1 - 1e-9) >= the least
+    value so far (or ``bar``): by Cauchy interlacing lambda_max(E_next) >= lambda_max(P^T E_next P) for
+    orthonormal P, so its certified value would be larger and the minimum is unchanged.  P^T E_next P =
+    P^T C0 P + Y^T Y, Y = R^{-T} K^T P, costs PROBES right-hand sides instead of n_out plus an eigvalsh.
+    ``probe`` (updated here) carries P and the last winner (tried first) between calls on the same block.
+    """
+    probe = Probe() if probe is None else probe
+    ordered = list(distinct(proposals(st)))
+    ordered.sort(key=lambda c: c[0] != probe.label)  # stable: the last winner first, the rest in order
+    best, best_form, best_label = bar, None, None
+    p = probe.vectors
+    base_p = None if p is None else p.T @ st.base @ p
+    magnitude = st.gamma.abs()
+    for label, lam, first in ordered:
+        if first != label:
+            continue
+        k = st.cross * lam[None, :] + st.outer
+        if p is not None and base_p is not None and best < math.inf and _above(st, magnitude, lam, k.T @ p,
+                                                                             torch.diagonal(base_p), best):
+            continue
+        found = factor_certificate(st.gamma, lam)
+        if found is None:
+            continue
+        if p is not None and base_p is not None and best < math.inf:
+            y = solve_rt(found[1], k.T @ p)
+            small = base_p + y.T @ y
+            if float(torch.linalg.eigvalsh((small + small.T) / 2)[-1]) * (1 - _PRUNE_MARGIN) >= best:
+                continue
+        form = st.base + gram(solve_rt(found[1], k.T))
+        value = top(form)
+        if value < best:
+            best, best_form, best_label = value, form, label
+    if best_form is not None:
+        probe.label = best_label
+        probe.vectors = _refreshed(best_form, probe.vectors)
+    return best
+
+
+def _above(st: Stage, magnitude: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, base_p: torch.Tensor,
+           best: float) -> bool:
+    """True if v^T E_next v > best for some probe v, shown before any factorization.
+
+    With x = K^T v and M' = Lambda shrink(2 Lambda^{-1} - Gamma) Lambda (the matrix E_next inverts),
+    x^T M'^{-1} x >= (x^T x)^2 / (x^T M' x) when M' > 0 (Cauchy-Schwarz); if M' is not positive definite
+    the candidate is infeasible and skipped anyway.  x^T M' x is taken with its rounding bound added
+    (4 m eps |z|^T |M'| |z|, z = lambda x), so a near-singular direction cannot overstate the bound.
+    """
+    m = lam.shape[0]
+    eps = torch.finfo(lam.dtype).eps
+    delta = 4 * m * eps  # shrink's margin (recursion._MARGIN_EPS_PER_DIM = 4)
+    gdiag = torch.diagonal(st.gamma)
+    diag = gdiag + (2 / lam - gdiag) * (1 - delta)  # diagonal of shrink(2 Lambda^{-1} - Gamma) + Gamma
+    z = lam[:, None] * x
+    quad = (z * (diag[:, None] * z - st.gamma @ z)).sum(dim=0)
+    error = 4 * m * eps * ((z.abs() * (magnitude @ z.abs())).sum(dim=0) + (diag.abs()[:, None] * z * z).sum(dim=0))
+    upper = quad + error
+    sq = (x * x).sum(dim=0)
+    ok = (upper > 0) & (sq > 0)
+    if not bool(ok.any()):
+        return False
+    lower = base_p[ok] + sq[ok] ** 2 / upper[ok]
+    return float(lower.max()) * (1 - _PRUNE_MARGIN) >= best
+
+
+def _refreshed(form: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+    """Orthonormal directions near the top eigenvectors of ``form``: eigh the first time, then two steps of
+    subspace iteration from the previous ones (any orthonormal P gives a valid lower bound)."""
+    width = min(PROBES, form.shape[0])
+    if vectors is None:
+        return torch.linalg.eigh((form + form.T) / 2).eigenvectors[:, -width:]
+    for _ in range(2):
+        vectors = torch.linalg.qr(form @ vectors).Q
+    return vectors

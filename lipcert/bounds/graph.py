@@ -33,6 +33,7 @@ from .residual_block import METHODS as BLOCK_METHODS
 from .residual_block import BlockBound as BlockCertificate
 from .residual_block import block_constant
 from .result import Gram, LipschitzBound
+from .threads import small_matrix_threads
 
 ChainBound = Callable[[Network, bool], LipschitzBound]
 """``chain_bound(chain, last)``: the method's bound on one chain; ``last`` says whether the chain's
@@ -132,8 +133,14 @@ def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> 
     """Bound on Lip_2 of a graph by ``method`` (its bound on every chain, composed as in the module docstring).
 
     ``extras["stages"]`` lists each stage's kind and bound (and for a block ||S|| and Lip(g)),
-    ``extras["between_slopes"]`` the max |slope| of the activations between stages.
+    ``extras["between_slopes"]`` the max |slope| of the activations between stages.  Runs with one torch
+    thread when every matrix is small (:mod:`.threads`).
     """
+    with small_matrix_threads(max(max(c.widths) for c in net.chains())):
+        return _graph_lipschitz(net, chain_bound, method)
+
+
+def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> LipschitzBound:
     start = time.perf_counter()
     log_rest, stages, notes = 0.0, [], []
     last_t = len(net.stages) - 1

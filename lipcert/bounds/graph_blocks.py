@@ -22,6 +22,7 @@ from ..network import Network
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
 from .residual_block import BlockBound, ResidualBlock, branch_chain, chain_constant
+from .threads import small_matrix_threads
 
 
 def graph_blocks(net: GraphNetwork) -> tuple[list[ResidualBlock], torch.Tensor]:
@@ -79,8 +80,14 @@ def _residual(stage: Residual, blocks: list[ResidualBlock], pending: torch.Tenso
 def graph_recursion(net: GraphNetwork, *, method: str = "combined") -> BlockBound:
     """Certified bound on Lip_2 of a network graph: :func:`.residual_block.chain_constant` on its blocks.
 
-    ``pairwise()`` of the result gives the margin constants of the graph's outputs.
+    ``pairwise()`` of the result gives the margin constants of the graph's outputs.  Runs with one torch
+    thread when every matrix is small (:mod:`.threads`).
     """
+    with small_matrix_threads(max(max(c.widths) for c in net.chains())):
+        return _graph_recursion(net, method)
+
+
+def _graph_recursion(net: GraphNetwork, method: str) -> BlockBound:
     blocks, head = graph_blocks(net)
     if not blocks:  # a purely linear graph (graph_network would have returned a chain)
         value = float(certified_root(spectral_norm_squared(head), 0.0))

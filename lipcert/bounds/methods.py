@@ -255,6 +255,7 @@ def lipschitz(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
     max_bytes: float | None = None,
+    path: str = "auto",
 ) -> LipschitzBound:
     """Upper bound on the L2 Lipschitz constant of ``net``.
 
@@ -293,6 +294,11 @@ def lipschitz(
     max_bytes : float, optional
         Limit on the method's estimated working memory (:mod:`lipcert.bounds.workspace`), checked
         before anything is allocated; default 80 % of the memory available.
+    path : "auto", "dense" or "matrix-free"
+        For networks with operator layers (convolutions): "auto" runs dense where the estimate fits
+        ``max_bytes`` and without dense matrices otherwise (:func:`~lipcert.bounds.workspace.choose_path`);
+        "matrix-free" always without them (naive as a product of conv norms, the closed forms per
+        frequency), "dense" always with them (after the memory check).
 
     Returns
     -------
@@ -317,12 +323,12 @@ def lipschitz(
     """
     call = resolve(method, options)
     if isinstance(net, GraphNetwork):
-        return _graph(net, call, method, options, dtype=dtype, device=device, max_bytes=max_bytes)
+        return _graph(net, call, method, options, dtype=dtype, device=device, max_bytes=max_bytes)  # dense layers
     net = require_network(net, "lipschitz", operators=True)
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     dev = checked_device(device)
-    path, needed = choose_path(net, call.method.name, call.name, call.options, max_bytes)
+    path, needed = choose_path(net, call.method.name, call.name, call.options, max_bytes, prefer=path)
     if path == "matrix-free":  # docs/decisions.md 21, 35
         start = time.perf_counter()
         results = {"naive": matrix_free.naive(net)}

@@ -204,6 +204,7 @@ def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, opti
     (decisions 31).  With ``optimized``, the kept candidate is refined by L-BFGS on lambda_max(E_k).
     """
     variants = _canonical_chain(blocks)
+    probes = [[bf.Probe() for _ in options] for options in variants]
     factor: torch.Tensor | None = None
     form: torch.Tensor | None = None
     for index, options in enumerate(variants):
@@ -215,13 +216,17 @@ def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, opti
                 candidates = [bf.Choice("linear", block.inner.new_zeros(0), st.base, bf.top(st.base))]
             else:
                 candidates = []  # at the last block the neuron rule sees the head (the Gamma rules do not)
-                for label, lam in bf.proposals(bf.projected(st, head) if last and head is not None else st):
+                for label, lam, first in bf.distinct(bf.proposals(bf.projected(st, head) if last and head is not None
+                                                                  else st)):
+                    if first != label:  # the same multipliers as an earlier candidate: the same score
+                        continue
                     nxt = bf.next_form(st, lam)
                     if nxt is not None:
                         candidates.append(bf.Choice(label, lam, nxt, bf.top(nxt)))
             for found in candidates:
                 score = (bf.top(_headed(found.form, head)) if last
-                         else _ahead(variants[index + 1], _lower_factor(found.form, index + 1)))
+                         else _ahead(variants[index + 1], _lower_factor(found.form, index + 1),
+                                     math.inf if best is None else best[0], probes[index + 1]))
                 if best is None or score < best[0]:
                     best = (score, found, st)
         if best is None:
@@ -282,18 +287,21 @@ def _headed(form: torch.Tensor, head: torch.Tensor | None) -> torch.Tensor:
     return (out + out.T) / 2
 
 
-def _ahead(options: list[bf.Canonical], factor: torch.Tensor) -> float:
-    """The least closed-form lambda_max(E_next) of a block (its slope treatments) from the form L L^T."""
+def _ahead(options: list[bf.Canonical], factor: torch.Tensor, bar: float = math.inf,
+           probes: list[bf.Probe] | None = None) -> float:
+    """The least closed-form lambda_max(E_next) of a block (its slope treatments) from the form L L^T.
+
+    Only whether it is below ``bar`` matters to the caller: candidates shown to be above the least value so
+    far (or ``bar``) are skipped (:func:`.block_form.least_top`), and the result is then >= ``bar``.
+    ``probes``, one per treatment, carry the lower bounds' directions between calls.
+    """
     values = []
-    for block in options:
+    for index, block in enumerate(options):
         st = bf.stage(block, factor)
         if block.inner.shape[0] == 0:
             values.append(bf.top(st.base))
             continue
-        try:
-            values.append(bf.choose(st).value)
-        except InfeasibleCertificateError:
-            continue
+        values.append(bf.least_top(st, min(values, default=bar), None if probes is None else probes[index]))
     return min(values, default=math.inf)
 
 

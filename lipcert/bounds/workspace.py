@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import UnsupportedConvGeometryError, UnsupportedSlopesError
+from ..errors import InvalidArgumentError, UnsupportedConvGeometryError, UnsupportedSlopesError
 from ..graph import AnyNetwork, GraphNetwork
 from ..memory import check_budget, default_limit
 from ..network import Network
@@ -101,7 +101,7 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
 
 
 def choose_path(net: Network, method: str, label: str, options: Mapping[str, Any],
-                max_bytes: float | None = None) -> tuple[str, int]:
+                max_bytes: float | None = None, prefer: str = "auto") -> tuple[str, int]:
     """``("dense" | "matrix-free" | "per-frequency", bytes)``: how registry method ``method`` (with ``options``;
     ``label`` names it in messages) runs on ``net``, and its estimated peak working memory.
 
@@ -113,14 +113,18 @@ def choose_path(net: Network, method: str, label: str, options: Mapping[str, Any
     :data:`~lipcert.bounds.conv_closed_form.METHODS` per frequency where the chain has a circular grid
     and slopes in [0, 1] (:func:`~lipcert.bounds.workspace.per_frequency_bytes`).  Otherwise
     MemoryBudgetError (the dense estimate's, naming ``--max-dense-gb`` and why there is no other path).
+    ``prefer="dense"`` or ``"matrix-free"`` takes that path whatever the estimates (still memory-checked).
     """
+    if prefer not in ("auto", "dense", "matrix-free"):
+        raise InvalidArgumentError(f"path must be 'auto', 'dense' or 'matrix-free', got {prefer!r}")
     dense = method_bytes(net, method, options)
     what = f"method {label} on widths {list(net.widths)}"
     if not net.has_operators:
         check_budget(what, dense, max_bytes)
         return "dense", dense
     limit = default_limit() if max_bytes is None else max_bytes
-    if dense <= limit:
+    if prefer == "dense" or (prefer == "auto" and dense <= limit):
+        check_budget(what, dense, max_bytes)
         return "dense", dense
     if method == "naive":
         free = matrix_free_bytes(net)
@@ -131,6 +135,9 @@ def choose_path(net: Network, method: str, label: str, options: Mapping[str, Any
         needed = per_frequency_bytes(net, method, options)
         check_budget(what + " (per frequency)", needed, max_bytes)
         return "per-frequency", needed
+    if prefer == "matrix-free":
+        raise InvalidArgumentError(f"{what} has no matrix-free path: {reason}; without dense matrices lipcert "
+                                   f"bounds naive and, per frequency, {', '.join(conv_closed_form.METHODS)}")
     check_budget(f"{what} (its convolutions as dense matrices; no matrix-free path: {reason}; without dense "
                  f"matrices lipcert bounds naive and, per frequency, {', '.join(conv_closed_form.METHODS)})",
                  dense, max_bytes)

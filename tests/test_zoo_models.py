@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import lipcert
+from lipcert.graph import GraphNetwork, Residual
 from lipcert import datasets
 from lipcert.attacks import soundness_violations
 
@@ -21,19 +22,26 @@ def _card(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text())
 
 
+RESIDUAL = [p for p in MODELS if "library" in _card(p)]
+"""Residual models trained by deel-torchlip / orthogonium (benchmarks/zoo/train_residual.py); the others are
+lipcert's GloRo chain models (benchmarks/zoo/train.py)."""
+GLORO = [p for p in MODELS if p not in RESIDUAL]
+
+
 def _subset(card: dict) -> dict:
     """The card's accuracies on the first test images (``subset``; the demo card calls them ``samples``)."""
     return card["subset"] if "subset" in card else card["samples"]
 
 
 def test_the_zoo_has_every_architecture_trained_with_both_bounds():
-    cards = [_card(p) for p in MODELS]
+    cards = [_card(p) for p in GLORO]
     trained = {(c["architecture"].split(":")[0], c["training"]["margin_bound"].split()[0]) for c in cards}
     assert trained >= {(a, b) for a in ("mlp", "conv-small", "conv-deep") for b in ("lipcert", "power-iteration")}
-    assert sum(p.stat().st_size for p in MODELS) < 5_000_000
+    assert sum(p.stat().st_size for p in GLORO) < 5_000_000
+    assert sum(p.stat().st_size for p in RESIDUAL) < 5_000_000  # the two library-trained residual models
 
 
-@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", GLORO, ids=lambda p: p.stem)
 def test_model_reproduces_its_card_and_its_radii_survive_the_attack(path, shared_data):
     card = _card(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
@@ -55,3 +63,16 @@ def test_model_reproduces_its_card_and_its_radii_survive_the_attack(path, shared
     assert soundness_violations(sub, at_radius).size == 0
     beyond = lipcert.attack(net, x[chosen], y[chosen], norm=2, eps=3 * sub.radius, steps=50, restarts=2, progress=False)
     assert beyond.success.any()
+
+
+@pytest.mark.parametrize("path", RESIDUAL, ids=lambda p: p.stem)
+def test_library_trained_residual_model_reproduces_its_card(path, shared_data):
+    card = _card(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+    net = lipcert.load(path, input_range=(0.0, 1.0))
+    assert isinstance(net, GraphNetwork) and any(isinstance(s, Residual) for s in net.stages)
+    x, y = datasets.load("fashion-mnist", "test", shared_data / "datasets", download=False)
+    accuracy = float((np.asarray(net(x)).argmax(axis=1) == y).mean())
+    assert accuracy == pytest.approx(card["test_clean_accuracy"], abs=3e-4)  # float64 here, float32 when trained
+    bound = lipcert.lipschitz(net, "eclipse-fast")
+    assert lipcert.lower_bound(net, restarts=1, samples=16).value <= bound.value

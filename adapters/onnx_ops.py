@@ -26,8 +26,8 @@ from .graph import AffineOp, NotCovered, Op, undilate
 from .maxpool import max_pool_ops, pooled_positions
 from .modules import conv_module
 from .onnx_node import OnnxNode, linear, required, t64, torch_pad
-from .onnx_shape import (cast, concat, dropout, expand, flatten, gather, identity, pad, reshape, slice_, squeeze, tile,
-                         transpose, unsqueeze)
+from .onnx_shape import (cast, concat, depth_to_space, dropout, expand, flatten, gather, identity, pad, reshape, slice_,
+                         space_to_depth, squeeze, tile, transpose, unsqueeze)
 
 FLOAT_LIMIT = 3.4e38  # |bound| at or above float32's largest value means "no bound" (old Clip defaults)
 
@@ -361,7 +361,7 @@ HANDLERS: dict[str, Callable[[OnnxNode], list[Op]]] = {
     "ReduceMean": lambda n: _reduce(n, True), "ReduceSum": lambda n: _reduce(n, False),
     "Flatten": flatten, "Reshape": reshape, "Squeeze": squeeze, "Unsqueeze": unsqueeze, "Transpose": transpose,
     "Identity": identity, "Dropout": dropout, "Cast": cast, "Pad": pad, "Slice": slice_, "Gather": gather,
-    "Concat": concat, "Expand": expand, "Tile": tile,
+    "Concat": concat, "Expand": expand, "Tile": tile, "DepthToSpace": depth_to_space, "SpaceToDepth": space_to_depth,
     "Relu": _act(lambda n: relu()), "LeakyRelu": _act(lambda n: leaky_relu(float(n.attr("alpha", 0.01)))),
     "Elu": _act(lambda n: elu(float(n.attr("alpha", 1.0)))), "Softplus": _act(lambda n: softplus()),
     "Sigmoid": _act(lambda n: get_activation("sigmoid")), "Tanh": _act(lambda n: get_activation("tanh")),

@@ -189,3 +189,34 @@ def tile(node: OnnxNode) -> list[Op]:
         raise NotCovered("Tile without repeats")
     r = [int(v) for v in reps.reshape(-1)]
     return [linear(lambda x: x.repeat(*r), f"repeats {r}")]
+
+
+def _block_size(node: OnnxNode) -> tuple[int, int, int, int, int]:
+    """The block size and the ``(N, C, H, W)`` input shape of DepthToSpace / SpaceToDepth."""
+    b = int(node.attr("blocksize", 0))
+    if len(node.shape) != 4 or b < 1:
+        raise NotCovered(f"needs a 4-D (N, C, H, W) input and a positive blocksize, got shape {node.shape}, "
+                         f"blocksize {b}")
+    return b, *(int(s) for s in node.shape)  # type: ignore[return-value]
+
+
+def depth_to_space(node: OnnxNode) -> list[Op]:
+    """Moves ``b*b`` channel blocks into ``b x b`` spatial blocks: a permutation (ONNX DCR or CRD order)."""
+    b, n, c, h, w = _block_size(node)
+    mode = str(node.attr("mode", "DCR"))
+    if c % (b * b) or mode not in ("DCR", "CRD"):
+        raise NotCovered(f"mode {mode!r} with {c} channels and blocksize {b} (DCR or CRD, channels divisible "
+                         f"by blocksize^2 are supported)")
+    split, perm = (((n, b, b, c // b**2, h, w), (0, 3, 4, 1, 5, 2)) if mode == "DCR"
+                   else ((n, c // b**2, b, b, h, w), (0, 1, 4, 2, 5, 3)))
+    out = (n, c // b**2, h * b, w * b)
+    return [linear(lambda x: x.reshape(split).permute(perm).reshape(out), f"blocksize {b}, mode {mode}")]
+
+
+def space_to_depth(node: OnnxNode) -> list[Op]:
+    """Moves ``b x b`` spatial blocks into channels, block offset major: a permutation."""
+    b, n, c, h, w = _block_size(node)
+    if h % b or w % b:
+        raise NotCovered(f"spatial size {h}x{w} is not divisible by blocksize {b}")
+    split, out = (n, c, h // b, b, w // b, b), (n, c * b * b, h // b, w // b)
+    return [linear(lambda x: x.reshape(split).permute(0, 3, 5, 1, 2, 4).reshape(out), f"blocksize {b}")]

@@ -75,12 +75,14 @@ def main() -> None:
                      f" | {low:.4g} | {v['combined'] / low:.2f} | {v['optimized'] / low:.2f} | "
                      f"{v['combined'] / v['naive']:.3f} | {s['combined']:.2f}, {s['optimized']:.1f} |")
     text = "\n".join([
-        "# Bounds of random residual networks (docs/decisions.md 29)", "",
+        "# Bounds of random residual networks (docs/decisions.md 29-31)", "",
         f"Command: `python benchmarks/graph_bounds.py --seeds {args.seeds}`.  "
         f"Machine: {machine()}; one torch thread; total {(time.perf_counter() - start) / 60:.1f} min.", "",
         "Every method runs on each chain (stem, the three identity blocks' branches, the linear-shortcut "
-        "block's branch, the head) and is composed as prod over stages, ||S|| + Lip(g) per block; the lower "
-        "bound is the larger of the pattern ascent on the linearized graph and the sampled Jacobian norm.", "",
+        "block's branch, the head) and is composed as prod over stages, per block the lesser of ||S|| + Lip(g) "
+        "and the block certificate (one-hidden-layer branches); combined and optimized also carry a form "
+        "through the whole graph (decisions 31) and keep the lesser.  The lower bound is the larger of the "
+        "pattern ascent on the linearized graph and the sampled Jacobian norm.", "",
         *lines, ""])
     args.out.write_text(text)
     print(text)

@@ -353,9 +353,38 @@ def require_network(net: Any, verb: str, *, operators: bool = False, max_bytes: 
     return net
 
 
+class OperatorPlaceholder(torch.Tensor):
+    """The ``weights`` entry of an operator layer: a (rows, cols) float64 meta tensor that holds no memory
+    and refuses every computation.
+
+    Its shape, dtype and device can be read; any other torch operation raises
+    :class:`~lipcert.errors.OperatorLayersError`.  A plain meta tensor would not do: ``cpu_tensor @ meta``
+    returns an uninitialized CPU tensor in torch 2.13 instead of raising, so code that forgot the
+    operator would compute garbage silently.
+    """
+
+    _READABLE = frozenset({"shape", "dtype", "device", "ndim", "size", "dim", "numel", "is_meta", "requires_grad",
+                           "__repr__", "__format__", "is_complex", "is_floating_point", "layout"})
+
+    @staticmethod
+    def __new__(cls, shape: tuple[int, ...]) -> OperatorPlaceholder:
+        return torch.Tensor._make_subclass(cls, torch.empty(shape, dtype=torch.float64, device="meta"))
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name == "__get__":  # a property such as .shape or .T: its descriptor's name
+            name = getattr(getattr(func, "__self__", None), "__name__", "")
+        if name in cls._READABLE:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        raise OperatorLayersError(f"{name or func} on the weights entry of an operator layer (a convolution kept as "
+                                  "an operator): use Network.operators[k], or net.densified() for dense matrices")
+
+
 def _placeholder(op: LinearOperator) -> torch.Tensor:
-    """A (rows, cols) float64 tensor on torch's meta device: the shape of an operator layer, no memory."""
-    return torch.empty(op.shape, dtype=torch.float64, device="meta")
+    """An :class:`OperatorPlaceholder` of the operator's (rows, cols) shape."""
+    return OperatorPlaceholder(tuple(op.shape))
 
 
 def array_hash(*arrays: np.ndarray) -> str:

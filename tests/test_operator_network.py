@@ -145,3 +145,20 @@ def test_certify_attack_and_npz_work_on_operator_networks_as_on_their_dense_form
     assert wide.success.any()
     save_npz(net, tmp_path / "net.npz")  # the dense matrices (memory-checked)
     torch.testing.assert_close(load_npz(tmp_path / "net.npz")(x), dense(x))
+
+
+def test_an_operator_layer_weights_entry_refuses_every_computation():
+    """torch 2.13 computes ``cpu_tensor @ meta_tensor`` into an uninitialized CPU tensor instead of raising: the
+    placeholder of an operator layer must refuse it, and every other computation, by name."""
+    from lipcert.errors import OperatorLayersError
+    from lipcert.network import OperatorPlaceholder
+
+    op = Conv2dOperator.conv(torch.ones(2, 1, 3, 3, dtype=torch.float64), (1, 5, 5), padding=1)
+    net = Network.from_weights([op, torch.ones(3, op.shape[0], dtype=torch.float64)], None, "relu",
+                               input_shape=(1, 5, 5))
+    w = net.weights[0]
+    assert isinstance(w, OperatorPlaceholder) and tuple(w.shape) == tuple(op.shape) and w.dtype == torch.float64
+    x = torch.ones(4, op.shape[1], dtype=torch.float64)
+    for compute in (lambda: x @ w.T, lambda: w.abs(), lambda: torch.linalg.matrix_norm(w, 2), lambda: w.to("cpu")):
+        with pytest.raises(OperatorLayersError, match="operator layer"):
+            compute()

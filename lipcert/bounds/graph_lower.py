@@ -13,16 +13,12 @@
 
 from __future__ import annotations
 
-import time
 
 import torch
 
 from ..activations import Activation
 from ..graph import GraphNetwork
-
-
-def _late(deadline: float | None) -> bool:
-    return deadline is not None and time.perf_counter() > deadline
+from .ascent import ascend, late, start_points
 
 
 def _sites(net: GraphNetwork) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -83,16 +79,16 @@ def graph_pattern_bound(net: GraphNetwork, *, restarts: int = 8, sweeps: int = 3
                 jac = pattern_jacobian(net, pattern)
                 u_mat, s, vh = torch.linalg.svd(jac, full_matrices=False)
                 best = max(best, float(s[0]))
-                if _late(deadline):  # each site costs a pass of n_0 inputs: stop inside a sweep too
+                if late(deadline):  # each site costs a pass of n_0 inputs: stop inside a sweep too
                     return best
                 score = _scores(net, pattern, u_mat[:, 0], vh[0])[k]
                 new = torch.where(score > 0, beta, alpha)
                 changed |= not torch.equal(new, pattern[k])
                 pattern[k] = new
-            if not sites or not changed or _late(deadline):
+            if not sites or not changed or late(deadline):
                 break
         best = max(best, float(torch.linalg.matrix_norm(pattern_jacobian(net, pattern), ord=2)))
-        if _late(deadline):
+        if late(deadline):
             break
     return best
 
@@ -104,12 +100,7 @@ def graph_jacobian_bound(net: GraphNetwork, *, samples: int = 256, steps: int = 
     if any(net_act.fn is None for chain in net.chains() for net_act in chain.activations) or any(
             a is not None and a.fn is None for a in net.activations):
         return 0.0, None
-    n0 = net.input_dim
-    if net.input_range is not None:
-        lo, hi = net.input_range
-        x = lo + (hi - lo) * torch.rand(samples, n0, generator=generator, dtype=torch.float64)
-    else:
-        x = torch.randn(samples, n0, generator=generator, dtype=torch.float64) * (scale or 1.0)
+    x = start_points(net.input_dim, samples, net.input_range, scale, generator)
 
     def norms(z: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
         """||J(z_i)||_2 per input: row k of every input's Jacobian from one backward pass of sum_i f_k(z_i)."""
@@ -120,22 +111,4 @@ def graph_jacobian_bound(net: GraphNetwork, *, samples: int = 256, steps: int = 
         return torch.linalg.matrix_norm(torch.stack(rows, dim=1), ord=2)
 
     vals = norms(x, create_graph=False).detach()
-    best_val, best_x = float(vals.max()), x[int(vals.argmax())]
-    z = x[torch.topk(vals, min(8, samples)).indices].clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=0.05 * (scale or 1.0))
-    for _ in range(steps):
-        if _late(deadline):
-            break
-        opt.zero_grad()
-        out = norms(z)
-        i = int(out.detach().argmax())
-        if float(out[i].detach()) > best_val:
-            best_val, best_x = float(out[i].detach()), z[i].detach().clone()
-        if not out.requires_grad:
-            break
-        (-out.sum()).backward()
-        opt.step()
-        if net.input_range is not None:
-            with torch.no_grad():
-                z.clamp_(*net.input_range)
-    return best_val, best_x
+    return ascend(norms, x, vals, steps=steps, scale=scale, deadline=deadline, input_range=net.input_range)

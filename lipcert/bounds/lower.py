@@ -19,6 +19,7 @@ from ..batch import check_count
 from ..memory import check_budget
 from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network, require_network
+from .ascent import ascend, late, start_points
 from .graph_lower import graph_jacobian_bound, graph_pattern_bound
 from .workspace import lower_bytes
 
@@ -89,16 +90,12 @@ def pattern_bound(net: Network, *, restarts: int = 8, sweeps: int = 30,
                 ds[k] = new
                 right = ws[k + 1] @ (ds[k][:, None] * right)
             value = float(torch.linalg.matrix_norm(right, ord=2))
-            if not changed or _late(deadline):
+            if not changed or late(deadline):
                 break
         best = max(best, value)
-        if _late(deadline):
+        if late(deadline):
             break
     return best
-
-
-def _late(deadline: float | None) -> bool:
-    return deadline is not None and time.perf_counter() > deadline
 
 
 def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: float | None = None,
@@ -109,12 +106,7 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
     net = require_network(net, "jacobian_bound")  # dense weight matrices (operator layers densified)
     if any(a.fn is None or a.derivative is None for a in net.activations):
         return 0.0, None
-    n0 = net.input_dim
-    if net.input_range is not None:
-        lo, hi = net.input_range
-        x = lo + (hi - lo) * torch.rand(samples, n0, generator=generator, dtype=torch.float64)
-    else:
-        x = torch.randn(samples, n0, generator=generator, dtype=torch.float64) * (scale or 1.0)
+    x = start_points(net.input_dim, samples, net.input_range, scale, generator)
 
     def norms(z: torch.Tensor) -> torch.Tensor:
         slopes = []
@@ -129,26 +121,7 @@ def jacobian_bound(net: Network, *, samples: int = 256, steps: int = 50, scale: 
 
     with torch.no_grad():
         vals = norms(x)
-    top = torch.topk(vals, min(8, samples)).indices
-    z = x[top].clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=0.05 * (scale or 1.0))
-    best_val, best_x = float(vals.max()), x[int(vals.argmax())]
-    for _ in range(steps):
-        if _late(deadline):
-            break
-        opt.zero_grad()
-        out = norms(z)
-        i = int(out.detach().argmax())
-        if float(out[i].detach()) > best_val:
-            best_val, best_x = float(out[i].detach()), z[i].detach().clone()
-        if not out.requires_grad:
-            break
-        (-out.sum()).backward()
-        opt.step()
-        if net.input_range is not None:
-            with torch.no_grad():
-                z.clamp_(*net.input_range)
-    return best_val, best_x
+    return ascend(norms, x, vals, steps=steps, scale=scale, deadline=deadline, input_range=net.input_range)
 
 
 def lower_bound(net: AnyNetwork, *, restarts: int = 8, samples: int = 256, seed: int = 0,
@@ -177,5 +150,5 @@ def lower_bound(net: AnyNetwork, *, restarts: int = 8, samples: int = 256, seed:
         pattern = pattern_bound(net, restarts=restarts, generator=gen, deadline=half)
         jac, point = jacobian_bound(net, samples=samples, generator=gen, deadline=end)
     took = time.perf_counter() - start
-    status = "ok" if end is None or not _late(end) else f"stopped at its time budget of {seconds:g} s"
+    status = "ok" if end is None or not late(end) else f"stopped at its time budget of {seconds:g} s"
     return LowerBound(max(pattern, jac), pattern, jac, took, point, status)

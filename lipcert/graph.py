@@ -17,12 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from .activations import Activation, get_activation
 from .errors import ShapeMismatchError
-from .network import ArrayLike, Network, _as_tensor, array_hash
+from .network import ArrayLike, Network, _as_tensor, array_hash, batched
 
 Hook = Callable[[int, Activation, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``hook(site, activation, alpha, beta, z)``: replaces activation site number ``site`` (counted in
@@ -162,17 +161,7 @@ class GraphNetwork:
 
     def forward(self, x: ArrayLike) -> ArrayLike:
         """Outputs f(x) for a batch (B, *input_shape) or one input, in float64 (as :meth:`Network.forward`)."""
-        is_numpy = not isinstance(x, torch.Tensor)
-        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-        single = tuple(t.shape) == self.input_shape
-        if not single and tuple(t.shape[1:]) != self.input_shape:
-            raise ShapeMismatchError(f"expected inputs of shape (B, {', '.join(map(str, self.input_shape))}) "
-                                     f"or {self.input_shape}, got {tuple(t.shape)}")
-        flat = t.reshape(1 if single else t.shape[0], -1).to(torch.float64)
-        out = self.forward_flat(flat)
-        if single:
-            out = out[0]
-        return out.numpy() if is_numpy else out.to(t.device)
+        return batched(x, self.input_shape, lambda flat: self.forward_flat(flat.to(torch.float64)))
 
     __call__ = forward
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -304,18 +304,8 @@ class Network:
         Computed in float64 (or the dtype of a floating torch input of higher precision);
         returns the same kind of array it was given, with shape (B, n_L) or (n_L,).
         """
-        is_numpy = not isinstance(x, torch.Tensor)
-        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-        single = tuple(t.shape) == self.input_shape
-        if not single and tuple(t.shape[1:]) != self.input_shape:
-            raise ShapeMismatchError(f"expected inputs of shape (B, {', '.join(map(str, self.input_shape))}) "
-                                     f"or {self.input_shape}, got {tuple(t.shape)}")
-        flat = t.reshape(1 if single else t.shape[0], -1)
-        dtype = flat.dtype if flat.dtype == torch.float64 else torch.float64
-        out = self._forward_flat(flat.to(dtype=dtype, device=self.biases[0].device))
-        if single:
-            out = out[0]
-        return out.numpy() if is_numpy else out.to(t.device)
+        device = self.biases[0].device
+        return batched(x, self.input_shape, lambda flat: self._forward_flat(flat.to(dtype=torch.float64, device=device)))
 
     __call__ = forward
 
@@ -380,6 +370,23 @@ class OperatorPlaceholder(torch.Tensor):
                 return func(*args, **(kwargs or {}))
         raise OperatorLayersError(f"{name or func} on the weights entry of an operator layer (a convolution kept as "
                                   "an operator): use Network.operators[k], or net.densified() for dense matrices")
+
+
+def batched(x: ArrayLike, input_shape: tuple[int, ...], forward_flat: Callable[[torch.Tensor], torch.Tensor]
+            ) -> ArrayLike:
+    """``forward_flat`` (rows of flattened inputs -> rows of outputs) applied to a batch (B, *input_shape) or one
+    input of ``input_shape``; returns the kind of array it was given (numpy, or torch on the input's device),
+    with shape (B, n_L) or (n_L,)."""
+    is_numpy = not isinstance(x, torch.Tensor)
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    single = tuple(t.shape) == input_shape
+    if not single and tuple(t.shape[1:]) != input_shape:
+        raise ShapeMismatchError(f"expected inputs of shape (B, {', '.join(map(str, input_shape))}) "
+                                 f"or {input_shape}, got {tuple(t.shape)}")
+    out = forward_flat(t.reshape(1 if single else t.shape[0], -1))
+    if single:
+        out = out[0]
+    return out.numpy() if is_numpy else out.to(t.device)
 
 
 def _placeholder(op: LinearOperator) -> torch.Tensor:

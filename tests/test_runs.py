@@ -178,15 +178,21 @@ def test_resume_with_another_model_is_an_error(finished: Path, tmp_path: Path,
 
 
 # ------------------------------------------------------------------- one writer per run folder
-def test_a_second_writer_is_refused_naming_the_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "run"
+def _holder(out: Path) -> subprocess.Popen[str]:
+    """Another process holding the lock of ``out``'s records until its stdin is closed (returned once held)."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom lipcert.runfolder import hold\n"
+        [sys.executable, "-c", "import sys\nfrom lipcert.runfolder import hold\n"
                                f"with hold({str(out / 'records.jsonl')!r}):\n    print('held', flush=True)\n"
                                "    sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    holder = _holder(out)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         assert _certify(out, "--resume") == 2
         err = capsys.readouterr().err
         assert f"is being written by another lipcert run (pid {holder.pid} on" in err
@@ -206,13 +212,8 @@ def test_a_refused_writer_leaves_the_first_writers_folder_alone(tmp_path: Path, 
     from lipcert.cli import certify as cli_certify
 
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom lipcert.runfolder import hold\n"
-                               f"with hold({str(out / 'records.jsonl')!r}):\n    print('held', flush=True)\n"
-                               "    sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = _holder(out)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         # as if this run had looked at --out before the first writer created it
         monkeypatch.setattr(cli_certify, "check_output_folder", lambda *args, **kwargs: "missing")
         for extra in ((), ("--overwrite",)):

@@ -326,10 +326,11 @@ def test_per_channel_rules_replay_on_the_dense_net_and_combined_beats_eclipse_fa
         if circular:
             gammas, _ = _dense_pass(list(dense_net.weights), ours.multipliers)  # Theorem 1 without margins
             plain = math.sqrt(float(torch.linalg.eigvalsh(gammas[-1]).max()))
-            assert abs(ours.value - plain) <= 1e-6 * plain
-            # the dense code's margins (4 n eps, n = C P) cost up to ~5e-6 relative where M is ill-conditioned
-            # (gc(1.99)); a 40-digit evaluation put the exact value at the per-frequency one (docs/decisions.md 27)
-            assert abs(again.value - ours.value) <= 1e-4 * ours.value
+            # the per-frequency pass rounds up: 1e-8 relative, up to 1.8e-5 where M is ill-conditioned (gc(1.99),
+            # 60 seeds); the dense code's margins (4 n eps, n = C P) cost about as much, and a 40-digit evaluation
+            # put the exact value at the per-frequency one (docs/decisions.md 27). A wrong symbol moves it by > 1e-2.
+            assert plain <= ours.value * (1 + 1e-9) and ours.value <= plain * (1 + 1e-3)
+            assert abs(again.value - ours.value) <= 1e-3 * ours.value
         else:
             assert again.value <= ours.value * (1 + 1e-9)
         assert lower <= again.value

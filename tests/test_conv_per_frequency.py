@@ -27,6 +27,11 @@ from lipcert.memory import PeakMemory
 from lipcert.network import Network
 from lipcert.operators import Conv2dOperator
 
+# Relative tolerance between the per-frequency and the dense code paths: the same eigenvalue chain summed in
+# another order agrees to ~1e-9 (2.4e-9 the worst over 200 seeds of "dilation and groups"); a wrong symbol or
+# alias moves the value by more than 1e-3.
+PATHS = 1e-7
+
 # (C_out, kernel, stride, padding, dilation, groups) per conv, then the input shape
 GEOMETRIES = {
     "stride 2": ([(4, 3, 2, 1, 1, 1), (6, 3, 1, 1, 1, 2)], (2, 8, 8)),
@@ -95,11 +100,11 @@ def test_circular_strided_chains_equal_dense_eclipse_fast(seed: int, name: str) 
     dense_net = net.densified()
     dense = lipschitz(dense_net, "eclipse-fast")
     if plan.exact:  # grids the strides divide, outputs filling them: the dense pass itself
-        assert abs(ours.value - dense.value) <= 1e-9 * dense.value
+        assert abs(ours.value - dense.value) <= PATHS * dense.value
     else:  # valid padding leaves positions of the grid unread: a restriction (decisions 27)
-        assert dense.value <= ours.value * (1 + 1e-9)
+        assert dense.value <= ours.value * (1 + PATHS)
     again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), ours.multipliers, ours.labels)
-    assert again.value <= ours.value * (1 + 1e-9)
+    assert again.value <= ours.value * (1 + PATHS)
     assert float(lower_bound(dense_net, restarts=2, samples=32, seed=seed % 2**31, seconds=2)) <= ours.value
 
 
@@ -114,13 +119,13 @@ def test_zero_padded_chains_lie_between_the_dense_certificate_and_naive(seed: in
     for method in ("eclipse-fast", "gc", "shift", "combined"):
         bound = lipschitz(net, method, path="matrix-free")
         assert bound.extras["path"] == ("matrix-free naive" if bound.rule == "naive" else "per-frequency")
-        assert "naive" in bound.per_rule and lower <= bound.value <= free_naive * (1 + 1e-9)
+        assert "naive" in bound.per_rule and lower <= bound.value <= free_naive * (1 + PATHS)
         assert bound.network == net.fingerprint()
         if method == "eclipse-fast":
-            assert lipschitz(dense_net, method).value <= bound.per_rule["sn(1)"] * (1 + 1e-9)
+            assert lipschitz(dense_net, method).value <= bound.per_rule["sn(1)"] * (1 + PATHS)
     ours = conv_closed_form.eclipse_fast(net)  # its multipliers, restricted to the real positions, certify the net
     again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), ours.multipliers, ours.labels)
-    assert lower <= again.value <= ours.value * (1 + 1e-9)
+    assert lower <= again.value <= ours.value * (1 + PATHS)
     circ_net = _chain(seed, specs, shape, circular=True)
     circular = lipschitz(circ_net, "eclipse-fast", path="matrix-free")  # naive runs beside the rule only on restricted grids
     assert ("naive" in circular.per_rule) == (not conv_grid.plan_chain(circ_net).exact)
@@ -140,9 +145,9 @@ def test_a_stride_1_conv_transpose_is_the_adjoint_circular_conv(seed: int, circu
     dense = lipschitz(dense_net, "eclipse-fast").value
     again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), ours.multipliers, ours.labels)
     if circular:
-        assert abs(ours.value - dense) <= 1e-9 * dense and abs(again.value - dense) <= 1e-9 * dense
+        assert abs(ours.value - dense) <= PATHS * dense and abs(again.value - dense) <= PATHS * dense
     else:
-        assert dense <= ours.value * (1 + 1e-9) and again.value <= ours.value * (1 + 1e-9)
+        assert dense <= ours.value * (1 + PATHS) and again.value <= ours.value * (1 + PATHS)
 
 
 def test_methods_without_a_frequency_form_run_dense_and_say_why(seed: int) -> None:
@@ -207,13 +212,13 @@ def test_shared_conv_checkpoints_per_frequency(shared_data: Path, file: str) -> 
     lower = float(lower_bound(dense_net, restarts=1, samples=16, seconds=2))
     print(f"{file}: lower {lower:.4f}, combined {comb.value:.4f}, dense ECLipsE-Fast {dense.value:.4f}, "
           f"per-frequency ECLipsE-Fast {fast.value:.4f}, naive {fast.per_rule['naive']:.4f}")
-    assert lower <= comb.value and dense.value <= fast.per_rule["sn(1)"] * (1 + 1e-9)
+    assert lower <= comb.value and dense.value <= fast.per_rule["sn(1)"] * (1 + PATHS)
     assert fast.value <= fast.per_rule["naive"]
     # the winner's multipliers replayed on the dense net certify at most as much (one model: a dense pass each)
     if file.endswith(".onnx") and comb.rule != "naive":
         again = replay(list(dense_net.weights), closed_form_slopes(dense_net.slopes()), list(comb.multipliers),
                        list(comb.extras["layer_rules"]))
-        assert lower <= again.value <= comb.value * (1 + 1e-9)
+        assert lower <= again.value <= comb.value * (1 + PATHS)
 
 
 def test_the_symbol_and_tail_dft_rounding_bounds_hold_against_extended_precision(seed: int) -> None:

@@ -81,7 +81,7 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.forwards:
             return False
-        return (groupsort.is_leaf(m) or torch_library.refusal(m) is not None
+        return (groupsort.is_leaf(m) or torch_library.refusal(m) is not None or isinstance(m, nn.LPPool2d)
                 or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:

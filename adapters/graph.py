@@ -103,6 +103,8 @@ class Layer:
         subtraction), the second tensor read; empty for every other layer (adapters/residual.py).
     stage : NormPool or None
         For an L2-norm pooling, the stage it is in the network graph (on flat vectors).
+    merge_eps : float or None
+        For the merge of orthogonium's L2NormResidual, sqrt(source^2 / 2 + other^2 / 2 + eps), its eps.
     """
 
     name: str
@@ -119,11 +121,12 @@ class Layer:
     operator: LinearOperator | None = field(default=None, repr=False, compare=False)
     other: str = ""
     stage: NormPool | None = field(default=None, repr=False, compare=False)
+    merge_eps: float | None = None
 
     @property
     def kind(self) -> str:
-        return ("activation" if self.activation is not None else "merge" if self.other else
-                "l2pool" if self.stage is not None else "affine")
+        return ("activation" if self.activation is not None else "l2residual" if self.merge_eps is not None else
+                "merge" if self.other else "l2pool" if self.stage is not None else "affine")
 
 
 @dataclass(frozen=True)

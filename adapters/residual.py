@@ -6,7 +6,9 @@ residual block: its two paths run, layer by layer with one reader each, to one m
 an activation is the shortcut S (empty: the identity; else its affine layers materialized as one dense
 matrix), the other is the branch g (a chain).  The layers between blocks become chains and the
 activations right after or before a block become the activations between stages.  An L2-norm pooling
-layer (``Layer.stage``, decisions 43) is a stage of its own between the chains.  Anything else (two
+layer (``Layer.stage``, decisions 43) is a stage of its own between the chains; a fork that merges in
+orthogonium's L2NormResidual merge (``Layer.merge_eps``) is a :class:`~lipcert.norm_residual.NormResidual`
+stage when one of its paths is the input itself (decisions 44).  Anything else (two
 branches with activations, nested forks, a fork whose paths merge in different places) is an
 :class:`~lipcert.errors.UnsupportedOperatorError` naming the nodes.
 """
@@ -24,6 +26,7 @@ from lipcert.errors import UnsupportedOperatorError
 from lipcert.graph import GraphNetwork, Residual, graph_network
 from lipcert.network import Network
 from lipcert.norm_pool import NormPool
+from lipcert.norm_residual import NormResidual
 
 from .graph import Conversion, DenseBlock, Layer, build_network, check_dense_size, dense_plan, materialize
 
@@ -46,6 +49,8 @@ class _Block:
     branch: tuple[Layer, ...]
     shortcut_subtracted: bool
     branch_subtracted: bool
+    norm_eps: float | None = None
+    """For an L2NormResidual merge sqrt(x^2/2 + g(x)^2/2 + eps): its eps (the shortcut is then empty)."""
 
 
 Item = tuple[Layer, ...] | _Block | Activation | Layer
@@ -108,6 +113,11 @@ def _block(conv: Conversion, readers: dict[str, list[Layer]], fork: str) -> _Blo
                                    "shortcut (identity, 1x1 convolution, downsampling) beside the branch")
     # the shortcut is the path without activations (of two linear paths, the shorter one)
     short, branch = (p1, p2) if not acts[0] and (acts[1] or len(p1) <= len(p2)) else (p2, p1)
+    if merge.merge_eps is not None:
+        if short:
+            raise _refuse(conv, merge, f"an L2NormResidual merge needs the tensor {fork!r} itself as one input, but "
+                                       f"it reads it through {short[0].op_type} {short[0].name!r}")
+        return _Block(merge, (), tuple(branch), False, False, merge.merge_eps)
     subtract = merge.op_type in SUBTRACTIONS
     short_end = short[-1].target if short else fork
     return _Block(merge, tuple(short), tuple(branch), subtract and short_end == merge.other,
@@ -199,7 +209,7 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
     blocks += [DenseBlock(it.shortcut, tuple(it.shortcut[0].in_shape), tuple(it.shortcut[-1].out_shape), None)
                for it in items if isinstance(it, _Block) and it.shortcut]
     check_dense_size(blocks, max_dense_bytes, conv.source)
-    stages: list[Network | Residual | NormPool] = []
+    stages: list[Network | Residual | NormPool | NormResidual] = []
     acts: list[Activation | None] = []
     pending: Activation | None = None  # the activation since the last stage
     for item in items:
@@ -207,12 +217,14 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
             pending = item
             continue
         if isinstance(item, Activation):  # two in a row: the second is carried by an identity chain
-            stage: Network | Residual | NormPool = _identity(stages[-1].output_dim, item)
+            stage: Network | Residual | NormPool | NormResidual = _identity(stages[-1].output_dim, item)
         elif isinstance(item, Layer):
             assert item.stage is not None
             stage = item.stage
         elif isinstance(item, tuple):
             stage = _chain(conv, item, max_dense_bytes)
+        elif item.norm_eps is not None:
+            stage = NormResidual(_chain(conv, item.branch, max_dense_bytes), item.norm_eps)
         else:
             branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted)
             s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.output_dim)

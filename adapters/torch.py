@@ -81,7 +81,7 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.forwards:
             return False
-        return (groupsort.is_leaf(m) or torch_library.refusal(m) is not None or isinstance(m, nn.LPPool2d)
+        return (groupsort.is_leaf(m) or isinstance(m, nn.LPPool2d)
                 or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
@@ -181,6 +181,9 @@ class _Interpreter:
         op_type, name = self._describe(node)
         if self._fuse_sorting(node, dyns[0]):
             return
+        if len(dyns) == 2 and node.target is torch_library.l2_norm_merge:
+            self._norm_merge(node, args, op_type, name)
+            return
         if len(dyns) == 2 and self._merge(node, args, kwargs, op_type, name):
             return
         if len(dyns) > 1:
@@ -211,6 +214,19 @@ class _Interpreter:
                                  other=second.name))
         self.env[node.name] = Dyn(a - b if op_type in SUBTRACTIONS else a + b)
         return True
+
+    def _norm_merge(self, node: torch.fx.Node, args: Any, op_type: str, name: str) -> None:
+        """An L2NormResidual's merge of x and fn(x) (:func:`.torch_library.l2_norm_merge`) as a merge layer."""
+        first, second = node.args[0], node.args[1]
+        assert isinstance(first, torch.fx.Node) and isinstance(second, torch.fx.Node)
+        try:
+            layer, value = torch_library.norm_merge_layer(name, first.name, second.name, node.name, args[0].probe,
+                                                          args[1].probe, args[2])
+        except ValueError as exc:
+            self.issue(node, op_type, str(exc), name)
+            return
+        self.layers.append(layer)
+        self.env[node.name] = Dyn(value)
 
     def _fuse_sorting(self, node: torch.fx.Node, dyn: Dyn) -> bool:
         """Convert the calls from ``node`` on that compute a sorting activation (:mod:`.torch_sort`), if they do."""
@@ -275,7 +291,7 @@ class _Interpreter:
                 module = self.gm.get_submodule(str(node.target))
                 handler = module_handler(module)
                 if handler is None:
-                    raise NotCovered(torch_library.refusal(module) or module_why(module))
+                    raise NotCovered(module_why(module))
                 if len(args) != 1 or marked_args[0] is not DYNAMIC or kwargs:
                     raise NotCovered("called with extra arguments")
                 ops = handler(module, tuple(probe.shape))

@@ -15,7 +15,8 @@ stagewise composition for ``combined`` and ``optimized``.
 An L2-norm pooling stage (:class:`~lipcert.norm_pool.NormPool`) is not slope-restricted, so no form
 passes through it: the graph is cut there into segments, each bounded by the recursion, and the
 carried form after the pooling is c^2 lambda_max(N E N^T) I (c the pooling's exact constant, N E N^T the
-form of the segment before it): ||Delta pool|| <= c ||Delta h|| (decisions 43).
+form of the segment before it): ||Delta pool|| <= c ||Delta h|| (decisions 43).  An L2-norm residual
+(decisions 44) is cut the same way, with c = sqrt((1 + L^2) / 2), L the recursion's bound on its branch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from ..graph import GraphNetwork, Residual
 from ..network import Network
 from ..norm_pool import NormPool
+from ..norm_residual import NormResidual, norm_residual_constant
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
 from .residual_block import BlockBound, ResidualBlock, branch_chain, chain_constant
@@ -38,12 +40,13 @@ def graph_blocks(net: GraphNetwork) -> tuple[list[ResidualBlock], torch.Tensor]:
 
 
 def graph_segments(net: GraphNetwork) -> list[tuple[list[ResidualBlock], torch.Tensor]]:
-    """The blocks and head of every segment of ``net`` between its pooling stages (one more than pools)."""
+    """The blocks and head of every segment of ``net`` between its cut stages (poolings, L2-norm residuals;
+    one more segment than cuts)."""
     segments: list[tuple[list[ResidualBlock], torch.Tensor]] = []
     blocks: list[ResidualBlock] = []
     pending: torch.Tensor | None = None  # linear map waiting for the next block (None: the identity)
     for t, stage in enumerate(net.stages):
-        if isinstance(stage, NormPool):
+        if isinstance(stage, NormPool | NormResidual):
             segments.append((blocks, torch.eye(stage.input_dim, dtype=torch.float64) if pending is None else pending))
             blocks, pending = [], None
         elif isinstance(stage, Network):
@@ -104,9 +107,9 @@ def graph_recursion(net: GraphNetwork, *, method: str = "combined") -> BlockBoun
 
 
 def _graph_recursion(net: GraphNetwork, method: str) -> BlockBound:
-    """The recursion on every segment; a pooling multiplies the carried scale by its constant (module docstring)."""
+    """The recursion on every segment; a cut multiplies the carried scale by its constant (module docstring)."""
     scale = 1.0  # bound on ||Delta (input of the current segment)|| / ||Delta x||
-    pools = net.pools()
+    cuts = net.cuts()
     segments = graph_segments(net)
     for k, (blocks, head) in enumerate(segments):
         bound = _segment(blocks, head, method)
@@ -115,10 +118,19 @@ def _graph_recursion(net: GraphNetwork, method: str) -> BlockBound:
                 return bound
             form = bound.extras["form"] * scale**2
             value = float(bound.value * scale * (1 + 4e-16))
-            return BlockBound(value, method, f"{bound.rule} after {k} pooling(s)", {"segments": value},
+            return BlockBound(value, method, f"{bound.rule} after {k} cut(s)", {"segments": value},
                               bound.multipliers, bound.seconds, {**bound.extras, "form": form})
-        scale = float(scale * bound.value * pools[k].certified_constant() * (1 + 4e-16))
+        scale = float(scale * bound.value * _cut_constant(cuts[k], method) * (1 + 4e-16))
     raise AssertionError("graph_segments returns at least one segment")  # pragma: no cover
+
+
+def _cut_constant(stage: NormPool | NormResidual, method: str) -> float:
+    """A pooling's exact constant; sqrt((1 + L^2) / 2) for an L2-norm residual, L the recursion on its branch."""
+    if isinstance(stage, NormPool):
+        return stage.certified_constant()
+    n = stage.input_dim
+    (blocks, head), = graph_segments(GraphNetwork((stage.branch,), (), (n,)))
+    return norm_residual_constant(_segment(blocks, head, method).value)
 
 
 def _segment(blocks: list[ResidualBlock], head: torch.Tensor, method: str) -> BlockBound:

@@ -10,7 +10,8 @@
   An L2-norm pooling stage (decisions 43) is linearized as y_w = r_w . D_w z with one unit vector r_w per
   window (its Jacobian where the window is nonzero is of this form): ||J|| <= its exact constant for every
   such choice, so the linear graph stays in the class every upper bound covers, and the best r_w for
-  given u, v is sign(g_w) D_w (B v) / ||D_w (B v)|| (g the gradient at the pooling's output).
+  given u, v is sign(g_w) D_w (B v) / ||D_w (B v)|| (g the gradient at the pooling's output).  An L2-norm
+  residual (decisions 44) is linearized likewise as z_i = r_i . (x_i, g_i), ||r_i|| <= 1/sqrt(2).
 * **Jacobian bound**: max ||J(x)||_2 of the graph's own float64 forward pass (torch autograd) over random
   inputs, refined by gradient ascent: a lower bound on this network's constant.
 """
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from ..activations import Activation
-from ..graph import GraphNetwork
+from ..graph import Cut, GraphNetwork
 from ..norm_pool import NormPool
 from .ascent import ascend, late, start_points
 
@@ -40,32 +41,46 @@ def _sites(net: GraphNetwork) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return found
 
 
-def _linear_pool(directions: list[torch.Tensor]) -> Callable[[int, NormPool, torch.Tensor], torch.Tensor]:
-    def pool(number: int, stage: NormPool, z: torch.Tensor) -> torch.Tensor:
-        return (stage.windows(z) * directions[number]).sum(-1)
-    return pool
+def _pieces(stage: Cut, z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """What a cut stage's linearization weighs, (B, n_out, K): a pooling's D_w z, an L2-norm residual's (x_i, g_i)."""
+    if isinstance(stage, NormPool):
+        return stage.windows(z)
+    assert out is not None
+    return torch.stack([z, out], dim=-1)
+
+
+def _radius(stage: Cut) -> float:
+    """The largest norm of one output's linearization vector: 1 for a pooling, 1/sqrt(2) for an L2-norm residual."""
+    return 1.0 if isinstance(stage, NormPool) else 0.5**0.5
+
+
+def _linear_cut(directions: list[torch.Tensor]) -> Callable[[int, Cut, torch.Tensor, torch.Tensor | None],
+                                                              torch.Tensor]:
+    def cut(number: int, stage: Cut, z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        return (_pieces(stage, z, out) * directions[number]).sum(-1)
+    return cut
 
 
 def pattern_jacobian(net: GraphNetwork, pattern: list[torch.Tensor],
                      directions: list[torch.Tensor] | None = None) -> torch.Tensor:
     """J_D (n_out, n_0): the linear part of the graph with every site's slopes fixed to ``pattern`` and every
-    pooling linearized with the unit vectors ``directions`` (one (n_out, K) array per pooling stage)."""
+    cut stage linearized with ``directions`` (one (n_out, K) array per pooling or L2-norm residual)."""
     def linear(site: int, act: Activation, alpha: torch.Tensor, beta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return z * pattern[site]
 
     with torch.no_grad():
         eye = torch.eye(net.input_dim, dtype=torch.float64)
         out = net.forward_flat(torch.cat([eye, torch.zeros(1, net.input_dim, dtype=torch.float64)]), linear,
-                               None if directions is None else _linear_pool(directions))
+                               None if directions is None else _linear_cut(directions))
     return (out[:-1] - out[-1:]).T
 
 
 def _scores(net: GraphNetwork, pattern: list[torch.Tensor], directions: list[torch.Tensor], u: torch.Tensor,
             v: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(A_k^T u) * (B_k v) for every site k of the linear graph f_D, and the best directions of every pooling."""
+    """(A_k^T u) * (B_k v) for every site k of the linear graph f_D, and the best directions of every cut stage."""
     pre: list[torch.Tensor] = []
     taps: list[torch.Tensor] = []
-    windows: list[torch.Tensor] = []
+    windows: list[tuple[torch.Tensor, float]] = []
     pool_taps: list[torch.Tensor] = []
 
     def linear(site: int, act: Activation, alpha: torch.Tensor, beta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -74,11 +89,11 @@ def _scores(net: GraphNetwork, pattern: list[torch.Tensor], directions: list[tor
         taps.append(tap)
         return z * pattern[site] + tap
 
-    def pool(number: int, stage: NormPool, z: torch.Tensor) -> torch.Tensor:
-        win = stage.windows(z)
+    def pool(number: int, stage: Cut, z: torch.Tensor, branch: torch.Tensor | None) -> torch.Tensor:
+        win = _pieces(stage, z, branch)
         out = (win * directions[number]).sum(-1)
         tap = torch.zeros_like(out, requires_grad=True)
-        windows.append(win.detach())
+        windows.append((win.detach(), _radius(stage)))
         pool_taps.append(tap)
         return out + tap
 
@@ -87,22 +102,23 @@ def _scores(net: GraphNetwork, pattern: list[torch.Tensor], directions: list[tor
     grads = torch.autograd.grad((out[0] - out[1]) @ u, taps + pool_taps, allow_unused=True)
     grads = tuple(torch.zeros(1) if g is None else g for g in grads)
     best = []
-    for g, win, old in zip(grads[len(taps):], windows, directions):
+    for g, (win, radius), old in zip(grads[len(taps):], windows, directions):
         b = win[0] - win[1]
-        norm = b.norm(dim=-1, keepdim=True)
+        norm = b.norm(dim=-1, keepdim=True) / radius
         best.append(torch.where((norm > 0) & (g[0] != 0)[:, None], torch.sign(g[0])[:, None] * b / norm.clamp_min(1e-300),
                                 old))
     return [g[0] * (z[0] - z[1]) for g, z in zip(grads, pre)], best
 
 
 def _start_directions(net: GraphNetwork, rep: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """Unit vectors on every pooling window: along sqrt(P_w) (restart 0, every window's nonnegative
-    gradient direction) or random."""
+    """Vectors of the largest norm on every cut stage's pieces: nonnegative (restart 0: a pooling's sqrt(P_w),
+    every window's gradient direction for a nonnegative input) or random."""
     out = []
-    for stage in net.pools():
-        d = stage.weight.sqrt() if rep == 0 else torch.randn(stage.weight.shape, generator=generator,
-                                                             dtype=torch.float64) * (stage.weight > 0)
-        out.append(d / d.norm(dim=-1, keepdim=True).clamp_min(1e-300))
+    for stage in net.cuts():
+        support = stage.weight > 0 if isinstance(stage, NormPool) else torch.ones(stage.output_dim, 2, dtype=torch.bool)
+        d = (stage.weight.sqrt() if isinstance(stage, NormPool) else support.double()) if rep == 0 else (
+            torch.randn(support.shape, generator=generator, dtype=torch.float64) * support)
+        out.append(d / d.norm(dim=-1, keepdim=True).clamp_min(1e-300) * _radius(stage))
     return out
 
 
@@ -112,7 +128,7 @@ def graph_pattern_bound(net: GraphNetwork, *, restarts: int = 8, sweeps: int = 3
 
     Stops at ``deadline`` (a ``time.perf_counter()`` value) once one pattern has been evaluated."""
     sites = _sites(net)
-    pools = len(net.pools())
+    pools = len(net.cuts())
     best = 0.0
     for rep in range(max(restarts, 1)):
         pattern = [b.clone() if rep == 0 else

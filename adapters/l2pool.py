@@ -1,6 +1,6 @@
 """L2-norm pooling layers as :class:`~lipcert.norm_pool.NormPool` stages (decisions 43).
 
-* torch: ``nn.LPPool2d`` with ``norm_type`` 2, which computes sqrt(k_h k_w avg_pool2d(x^2)), and deel-torchlip's
+* torch: ``nn.LPPool2d`` (and ``F.lp_pool2d``) with ``norm_type`` 2, which computes sqrt(k_h k_w avg_pool2d(x^2)), and deel-torchlip's
   ``ScaledL2NormPool2d`` (an LPPool2d subclass whose forward multiplies by its ``k_coef_lip``): the pooling,
   then that factor as an affine layer.  A partial last window (``ceil_mode``) gets the weight k_h k_w / its
   size, as torch's average pooling divides by the window's size inside the input.
@@ -57,6 +57,18 @@ def lp_pool_module(m: Any, shape: tuple[int, ...]) -> list[Op]:
     if coefficient != 1.0:
         ops.append(AffineOp(lambda x, _b: coefficient * x, 0, f"x {coefficient:g}"))
     return ops
+
+
+def lp_pool_function(call: Any) -> list[Op]:
+    """``F.lp_pool2d(x, 2, kernel_size, stride=None, ceil_mode=False)`` (an fx leaf: the tracer autowraps it)."""
+    norm = call.arg(1, "norm_type")
+    if not call.dyn_first or not isinstance(norm, int | float) or float(norm) != 2.0:
+        raise NotCovered(f"lp_pool2d with norm_type={norm!r}: only p = 2 applied to the input (an L2-norm pooling) "
+                         "is supported")
+    kernel = _pair(call.arg(2, "kernel_size"))
+    stride = call.arg(3, "stride")
+    return [pool_op(call.shape, kernel, kernel if stride is None else _pair(stride), bool(call.arg(4, "ceil_mode")),
+                    "lp_pool2d")]
 
 
 def pool_op(shape: Sequence[int], kernel: tuple[int, int], stride: tuple[int, int], ceil_mode: bool,

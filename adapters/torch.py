@@ -71,11 +71,12 @@ def _replace(value: Any, how: Any) -> Any:
 
 
 class _Tracer(torch.fx.Tracer):
-    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves and the
-    library layers of :mod:`.torch_library` traced through their load-time forwards (``forwards``, by id)."""
+    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts and L2-norm poolings
+    (``LPPool2d``, ``F.lp_pool2d``) kept as leaves and the library layers of :mod:`.torch_library` traced
+    through their load-time forwards (``forwards``, by id)."""
 
     def __init__(self, forwards: dict[int, Any] | None = None) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=(torch.nn.functional.lp_pool2d,))  # a whole L2-norm pooling
         self.forwards = forwards or {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:

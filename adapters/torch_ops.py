@@ -23,7 +23,7 @@ from lipcert.operators import Conv2dOperator
 
 from . import groupsort
 from .graph import DYNAMIC, AffineOp, NotCovered, Op, undilate
-from .l2pool import lp_pool_module
+from .l2pool import lp_pool_function, lp_pool_module
 from .maxpool import adaptive_max_pool_module, max_pool_function, max_pool_module
 from .modules import torch_copy
 
@@ -322,7 +322,7 @@ FUNCTIONS: dict[Any, Callable[[Call], list[Op]]] = {
     F.max_pool1d: max_pool_function, F.max_pool2d: max_pool_function, F.max_pool3d: max_pool_function,
     F.batch_norm: batch_norm_fn, F.pad: pad_fn, torch.cat: cat_fn, torch.concat: cat_fn,
     F.dropout: dropout_fn, F.dropout1d: dropout_fn, F.dropout2d: dropout_fn, F.dropout3d: dropout_fn,
-    F.alpha_dropout: dropout_fn,
+    F.alpha_dropout: dropout_fn, F.lp_pool2d: lp_pool_function,
     **{f: (lambda c: generic_linear(c, False)) for f in LINEAR_FUNCTIONS},
 }
 

@@ -250,6 +250,31 @@ def test_what_is_refused_names_the_pooling(rng: np.random.Generator) -> None:
         from_onnx(partial)
 
 
+class FunctionalPool(nn.Module):
+    """Conv -> ReLU -> F.lp_pool2d(norm_type, 3, stride 2) -> Flatten -> Linear on 1 x 7 x 7 inputs."""
+
+    def __init__(self, norm_type: float) -> None:
+        super().__init__()
+        self.norm_type = norm_type
+        self.conv, self.head = nn.Conv2d(1, 2, 3, padding=1), nn.Linear(2 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.nn.functional.lp_pool2d(torch.relu(self.conv(x)), self.norm_type, 3, stride=2)
+        return self.head(pooled.flatten(1))
+
+
+def test_functional_lp_pool_loads_and_other_norms_are_named(rng: np.random.Generator) -> None:
+    model = FunctionalPool(2).double().eval()
+    net = lipcert.load(model, input_shape=(1, 7, 7))
+    assert isinstance(net, GraphNetwork) and abs(net.pools()[0].constant() - 2.0) <= 1e-12  # 4 windows hold a pixel
+    x = rng.standard_normal((5, 1, 7, 7))
+    with torch.no_grad():
+        expected = model(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(net(x)), expected, rtol=0, atol=1e-12)
+    with pytest.raises(UnsupportedOperatorError, match=r"lp_pool2d node 'lp_pool2d'.*norm_type=1"):
+        lipcert.load(FunctionalPool(1).double().eval(), input_shape=(1, 7, 7))
+
+
 def test_a_partial_ceil_mode_window_makes_deel_pooling_2_lipschitz() -> None:
     """Finding: ScaledL2NormPool2d(2, ceil_mode=True) on an odd grid scales the corner window's one pixel by
     sqrt(4 / 1) = 2 (torch's average divides by the window's size inside the input), so the layer documented as

@@ -1,12 +1,17 @@
-"""L2-norm pooling layers as :class:`~lipcert.norm_pool.NormPool` stages (decisions 43).
+"""L2-norm layers: poolings as :class:`~lipcert.norm_pool.NormPool` stages (decisions 43) and the merge of
+orthogonium's L2NormResidual (decisions 44).
 
-* torch: ``nn.LPPool2d`` (and ``F.lp_pool2d``) with ``norm_type`` 2, which computes sqrt(k_h k_w avg_pool2d(x^2)), and deel-torchlip's
+* torch: ``nn.LPPool2d`` (and ``F.lp_pool2d``) with ``norm_type`` 2, which computes sqrt(k_h k_w avg_pool2d(x^2)),
+  and deel-torchlip's
   ``ScaledL2NormPool2d`` (an LPPool2d subclass whose forward multiplies by its ``k_coef_lip``): the pooling,
   then that factor as an affine layer.  A partial last window (``ceil_mode``) gets the weight k_h k_w / its
   size, as torch's average pooling divides by the window's size inside the input.
 * ONNX: what ``torch.onnx.export`` writes for them, exactly Pow(x, 2) -> AveragePool (no padding) ->
   [Sign(a) * Relu(Abs(a))] -> Mul(c) -> Pow(0.5) or Sqrt, and the ``LpPool`` operator with p = 2.  A node
   sequence that starts as this pattern and then differs is refused with the node named (:func:`onnx_match`).
+* the L2NormResidual merge sqrt(x^2 / 2 + fn(x)^2 / 2 + eps): from torch as one :func:`l2_norm_merge` call
+  (:mod:`.torch_library`), from ONNX as its export Sqrt(Add(Add(Mul(Pow(x, 2), 0.5), Mul(Pow(y, 2), 0.5)), eps))
+  (:func:`onnx_norm_merge`); both become a merge layer (:func:`norm_merge_layer`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import nn
 
 from lipcert.norm_pool import window_pool
 
-from .graph import AffineOp, NotCovered, Op, PoolOp
+from .graph import AffineOp, Layer, NotCovered, Op, PoolOp
 
 _LIBRARY = ("deel.torchlip", "ScaledL2NormPool2d")
 
@@ -83,6 +88,24 @@ def pool_op(shape: Sequence[int], kernel: tuple[int, int], stride: tuple[int, in
     pool = window_pool(shape, kernel, stride, count.shape[-2:], per_window.reshape(-1), label)
     out_shape = (*shape[:-2], *count.shape[-2:])
     return PoolOp(pool, tuple(int(s) for s in out_shape), label)
+
+
+def l2_norm_merge(x: torch.Tensor, out: torch.Tensor, eps: float) -> torch.Tensor:
+    """orthogonium's L2NormResidual merge, sqrt(0.5 x^2 + 0.5 out^2 + eps), as one call for fx."""
+    return torch.sqrt(0.5 * x**2 + 0.5 * out**2 + eps)
+
+
+def norm_merge_layer(name: str, source: str, other: str, target: str, x: torch.Tensor, out: torch.Tensor,
+                     eps: Any) -> tuple[Layer, torch.Tensor]:
+    """The merge layer of an :func:`l2_norm_merge` call and its value on the probe (ValueError if the two
+    branches differ in shape or eps is not a constant >= 0)."""
+    if x.shape != out.shape:
+        raise ValueError(f"its two branches have shapes {tuple(x.shape)} and {tuple(out.shape)}")
+    if not isinstance(eps, int | float) or not eps >= 0:
+        raise ValueError(f"its eps must be a constant >= 0, got {eps!r}")
+    layer = Layer(name, "L2NormResidual", source, target, tuple(x.shape), tuple(x.shape),
+                  detail=f"sqrt({source}^2 / 2 + {other}^2 / 2 + {float(eps):g})", other=other, merge_eps=float(eps))
+    return layer, l2_norm_merge(x, out, float(eps))
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -189,3 +212,58 @@ def onnx_match(nodes: list[onnx.NodeProto], env: dict[str, Any], users: Users, l
     region += [after[0], root[0]]
     op = pool_op(shape, kernel, stride, False, "exported LPPool2d", scale=factor / math.prod(kernel))
     return OnnxMatch(region, nodes[root[0]].output[0], op)
+
+
+@dataclass(frozen=True)
+class OnnxMerge:
+    """The nodes of one exported L2NormResidual merge sqrt(x^2 / 2 + y^2 / 2 + eps), its layer and probe value."""
+
+    region: list[int]
+    exit: str
+    layer: Layer
+    value: torch.Tensor
+
+
+def _half_square(nodes: list[onnx.NodeProto], env: dict[str, Any], users: Users, j: int) -> int | None:
+    """The Mul(Pow(t, 2), 0.5) that Pow node j begins (its index), or None."""
+    node = nodes[j]
+    if node.op_type != "Pow" or len(node.input) != 2 or _scalar(env, node.input[1]) != 2.0:
+        return None
+    nxt = users(node.output[0])
+    if len(nxt) != 1 or nodes[nxt[0]].op_type != "Mul":
+        return None
+    mul = nodes[nxt[0]]
+    other = [n for n in mul.input if n != node.output[0]]
+    return nxt[0] if len(other) == 1 and _scalar(env, other[0]) == 0.5 else None
+
+
+def onnx_norm_merge(nodes: list[onnx.NodeProto], env: dict[str, Any], users: Users, producer: Callable[[str], int | None],
+                    start: int, label: Callable[[int], str]) -> OnnxMerge | None:
+    """The exported L2NormResidual merge that Pow node ``start`` begins, or None when it is not one (or its two
+    inputs, dynamic tensors in ``env`` with a ``probe``, are not both computed and of one shape)."""
+    mul = _half_square(nodes, env, users, start)
+    add = None if mul is None else users(nodes[mul].output[0])
+    if mul is None or add is None or len(add) != 1 or nodes[add[0]].op_type != "Add":
+        return None
+    other = [n for n in nodes[add[0]].input if n != nodes[mul].output[0]]
+    other_mul = producer(other[0]) if len(other) == 1 else None
+    other_pow = None if other_mul is None else producer(nodes[other_mul].input[0])
+    if other_mul is None or other_pow is None or other_pow == start or \
+            _half_square(nodes, env, users, other_pow) != other_mul:
+        return None
+    shift = users(nodes[add[0]].output[0])
+    if len(shift) != 1 or nodes[shift[0]].op_type != "Add":
+        return None
+    eps_name = [n for n in nodes[shift[0]].input if n != nodes[add[0]].output[0]]
+    eps = _scalar(env, eps_name[0]) if len(eps_name) == 1 else None
+    root = users(nodes[shift[0]].output[0])
+    if eps is None or not eps >= 0 or len(root) != 1 or nodes[root[0]].op_type != "Sqrt":
+        return None
+    region = [start, mul, other_pow, other_mul, add[0], shift[0], root[0]]
+    first, second = nodes[start].input[0], nodes[other_pow].input[0]
+    probes = [getattr(env.get(name), "probe", None) for name in (first, second)]
+    if probes[0] is None or probes[1] is None or probes[0].shape != probes[1].shape:
+        return None
+    exit_name = nodes[root[0]].output[0]
+    layer, value = norm_merge_layer(f"l2residual({label(root[0])})", first, second, exit_name, probes[0], probes[1], eps)
+    return OnnxMerge(region, exit_name, layer, value)

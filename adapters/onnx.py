@@ -344,7 +344,7 @@ class _Interpreter:
             else:
                 match = l2pool.onnx_match(self.nodes, self.env, self._dynamic_users, self.label, i, tuple(probe.shape))
                 if match is None:
-                    return False
+                    return self.fuse_norm_merge(i)
                 region, exit_name, op = match.region, match.exit, match.op
             names = ", ".join(self.label(j) for j in region)
             layers, out = make_layers(f"l2pool({names})", "L2NormPool", node.input[0], exit_name, [op], probe)
@@ -357,6 +357,19 @@ class _Interpreter:
         self.fused.update(region)
         self.notes.append(f"nodes {names} compute an L2-norm pooling, a stage with its exact constant "
                           "(docs/decisions.md 43)")
+        return True
+
+    def fuse_norm_merge(self, i: int) -> bool:
+        """orthogonium's exported L2NormResidual merge that node ``i`` begins as one merge layer (:mod:`.l2pool`)."""
+        producers = {o: j for j, n in enumerate(self.nodes) for o in n.output}
+        found = l2pool.onnx_norm_merge(self.nodes, self.env, self._dynamic_users, producers.get, i, self.label)
+        if found is None:
+            return False
+        self.layers.append(found.layer)
+        self.env[found.exit] = Dyn(found.value)
+        self.fused.update(found.region)
+        self.notes.append(f"nodes {', '.join(self.label(j) for j in found.region)} compute orthogonium's "
+                          "L2NormResidual merge (docs/decisions.md 44)")
         return True
 
     # ---------------------------------------------------------------- result

@@ -27,7 +27,7 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.graph import AnyNetwork
 
-from . import groupsort, torch_library, torch_sort
+from . import groupsort, l2pool, torch_library, torch_sort
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers, reaching
 from .residual import SUBTRACTIONS
@@ -182,7 +182,7 @@ class _Interpreter:
         op_type, name = self._describe(node)
         if self._fuse_sorting(node, dyns[0]):
             return
-        if len(dyns) == 2 and node.target is torch_library.l2_norm_merge:
+        if len(dyns) == 2 and node.target is l2pool.l2_norm_merge:
             self._norm_merge(node, args, op_type, name)
             return
         if len(dyns) == 2 and self._merge(node, args, kwargs, op_type, name):
@@ -217,11 +217,11 @@ class _Interpreter:
         return True
 
     def _norm_merge(self, node: torch.fx.Node, args: Any, op_type: str, name: str) -> None:
-        """An L2NormResidual's merge of x and fn(x) (:func:`.torch_library.l2_norm_merge`) as a merge layer."""
+        """An L2NormResidual's merge of x and fn(x) (:func:`.l2pool.l2_norm_merge`) as a merge layer."""
         first, second = node.args[0], node.args[1]
         assert isinstance(first, torch.fx.Node) and isinstance(second, torch.fx.Node)
         try:
-            layer, value = torch_library.norm_merge_layer(name, first.name, second.name, node.name, args[0].probe,
+            layer, value = l2pool.norm_merge_layer(name, first.name, second.name, node.name, args[0].probe,
                                                           args[1].probe, args[2])
         except ValueError as exc:
             self.issue(node, op_type, str(exc), name)

@@ -18,8 +18,8 @@ code:
   shortcut is S and whose branch is fn between P and E.  ``fn`` is traced as usual, so a nested
   residual inside it is refused by :mod:`.residual` with the node named;
 * L2NormResidual: sqrt(x^2 / 2 + fn(x)^2 / 2 + eps), traced with the merge as one call of
-  :func:`l2_norm_merge` (an fx leaf function), which the fx adapter records as an L2-norm merge of the two
-  branches (:func:`norm_merge_layer`) and :mod:`.residual` turns into a
+  :func:`.l2pool.l2_norm_merge` (an fx leaf function), which the fx adapter records as an L2-norm merge of the
+  two branches (:func:`.l2pool.norm_merge_layer`) and :mod:`.residual` turns into a
   :class:`~lipcert.norm_residual.NormResidual` stage (decisions 44).
 
 The traced copy holds the computed constants; the user's module is never changed, and the conversion
@@ -37,30 +37,12 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import Layer
+from .l2pool import l2_norm_merge
 
 Forward = Callable[..., Any]
 
 
-def l2_norm_merge(x: torch.Tensor, out: torch.Tensor, eps: float) -> torch.Tensor:
-    """orthogonium's L2NormResidual merge, sqrt(0.5 x^2 + 0.5 out^2 + eps), as one call for fx."""
-    return torch.sqrt(0.5 * x**2 + 0.5 * out**2 + eps)
-
-
-torch.fx.wrap("l2_norm_merge")
-
-
-def norm_merge_layer(name: str, source: str, other: str, target: str, x: torch.Tensor, out: torch.Tensor,
-                     eps: Any) -> tuple[Layer, torch.Tensor]:
-    """The merge layer of an :func:`l2_norm_merge` call and its value on the probe (ValueError if the two
-    branches differ in shape or eps is not a constant >= 0)."""
-    if x.shape != out.shape:
-        raise ValueError(f"its two branches have shapes {tuple(x.shape)} and {tuple(out.shape)}")
-    if not isinstance(eps, int | float) or not eps >= 0:
-        raise ValueError(f"its eps must be a constant >= 0, got {eps!r}")
-    layer = Layer(name, "L2NormResidual", source, target, tuple(x.shape), tuple(x.shape),
-                  detail=f"sqrt({source}^2 / 2 + {other}^2 / 2 + {float(eps):g})", other=other, merge_eps=float(eps))
-    return layer, l2_norm_merge(x, out, float(eps))
+torch.fx.wrap("l2_norm_merge")  # an fx leaf in the forwards below
 
 
 def _sll_dense(m: Any) -> Forward:

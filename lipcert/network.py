@@ -326,7 +326,7 @@ def require_network(net: Any, verb: str, *, operators: bool = False, max_bytes: 
     :class:`~lipcert.graph.GraphNetwork` is a :class:`~lipcert.errors.GraphNetworkError` naming ``verb``.
     """
     if getattr(net, "is_graph", False):
-        kinds = "residual blocks" + (" or L2-norm pooling stages" if getattr(net, "pools", list)() else "")
+        kinds = "residual blocks" + (" or L2-norm pooling / residual stages" if getattr(net, "cuts", list)() else "")
         raise GraphNetworkError(f"{verb} needs a chain network, but this one has {kinds} (a "
                                 f"GraphNetwork: {net!r}); such graphs are supported by lipschitz, lower_bound "
                                 "and certify (global radii); docs/decisions.md 28, 43")

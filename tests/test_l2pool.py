@@ -275,6 +275,26 @@ def test_functional_lp_pool_loads_and_other_norms_are_named(rng: np.random.Gener
         lipcert.load(FunctionalPool(1).double().eval(), input_shape=(1, 7, 7))
 
 
+def test_a_deel_torchlip_model_and_its_vanilla_export_load_with_the_same_bounds(rng: np.random.Generator) -> None:
+    """SpectralConv2d, GroupSort2 and ScaledL2NormPool2d twice, SpectralLinear: the library's own layers (float32)."""
+    import deel.torchlip as tl
+
+    model = tl.Sequential(tl.SpectralConv2d(1, 4, 3, padding=1), tl.GroupSort2(), tl.ScaledL2NormPool2d(2),
+                          tl.SpectralConv2d(4, 4, 3, padding=1), tl.GroupSort2(), tl.ScaledL2NormPool2d(2),
+                          nn.Flatten(), tl.SpectralLinear(4 * 2 * 2, 5)).eval()
+    net = lipcert.load(model, input_shape=(1, 8, 8))
+    onet = from_onnx(export(model.vanilla_export().eval(), (1, 8, 8)))
+    for loaded in (net, onet):
+        assert isinstance(loaded, GraphNetwork) and len(loaded.pools()) == 2
+        assert loaded.info["conversion_error"] <= 1e-5  # float32 layers, checked at float32 tolerance
+    x = rng.random((4, 1, 8, 8))
+    np.testing.assert_allclose(np.asarray(net(x)), np.asarray(onet(x)), rtol=0, atol=1e-5)
+    low = lower_bound(net, restarts=1, samples=16)
+    for method in ("naive", "combined"):
+        a, b = lipschitz(net, method).value, lipschitz(onet, method).value
+        assert abs(a - b) <= 1e-5 * a and a >= low.value
+
+
 def test_a_partial_ceil_mode_window_makes_deel_pooling_2_lipschitz() -> None:
     """Finding: ScaledL2NormPool2d(2, ceil_mode=True) on an odd grid scales the corner window's one pixel by
     sqrt(4 / 1) = 2 (torch's average divides by the window's size inside the input), so the layer documented as

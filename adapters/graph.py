@@ -25,6 +25,7 @@ import torch
 from lipcert.activations import Activation
 from lipcert.errors import ModelLoadError, UnsupportedOperatorError
 from lipcert.network import Network
+from lipcert.norm_pool import NormPool
 from lipcert.operators import LinearOperator
 
 AffineFn = Callable[[torch.Tensor, bool], torch.Tensor]
@@ -56,7 +57,19 @@ class AffineOp:
     """The linear part as an operator (a 2-D convolution), for networks that keep it (decisions.md 21)."""
 
 
-Op = AffineOp | Activation
+@dataclass(frozen=True)
+class PoolOp:
+    """An L2-norm pooling of one sample (a stage of a network graph, decisions 43), as a handler returns it."""
+
+    pool: NormPool
+    out_shape: tuple[int, ...]
+    detail: str = ""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool.forward_flat(x.reshape(1, -1)).reshape(self.out_shape)
+
+
+Op = AffineOp | Activation | PoolOp
 DYNAMIC = object()
 """Marks the argument computed from the model input among an operator's constant arguments."""
 
@@ -88,6 +101,10 @@ class Layer:
     other : str
         For a merge of two branches (``source + other``, or ``source - other`` when ``op_type`` is a
         subtraction), the second tensor read; empty for every other layer (adapters/residual.py).
+    stage : NormPool or None
+        For an L2-norm pooling, the stage it is in the network graph (on flat vectors).
+    merge_eps : float or None
+        For the merge of orthogonium's L2NormResidual, sqrt(source^2 / 2 + other^2 / 2 + eps), its eps.
     """
 
     name: str
@@ -103,10 +120,13 @@ class Layer:
     module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     operator: LinearOperator | None = field(default=None, repr=False, compare=False)
     other: str = ""
+    stage: NormPool | None = field(default=None, repr=False, compare=False)
+    merge_eps: float | None = None
 
     @property
     def kind(self) -> str:
-        return "activation" if self.activation is not None else "merge" if self.other else "affine"
+        return ("activation" if self.activation is not None else "l2residual" if self.merge_eps is not None else
+                "merge" if self.other else "l2pool" if self.stage is not None else "affine")
 
 
 @dataclass(frozen=True)
@@ -243,13 +263,16 @@ def make_layers(name: str, op_type: str, source: str, target: str, ops: Sequence
         out_name = target if k == len(ops) - 1 else f"{target}#{k}"
         label = name if len(ops) == 1 else f"{name} [{k + 1}/{len(ops)}]"
         with torch.no_grad():
-            y = op(x) if isinstance(op, Activation) else op.fn(x, True)
+            y = op(x) if isinstance(op, Activation | PoolOp) else op.fn(x, True)
         if not isinstance(y, torch.Tensor):
             raise NotCovered(f"returns {type(y).__name__}, not a tensor")
         if not torch.isfinite(y).all():
             raise NotCovered("it produces non-finite values on a sample input")
         if isinstance(op, Activation):
             layers.append(Layer(label, op_type, cur, out_name, tuple(x.shape), tuple(y.shape), activation=op))
+        elif isinstance(op, PoolOp):
+            layers.append(Layer(label, op_type, cur, out_name, tuple(x.shape), tuple(y.shape), detail=op.detail,
+                                stage=op.pool))
         else:
             layers.append(Layer(label, op_type, cur, out_name, tuple(x.shape), tuple(y.shape), fn=op.fn,
                                 params=op.params, detail=op.detail, module=op.module, operator=op.operator))
@@ -299,6 +322,9 @@ def dense_plan(conv: Conversion) -> list[DenseBlock]:
         if tuple(layer.in_shape) != tuple(shape):
             raise ModelLoadError(f"internal error: layer {layer.name!r} expects shape {layer.in_shape} "
                                  f"but receives {shape}")
+        if layer.stage is not None:
+            raise ModelLoadError(f"internal error: the L2-norm pooling {layer.name!r} is a stage of a network graph, "
+                                 "not part of a chain (adapters/residual.py builds it)")
         if layer.activation is not None:
             blocks.append(DenseBlock(tuple(current), start, shape, layer))
             current, start = [], layer.out_shape

@@ -24,7 +24,7 @@ import torch
 from lipcert.errors import ModelLoadError
 from lipcert.graph import AnyNetwork
 
-from . import onnx_sort
+from . import l2pool, onnx_sort
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, AffineOp, Conversion, Issue, Layer, NotCovered, Op, chain_between, make_layers, reaching
 from .maxpool import for_input
@@ -162,6 +162,8 @@ class _Interpreter:
             self._set_outputs(i, [])  # downstream of an earlier issue; nothing new to report
             return
         source = node.input[dyn[0]]
+        if node.op_type in ("Pow", "LpPool") and dyn == [0] and self.fuse_l2pool(i, node, inputs[0].probe):
+            return
         if source not in self.tried_fusion and (len(dyn) > 1 or len(self._dynamic_users(source)) > 1
                                                 or node.op_type in onnx_sort.STARTS):
             self.tried_fusion.add(source)
@@ -328,6 +330,46 @@ class _Interpreter:
         self.env.update({**{n: Dyn(v) for n, v in match.values.items()}, match.exit: Dyn(out)})
         self.fused.update(match.region)
         self.notes.append(f"nodes {names} compute {match.label}, rewritten exactly with |.| (docs/decisions.md 19)")
+        return True
+
+    def fuse_l2pool(self, i: int, node: onnx.NodeProto, probe: torch.Tensor) -> bool:
+        """An exported L2-norm pooling or ``LpPool`` (p = 2) as one pooling stage (:mod:`.l2pool`); a variant of
+        the export pattern is an issue naming its node.  False when node ``i`` starts no pooling."""
+        try:
+            if node.op_type == "LpPool":
+                region, exit_name, lp = [i], node.output[0], l2pool.onnx_lp_pool(node, tuple(probe.shape))
+                if lp is None:
+                    return False
+                op = lp
+            else:
+                match = l2pool.onnx_match(self.nodes, self.env, self._dynamic_users, self.label, i, tuple(probe.shape))
+                if match is None:
+                    return self.fuse_norm_merge(i)
+                region, exit_name, op = match.region, match.exit, match.op
+            names = ", ".join(self.label(j) for j in region)
+            layers, out = make_layers(f"l2pool({names})", "L2NormPool", node.input[0], exit_name, [op], probe)
+        except NotCovered as exc:
+            self.issue(i, str(exc.args[0]))
+            self._fallback(i)
+            return True
+        self.layers += layers
+        self.env[exit_name] = Dyn(out)
+        self.fused.update(region)
+        self.notes.append(f"nodes {names} compute an L2-norm pooling, a stage with its exact constant "
+                          "(docs/decisions.md 43)")
+        return True
+
+    def fuse_norm_merge(self, i: int) -> bool:
+        """orthogonium's exported L2NormResidual merge that node ``i`` begins as one merge layer (:mod:`.l2pool`)."""
+        producers = {o: j for j, n in enumerate(self.nodes) for o in n.output}
+        found = l2pool.onnx_norm_merge(self.nodes, self.env, self._dynamic_users, producers.get, i, self.label)
+        if found is None:
+            return False
+        self.layers.append(found.layer)
+        self.env[found.exit] = Dyn(found.value)
+        self.fused.update(found.region)
+        self.notes.append(f"nodes {', '.join(self.label(j) for j in found.region)} compute orthogonium's "
+                          "L2NormResidual merge (docs/decisions.md 44)")
         return True
 
     # ---------------------------------------------------------------- result

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lipcert.errors import ModelLoadError
+from lipcert.errors import ModelLoadError, UnsupportedOperatorError
 from lipcert.network import Network, require_network
 
 from .common import as_channels, normalization_layer
@@ -104,8 +104,18 @@ def _layer_module(layer: Layer) -> nn.Module:
 
 def from_conversion(conv: Conversion) -> nn.Module:
     """The layers of a conversion as a float64 module on batches of inputs of shape ``conv.input_shape``:
-    an ``nn.Sequential`` for a chain, a :class:`~.modules.LayerGraph` for a model with residual merges."""
+    an ``nn.Sequential`` for a chain, a :class:`~.modules.LayerGraph` for a model with residual merges.
+
+    An L2-norm pooling or L2-norm residual is refused (UnsupportedOperatorError naming it): not rebuilt for verifiers."""
     conv.raise_issues()
+    cut = next((layer for layer in conv.layers if layer.stage is not None or layer.merge_eps is not None), None)
+    if cut is not None:
+        what = "an L2-norm pooling" if cut.stage is not None else "an L2-norm residual merge"
+        raise UnsupportedOperatorError(
+            f"{conv.source}: {cut.op_type} node {cut.name!r} is {what} ({cut.detail}): lipcert bounds it as a stage "
+            "with its Lipschitz constant (docs/decisions.md 43-44), but does not rebuild it for auto_LiRPA / CROWN "
+            "(a square root, whose slope is unbounded at 0); lipcert.lipschitz, lower_bound and certify (global "
+            "radii) handle this model")
     if not conv.has_batch_axis or any(not shape or shape[0] != 1 for layer in conv.layers
                                       for shape in (layer.in_shape, layer.out_shape)):
         raise ModelLoadError(f"{conv.source}: the model has no batch axis, or a layer moves it; rebuild it from its "

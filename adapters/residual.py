@@ -5,7 +5,10 @@ with a second input ``other``.  Walking from the input, every tensor read by two
 residual block: its two paths run, layer by layer with one reader each, to one merge; the path without
 an activation is the shortcut S (empty: the identity; else its affine layers materialized as one dense
 matrix), the other is the branch g (a chain).  The layers between blocks become chains and the
-activations right after or before a block become the activations between stages.  Anything else (two
+activations right after or before a block become the activations between stages.  An L2-norm pooling
+layer (``Layer.stage``, decisions 43) is a stage of its own between the chains; a fork that merges in
+orthogonium's L2NormResidual merge (``Layer.merge_eps``) is a :class:`~lipcert.norm_residual.NormResidual`
+stage when one of its paths is the input itself (decisions 44).  Anything else (two
 branches with activations, nested forks, a fork whose paths merge in different places) is an
 :class:`~lipcert.errors.UnsupportedOperatorError` naming the nodes.
 """
@@ -22,6 +25,8 @@ from lipcert.activations import Activation
 from lipcert.errors import UnsupportedOperatorError
 from lipcert.graph import GraphNetwork, Residual, graph_network
 from lipcert.network import Network
+from lipcert.norm_pool import NormPool
+from lipcert.norm_residual import NormResidual
 
 from .graph import Conversion, DenseBlock, Layer, build_network, check_dense_size, dense_plan, materialize
 
@@ -30,8 +35,9 @@ SUBTRACTIONS = frozenset({"Sub", "sub", "Tensor.sub", "Tensor.sub_", "isub"})
 
 
 def has_merges(conv: Conversion) -> bool:
-    """True when the conversion holds a merge of two branches (a residual connection)."""
-    return any(layer.other for layer in conv.layers)
+    """True when the conversion is a graph: it holds a merge of two branches (a residual connection) or an
+    L2-norm pooling stage."""
+    return any(layer.other or layer.stage is not None for layer in conv.layers)
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,12 @@ class _Block:
     branch: tuple[Layer, ...]
     shortcut_subtracted: bool
     branch_subtracted: bool
+    norm_eps: float | None = None
+    """For an L2NormResidual merge sqrt(x^2/2 + g(x)^2/2 + eps): its eps (the shortcut is then empty)."""
 
 
-Item = tuple[Layer, ...] | _Block | Activation
+Item = tuple[Layer, ...] | _Block | Activation | Layer
+"""A run of chain layers, a residual block, an activation between stages, or an L2-norm pooling layer."""
 
 
 def _refuse(conv: Conversion, layer: Layer, why: str) -> UnsupportedOperatorError:
@@ -94,12 +103,21 @@ def _block(conv: Conversion, readers: dict[str, list[Layer]], fork: str) -> _Blo
     ends = [p[-1].target if p else fork for p in (p1, p2)]
     if set(ends) != {merge.source, merge.other}:
         raise _refuse(conv, merge, "internal error: the merge does not read the ends of the two paths")
+    pooled = next((layer for layer in p1 + p2 if layer.stage is not None), None)
+    if pooled is not None:
+        raise _refuse(conv, pooled, f"an L2-norm pooling inside the residual block from {fork!r} is not supported: "
+                                    "a pooling is a stage of its own, and a residual branch must be a chain")
     acts = [any(layer.activation is not None for layer in p) for p in (p1, p2)]
     if all(acts):
         raise _refuse(conv, merge, "both of its inputs pass through activations; a residual block needs one linear "
                                    "shortcut (identity, 1x1 convolution, downsampling) beside the branch")
     # the shortcut is the path without activations (of two linear paths, the shorter one)
     short, branch = (p1, p2) if not acts[0] and (acts[1] or len(p1) <= len(p2)) else (p2, p1)
+    if merge.merge_eps is not None:
+        if short:
+            raise _refuse(conv, merge, f"an L2NormResidual merge needs the tensor {fork!r} itself as one input, but "
+                                       f"it reads it through {short[0].op_type} {short[0].name!r}")
+        return _Block(merge, (), tuple(branch), False, False, merge.merge_eps)
     subtract = merge.op_type in SUBTRACTIONS
     short_end = short[-1].target if short else fork
     return _Block(merge, tuple(short), tuple(branch), subtract and short_end == merge.other,
@@ -116,6 +134,11 @@ def _items(conv: Conversion) -> list[Item]:
         users = readers.get(tensor, [])
         if not users:
             break
+        if len(users) == 1 and users[0].stage is not None:
+            items += [tuple(run), users[0]] if run else [users[0]]
+            run = []
+            tensor = users[0].target
+            continue
         if len(users) == 1 and not users[0].other:
             run.append(users[0])
             tensor = users[0].target
@@ -186,7 +209,7 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
     blocks += [DenseBlock(it.shortcut, tuple(it.shortcut[0].in_shape), tuple(it.shortcut[-1].out_shape), None)
                for it in items if isinstance(it, _Block) and it.shortcut]
     check_dense_size(blocks, max_dense_bytes, conv.source)
-    stages: list[Network | Residual] = []
+    stages: list[Network | Residual | NormPool | NormResidual] = []
     acts: list[Activation | None] = []
     pending: Activation | None = None  # the activation since the last stage
     for item in items:
@@ -194,9 +217,14 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
             pending = item
             continue
         if isinstance(item, Activation):  # two in a row: the second is carried by an identity chain
-            stage: Network | Residual = _identity(stages[-1].output_dim, item)
+            stage: Network | Residual | NormPool | NormResidual = _identity(stages[-1].output_dim, item)
+        elif isinstance(item, Layer):
+            assert item.stage is not None
+            stage = item.stage
         elif isinstance(item, tuple):
             stage = _chain(conv, item, max_dense_bytes)
+        elif item.norm_eps is not None:
+            stage = NormResidual(_chain(conv, item.branch, max_dense_bytes), item.norm_eps)
         else:
             branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted)
             s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.output_dim)

@@ -27,7 +27,7 @@ from torch import nn
 from lipcert.errors import ModelLoadError
 from lipcert.graph import AnyNetwork
 
-from . import groupsort, torch_library, torch_sort
+from . import groupsort, l2pool, torch_library, torch_sort
 from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers, reaching
 from .residual import SUBTRACTIONS
@@ -71,17 +71,18 @@ def _replace(value: Any, how: Any) -> Any:
 
 
 class _Tracer(torch.fx.Tracer):
-    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts kept as leaves and the
-    library layers of :mod:`.torch_library` traced through their load-time forwards (``forwards``, by id)."""
+    """fx's tracer, with the deel-torchlip / orthogonium activations lipcert converts and L2-norm poolings
+    (``LPPool2d``, ``F.lp_pool2d``) kept as leaves and the library layers of :mod:`.torch_library` traced
+    through their load-time forwards (``forwards``, by id)."""
 
     def __init__(self, forwards: dict[int, Any] | None = None) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=(torch.nn.functional.lp_pool2d,))  # a whole L2-norm pooling
         self.forwards = forwards or {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.forwards:
             return False
-        return (groupsort.is_leaf(m) or torch_library.refusal(m) is not None
+        return (groupsort.is_leaf(m) or isinstance(m, nn.LPPool2d)
                 or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
@@ -181,6 +182,9 @@ class _Interpreter:
         op_type, name = self._describe(node)
         if self._fuse_sorting(node, dyns[0]):
             return
+        if len(dyns) == 2 and node.target is l2pool.l2_norm_merge:
+            self._norm_merge(node, args, op_type, name)
+            return
         if len(dyns) == 2 and self._merge(node, args, kwargs, op_type, name):
             return
         if len(dyns) > 1:
@@ -211,6 +215,19 @@ class _Interpreter:
                                  other=second.name))
         self.env[node.name] = Dyn(a - b if op_type in SUBTRACTIONS else a + b)
         return True
+
+    def _norm_merge(self, node: torch.fx.Node, args: Any, op_type: str, name: str) -> None:
+        """An L2NormResidual's merge of x and fn(x) (:func:`.l2pool.l2_norm_merge`) as a merge layer."""
+        first, second = node.args[0], node.args[1]
+        assert isinstance(first, torch.fx.Node) and isinstance(second, torch.fx.Node)
+        try:
+            layer, value = l2pool.norm_merge_layer(name, first.name, second.name, node.name, args[0].probe,
+                                                          args[1].probe, args[2])
+        except ValueError as exc:
+            self.issue(node, op_type, str(exc), name)
+            return
+        self.layers.append(layer)
+        self.env[node.name] = Dyn(value)
 
     def _fuse_sorting(self, node: torch.fx.Node, dyn: Dyn) -> bool:
         """Convert the calls from ``node`` on that compute a sorting activation (:mod:`.torch_sort`), if they do."""
@@ -275,7 +292,7 @@ class _Interpreter:
                 module = self.gm.get_submodule(str(node.target))
                 handler = module_handler(module)
                 if handler is None:
-                    raise NotCovered(torch_library.refusal(module) or module_why(module))
+                    raise NotCovered(module_why(module))
                 if len(args) != 1 or marked_args[0] is not DYNAMIC or kwargs:
                     raise NotCovered("called with extra arguments")
                 ops = handler(module, tuple(probe.shape))

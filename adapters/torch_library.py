@@ -16,7 +16,11 @@ code:
   half, as ``chunk`` does), written y = S x + E fn(P x) with S = diag(I, 0) (x with its second half
   padded away) and P, E the selection and zero padding on axis 1: a residual block whose linear
   shortcut is S and whose branch is fn between P and E.  ``fn`` is traced as usual, so a nested
-  residual inside it is refused by :mod:`.residual` with the node named.
+  residual inside it is refused by :mod:`.residual` with the node named;
+* L2NormResidual: sqrt(x^2 / 2 + fn(x)^2 / 2 + eps), traced with the merge as one call of
+  :func:`.l2pool.l2_norm_merge` (an fx leaf function), which the fx adapter records as an L2-norm merge of the
+  two branches (:func:`.l2pool.norm_merge_layer`) and :mod:`.residual` turns into a
+  :class:`~lipcert.norm_residual.NormResidual` stage (decisions 44).
 
 The traced copy holds the computed constants; the user's module is never changed, and the conversion
 is checked against the original module's own output as every conversion is.
@@ -29,10 +33,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .l2pool import l2_norm_merge
+
 Forward = Callable[..., Any]
+
+
+torch.fx.wrap("l2_norm_merge")  # an fx leaf in the forwards below
 
 
 def _sll_dense(m: Any) -> Forward:
@@ -97,27 +107,19 @@ def _concat_residual(m: Any) -> Forward:
     return forward
 
 
+def _l2_norm_residual(m: Any) -> Forward:
+    """sqrt(x^2 / 2 + fn(x)^2 / 2 + eps) with the merge as one :func:`l2_norm_merge` call."""
+    def forward(x: Any) -> Any:
+        return l2_norm_merge(x, m.fn(x), float(m.eps))
+
+    return forward
+
+
 _LIBRARIES: dict[str, dict[str, Callable[[Any], Forward]]] = {
     "orthogonium": {"SDPBasedLipschitzDense": _sll_dense, "SDPBasedLipschitzResBlock": _sll_conv,
                     "SLLxAOCLipschitzResBlock": _sll_aoc,
-                    "ConcatResidual": _concat_residual},
+                    "ConcatResidual": _concat_residual, "L2NormResidual": _l2_norm_residual},
 }
-
-
-_REFUSED: dict[str, dict[str, str]] = {
-    "orthogonium": {"L2NormResidual": "orthogonium's L2NormResidual computes sqrt(x^2 / 2 + fn(x)^2 / 2 + eps) "
-                                      "entry by entry, which is neither a residual block y = S x + g(x) nor an "
-                                      "elementwise activation of one branch; lipcert has no bound for it"},
-}
-
-
-def refusal(m: nn.Module) -> str | None:
-    """Why lipcert refuses a library layer it recognizes by class (kept whole in the trace), or None."""
-    for cls in type(m).__mro__:
-        for prefix, classes in _REFUSED.items():
-            if cls.__module__.startswith(prefix + ".") and cls.__name__ in classes:
-                return classes[cls.__name__]
-    return None
 
 
 def stale_dtype(module: nn.Module) -> str | None:

@@ -23,6 +23,7 @@ from lipcert.operators import Conv2dOperator
 
 from . import groupsort
 from .graph import DYNAMIC, AffineOp, NotCovered, Op, undilate
+from .l2pool import lp_pool_function, lp_pool_module
 from .maxpool import adaptive_max_pool_module, max_pool_function, max_pool_module
 from .modules import torch_copy
 
@@ -321,7 +322,7 @@ FUNCTIONS: dict[Any, Callable[[Call], list[Op]]] = {
     F.max_pool1d: max_pool_function, F.max_pool2d: max_pool_function, F.max_pool3d: max_pool_function,
     F.batch_norm: batch_norm_fn, F.pad: pad_fn, torch.cat: cat_fn, torch.concat: cat_fn,
     F.dropout: dropout_fn, F.dropout1d: dropout_fn, F.dropout2d: dropout_fn, F.dropout3d: dropout_fn,
-    F.alpha_dropout: dropout_fn,
+    F.alpha_dropout: dropout_fn, F.lp_pool2d: lp_pool_function,
     **{f: (lambda c: generic_linear(c, False)) for f in LINEAR_FUNCTIONS},
 }
 
@@ -431,7 +432,7 @@ MODULES: dict[type, Callable[[Any, tuple[int, ...]], list[Op]]] = {
                                    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
                                    nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d,
                                    nn.CircularPad3d)},
-    nn.Identity: lambda m, s: [],
+    nn.Identity: lambda m, s: [], nn.LPPool2d: lp_pool_module,
     **{t: max_pool_module for t in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
     **{t: adaptive_max_pool_module for t in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)},
     nn.ReLU: lambda m, s: [relu()], nn.ReLU6: lambda m, s: [get_activation("relu6")],
@@ -455,11 +456,11 @@ def module_handler(m: nn.Module) -> Callable[[Any, tuple[int, ...]], list[Op]] |
     return groupsort.module_ops(m)
 
 
-_POOL_WHY = ("this pooling (a p-norm or random windows) is neither affine nor elementwise; max, adaptive max and "
-             "average pooling are supported")
+_POOL_WHY = ("this pooling (a p-norm or random windows) is neither affine nor elementwise; max, adaptive max, "
+             "average and 2-D L2-norm (LPPool2d with p = 2) pooling are supported")
 _NORM_WHY = "it normalizes by statistics of the input itself, which is not affine"
 MODULE_WHY: dict[str, str] = {
-    **{n: _POOL_WHY for n in ("FractionalMaxPool2d", "LPPool1d", "LPPool2d")},
+    **{n: _POOL_WHY for n in ("FractionalMaxPool2d", "LPPool1d", "LPPool3d")},
     **{n: _NORM_WHY for n in ("LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
                               "LocalResponseNorm", "RMSNorm")},
     "Softmax": "softmax couples all entries of a vector; certify the logits instead (remove a final softmax)",

@@ -1,8 +1,10 @@
 """Network graphs: a sequence of chain pieces and residual blocks (docs/decisions.md 28).
 
 A :class:`GraphNetwork` is f = s_T o a_{T-1} o s_{T-1} o ... o a_1 o s_1, where each stage s_t is a chain
-:class:`~lipcert.Network` or a :class:`Residual` block y = S x + c + g(x) (S the identity or a dense
-linear shortcut, g a chain Network), and each a_t between two stages is an elementwise
+:class:`~lipcert.Network`, a :class:`Residual` block y = S x + c + g(x) (S the identity or a dense
+linear shortcut, g a chain Network), an L2-norm pooling :class:`~lipcert.norm_pool.NormPool` (a
+non-elementwise map with an exact Lipschitz constant, decisions 43) or an L2-norm residual
+:class:`~lipcert.norm_residual.NormResidual` (sqrt(x^2/2 + g(x)^2/2 + eps), decisions 44), and each a_t between two stages is an elementwise
 slope-restricted activation or nothing.  :func:`graph_network` builds one and normalizes it: a linear
 residual (g a single affine map) is merged into one affine map S + W exactly, a zero shortcut leaves
 the chain g, and neighbouring chains are joined, so a model with no real skip connection comes back
@@ -22,10 +24,17 @@ import torch
 from .activations import Activation, get_activation
 from .errors import ShapeMismatchError
 from .network import ArrayLike, Network, _as_tensor, array_hash, batched
+from .norm_pool import NormPool
+from .norm_residual import NormResidual
 
 Hook = Callable[[int, Activation, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``hook(site, activation, alpha, beta, z)``: replaces activation site number ``site`` (counted in
 evaluation order over the whole graph) applied to pre-activations ``z`` (batch, n)."""
+Cut = NormPool | NormResidual
+"""A stage that is neither a chain nor a residual block: no certificate of the recursion passes through it."""
+CutHook = Callable[[int, Cut, torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""``cut_hook(number, stage, z, out)``: replaces the ``number``-th (0-based) cut stage applied to ``z`` (batch, n);
+``out`` is g(z) for a NormResidual (its branch already evaluated, with ``hook``), None for a NormPool."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,18 +69,18 @@ class Residual:
         return torch.eye(self.input_dim, dtype=torch.float64) if self.shortcut is None else self.shortcut
 
 
-Stage = Network | Residual
+Stage = Network | Residual | NormPool | NormResidual
 
 
 @dataclass(frozen=True, eq=False)
 class GraphNetwork:
-    """Stages (chains and residual blocks) with optional elementwise activations between them.
+    """Stages (chains, residual blocks, L2-norm poolings) with optional elementwise activations between them.
 
     Built by :func:`graph_network`, which checks the shapes and merges what is a chain.
 
     Attributes
     ----------
-    stages : tuple of Network or Residual
+    stages : tuple of Network, Residual, NormPool or NormResidual
         s_1..s_T on flat vectors; stage t's input has the size of stage t-1's output.
     activations : tuple of Activation or None
         a_1..a_{T-1}, the activation after each stage but the last (None: none).
@@ -104,8 +113,9 @@ class GraphNetwork:
     def activation_names(self) -> tuple[str, ...]:
         """Names of every activation in evaluation order (inside chains and branches, and between stages)."""
         names: list[str] = []
-        for net, act in zip(self.chains(), self.activations + (None,)):
-            names += net.activation_names
+        for stage, act in zip(self.stages, self.activations + (None,)):
+            names += [] if isinstance(stage, NormPool) else (
+                stage.branch if isinstance(stage, Residual | NormResidual) else stage).activation_names
             names += [] if act is None else [act.name]
         return tuple(names)
 
@@ -116,7 +126,16 @@ class GraphNetwork:
 
     def chains(self) -> list[Network]:
         """Every chain of the graph: the chain stages and the branches of the residual blocks."""
-        return [s.branch if isinstance(s, Residual) else s for s in self.stages]
+        return [s.branch if isinstance(s, Residual | NormResidual) else s for s in self.stages
+                if not isinstance(s, NormPool)]
+
+    def pools(self) -> list[NormPool]:
+        """The L2-norm pooling stages, in evaluation order."""
+        return [s for s in self.stages if isinstance(s, NormPool)]
+
+    def cuts(self) -> list[Cut]:
+        """The stages no recursion certificate passes through (poolings, L2-norm residuals), in order."""
+        return [s for s in self.stages if isinstance(s, NormPool | NormResidual)]
 
     def between_slopes(self, t: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Per-neuron (alpha, beta) of the activation after stage ``t`` (0-based), None if there is none."""
@@ -129,6 +148,10 @@ class GraphNetwork:
         for stage, act in zip(self.stages, self.activations + (None,)):
             if isinstance(stage, Network):
                 h.update(f"chain {stage.fingerprint()}".encode())
+            elif isinstance(stage, NormPool):
+                h.update(f"l2pool {stage.fingerprint()}".encode())
+            elif isinstance(stage, NormResidual):
+                h.update(f"l2residual {stage.branch.fingerprint()} {stage.eps!r}".encode())
             else:
                 arrays = [a.numpy() for a in (stage.shortcut, stage.shortcut_bias) if a is not None]
                 h.update(f"residual {stage.branch.fingerprint()} {stage.shortcut is None} "
@@ -141,12 +164,21 @@ class GraphNetwork:
         return replace(self, info={**self.info, **info})
 
     # ------------------------------------------------------------------ evaluation
-    def forward_flat(self, z: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
-        """f on a flat batch (B, n_0) in its dtype; ``hook`` replaces every activation (see :data:`Hook`)."""
-        site = [0]
+    def forward_flat(self, z: torch.Tensor, hook: Hook | None = None, cut_hook: CutHook | None = None
+                     ) -> torch.Tensor:
+        """f on a flat batch (B, n_0) in its dtype; ``hook`` replaces every activation (see :data:`Hook`),
+        ``cut_hook`` every pooling and L2-norm residual stage (:data:`CutHook`)."""
+        site, cuts = [0], 0
         for t, stage in enumerate(self.stages):
             if isinstance(stage, Network):
                 z = chain_flat(stage, z, hook, site)
+            elif isinstance(stage, NormPool):
+                z = stage.forward_flat(z) if cut_hook is None else cut_hook(cuts, stage, z, None)
+                cuts += 1
+            elif isinstance(stage, NormResidual):
+                out = chain_flat(stage.branch, z, hook, site)
+                z = stage.merge(z, out) if cut_hook is None else cut_hook(cuts, stage, z, out)
+                cuts += 1
             else:
                 short = z if stage.shortcut is None else z @ stage.shortcut.to(z.dtype).T
                 if stage.shortcut_bias is not None:
@@ -170,6 +202,10 @@ class GraphNetwork:
         for stage, act in zip(self.stages, self.activations + (None,)):
             if isinstance(stage, Network):
                 parts.append(f"chain{list(stage.widths)}")
+            elif isinstance(stage, NormPool):
+                parts.append(f"l2pool({stage.label}, {stage.input_dim} -> {stage.output_dim})")
+            elif isinstance(stage, NormResidual):
+                parts.append(f"l2residual(chain{list(stage.branch.widths)}, eps={stage.eps:g})")
             else:
                 short = "identity" if stage.shortcut is None else f"linear {tuple(stage.shortcut.shape)}"
                 parts.append(f"residual({short} + chain{list(stage.branch.widths)})")
@@ -249,7 +285,7 @@ def graph_network(stages: Sequence[Stage], activations: Sequence[Activation | st
 
     Parameters
     ----------
-    stages : sequence of Network or Residual
+    stages : sequence of Network, Residual, NormPool or NormResidual
         The stages in evaluation order (chains take flat vectors; their own input shapes are ignored).
     activations : sequence of Activation, activation name or None, optional
         One per gap between stages (default: none); None is no activation.
@@ -278,8 +314,9 @@ def graph_network(stages: Sequence[Stage], activations: Sequence[Activation | st
         if isinstance(stage, Residual):
             stage = _check_residual(stage, t)
             stage = _as_chain(stage) or stage
-        elif not isinstance(stage, Network):
-            raise ShapeMismatchError(f"stage {t + 1} must be a Network or a Residual, got {type(stage).__name__}")
+        elif not isinstance(stage, Network | NormPool | NormResidual):
+            raise ShapeMismatchError(f"stage {t + 1} must be a Network, a Residual, a NormPool or a NormResidual, "
+                                     f"got {type(stage).__name__}")
         if t > 0 and stage.input_dim != checked[-1].output_dim:
             raise ShapeMismatchError(f"stage {t + 1} takes {stage.input_dim} inputs but stage {t} has "
                                      f"{checked[-1].output_dim} outputs")

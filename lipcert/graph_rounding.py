@@ -3,7 +3,11 @@
 Each chain carries the error bound E of its input through :func:`lipcert.rounding.logit_error_bound`; a
 residual block y = S x + c + g(x) adds the shortcut's error ||S||_inf E + 2 gamma_{n+1} (max_i ||S_i|| ||x||
 + max |c|) (E alone for the identity), the branch's, and the rounding of the bias and the sum, u (max |S x + c| + max |y|) (doubled);
-an activation between stages multiplies E by its largest |slope| and adds its own rounding, as in a chain.
+an activation between stages multiplies E by its largest |slope| and adds its own rounding, as in a chain;
+an L2-norm pooling y_w = ||D_w x|| multiplies E by max_w ||sqrt(P_w)||_2 (|y_w(x + e) - y_w(x)| <= ||D_w e||)
+and adds its own rounding, 2 gamma_{K+4} max |y| (K squares, their sum, the root); an L2-norm residual
+sqrt(x^2/2 + g(x)^2/2 + eps), 1/sqrt(2)-Lipschitz in (x_i, g_i) per entry, turns the errors E of x and E_g of
+g(x) into (E + E_g) / sqrt(2) and adds 16 u max |z| (two squares, two halvings, two sums and the root).
 Every bound is per input and holds for every entry of the output.
 """
 
@@ -16,12 +20,15 @@ import torch
 from .activations import Activation
 from .graph import AnyNetwork, Residual
 from .network import Network
+from .norm_pool import NormPool
+from .norm_residual import NormResidual
 from .rounding import (
     EXACT_ACTIVATIONS,
     UNIT_ROUNDOFF,
     ErrorLayer,
     affine_gamma,
     error_layers,
+    gamma,
     logit_error_bound,
 )
 
@@ -47,17 +54,39 @@ class ErrorActivation:
     exact: bool
 
 
-ErrorPlan = list[ErrorLayer] | list[list[ErrorLayer] | ErrorBlock | ErrorActivation]
+@dataclass(frozen=True)
+class ErrorPool:
+    """An L2-norm pooling with the factor max_w ||sqrt(P_w)|| and the relative rounding of its norms."""
+
+    pool: NormPool
+    factor: float
+    gamma: float
+
+
+@dataclass(frozen=True)
+class ErrorNormResidual:
+    """An L2-norm residual and its branch's error layers."""
+
+    stage: NormResidual
+    branch: list[ErrorLayer]
+
+
+ErrorPlan = list[ErrorLayer] | list[list[ErrorLayer] | ErrorBlock | ErrorActivation | ErrorPool | ErrorNormResidual]
 
 
 def error_plan(net: AnyNetwork) -> ErrorPlan:
     """What :func:`forward_error` needs of a network, computed once: a chain's error layers, or per stage."""
     if isinstance(net, Network):
         return error_layers(net)
-    plan: list[list[ErrorLayer] | ErrorBlock | ErrorActivation] = []
+    plan: list[list[ErrorLayer] | ErrorBlock | ErrorActivation | ErrorPool | ErrorNormResidual] = []
     for t, stage in enumerate(net.stages):
         if isinstance(stage, Network):
             plan.append(error_layers(stage))
+        elif isinstance(stage, NormPool):
+            plan.append(ErrorPool(stage, float(stage.weight.sum(1).max().sqrt()) * (1 + 1e-15),
+                                  2 * gamma(int(stage.index.shape[1]) + 4)))
+        elif isinstance(stage, NormResidual):
+            plan.append(ErrorNormResidual(stage, error_layers(stage.branch)))
         else:
             s = stage.shortcut
             c = stage.shortcut_bias
@@ -92,6 +121,13 @@ def forward_error(plan: ErrorPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch
             branch, branch_err = logit_error_bound(step.branch, z, err)
             z = short + branch
             err = short_err + branch_err + 2 * UNIT_ROUNDOFF * (z.abs().max(dim=1).values + short.abs().max(dim=1).values)
+        elif isinstance(step, ErrorPool):
+            z = step.pool.forward_flat(z)
+            err = step.factor * err + step.gamma * z.abs().max(dim=1).values
+        elif isinstance(step, ErrorNormResidual):
+            out, out_err = logit_error_bound(step.branch, z, err)
+            z = step.stage.merge(z, out)
+            err = (err + out_err) * (0.5**0.5 * (1 + 1e-15)) + 16 * UNIT_ROUNDOFF * z.abs().max(dim=1).values
         else:
             a = step.activation(z)
             err = step.slope * err

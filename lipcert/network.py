@@ -326,9 +326,10 @@ def require_network(net: Any, verb: str, *, operators: bool = False, max_bytes: 
     :class:`~lipcert.graph.GraphNetwork` is a :class:`~lipcert.errors.GraphNetworkError` naming ``verb``.
     """
     if getattr(net, "is_graph", False):
-        raise GraphNetworkError(f"{verb} needs a chain network, but this one has residual blocks (a "
-                                f"GraphNetwork: {net!r}); residual graphs are supported by lipschitz, lower_bound "
-                                "and certify (global radii); docs/decisions.md 28")
+        kinds = "residual blocks" + (" or L2-norm pooling / residual stages" if getattr(net, "cuts", list)() else "")
+        raise GraphNetworkError(f"{verb} needs a chain network, but this one has {kinds} (a "
+                                f"GraphNetwork: {net!r}); such graphs are supported by lipschitz, lower_bound "
+                                "and certify (global radii); docs/decisions.md 28, 43")
     if not isinstance(net, Network):
         raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: load the model first "
                                "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "

@@ -190,7 +190,7 @@ class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 2, 3, padding=1)
-        self.pool = nn.LPPool2d(2, 2)
+        self.pool = nn.LPPool2d(1, 2)  # p = 1: not an L2-norm pooling
         self.fc1, self.fc2 = nn.Linear(8, 4), nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +202,7 @@ class Residual(nn.Module):
 def test_lppool_and_concat_are_all_reported_beside_a_residual() -> None:
     conv = analyze_module(Residual(), input_shape=(2, 4, 4))  # the residual add is supported (adapters/residual.py)
     assert [(i.op_type, i.name) for i in conv.issues] == [("LPPool2d", "pool"), ("cat", "cat")]
-    with pytest.raises(UnsupportedOperatorError, match=r"(?s)2 operators.*LPPool2d node 'pool': this pooling"
+    with pytest.raises(UnsupportedOperatorError, match=r"(?s)2 operators.*LPPool2d node 'pool': LPPool2d with norm_type=1"
                                                        r".*cat node 'cat'"):
         lipcert.load(Residual(), input_shape=(2, 4, 4))
 
@@ -273,7 +273,7 @@ def test_cli_inspect_on_pickled_modules(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["inspect", str(tmp_path / "good.pt"), "--input-shape", "1,7,7"]) == 0
     text = capsys.readouterr().out
     assert "leaky_relu(0.1) [0.1, 1]" in text and "W1: 18 x 49" in text and "conversion check: max" in text
-    bad = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Softmax(dim=1))
+    bad = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LPPool2d(1, 2), nn.Flatten(), nn.Softmax(dim=1))
     torch.save(bad.eval(), tmp_path / "bad.pt")
     assert main(["inspect", str(tmp_path / "bad.pt"), "--input-shape", "1,6,6"]) == 2
     text = capsys.readouterr().out

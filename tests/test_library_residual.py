@@ -197,13 +197,6 @@ def test_orthogonium_parametrizations_after_double(seed: int) -> None:
         lipcert.load(model.double(), input_shape=(6,))
 
 
-def test_l2norm_residual_is_refused_by_name(seed: int) -> None:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 8), residual.L2NormResidual(_mlp(8, 8, 8)), nn.Linear(8, 2)).double().eval()
-    with pytest.raises(UnsupportedOperatorError, match=r"L2NormResidual node '1': orthogonium's L2NormResidual"):
-        lipcert.load(model, input_shape=(6,))
-
-
 def test_float32_sll_stack_loads_with_t_recomputed_in_float64(seed: int) -> None:
     """A float32 module (as trained) is checked at float32 tolerance; t is recomputed in float64 from its float32
     weights, so the converted blocks are exact SLL blocks and still certified at 1."""

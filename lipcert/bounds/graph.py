@@ -9,7 +9,12 @@ Margin bounds come from the last stage's certificates: for an output direction c
 Lip(c^T f) <= Lip(c^T s_T) R with R the product over the earlier stages, and through a last residual
 block Lip(c^T s_T) <= ||S^T c|| + Lip(c^T g) <= sqrt(c^T ((1 + t) S S^T + (1 + 1/t) G_g) c) for any t > 0
 (Young's inequality), t = Lip(g) / ||S|| making the value ||S|| + Lip(g) again, or the block
-certificate's form E (Lip(c^T s_T) <= sqrt(c^T E c)) when the certificate is lower.  ``combined`` and
+certificate's form E (Lip(c^T s_T) <= sqrt(c^T E c)) when the certificate is lower.  An L2-norm
+pooling stage enters with its exact constant (:meth:`~lipcert.norm_pool.NormPool.certified_constant`,
+decisions 43): it is not slope-restricted, so no chain bound passes through it and the graph's bound is
+the product of the pieces on either side times that constant.  An L2-norm residual
+sqrt(x^2/2 + g(x)^2/2 + eps) enters with sqrt((1 + Lip(g)^2) / 2), Lip(g) the method's bound on its branch
+(decisions 44).  ``combined`` and
 ``optimized`` also run the carried-form recursion through the whole graph (:mod:`.graph_blocks`,
 decisions 31) and keep the lesser.  Every bound is a
 :class:`~lipcert.bounds.result.LipschitzBound` whose Gram matrices give ``pairwise()`` and ``along(c)``.
@@ -20,12 +25,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..graph import GraphNetwork, Residual
 from ..network import Network
+from ..norm_pool import NormPool
+from ..norm_residual import NormResidual, norm_residual_squared
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
 from .graph_blocks import graph_recursion
@@ -102,6 +109,27 @@ def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False
     return BlockBound(value, s, branch)
 
 
+def pool_bound(pool: NormPool, method: str) -> LipschitzBound:
+    """The bound of an L2-norm pooling stage: its exact constant c (certified), margins from c^2 I."""
+    start = time.perf_counter()
+    q = pool.squared_upper()
+    gram = Gram(torch.eye(pool.output_dim, dtype=torch.float64), math.log(q) if q > 0 else -math.inf)
+    value = gram.value
+    return LipschitzBound(value=value, method=method, per_rule={"l2pool": value}, rule="l2pool", multipliers=(),
+                          slopes=(), seconds=time.perf_counter() - start, grams={method: gram},
+                          extras={"path": "l2pool", "exact": pool.constant()})
+
+
+def norm_residual_bound(stage: NormResidual, chain_bound: ChainBound, method: str) -> LipschitzBound:
+    """The bound of an L2-norm residual: sqrt((1 + L^2) / 2), L the method's bound on the branch; margins from
+    that value squared times I (the branch's margins do not pass the root)."""
+    branch = chain_bound(stage.branch, False)
+    gram = Gram(torch.eye(stage.output_dim, dtype=torch.float64), math.log(norm_residual_squared(branch.value)))
+    value = gram.value
+    return replace(branch, value=value, per_rule={"l2residual": value}, rule="l2residual", multipliers=(), slopes=(),
+                   grams={method: gram}, extras={"path": "l2residual", "branch": branch.value})
+
+
 def recursion_method(method: str) -> str | None:
     """The carried-form recursion's method for a graph ``method``: taken beside the stagewise composition by
     ``combined`` and ``greedy`` (as "combined") and by ``optimized`` and the SDP methods (as "optimized");
@@ -136,7 +164,7 @@ def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> 
     ``extras["between_slopes"]`` the max |slope| of the activations between stages.  Runs with one torch
     thread when every matrix is small (:mod:`.threads`).
     """
-    with small_matrix_threads(max(max(c.widths) for c in net.chains())):
+    with small_matrix_threads(max((max(c.widths) for c in net.chains()), default=1)):
         return _graph_lipschitz(net, chain_bound, method)
 
 
@@ -150,6 +178,12 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
         if isinstance(stage, Network):
             bound = chain = chain_bound(stage, t == last_t)
             stages.append({"kind": "chain", "widths": list(stage.widths), "value": bound.value})
+        elif isinstance(stage, NormPool):
+            bound = chain = pool_bound(stage, method)
+            stages.append({"kind": "l2pool", "label": stage.label, "value": bound.value})
+        elif isinstance(stage, NormResidual):
+            bound = chain = norm_residual_bound(stage, chain_bound, method)
+            stages.append({"kind": "l2residual", "branch": bound.extras["branch"], "value": bound.value})
         else:
             bound = block_lipschitz(stage, chain_bound, t == last_t, method)
             chain = bound.branch

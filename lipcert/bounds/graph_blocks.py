@@ -11,6 +11,12 @@ not enter: every bound holds for all of them):
 
 The map still pending at the end is the head.  :func:`.graph.graph_lipschitz` takes it beside its
 stagewise composition for ``combined`` and ``optimized``.
+
+An L2-norm pooling stage (:class:`~lipcert.norm_pool.NormPool`) is not slope-restricted, so no form
+passes through it: the graph is cut there into segments, each bounded by the recursion, and the
+carried form after the pooling is c^2 lambda_max(N E N^T) I (c the pooling's exact constant, N E N^T the
+form of the segment before it): ||Delta pool|| <= c ||Delta h|| (decisions 43).  An L2-norm residual
+(decisions 44) is cut the same way, with c = sqrt((1 + L^2) / 2), L the recursion's bound on its branch.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import torch
 
 from ..graph import GraphNetwork, Residual
 from ..network import Network
+from ..norm_pool import NormPool
+from ..norm_residual import NormResidual, norm_residual_constant
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
 from .residual_block import BlockBound, ResidualBlock, branch_chain, chain_constant
@@ -26,11 +34,22 @@ from .threads import small_matrix_threads
 
 
 def graph_blocks(net: GraphNetwork) -> tuple[list[ResidualBlock], torch.Tensor]:
-    """The blocks and the head of ``net`` (whose layers are dense), as the module docstring says."""
+    """The blocks and the head of ``net`` (whose layers are dense and which has no pooling stage)."""
+    (blocks, head), = graph_segments(net)
+    return blocks, head
+
+
+def graph_segments(net: GraphNetwork) -> list[tuple[list[ResidualBlock], torch.Tensor]]:
+    """The blocks and head of every segment of ``net`` between its cut stages (poolings, L2-norm residuals;
+    one more segment than cuts)."""
+    segments: list[tuple[list[ResidualBlock], torch.Tensor]] = []
     blocks: list[ResidualBlock] = []
     pending: torch.Tensor | None = None  # linear map waiting for the next block (None: the identity)
     for t, stage in enumerate(net.stages):
-        if isinstance(stage, Network):
+        if isinstance(stage, NormPool | NormResidual):
+            segments.append((blocks, torch.eye(stage.input_dim, dtype=torch.float64) if pending is None else pending))
+            blocks, pending = [], None
+        elif isinstance(stage, Network):
             for w, (alpha, beta) in zip(stage.weights[:-1], stage.slopes()):
                 blocks.append(_merged(ResidualBlock(torch.zeros(w.shape[0], w.shape[1], dtype=torch.float64), w,
                                                     torch.eye(w.shape[0], dtype=torch.float64), alpha, beta), pending))
@@ -45,7 +64,7 @@ def graph_blocks(net: GraphNetwork) -> tuple[list[ResidualBlock], torch.Tensor]:
             blocks.append(_merged(ResidualBlock(zero, eye, eye, *slopes), pending))
             pending = None
     head = torch.eye(net.output_dim, dtype=torch.float64) if pending is None else pending
-    return blocks, head
+    return segments + [(blocks, head)]
 
 
 def _merged(block: ResidualBlock, pending: torch.Tensor | None) -> ResidualBlock:
@@ -83,13 +102,40 @@ def graph_recursion(net: GraphNetwork, *, method: str = "combined") -> BlockBoun
     ``pairwise()`` of the result gives the margin constants of the graph's outputs.  Runs with one torch
     thread when every matrix is small (:mod:`.threads`).
     """
-    with small_matrix_threads(max(max(c.widths) for c in net.chains())):
+    with small_matrix_threads(max((max(c.widths) for c in net.chains()), default=1)):
         return _graph_recursion(net, method)
 
 
 def _graph_recursion(net: GraphNetwork, method: str) -> BlockBound:
-    blocks, head = graph_blocks(net)
-    if not blocks:  # a purely linear graph (graph_network would have returned a chain)
+    """The recursion on every segment; a cut multiplies the carried scale by its constant (module docstring)."""
+    scale = 1.0  # bound on ||Delta (input of the current segment)|| / ||Delta x||
+    cuts = net.cuts()
+    segments = graph_segments(net)
+    for k, (blocks, head) in enumerate(segments):
+        bound = _segment(blocks, head, method)
+        if k == len(segments) - 1:
+            if k == 0:
+                return bound
+            form = bound.extras["form"] * scale**2
+            value = float(bound.value * scale * (1 + 4e-16))
+            return BlockBound(value, method, f"{bound.rule} after {k} cut(s)", {"segments": value},
+                              bound.multipliers, bound.seconds, {**bound.extras, "form": form})
+        scale = float(scale * bound.value * _cut_constant(cuts[k], method) * (1 + 4e-16))
+    raise AssertionError("graph_segments returns at least one segment")  # pragma: no cover
+
+
+def _cut_constant(stage: NormPool | NormResidual, method: str) -> float:
+    """A pooling's exact constant; sqrt((1 + L^2) / 2) for an L2-norm residual, L the recursion on its branch."""
+    if isinstance(stage, NormPool):
+        return stage.certified_constant()
+    n = stage.input_dim
+    (blocks, head), = graph_segments(GraphNetwork((stage.branch,), (), (n,)))
+    return norm_residual_constant(_segment(blocks, head, method).value)
+
+
+def _segment(blocks: list[ResidualBlock], head: torch.Tensor, method: str) -> BlockBound:
+    """chain_constant of one segment; a segment without blocks is its linear head."""
+    if not blocks:
         value = float(certified_root(spectral_norm_squared(head), 0.0))
         form = head @ head.T
         return BlockBound(value, method, "linear", {"linear": value}, None, 0.0, {"form": (form + form.T) / 2})

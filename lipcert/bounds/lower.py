@@ -138,7 +138,8 @@ def lower_bound(net: AnyNetwork, *, restarts: int = 8, samples: int = 256, seed:
         net = require_network(net, "lower_bound")
     restarts, samples = check_count("restarts", restarts, 0), check_count("samples", samples, 0)
     seed = check_count("seed", seed, 0)
-    widths = [w for chain in net.chains() for w in chain.widths] if isinstance(net, GraphNetwork) else net.widths
+    widths = ([w for chain in net.chains() for w in chain.widths] + list(net.widths) if isinstance(net, GraphNetwork)
+              else net.widths)
     check_budget(f"the lower bound on widths {list(widths)}", lower_bytes(net), max_bytes)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)

@@ -67,7 +67,8 @@ def lower_bytes(net: AnyNetwork) -> int:
     """Estimated peak working memory of :func:`~lipcert.bounds.lower.lower_bound`: products of each width
     with the input size (pattern bound) and a batch of Jacobians (samples x outputs x width); on a graph
     the widest layer of any of its chains, and two activations of it per input for autograd."""
-    widths = [w for chain in net.chains() for w in chain.widths] if isinstance(net, GraphNetwork) else net.widths
+    widths = ([w for chain in net.chains() for w in chain.widths] + list(net.widths) if isinstance(net, GraphNetwork)
+              else net.widths)
     widest = max(widths, default=0)
     extra = 2 * widest * (net.input_dim + JACOBIAN_SAMPLES) if isinstance(net, GraphNetwork) else 0
     return OVERHEAD + FLOAT64 * (3 * widest * net.input_dim + 4 * JACOBIAN_SAMPLES * (net.output_dim + 2) * widest

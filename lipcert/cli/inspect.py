@@ -110,7 +110,8 @@ def _print(report: dict[str, Any], conv: Any) -> None:
                 print(f"  - {issue}")
             return
         if "dense" not in report:
-            print("\nresidual connections: the network is built as stages of chains and residual blocks")
+            print("\nnetwork graph: the network is built as stages (chains, residual blocks, L2-norm poolings or "
+                  "residuals)")
         for k, b in enumerate(report.get("dense", []), start=1):
             if k == 1:
                 print("\ndense matrices (consecutive affine layers merged):")

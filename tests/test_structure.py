@@ -20,7 +20,7 @@ LAYERS = (
                     "lipcert.memory")),
     ("representation", ("lipcert.activations", "lipcert.network", "lipcert.npz", "lipcert.random_nets",
                         "lipcert.reference_models", "lipcert.sorting",
-                        "lipcert.operators", "lipcert.graph", "lipcert.graph_rounding")),
+                        "lipcert.operators", "lipcert.graph", "lipcert.graph_chain", "lipcert.graph_rounding")),
     ("bounds", ("lipcert.bounds",)),
     ("radii", ("lipcert.radii", "lipcert.local")),
     ("loading", ("lipcert.loading", "lipcert.adapters", "lipcert.datasets")),

@@ -143,15 +143,44 @@ def test_verifier_intervals_need_a_chain(rng: np.random.Generator) -> None:
                      intervals=lambda c, r: [])
 
 
-@pytest.mark.parametrize("name", ["fmnist-sll-maxmin", "fmnist-lipres-groupsort"])
-def test_trained_residual_models_get_local_radii(name: str, shared_data: Path) -> None:
-    """The zoo's library-trained residual models: local radii on test images, never below the global ones,
-    and PGD finds nothing inside them."""
+def _zoo(name: str) -> GraphNetwork:
     net = lipcert.load(REPO / "benchmarks" / "zoo" / "models" / f"{name}.onnx", input_range=(0.0, 1.0))
     assert isinstance(net, GraphNetwork)
-    x, y = datasets.load("fashion-mnist", "test", shared_data / "datasets", limit=3, download=False)
-    cert = lipcert.certify(net, x, y, method="eclipse-fast", local={"iterations": 0}, progress=False)
+    return net
+
+
+def _unbroken(net: GraphNetwork, x: np.ndarray, y: np.ndarray, radii: np.ndarray, correct: np.ndarray) -> None:
+    hit = lipcert.attack(net, x, y, norm=2, eps=np.maximum(radii, 1e-12), steps=30, restarts=2, progress=False)
+    assert not np.any(hit.success & correct)
+
+
+def test_the_sll_model_gets_local_radii(shared_data: Path) -> None:
+    """orthogonium's SLL model (MaxMin between SLL blocks): local radii never below the global ones, larger
+    than the eclipse-fast ones, and PGD finds nothing inside them."""
+    net = _zoo("fmnist-sll-maxmin")
+    x, y = datasets.load("fashion-mnist", "test", shared_data / "datasets", limit=1, download=False)
+    cert = lipcert.certify(net, x, y, method="eclipse-fast", local={"iterations": 0, "rules": ["gcs(1)"]},
+                           progress=False)
     local, glob = cert.radii[LOCAL_METHOD], cert.radii["eclipse-fast"]
-    assert np.all(local >= glob) and np.any(local > glob)
-    hit = lipcert.attack(net, x, y, norm=2, eps=np.maximum(local, 1e-12), steps=30, restarts=2, progress=False)
-    assert not np.any(hit.success & cert.correct)
+    assert np.all(local >= glob) and np.all(local[cert.correct] > glob[cert.correct])
+    _unbroken(net, x, y, local, cert.correct)
+
+
+def test_cli_certifies_local_radii_of_a_residual_onnx_model(shared_data: Path, tmp_path: Path) -> None:
+    """`lipcert certify --local` on deel-torchlip's LiResNet-style GroupSort model, as a user runs it."""
+    import csv
+
+    from lipcert.cli import main
+
+    out = tmp_path / "run"
+    model = REPO / "benchmarks" / "zoo" / "models" / "fmnist-lipres-groupsort.onnx"
+    assert main(["certify", str(model), "--dataset", "fashion-mnist", "--data-dir", str(shared_data / "datasets"),
+                 "--n", "2", "--method", "eclipse-fast", "--eps", "0.5,1", "--out", str(out), "--local",
+                 "--local-iterations", "0", "--no-plots"]) == 0
+    rows = list(csv.DictReader((out / "samples.csv").open()))
+    local = np.array([float(r["radius_local"]) for r in rows])
+    glob = np.array([float(r["radius_eclipse-fast"]) for r in rows])
+    correct = np.array([r["label"] == r["prediction"] for r in rows])
+    assert np.all(local >= glob) and np.all(local[correct] > glob[correct])
+    x, y = datasets.load("fashion-mnist", "test", shared_data / "datasets", limit=2, download=False)
+    _unbroken(_zoo("fmnist-lipres-groupsort"), x, y, local, correct)

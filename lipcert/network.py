@@ -327,8 +327,9 @@ def require_network(net: Any, verb: str, *, operators: bool = False, max_bytes: 
     """
     if getattr(net, "is_graph", False):
         raise GraphNetworkError(f"{verb} needs a chain network, but this one has residual blocks (a "
-                                f"GraphNetwork: {net!r}); residual graphs are supported by lipschitz, lower_bound "
-                                "and certify (global radii); docs/decisions.md 28")
+                                f"GraphNetwork: {net!r}); residual graphs are supported by lipschitz, lower_bound, "
+                                "attack and certify (global and local radii; local bounds of one ball: "
+                                "lipcert.local.graph_local_bound); docs/decisions.md 28, 45")
     if not isinstance(net, Network):
         raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: load the model first "
                                "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "

@@ -86,6 +86,26 @@ def test_activations_on_some_neurons(rng: np.random.Generator) -> None:
     assert on_neurons(get_activation("relu"), [True] * 3).mask is None
 
 
+@pytest.mark.parametrize("name", ["abs", "relu", "tanh"])
+def test_anchored_secants_of_masked_neurons_hold(name: str, rng: np.random.Generator) -> None:
+    """Secants (phi(z) - phi(z0)) / (z - z0) from the centre's z0 into [lo, hi] lie in the anchored slopes, on
+    and off the mask; for |.| (the MaxMin rewrite) they are narrower than [-1, 1] where z0 > 0 > lo."""
+    n = 400
+    mask = rng.random(n) < 0.7
+    act = on_neurons(get_activation(name), mask.tolist())
+    z0 = torch.as_tensor(rng.normal(size=n) * 2)
+    lo = z0 - torch.as_tensor(rng.random(n) * 3)
+    hi = z0 + torch.as_tensor(rng.random(n) * 3)
+    a, b = anchored_slopes(act, lo, hi, z0, z0, *slope_interval(act, lo, hi))
+    z = lo[:, None] + torch.as_tensor(rng.random((n, 64))) * (hi - lo)[:, None]
+    apart = (z - z0[:, None]).abs() > 1e-6
+    secant = (act(z.T).T - act(z0)[:, None]) / torch.where(apart, z - z0[:, None], 1.0)
+    assert bool(((secant >= a[:, None] - 1e-12) & (secant <= b[:, None] + 1e-12) | ~apart).all())
+    if name == "abs":
+        crossing = torch.as_tensor(mask) & (z0 > 0) & (lo < 0)
+        assert bool((a[crossing] > -1).all())
+
+
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_local_constants_bound_jacobians_and_quotients_in_the_ball(act: str, rng: np.random.Generator) -> None:
     """On the ball: pairwise constants >= sampled Jacobian norms of f_y - f_j; anchored constants >= difference

@@ -5,7 +5,7 @@ with a, b in [l, u] lies in [inf phi', sup phi'] over [l, u] (mean value theorem
 linear maps, the slopes of the pieces that meet [l, u]).  :func:`slope_interval` returns that
 interval, vectorized over neurons:
 
-* piecewise linear (relu, leaky_relu, hardtanh, relu6): the slopes of the pieces met, exactly
+* piecewise linear (relu, leaky_relu, hardtanh, relu6, abs): the slopes of the pieces met, exactly
   (stably inactive ReLU [0, 0], stably active [1, 1], unstable [0, 1]);
 * elu(a): a e^z on the negative part (increasing), 1 on the positive part;
 * smooth (sigmoid, tanh, softplus, silu, gelu, gelu_tanh): phi' at both ends, plus the extreme
@@ -18,7 +18,8 @@ interval, vectorized over neurons:
 Activations given only by slope bounds keep their global [alpha, beta].
 
 :func:`anchored_slopes` narrows this to the secants that start at one point z0 (the pre-activation
-at the input a radius is certified around), for ReLU-like and sigmoid, tanh, SiLU, GELU activations.
+at the input a radius is certified around), for ReLU-like, |.| (the abs neurons of the MaxMin/GroupSort
+rewrite) and sigmoid, tanh, SiLU, GELU activations.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def _pieces(act: Activation) -> tuple[list[float], list[float]] | None:
         return ([p[0], p[1]] if p else [-1.0, 1.0]), [0.0, 1.0, 0.0]
     if base == "relu6":
         return [0.0, 6.0], [0.0, 1.0, 0.0]
+    if base == "abs":
+        return [0.0], [-1.0, 1.0]
     return None
 
 
@@ -167,7 +170,7 @@ def anchored_slopes(act: Activation, lo: torch.Tensor, hi: torch.Tensor, zl0: to
     GELU see :func:`_anchored_smooth`.  Other activations keep [alpha, beta] (the slopes of all
     secants on [lo, hi]).
     """
-    if act.mask is not None and act.name != "abs_or_identity":  # phi's secants on the masked neurons only
+    if act.mask is not None:  # phi's secants on the masked neurons only (|.| for abs_or_identity)
         return _off_mask(act, *anchored_slopes(act.base(), lo, hi, zl0, zu0, alpha, beta))
     pieces = _pieces(act)
     if pieces is None:

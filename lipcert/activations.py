@@ -97,7 +97,8 @@ class Activation:
         """The activation of the neurons ``keep`` (a boolean tensor) of its layer (the same if unmasked)."""
         if self.mask is None:
             return self
-        return on_neurons(self.base(), [m for m, k in zip(self.mask, keep.tolist()) if k])
+        kept = [m for m, k in zip(self.mask, keep.tolist()) if k]
+        return abs_or_identity(kept) if self.name == "abs_or_identity" else on_neurons(self.base(), kept)
 
     def base(self) -> Activation:
         """phi itself, on every neuron: the activation of the masked neurons (``abs`` for

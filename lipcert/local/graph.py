@@ -6,9 +6,10 @@ chain that carries every shortcut beside its branch by identity neurons.  :func:
 on that chain gives, for every pre-activation of every block, an interval over the ball (the centre's value
 plus r times its per-neuron constant through the factored recursion, intersected with interval propagation;
 shortcut and branch are one state, so no correlation is lost at the sums), the slopes restricted to it
-(identity neurons keep [1, 1]) and its own constants.  :func:`graph_recursion` with those slopes then runs the
-residual-block certificates and the carried-form recursion of decisions 30-31 (greedy: the closed forms of
-each block, no look-ahead) on the same ball; every margin takes the least of all.
+(identity neurons keep [1, 1]) and its own constants.  :func:`graph_recursion` with those slopes then carries
+the form of decisions 31 through the blocks, each step a residual-block certificate of decisions 30 (greedy:
+each block's closed forms scored by their own next form, no look-ahead), on the same ball; every margin
+takes the least of all.
 """
 
 from __future__ import annotations

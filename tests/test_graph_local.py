@@ -24,6 +24,7 @@ from lipcert.graph import GraphNetwork
 from lipcert.graph_chain import graph_chain
 from lipcert.local import LOCAL_METHOD, graph_local_bound, local_radius
 from lipcert.local.graph import RECURSION
+from lipcert.radii import pairwise_constants
 
 from test_graph import residual_net
 
@@ -152,6 +153,14 @@ def test_local_radii_of_graphs_are_sound_and_not_below_global(act: str, rng: np.
             assert np.mean(local > 1.5 * glob) > 0.5
         hit = lipcert.attack(net, x, y, norm=2, eps=np.maximum(local, 1e-12), steps=30, restarts=2, progress=False)
         assert not np.any(hit.success & cert.correct)
+        # each local radius is proven by the constants of its own ball (closed forms only: iterations 0)
+        logits, floor = np.asarray(net(x)), pairwise_constants(cert.bounds["combined"], net)
+        for i in np.flatnonzero(local > glob)[:2]:
+            r = float(local[i])
+            pair = np.minimum(graph_local_bound(net, x[i], r, rules=["gcs(1)"], anchored=True).pairwise(), floor)[y[i]]
+            margin = logits[i, y[i]] - logits[i] - 2 * cert.logit_error[i]
+            others = np.arange(4) != y[i]
+            assert np.all(margin[others] >= pair[others] * r * (1 - 1e-9))
 
 
 def test_verifier_intervals_need_a_chain(rng: np.random.Generator) -> None:

@@ -46,8 +46,8 @@ class Activation:
     derivative : callable or None
         phi' (one-sided where phi is not differentiable), used by the Jacobian lower bound.
     mask : tuple of bool or None
-        For an activation that acts on some neurons of its layer only (:func:`abs_or_identity`):
-        True where neuron j applies phi, False where it is the identity (slopes [1, 1]).
+        For an activation that acts on some neurons of its layer only (:func:`abs_or_identity`,
+        :func:`on_neurons`): True where neuron j applies phi, False where it is the identity (slopes [1, 1]).
     """
 
     name: str
@@ -73,8 +73,10 @@ class Activation:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as what rebuilds it (its name, mask or slopes), not as its functions: lambdas and
         closures do not pickle by reference, and by value they drag their module's globals along."""
-        if self.mask is not None:
+        if self.mask is not None and self.name == "abs_or_identity":
             return abs_or_identity, (list(self.mask),)
+        if self.mask is not None:
+            return on_neurons, (self.base(), list(self.mask))
         if self.fn is None:
             return slopes_only, (self.alpha, self.beta)
         return get_activation, (self.name,)
@@ -95,12 +97,22 @@ class Activation:
         """The activation of the neurons ``keep`` (a boolean tensor) of its layer (the same if unmasked)."""
         if self.mask is None:
             return self
-        return abs_or_identity([m for m, k in zip(self.mask, keep.tolist()) if k])
+        kept = [m for m, k in zip(self.mask, keep.tolist()) if k]
+        return abs_or_identity(kept) if self.name == "abs_or_identity" else on_neurons(self.base(), kept)
+
+    def base(self) -> Activation:
+        """phi itself, on every neuron: the activation of the masked neurons (``abs`` for
+        :func:`abs_or_identity`), or ``self`` when it has no mask."""
+        if self.mask is None:
+            return self
+        if self.name == "abs_or_identity":
+            return _FIXED["abs"]()
+        return get_activation(self.name) if self.fn is not None else slopes_only(self.alpha, self.beta)
 
     @property
     def is_linear(self) -> bool:
-        """True for phi(z) = alpha z (identity or a scaled identity), which folds into the weights."""
-        return self.name == "identity" or self.name.startswith("linear(")
+        """True for phi(z) = alpha z (identity or a scaled identity) on every neuron, which folds into the weights."""
+        return self.mask is None and (self.name == "identity" or self.name.startswith("linear("))
 
 
 def _sigmoid_prime(z: torch.Tensor) -> torch.Tensor:
@@ -179,6 +191,44 @@ def abs_or_identity(mask: Sequence[bool]) -> Activation:
         return torch.where(on.to(z.device), _sign(flat), torch.ones_like(flat)).reshape(z.shape)
 
     return Activation("abs_or_identity", -1.0, 1.0, fn, derivative, flags)
+
+
+def on_neurons(act: Activation, mask: Sequence[bool]) -> Activation:
+    """``act`` on the neurons where ``mask`` is True, the identity on the others (slopes [1, 1] there).
+
+    ``abs`` (or :func:`abs_or_identity`, whose mask is then spread over the True positions) gives
+    :func:`abs_or_identity`; an all-True mask gives ``act``'s base itself.  Used to carry a residual
+    block's shortcut through identity neurons beside its branch (:mod:`lipcert.graph_chain`).
+    """
+    flags = tuple(bool(m) for m in mask)
+    if act.mask is not None:  # spread act's own mask over the neurons it acts on
+        if sum(flags) != len(act.mask):
+            raise ShapeMismatchError(f"activation {act.name!r} acts on {len(act.mask)} neurons, the mask selects "
+                                     f"{sum(flags)}")
+        inner = iter(act.mask)
+        flags = tuple(next(inner) if f else False for f in flags)
+        act = act.base()
+    if not any(flags) or act.name == "identity":
+        return get_activation("identity")
+    if act.name == "abs":
+        return abs_or_identity(flags)
+    if all(flags):
+        return act
+    if act.fn is None:
+        return Activation(act.name, act.alpha, act.beta, None, None, flags)
+    on = torch.tensor(flags, dtype=torch.bool)
+    n, fn, derivative = len(flags), act.fn, act.derivative
+
+    def masked(z: torch.Tensor) -> torch.Tensor:
+        flat = z.reshape(-1, n)
+        return torch.where(on.to(z.device), fn(flat), flat).reshape(z.shape)
+
+    def masked_derivative(z: torch.Tensor) -> torch.Tensor:
+        assert derivative is not None
+        flat = z.reshape(-1, n)
+        return torch.where(on.to(z.device), derivative(flat), torch.ones_like(flat)).reshape(z.shape)
+
+    return Activation(act.name, act.alpha, act.beta, masked, None if derivative is None else masked_derivative, flags)
 
 
 def slopes_only(alpha: float, beta: float) -> Activation:

@@ -31,7 +31,7 @@ from .errors import (
     ShapeMismatchError,
     UnknownMethodError,
 )
-from .graph import AnyNetwork, GraphNetwork
+from .graph import AnyNetwork
 from .graph_rounding import error_plan, forward_error
 from .loading import as_model
 from .local.bound import LOCAL_RULES
@@ -302,7 +302,7 @@ def _local_batch(job: _Job, xb: torch.Tensor, batch: Mapping[str, np.ndarray]) -
     assert job.local is not None
     best = np.maximum.reduce([batch[f"radius:{m}"] for m in job.pairs])
     with _threads(1):
-        return local_radii(require_network(job.net, "local radii"), xb, batch["label"], batch["logits"], batch["logit_error"], job.floor, job.norm,
+        return local_radii(job.net, xb, batch["label"], batch["logits"], batch["logit_error"], job.floor, job.norm,
                            best, **job.local)
 
 
@@ -369,7 +369,8 @@ def certify(
     local : bool, sequence of rules or mapping
         Also certify with per-input local Lipschitz constants (:mod:`lipcert.local`): an
         extra method ``"local"``, never below the best global radius; timings ``"local"`` (total)
-        and ``"local_per_input"``.  Costs several local bounds per input.  A sequence of rules
+        and ``"local_per_input"``.  Costs several local bounds per input.  Residual graphs get them
+        through their chain form and the graph recursion (:mod:`lipcert.local.graph`).  A sequence of rules
         (``Rule`` or names like ``"gcs(1)"``) replaces the default local rule set; a mapping sets
         any of ``rules``, ``iterations`` (of the optimized margins, 0 = off) and ``seconds`` (their
         budget per input), see :func:`lipcert.local.local_radius`.
@@ -398,8 +399,6 @@ def certify(
     batch_size = check_count("batch_size", batch_size)
     tolerance = check_number("tolerance", tolerance)
     net = as_model(model, x, verb="certify")
-    if local and isinstance(net, GraphNetwork):
-        require_network(net, "certify with local radii")  # GraphNetworkError: local radii need a chain
     flat, labels, idx = _as_inputs(net, x, y, index)
     _warn_outside_range(net, flat)
     bounds, timings = _bounds(net, method, bound, max_bytes)
@@ -426,8 +425,10 @@ def certify(
 
         floor = np.minimum.reduce(list(pairs.values()))
         # local radii read dense weight matrices: an operator network is densified once, memory-checked
+        # (a residual graph is bounded through its chain form, lipcert.local.graph)
         limit = None if max_bytes is None else int(max_bytes)
-        local_net = require_network(net, "certify(local=...)", max_bytes=limit) if local else net
+        local_net = require_network(net, "certify(local=...)", max_bytes=limit) if local and isinstance(
+            net, Network) else net
         job = _Job(local_net, error_plan(net), pairs, scale, float(tolerance), norm_name, floor,
                    _local_options(local, LOCAL_RULES) if local else None, torch.get_num_threads())
         start = time.perf_counter()

@@ -328,8 +328,9 @@ def require_network(net: Any, verb: str, *, operators: bool = False, max_bytes: 
     if getattr(net, "is_graph", False):
         kinds = "residual blocks" + (" or L2-norm pooling / residual stages" if getattr(net, "cuts", list)() else "")
         raise GraphNetworkError(f"{verb} needs a chain network, but this one has {kinds} (a "
-                                f"GraphNetwork: {net!r}); such graphs are supported by lipschitz, lower_bound "
-                                "and certify (global radii); docs/decisions.md 28, 43")
+                                f"GraphNetwork: {net!r}); such graphs are supported by lipschitz, lower_bound, "
+                                "attack and certify (global radii; local radii without pooling / L2-norm residual "
+                                "stages: lipcert.local.graph_local_bound); docs/decisions.md 28, 43, 45")
     if not isinstance(net, Network):
         raise NotANetworkError(f"{verb} needs a lipcert.Network, got {type(net).__name__}: load the model first "
                                "with lipcert.load(model, input_shape=...) (the verbs lipcert.lipschitz, "

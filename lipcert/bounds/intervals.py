@@ -5,7 +5,7 @@ with a, b in [l, u] lies in [inf phi', sup phi'] over [l, u] (mean value theorem
 linear maps, the slopes of the pieces that meet [l, u]).  :func:`slope_interval` returns that
 interval, vectorized over neurons:
 
-* piecewise linear (relu, leaky_relu, hardtanh, relu6): the slopes of the pieces met, exactly
+* piecewise linear (relu, leaky_relu, hardtanh, relu6, abs): the slopes of the pieces met, exactly
   (stably inactive ReLU [0, 0], stably active [1, 1], unstable [0, 1]);
 * elu(a): a e^z on the negative part (increasing), 1 on the positive part;
 * smooth (sigmoid, tanh, softplus, silu, gelu, gelu_tanh): phi' at both ends, plus the extreme
@@ -18,7 +18,8 @@ interval, vectorized over neurons:
 Activations given only by slope bounds keep their global [alpha, beta].
 
 :func:`anchored_slopes` narrows this to the secants that start at one point z0 (the pre-activation
-at the input a radius is certified around), for ReLU-like and sigmoid, tanh, SiLU, GELU activations.
+at the input a radius is certified around), for ReLU-like, |.| (the abs neurons of the MaxMin/GroupSort
+rewrite) and sigmoid, tanh, SiLU, GELU activations.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def _pieces(act: Activation) -> tuple[list[float], list[float]] | None:
         return ([p[0], p[1]] if p else [-1.0, 1.0]), [0.0, 1.0, 0.0]
     if base == "relu6":
         return [0.0, 6.0], [0.0, 1.0, 0.0]
+    if base == "abs":
+        return [0.0], [-1.0, 1.0]
     return None
 
 
@@ -85,11 +88,13 @@ def slope_interval(act: Activation, lower: torch.Tensor, upper: torch.Tensor) ->
     (alpha, beta) : tuple of Tensor, shape (n,)
         Sound and, up to the outward rounding described in the module docstring, the tightest.
     """
-    if act.mask is not None:  # abs_or_identity: |.| has slope 1 on [0, inf), -1 on (-inf, 0]; the identity 1
+    if act.mask is not None and act.name == "abs_or_identity":  # |.|: slope 1 on [0, inf), -1 on (-inf, 0]
         on = torch.tensor(act.mask, dtype=torch.bool, device=lower.device)
         alpha = torch.where(on & (lower < 0), -1.0, 1.0).to(lower.dtype)
         beta = torch.where(on & (upper <= 0), -1.0, 1.0).to(lower.dtype)
         return alpha, beta
+    if act.mask is not None:  # phi on the masked neurons, the identity (slope 1) on the others
+        return _off_mask(act, *slope_interval(act.base(), lower, upper))
     pieces = _pieces(act)
     if pieces is not None:
         # Names carry parameters to 6 digits: a breakpoint b counts within 1e-5 |b| of [l, u].
@@ -128,6 +133,13 @@ def slope_interval(act: Activation, lower: torch.Tensor, upper: torch.Tensor) ->
     return torch.clamp(alpha, min=act.alpha), torch.clamp(beta, max=act.beta)
 
 
+def _off_mask(act: Activation, alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slopes [1, 1] on the neurons off ``act``'s mask (the identity there), ``alpha``, ``beta`` on it."""
+    assert act.mask is not None
+    on = torch.tensor(act.mask, dtype=torch.bool, device=alpha.device)
+    return torch.where(on, alpha, 1.0).to(alpha.dtype), torch.where(on, beta, 1.0).to(beta.dtype)
+
+
 def image(act: Activation, lower: torch.Tensor, upper: torch.Tensor,
           alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds on phi(z) over z in [lower, upper], given the slope interval [alpha, beta] there.
@@ -158,6 +170,8 @@ def anchored_slopes(act: Activation, lo: torch.Tensor, hi: torch.Tensor, zl0: to
     GELU see :func:`_anchored_smooth`.  Other activations keep [alpha, beta] (the slopes of all
     secants on [lo, hi]).
     """
+    if act.mask is not None:  # phi's secants on the masked neurons only (|.| for abs_or_identity)
+        return _off_mask(act, *anchored_slopes(act.base(), lo, hi, zl0, zu0, alpha, beta))
     pieces = _pieces(act)
     if pieces is None:
         if _params(act)[0] in _SMOOTH:

@@ -165,7 +165,7 @@ def multiplier_value(shortcut: torch.Tensor | None, inner: torch.Tensor, outer: 
 
 
 def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = None, *,
-                   method: str = "combined") -> BlockBound:
+                   method: str = "combined", greedy: bool = False) -> BlockBound:
     """Certified bound on Lip_2 of head . h_L . ... . h_1 for residual blocks h_k (``head``: a final linear map).
 
     The minimum of two certificates: the product of the block constants (:func:`block_constant` with
@@ -174,17 +174,25 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
     ``method="optimized"`` also a pass whose blocks are refined by L-BFGS on lambda_max(E_k); being
     greedy it is not always better, and the lesser of the two passes is kept).
     ``extras["blocks"]`` lists the block constants; ``extras["form"]`` is head E_L head^T.
+    ``greedy``: only the recursion, each block's multipliers chosen by its own lambda_max(E_k) (no look-ahead),
+    exact slopes only; ~10x faster, for the many bounds of a local radius search (decisions 45).
     """
     start = time.perf_counter()
     if not blocks:
         raise ShapeMismatchError("chain_constant needs at least one residual block")
-    bounds = [block_constant(b.shortcut, b.inner, b.outer, b.alpha, b.beta, method=method) for b in blocks]
-    product = math.prod(b.value for b in bounds)
     width = blocks[-1].outer.shape[0]
     if head is not None:
         head = _matrix(head, "head")
         if head.shape[1] != width:
             raise ShapeMismatchError(f"head has {head.shape[1]} columns, the last block {width} outputs")
+    if greedy:
+        form = _carried(blocks, head, ahead=False)
+        value = float(certified_root(bf.top(form), 0.0))
+        extras = {"blocks": [], "form": form, "raw": math.sqrt(max(bf.top(form), 0.0))}
+        return BlockBound(value, method, "recursion", {"recursion": value}, None, time.perf_counter() - start, extras)
+    bounds = [block_constant(b.shortcut, b.inner, b.outer, b.alpha, b.beta, method=method) for b in blocks]
+    product = math.prod(b.value for b in bounds)
+    if head is not None:
         product *= float(certified_root(spectral_norm_squared(head), 0.0))
     forms = [_carried(blocks, head)] + ([_carried(blocks, head, optimized=True)] if method == "optimized" else [])
     form = min(forms, key=bf.top)
@@ -195,15 +203,16 @@ def chain_constant(blocks: Sequence[ResidualBlock], head: torch.Tensor | None = 
     return BlockBound(min(product, recursion), method, rule, per_rule, None, time.perf_counter() - start, extras)
 
 
-def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, optimized: bool = False
-             ) -> torch.Tensor:
+def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, optimized: bool = False,
+             ahead: bool = True) -> torch.Tensor:
     """head E_L head^T of the block recursion: E_0 = I, E_k the next form of block k from E_{k-1}.
 
     At block k every closed-form candidate is scored one block ahead: by the best closed-form
     lambda_max(E_{k+1}) of block k+1 from it, or at the last block by lambda_max(head E_k head^T)
     (decisions 31).  With ``optimized``, the kept candidate is refined by L-BFGS on lambda_max(E_k).
+    Without ``ahead``, a candidate is scored by its own lambda_max(E_k) and slopes are taken exactly.
     """
-    variants = _canonical_chain(blocks)
+    variants = _canonical_chain(blocks, "combined" if ahead else "exact")
     probes = [[bf.Probe() for _ in options] for options in variants]
     factor: torch.Tensor | None = None
     form: torch.Tensor | None = None
@@ -225,6 +234,7 @@ def _carried(blocks: Sequence[ResidualBlock], head: torch.Tensor | None, *, opti
                         candidates.append(bf.Choice(label, lam, nxt, bf.top(nxt)))
             for found in candidates:
                 score = (bf.top(_headed(found.form, head)) if last
+                         else found.value if not ahead
                          else _ahead(variants[index + 1], _lower_factor(found.form, index + 1),
                                      math.inf if best is None else best[0], probes[index + 1]))
                 if best is None or score < best[0]:
@@ -305,8 +315,9 @@ def _ahead(options: list[bf.Canonical], factor: torch.Tensor, bar: float = math.
     return min(values, default=math.inf)
 
 
-def _canonical_chain(blocks: Sequence[ResidualBlock]) -> list[list[bf.Canonical]]:
-    """Every block's canonical forms (slope treatments), with the widths of consecutive blocks checked."""
+def _canonical_chain(blocks: Sequence[ResidualBlock], method: str) -> list[list[bf.Canonical]]:
+    """Every block's canonical forms (the slope treatments of ``method``), with the widths of consecutive
+    blocks checked."""
     out = []
     width: int | None = None
     for index, raw in enumerate(blocks, 1):
@@ -314,7 +325,7 @@ def _canonical_chain(blocks: Sequence[ResidualBlock]) -> list[list[bf.Canonical]
         if width is not None and s.shape[1] != width:
             raise ShapeMismatchError(f"block {index} takes {s.shape[1]} inputs, block {index - 1} gives {width}")
         width = s.shape[0]
-        out.append([bf.canonical(s, w, g, alpha, beta, relax=relax) for relax in _treatments(alpha, beta, "combined")])
+        out.append([bf.canonical(s, w, g, alpha, beta, relax=relax) for relax in _treatments(alpha, beta, method)])
     return out
 
 

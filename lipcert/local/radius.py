@@ -1,7 +1,8 @@
 """Certified local radii: the largest radius whose own local constants prove the prediction.
 
 :func:`local_radius` bisects r (geometrically, to a relative tolerance ``rtol``) for the largest r
-whose own anchored constants (:func:`lipcert.local.bound.local_bound`) prove
+whose own anchored constants (:func:`lipcert.local.bound.local_bound`; for a residual graph
+:func:`lipcert.local.graph.model_local_bound`) prove
 margin_j - tol_j > L_yj(x, r) r_2 for every j, optimizing the margins the closed forms leave short
 (:func:`lipcert.local.margin.optimized_margin`); only radii checked that way are returned, and never
 less than the global radius.
@@ -18,10 +19,13 @@ import numpy as np
 import torch
 
 from ..bounds.rules import Rule
-from ..network import Network, require_network
+from ..graph import GraphNetwork
+from ..graph_chain import GraphChain
+from ..network import Network
 from ..norms import parse_norm, radius_scale
 from ..radii import pair_radii
-from .bound import LOCAL_DAMPINGS, LOCAL_RULES, Intervals, local_bound
+from .bound import LOCAL_DAMPINGS, LOCAL_RULES, Intervals
+from .graph import chain_of, local_model, model_local_bound
 from .margin import DEFAULT_ITERATIONS, optimized_margin
 
 LOCAL_METHOD = "local"
@@ -54,7 +58,7 @@ class LocalRadius:
     seconds: float
 
 
-def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits: np.ndarray, error: float,
+def local_radius(net: Network | GraphNetwork | GraphChain, x: np.ndarray | torch.Tensor, label: int, logits: np.ndarray, error: float,
                  floor: np.ndarray, norm: str | float = 2, *, start: float = 0.0, rtol: float = DEFAULT_RTOL,
                  rules: Sequence[Rule | str] = LOCAL_RULES, dampings: Sequence[str] = LOCAL_DAMPINGS,
                  intervals: Intervals | None = None, iterations: int = DEFAULT_ITERATIONS,
@@ -63,7 +67,8 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
 
     Parameters
     ----------
-    net : Network
+    net : Network, GraphNetwork or GraphChain
+        A chain, or a residual graph (bounded through its chain form, :mod:`lipcert.local.graph`).
     x : array (d,)
         The input.
     label : int
@@ -83,7 +88,8 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     dampings : sequence of str
     intervals : callable, optional
         ``intervals(x, r)``: sound pre-activation bounds over the ball from another method (e.g.
-        :func:`lipcert.adapters.lirpa.lirpa_intervals`), intersected with lipcert's in every local bound.
+        :func:`lipcert.adapters.lirpa.lirpa_intervals`), intersected with lipcert's in every local bound
+        (chains only: :class:`~lipcert.errors.GraphNetworkError` for a graph).
     iterations : int
         Where the closed-form constants do not prove a radius r, the failing margins get
         multipliers optimized for their direction (:func:`optimized_margin`, this many L-BFGS
@@ -109,9 +115,10 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     constant that proves m and says nothing about larger radii.
     """
     t0 = time.perf_counter()
-    net = require_network(net, "local_radius")  # dense weight matrices (operator layers densified)
+    model = local_model(net, "local_radius")  # dense weight matrices (operator layers densified)
+    chain = chain_of(model)
     norm_name = parse_norm(norm)
-    scale = radius_scale(norm_name, net.input_dim)
+    scale = radius_scale(norm_name, chain.input_dim)
     logit_row, err_row, lab = np.asarray(logits, np.float64)[None], np.array([error], np.float64), np.array([label])
     centre = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x),
                              dtype=torch.float64).reshape(-1)
@@ -122,7 +129,7 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
         nonlocal calls
         calls += 1
         known = None if intervals is None else intervals(centre, r)
-        lb = local_bound(net, centre, r, norm_name, rules=rules, dampings=dampings, known=known, anchored=True)
+        lb = model_local_bound(model, centre, r, norm_name, rules=rules, dampings=dampings, known=known, anchored=True)
         pair = np.minimum(lb.pairwise(), floor)
         radii = pair_radii(logit_row, err_row, lab, pair, scale)[0]
         for j in np.argsort(radii) if iterations > 0 else ():
@@ -132,7 +139,7 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
             c[label], c[j] = 1.0, -1.0
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            value = optimized_margin(net, lb, c, iterations=iterations, deadline=deadline,
+            value = optimized_margin(chain, lb, c, iterations=iterations, deadline=deadline,
                                      target=pair[label, j] * radii[j] / r * _SHORT)
             pair[label, j] = pair[j, label] = min(pair[label, j], value)
             radii = pair_radii(logit_row, err_row, lab, pair, scale)[0]
@@ -162,19 +169,19 @@ def local_radius(net: Network, x: np.ndarray | torch.Tensor, label: int, logits:
     return LocalRadius(lo, upper, calls, time.perf_counter() - t0)
 
 
-def local_radii(net: Network, x: torch.Tensor, labels: np.ndarray, logits: np.ndarray, errors: np.ndarray,
+def local_radii(net: Network | GraphNetwork, x: torch.Tensor, labels: np.ndarray, logits: np.ndarray, errors: np.ndarray,
                 floor: np.ndarray, norm: str | float, start: np.ndarray, *, rtol: float = DEFAULT_RTOL,
                 rules: Sequence[Rule | str] = LOCAL_RULES, dampings: Sequence[str] = LOCAL_DAMPINGS,
                 intervals: Intervals | None = None, iterations: int = DEFAULT_ITERATIONS,
                 seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`local_radius` of a batch: radii (0 for misclassified inputs) and seconds per input."""
-    net = require_network(net, "local_radii")  # densified once here, not per input
+    model = local_model(net, "local_radii")  # densified (a graph: its chain form built) once here, not per input
     radii, spent = np.array(start, dtype=np.float64), np.zeros(len(labels))
     predicted = np.asarray(logits).argmax(axis=1)
     for i in range(len(labels)):
         if predicted[i] != labels[i]:
             continue
-        res = local_radius(net, x[i], int(labels[i]), logits[i], float(errors[i]), floor, norm, start=float(start[i]),
+        res = local_radius(model, x[i], int(labels[i]), logits[i], float(errors[i]), floor, norm, start=float(start[i]),
                            rtol=rtol, rules=rules, dampings=dampings, intervals=intervals, iterations=iterations,
                            seconds=seconds)
         radii[i], spent[i] = max(res.radius, float(start[i])), res.seconds

@@ -17,7 +17,8 @@ For every model (ONNX, with a model card beside it written by benchmarks/zoo/tra
 * PGD (lipcert.attacks) at the claimed radii: a success is an input where the claim is broken.
 
 Rows are written to ``--out``'s JSON after every model; rows of models not named by ``--models`` are
-kept from it, so models can be rerun one at a time (each row records its command and the machine load).
+kept from it, so models can be rerun one at a time (each row records its command and the machine load);
+``--models`` with no path rewrites the table from the stored rows.
 
 Command (repository root)::
 
@@ -153,6 +154,10 @@ def report(rows: list[dict], n: int) -> str:
                      f"last rows (whose pairwise distances reach {r['bounds']['combined']['pairwise_max']:.3f} > sqrt 2) "
                      f"is broken by PGD on {r['global_rule_broken']} of {n} inputs."
                      for r in rows if "global_rule_broken" in r]
+    lines += [f"{r['model']}: its training-time bound {r['training_bound']:.4f} (float64, not inflated; "
+              f"||W_head|| x prod of block values x ||W_0||) against lipcert's certified combined "
+              f"{r['bounds']['combined']['value']:.4f} and the lower bound {r['lower']:.4f}."
+              for r in rows if "training_bound" in r]
     lines += ["", "Structures as lipcert loaded them:", ""] + [f"- {r['model']}: `{r['structure']}`" for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .activations import Activation, get_activation, on_neurons
+from .errors import GraphNetworkError
 from .graph import GraphNetwork, Residual
 from .network import Network
 
@@ -91,6 +92,8 @@ def graph_chain(net: GraphNetwork) -> GraphChain:
     for t, stage in enumerate(net.stages):
         if isinstance(stage, Residual):
             _residual(out, stage)
+        elif not isinstance(stage, Network):  # lipcert.local refuses graphs with cut stages first
+            raise GraphNetworkError(f"a {type(stage).__name__} stage is not slope-restricted: no chain form")
         else:
             chain = stage.densified()
             for w, b, inner in zip(chain.weights, chain.biases, chain.activations):

@@ -88,6 +88,9 @@ class Layer:
     other : str
         For a merge of two branches (``source + other``, or ``source - other`` when ``op_type`` is a
         subtraction), the second tensor read; empty for every other layer (adapters/residual.py).
+    axis : int or None
+        For a Concat merge, the axis of the per-sample shapes along which ``source`` then ``other`` are
+        joined; None for every other layer (an Add or Sub merge among them).
     """
 
     name: str
@@ -103,6 +106,7 @@ class Layer:
     module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     operator: LinearOperator | None = field(default=None, repr=False, compare=False)
     other: str = ""
+    axis: int | None = None
 
     @property
     def kind(self) -> str:

@@ -179,3 +179,21 @@ def test_onnx_three_way_concat_names_the_node(rng: np.random.Generator) -> None:
     nodes.append(helper.make_node("Concat", ["r1", "r2", "r3"], ["y"], name="cat3", axis=1))
     with pytest.raises(UnsupportedOperatorError, match=r"Concat node 'cat3': it concatenates more than two"):
         from_onnx(_onnx(nodes, inits, n_out=6))
+
+
+@pytest.mark.parametrize("method", ["naive", "combined"])
+def test_margins_through_a_last_concat_block_stay_above_jacobians(method: str, rng: np.random.Generator) -> None:
+    """h(x) = [A x; G relu(W x)] as the last stage: c^T h adds both parts (c = 1 doubles [x; x]), so the margin
+    form keeps Young's inequality; every Lip(c^T h) bound stays above |grad c^T h| at random points."""
+    n, m = 6, 4
+    a, w, g = (torch.as_tensor(rng.standard_normal(s)) for s in ((m, n), (7, n), (m, 7)))
+    branch = Network.from_weights([w, torch.cat([torch.zeros(m, 7, dtype=torch.float64), g])], None, ["relu"])
+    stem = Network.from_weights([torch.as_tensor(rng.standard_normal((n, n)))])
+    net = graph_network([stem, Residual(branch, torch.cat([a, torch.zeros(m, n, dtype=torch.float64)]))], ["tanh"])
+    assert isinstance(net, GraphNetwork) and disjoint_outputs(net.stages[-1])  # type: ignore[arg-type]
+    bound = lipcert.lipschitz(net, method)
+    x = torch.as_tensor(rng.standard_normal((64, n)), dtype=torch.float64).requires_grad_(True)
+    for c in [np.ones(2 * m), rng.standard_normal(2 * m), np.eye(2 * m)[0] - np.eye(2 * m)[m]]:
+        (grad,) = torch.autograd.grad((net.forward_flat(x) @ torch.as_tensor(c)).sum(), x)
+        assert bound.along(c) >= float(grad.norm(dim=1).max())
+    assert bound.value >= float(lipcert.lower_bound(net, restarts=2, samples=16).value)

@@ -92,7 +92,8 @@ def _block(conv: Conversion, readers: dict[str, list[Layer]], fork: str) -> _Blo
     if len(users) != 2 or len(merges) > 1 or (merges and {merges[0].source, merges[0].other} == {fork}):
         names = ", ".join(f"{u.op_type} {u.name!r}" for u in users)
         raise UnsupportedOperatorError(f"{conv.source}: tensor {fork!r} is read by {names}: lipcert handles a fork "
-                                       "into exactly two paths that merge again by Add or Sub (a residual block)")
+                                       "into exactly two paths that merge again by Add, Sub or Concat (a residual "
+                                       "block or a concatenation)")
     paths = []
     for user in users:
         paths.append(([], user) if user.other else _path(conv, readers, user, fork))

@@ -197,3 +197,16 @@ def test_margins_through_a_last_concat_block_stay_above_jacobians(method: str, r
         (grad,) = torch.autograd.grad((net.forward_flat(x) @ torch.as_tensor(c)).sum(), x)
         assert bound.along(c) >= float(grad.norm(dim=1).max())
     assert bound.value >= float(lipcert.lower_bound(net, restarts=2, samples=16).value)
+
+
+def test_three_way_residual_fork_names_the_tensor(rng: np.random.Generator) -> None:
+    """h + W1 relu(h) + W2 relu(h) as two Adds: the fork h feeds three layers."""
+    inits = _weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (6, 6), "b1": (6,), "W2": (6, 6), "b2": (6,),
+                           "W3": (3, 6), "b3": (3,)})
+    nodes = [_gemm("stem", "x", "W0", "b0", "h"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             _gemm("g1", "r", "W1", "b1", "a1"), _gemm("g2", "h", "W2", "b2", "a2"),
+             helper.make_node("Add", ["h", "a1"], ["s1"], name="add1"),
+             helper.make_node("Add", ["s1", "a2"], ["s2"], name="add2"), _gemm("head", "s2", "W3", "b3", "y")]
+    with pytest.raises(UnsupportedOperatorError, match=r"tensor 'h' is read by Relu 'relu', Gemm 'g2', Add 'add1'"
+                                                       r".*exactly two paths"):
+        from_onnx(_onnx(nodes, inits))

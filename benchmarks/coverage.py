@@ -261,17 +261,24 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the models whose label contains this")
     parser.add_argument("--load-only", action="store_true", help="only load (no bounds)")
     parser.add_argument("--baseline", type=Path, help="JSON rows of an earlier run, to mark what loads now only")
+    parser.add_argument("--render", type=Path, nargs="*", default=[],
+                        help="write the table from the JSON rows of earlier runs (parts of one sweep), running nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--step", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker), args.step)))
         return
-    before = machine("at the start")
     command = "python benchmarks/coverage.py" + "".join(f" {a}" for a in sys.argv[1:])
+    if args.render:
+        rows = [row for part in args.render for row in json.loads(part.read_text())]
+        args.out.write_text(markdown(rows, command, "see the runs' commands below", machine("when rendered"),
+                                     _loaded_before(args.baseline)))
+        return
+    before = machine("at the start")
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
-        for spec in _deduplicated([s for s in _specs(args, Path(tmp)) if args.only in s["label"]]):
+        for spec in (s for s in _deduplicated(_specs(args, Path(tmp))) if args.only in s["label"]):
             rows.append(_row(spec, args.seconds, not args.load_only))
             print(f"{spec['label']}: {rows[-1]['load']}", file=sys.stderr, flush=True)
             earlier = _loaded_before(args.baseline)

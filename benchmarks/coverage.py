@@ -225,7 +225,7 @@ def _loaded_before(baseline: Path | None) -> dict[str, bool]:
 def markdown(rows: list[dict[str, Any]], command: str, before: str, after: str, earlier: dict[str, bool]) -> str:
     loaded = [r for r in rows if r["load"].get("loaded")]
     tried = [r for r in rows if "absent" not in r]
-    refusals = Counter(r["load"]["error"] for r in tried if "error" in r["load"])
+    refusals = Counter(r["load"].get("error", "over the time limit") for r in tried if not r["load"].get("loaded"))
     was = [r for r in tried if earlier.get(r["label"])]
     then = (f" With the baseline's code ({len(earlier)} rows): {len(was)} of these loaded." if earlier else "")
     lines = ["# Coverage: which models lipcert loads and bounds", "",
@@ -236,7 +236,7 @@ def markdown(rows: list[dict[str, Any]], command: str, before: str, after: str, 
              "of a bound excludes loading. Architecture probes are small random torch models of families real "
              "models use, loaded as modules and as their ONNX export.", "",
              f"**{len(rows)} models listed, {len(tried)} distinct files tried, {len(loaded)} loaded.**{then} "
-             "Refusals by class: " + (", ".join(f"{k} {v}" for k, v in refusals.most_common()) or "none") + ".", "",
+             "Not loaded: " + (", ".join(f"{k} {v}" for k, v in refusals.most_common()) or "none") + ".", "",
              "| model | loads? | structure or refusal | naive (time) | combined (time) |", "|---|---|---|---|---|"]
     for r in rows:
         load = r["load"]
@@ -247,7 +247,8 @@ def markdown(rows: list[dict[str, Any]], command: str, before: str, after: str, 
                          f"{_cell(r.get('combined', {}))} |")
         else:
             why = load.get("skipped") or f"{load['error']}: {load['message'][:400]}"
-            lines.append(f"| `{r['label']}` | no | {why.replace('|', '/')} | - | - |")
+            status = "not tried" if "absent" in r else "no"
+            lines.append(f"| `{r['label']}` | {status} | {why.replace('|', '/')} | - | - |")
     return "\n".join(lines + [""])
 
 

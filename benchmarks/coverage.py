@@ -71,8 +71,8 @@ def _probe(name: str) -> Any:
             elif name == "nested_residual":  # a residual block inside a residual branch
                 h = r(self.d(x))
                 x = r(x + h + self.f(r(h)))
-            else:  # [relu(conv(x)); conv(relu(conv(x)))]: branches of different depths
-                x = torch.cat([r(self.a(x)), self.e(r(self.a(x)))], 1)
+            else:  # [relu(conv(x)); conv(relu(conv(relu(conv(x)))))]: branches of different depths
+                x = torch.cat([r(self.a(x)), self.e(r(self.a(r(self.d(x)))))], 1)
             return self.fc(x.flatten(1))
 
     return Probe().eval().double()
@@ -271,10 +271,14 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker), args.step)))
         return
     command = "python benchmarks/coverage.py" + "".join(f" {a}" for a in sys.argv[1:])
-    if args.render:
-        rows = [row for part in args.render for row in json.loads(part.read_text())]
-        args.out.write_text(markdown(rows, command, "see the runs' commands below", machine("when rendered"),
-                                     _loaded_before(args.baseline)))
+    if args.render:  # a later part's row replaces an earlier one of the same label, in the earlier one's place
+        rows = {row["label"]: row for part in args.render for row in json.loads(part.read_text())}
+        runs = [line.rstrip(" ") for part in args.render for line in part.with_suffix(".md").read_text().splitlines()
+                if line.startswith(("Command:", "Machine:"))]
+        text = markdown(list(rows.values()), command, "the parts' runs are listed at the end",
+                        machine("when rendered"), _loaded_before(args.baseline))
+        args.out.write_text(text + "\nThe parts of this sweep (later parts replace earlier rows of the same model):\n\n"
+                            + "\n".join(f"- {line}" for line in runs) + "\n")
         return
     before = machine("at the start")
     with tempfile.TemporaryDirectory() as tmp:

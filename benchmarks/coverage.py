@@ -215,19 +215,22 @@ def _row(spec: dict[str, Any], seconds: float, bounds: bool) -> dict[str, Any]:
     return row
 
 
-def _loaded_before(baseline: Path | None) -> dict[str, bool]:
-    """Whether each label loaded in an earlier run's JSON (``--baseline``), e.g. of the commit before a change."""
+def _loaded_before(baseline: Path | None) -> dict[str, str]:
+    """How each label's load went in an earlier run's JSON (``--baseline``, e.g. of the commit before a change):
+    "loaded", "refused" (an error) or "skipped" (over the time limit, or not tried)."""
     if baseline is None or not baseline.is_file():
         return {}
-    return {r["label"]: bool(r["load"].get("loaded")) for r in json.loads(baseline.read_text())}
+    return {r["label"]: "loaded" if r["load"].get("loaded") else "refused" if "error" in r["load"] else "skipped"
+            for r in json.loads(baseline.read_text())}
 
 
-def markdown(rows: list[dict[str, Any]], command: str, before: str, after: str, earlier: dict[str, bool]) -> str:
+def markdown(rows: list[dict[str, Any]], command: str, before: str, after: str, earlier: dict[str, str]) -> str:
     loaded = [r for r in rows if r["load"].get("loaded")]
     tried = [r for r in rows if "absent" not in r]
     refusals = Counter(r["load"].get("error", "over the time limit") for r in tried if not r["load"].get("loaded"))
-    was = [r for r in tried if earlier.get(r["label"])]
-    then = (f" With the baseline's code ({len(earlier)} rows): {len(was)} of these loaded." if earlier else "")
+    was = Counter(earlier.get(r["label"], "skipped") for r in tried)
+    then = (f" With the baseline's code: {was['loaded']} of these loaded, {was['refused']} were refused, "
+            f"{was['skipped']} ran over the time limit." if earlier else "")
     lines = ["# Coverage: which models lipcert loads and bounds", "",
              f"Command: `{command}`  ", f"Machine: {before}  ", f"Machine: {after}", "",
              "Each model: `lipcert.load` (shared data with the manifest's mean/std; state_dict checkpoints also "
@@ -240,7 +243,7 @@ def markdown(rows: list[dict[str, Any]], command: str, before: str, after: str, 
              "| model | loads? | structure or refusal | naive (time) | combined (time) |", "|---|---|---|---|---|"]
     for r in rows:
         load = r["load"]
-        mark = " (new)" if earlier and load.get("loaded") and not earlier.get(r["label"]) else ""
+        mark = " (new)" if load.get("loaded") and earlier.get(r["label"]) == "refused" else ""
         if load.get("loaded"):
             status, kind = f"yes{mark} ({load['load_seconds']:.1f} s)", f"{load['kind']}, {load['parameters']} parameters"
             lines.append(f"| `{r['label']}` | {status} | {kind} | {_cell(r.get('naive', {}))} | "
@@ -277,6 +280,7 @@ def main() -> None:
                 if line.startswith(("Command:", "Machine:"))]
         text = markdown(list(rows.values()), command, "the parts' runs are listed at the end",
                         machine("when rendered"), _loaded_before(args.baseline))
+        args.out.with_suffix(".json").write_text(json.dumps(list(rows.values()), indent=1))
         args.out.write_text(text + "\nThe parts of this sweep (later parts replace earlier rows of the same model):\n\n"
                             + "\n".join(f"- {line}" for line in runs) + "\n")
         return

@@ -105,6 +105,9 @@ class Layer:
         For an L2-norm pooling, the stage it is in the network graph (on flat vectors).
     merge_eps : float or None
         For the merge of orthogonium's L2NormResidual, sqrt(source^2 / 2 + other^2 / 2 + eps), its eps.
+    axis : int or None
+        For a Concat merge, the axis of the per-sample shapes along which ``source`` then ``other`` are
+        joined; None for every other layer (an Add or Sub merge among them).
     """
 
     name: str
@@ -122,6 +125,7 @@ class Layer:
     other: str = ""
     stage: NormPool | None = field(default=None, repr=False, compare=False)
     merge_eps: float | None = None
+    axis: int | None = None
 
     @property
     def kind(self) -> str:

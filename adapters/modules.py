@@ -124,12 +124,25 @@ class _Pad(nn.Module):
         return nn.functional.pad(x, self.pad)
 
 
+class Concat(nn.Module):
+    """``torch.cat([a, b], axis)``: the module of a Concat merge in a :class:`LayerGraph`."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = int(axis)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a, b], self.axis)
+
+
 class LayerGraph(nn.Module):
-    """Layers evaluated by tensor name, with merges ``a + b`` / ``a - b``: a model with residual connections.
+    """Layers evaluated by tensor name, with merges ``a + b`` / ``a - b`` / ``[a; b]``: a model with residual
+    connections or concatenated branches.
 
     ``steps`` lists, in evaluation order, (source, target, other, subtract): the layer's module reads
     tensor ``source`` and writes ``target``; a merge (``other`` not empty) writes ``source + other`` (or
-    ``source - other``) and its module is unused.  The output is the last target, flattened per sample.
+    ``source - other``; its module is unused), or, when its module is a :class:`Concat`, the two joined.
+    The output is the last target, flattened per sample.
     """
 
     def __init__(self, input_name: str, steps: Sequence[tuple[str, str, str, bool]], layers: Sequence[nn.Module],
@@ -143,7 +156,9 @@ class LayerGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env = {self.input_name: x}
         for (source, target, other, subtract), layer in zip(self.steps, self.layers):
-            if other:
+            if other and isinstance(layer, Concat):
+                env[target] = layer(env[source], env[other])
+            elif other:
                 env[target] = env[source] - env[other] if subtract else env[source] + env[other]
             else:
                 env[target] = layer(env[source])

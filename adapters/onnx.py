@@ -174,6 +174,9 @@ class _Interpreter:
         if node.op_type in ("Add", "Sub") and len(dyn) == 2 and node.input[0] != node.input[1]:
             self.merge(i, node, [inputs[k].probe for k in dyn])
             return
+        if node.op_type == "Concat" and len(node.input) == 2 == len(dyn) and node.input[0] != node.input[1]:
+            self.concat(i, node, [inputs[k].probe for k in dyn])
+            return
         if len({node.input[k] for k in dyn}) > 1 or len(dyn) > 1:
             self.issue(i, merge_why(node.op_type))
             self._fallback(i)
@@ -192,6 +195,17 @@ class _Interpreter:
                                  tuple(a.shape), detail=f"{node.input[0]} {'+' if node.op_type == 'Add' else '-'} "
                                  f"{node.input[1]}", other=node.input[1]))
         self.env[node.output[0]] = Dyn(a + b if node.op_type == "Add" else a - b)
+
+    def concat(self, i: int, node: onnx.NodeProto, probes: list[torch.Tensor]) -> None:
+        """A Concat of two branches: a merge layer with its axis (adapters/residual.py)."""
+        a, b = probes
+        axis = int(onnx.helper.get_attribute_value(next(x for x in node.attribute if x.name == "axis")))
+        axis = axis % a.ndim
+        merged = torch.cat([a, b], axis)
+        self.layers.append(Layer(self.label(i), node.op_type, node.input[0], node.output[0], tuple(a.shape),
+                                 tuple(merged.shape), detail=f"[{node.input[0]}; {node.input[1]}] on axis {axis}",
+                                 other=node.input[1], axis=axis))
+        self.env[node.output[0]] = Dyn(merged)
 
     def _dynamic_users(self, name: str) -> list[int]:
         return [j for j in self.consumers.get(name, []) if self.nodes[j].op_type not in _SHAPE_ONLY]

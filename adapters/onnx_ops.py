@@ -401,7 +401,8 @@ MERGE_WHY: dict[str, str] = {
            "bounds chains of layers only",
     "Sum": "it adds several tensors computed from the input (a merge of branches); lipcert bounds chains only",
     "Sub": "it subtracts two tensors computed from the input (a merge of branches); lipcert bounds chains only",
-    "Concat": "it concatenates tensors from several branches; lipcert bounds chains of layers only",
+    "Concat": "it concatenates more than two tensors computed from the input (a fork into three or more branches) "
+                  "or a branch with itself; lipcert joins exactly two branches of one fork per concatenation",
     "Mul": "it multiplies two tensors computed from the input (gating or attention), which is not affine",
     "MatMul": "it multiplies two tensors computed from the input (attention), which is not affine",
     "Div": "it divides two tensors computed from the input, which is not affine",

@@ -35,7 +35,7 @@ from lipcert.network import Network, require_network
 from .common import as_channels, normalization_layer
 from .files import read
 from .graph import Conversion, DenseBlock, Layer, materialize, undilate
-from .modules import ActivationModule, LayerGraph, Reshape, Scale, conv_module
+from .modules import ActivationModule, Concat, LayerGraph, Reshape, Scale, conv_module
 from .residual import SUBTRACTIONS, has_merges
 from .torch import analyze_module
 
@@ -122,7 +122,8 @@ def from_conversion(conv: Conversion) -> nn.Module:
                              "Network instead (to_torch(lipcert.load(...)))")
     if has_merges(conv):
         steps = [(layer.source, layer.target, layer.other, layer.op_type in SUBTRACTIONS) for layer in conv.layers]
-        modules = [nn.Identity() if layer.other else _layer_module(layer) for layer in conv.layers]
+        modules = [(nn.Identity() if layer.axis is None else Concat(layer.axis)) if layer.other else
+                   _layer_module(layer) for layer in conv.layers]
         flat = any(layer.other and len(layer.out_shape) != 4 for layer in conv.layers)
         return LayerGraph(conv.layers[0].source, steps, modules, flat).eval()
     parts = [_layer_module(layer) for layer in conv.layers]

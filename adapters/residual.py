@@ -1,16 +1,22 @@
 """Converted models with residual connections: the layer graph as a :class:`~lipcert.graph.GraphNetwork`.
 
-An adapter records the merge of two branches (ONNX ``Add``/``Sub``, fx ``+``/``-``) as a :class:`~.graph.Layer`
-with a second input ``other``.  Walking from the input, every tensor read by two layers must open a
-residual block: its two paths run, layer by layer with one reader each, to one merge; the path without
-an activation is the shortcut S (empty: the identity; else its affine layers materialized as one dense
-matrix), the other is the branch g (a chain).  The layers between blocks become chains and the
-activations right after or before a block become the activations between stages.  An L2-norm pooling
-layer (``Layer.stage``, decisions 43) is a stage of its own between the chains; a fork that merges in
-orthogonium's L2NormResidual merge (``Layer.merge_eps``) is a :class:`~lipcert.norm_residual.NormResidual`
-stage when one of its paths is the input itself (decisions 44).  Anything else (two
-branches with activations, nested forks, a fork whose paths merge in different places) is an
-:class:`~lipcert.errors.UnsupportedOperatorError` naming the nodes.
+An adapter records the merge of two branches (ONNX ``Add``/``Sub``/``Concat``, fx ``+``/``-``/``torch.cat``)
+as a :class:`~.graph.Layer` with a second input ``other`` (and, for a concatenation, its ``axis``).  Walking
+from the input, every tensor read by two layers must open a block: its two paths run, layer by layer with
+one reader each, to one merge; the path without an activation is the shortcut S (empty: the identity; else
+its affine layers materialized as one dense matrix), the other is the branch g (a chain).  A concatenation
+[S x + c; g(x)] (DenseNet's [x; g(x)]) is the residual block E_1 (S x + c) + E_2 g(x), E_1 and E_2 the
+injections of the two parts into the joined tensor (in either order), which the block bounds take as any
+shortcut and branch (docs/decisions.md 47); a concatenation [g_1(x); g_2(x)] of two branches with
+activations of the same depth and the same activation at each layer is one chain with stacked first and
+block-diagonal later weights.  The layers between blocks become chains and the activations right after or
+before a block become the activations between stages.  An L2-norm pooling layer (``Layer.stage``,
+decisions 43) is a stage of its own between the chains; a fork that merges in orthogonium's L2NormResidual
+merge (``Layer.merge_eps``) is a :class:`~lipcert.norm_residual.NormResidual` stage when one of its paths is
+the input itself (decisions 44).  Anything else (an Add or Sub of two branches with
+activations, a concatenation of branches of different structure, nested forks, a fork into three paths, a
+fork whose paths merge in different places) is an :class:`~lipcert.errors.UnsupportedOperatorError`
+naming the nodes.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ class _Block:
     branch: tuple[Layer, ...]
     shortcut_subtracted: bool
     branch_subtracted: bool
+    shortcut_first: bool = False
+    """For a concatenation: the shortcut's output is the first part of the joined tensor."""
+    parallel: bool = False
+    """A concatenation of two branches with activations (``shortcut`` then holds the first one)."""
     norm_eps: float | None = None
     """For an L2NormResidual merge sqrt(x^2/2 + g(x)^2/2 + eps): its eps (the shortcut is then empty)."""
 
@@ -91,7 +101,8 @@ def _block(conv: Conversion, readers: dict[str, list[Layer]], fork: str) -> _Blo
     if len(users) != 2 or len(merges) > 1 or (merges and {merges[0].source, merges[0].other} == {fork}):
         names = ", ".join(f"{u.op_type} {u.name!r}" for u in users)
         raise UnsupportedOperatorError(f"{conv.source}: tensor {fork!r} is read by {names}: lipcert handles a fork "
-                                       "into exactly two paths that merge again by Add or Sub (a residual block)")
+                                       "into exactly two paths that merge again by Add, Sub or Concat (a residual "
+                                       "block or a concatenation)")
     paths = []
     for user in users:
         paths.append(([], user) if user.other else _path(conv, readers, user, fork))
@@ -108,6 +119,9 @@ def _block(conv: Conversion, readers: dict[str, list[Layer]], fork: str) -> _Blo
         raise _refuse(conv, pooled, f"an L2-norm pooling inside the residual block from {fork!r} is not supported: "
                                     "a pooling is a stage of its own, and a residual branch must be a chain")
     acts = [any(layer.activation is not None for layer in p) for p in (p1, p2)]
+    if all(acts) and merge.axis is not None:  # [g_1(x); g_2(x)], g_1 the path to the merge's first input
+        first, second = (p1, p2) if ends[0] == merge.source else (p2, p1)
+        return _Block(merge, tuple(first), tuple(second), False, False, True, True)
     if all(acts):
         raise _refuse(conv, merge, "both of its inputs pass through activations; a residual block needs one linear "
                                    "shortcut (identity, 1x1 convolution, downsampling) beside the branch")
@@ -117,11 +131,11 @@ def _block(conv: Conversion, readers: dict[str, list[Layer]], fork: str) -> _Blo
         if short:
             raise _refuse(conv, merge, f"an L2NormResidual merge needs the tensor {fork!r} itself as one input, but "
                                        f"it reads it through {short[0].op_type} {short[0].name!r}")
-        return _Block(merge, (), tuple(branch), False, False, merge.merge_eps)
+        return _Block(merge, (), tuple(branch), False, False, norm_eps=merge.merge_eps)
     subtract = merge.op_type in SUBTRACTIONS
     short_end = short[-1].target if short else fork
     return _Block(merge, tuple(short), tuple(branch), subtract and short_end == merge.other,
-                  subtract and short_end != merge.other)
+                  subtract and short_end != merge.other, short_end == merge.source)
 
 
 def _items(conv: Conversion) -> list[Item]:
@@ -204,10 +218,11 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
     conv.raise_issues()
     items = _items(conv)
     runs = [it for it in items if isinstance(it, tuple)] + [p for it in items if isinstance(it, _Block)
-                                                          for p in (it.branch,)]
+                                                          for p in ((it.branch, it.shortcut) if it.parallel
+                                                                    else (it.branch,)) if p]
     blocks = [b for run in runs for b in dense_plan(_sub(conv, run))]
     blocks += [DenseBlock(it.shortcut, tuple(it.shortcut[0].in_shape), tuple(it.shortcut[-1].out_shape), None)
-               for it in items if isinstance(it, _Block) and it.shortcut]
+               for it in items if isinstance(it, _Block) and it.shortcut and not it.parallel]
     check_dense_size(blocks, max_dense_bytes, conv.source)
     stages: list[Network | Residual | NormPool | NormResidual] = []
     acts: list[Activation | None] = []
@@ -225,10 +240,13 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
             stage = _chain(conv, item, max_dense_bytes)
         elif item.norm_eps is not None:
             stage = NormResidual(_chain(conv, item.branch, max_dense_bytes), item.norm_eps)
+        elif item.parallel:
+            stage = _parallel(conv, item, max_dense_bytes)
         else:
             branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted)
-            s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.output_dim)
-            stage = Residual(branch, s, c)
+            s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.output_dim if item.merge.axis is None
+                             else branch.input_dim)
+            stage = _concat(item, branch, s, c) if item.merge.axis is not None else Residual(branch, s, c)
         if stages:
             acts.append(pending)
         pending = None
@@ -237,6 +255,56 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
         acts.append(pending)
         stages.append(_identity(stages[-1].output_dim))
     return graph_network(stages, acts, input_shape=conv.input_shape, input_range=input_range, info=info)
+
+
+def _placements(merge: Layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions, in the joined tensor, of the entries of a concatenation's first and second parts."""
+    axis, out = merge.axis, merge.out_shape
+    assert axis is not None
+    first = merge.in_shape[axis]
+    index = torch.arange(math.prod(out)).reshape(out)
+    return (index.narrow(axis, 0, first).reshape(-1), index.narrow(axis, first, out[axis] - first).reshape(-1))
+
+
+def _placed(rows: torch.Tensor, matrix: torch.Tensor, n: int) -> torch.Tensor:
+    """The matrix (or vector) with its rows moved to positions ``rows`` of n rows, zeros elsewhere: E M."""
+    out = matrix.new_zeros((n, *matrix.shape[1:]))
+    out[rows] = matrix
+    return out
+
+
+def _concat(item: _Block, branch: Network, s: torch.Tensor | None, c: torch.Tensor | None) -> Residual:
+    """[S x + c; g(x)] (or [g(x); S x + c]) as the residual block E_s (S x + c) + E_g g(x) (decisions 47)."""
+    first, second = _placements(item.merge)
+    at_s, at_g = (first, second) if item.shortcut_first else (second, first)
+    n = math.prod(item.merge.out_shape)
+    s_mat = torch.eye(branch.input_dim, dtype=torch.float64) if s is None else s
+    shortcut_bias = None if c is None else _placed(at_s, c, n)
+    g = branch.with_last_layer(_placed(at_g, branch.weights[-1], n), _placed(at_g, branch.biases[-1], n))
+    return Residual(g, _placed(at_s, s_mat, n), shortcut_bias)
+
+
+def _parallel(conv: Conversion, item: _Block, limit: int) -> Network:
+    """[g_1(x); g_2(x)] of two chains of equal depth and activations as one chain (decisions 47): the first
+    weights stacked, the later ones block-diagonal, the last ones placed by the concatenation."""
+    g1, g2 = (_chain(conv, path, limit) for path in (item.shortcut, item.branch))
+    same = g1.depth == g2.depth and all(a == b and a.mask is None for a, b in zip(g1.activations, g2.activations))
+    if not same:
+        raise _refuse(conv, item.merge, "it joins two branches with activations of different structure ("
+                                        f"{_structure(g1)} and {_structure(g2)}); lipcert joins such branches when "
+                                        "they have the same depth and the same activation at each layer")
+    n = math.prod(item.merge.out_shape)
+    first, second = _placements(item.merge)
+    weights = [torch.cat([g1.weights[0], g2.weights[0]])]
+    weights += [torch.block_diag(w1, w2) for w1, w2 in zip(g1.weights[1:-1], g2.weights[1:-1])]
+    weights.append(torch.cat([_placed(first, g1.weights[-1], n), _placed(second, g2.weights[-1], n)], 1))
+    biases = [torch.cat([b1, b2]) for b1, b2 in zip(g1.biases[:-1], g2.biases[:-1])]
+    biases.append(_placed(first, g1.biases[-1], n) + _placed(second, g2.biases[-1], n))
+    return Network.from_weights(weights, biases, list(g1.activations))
+
+
+def _structure(net: Network) -> str:
+    return f"{net.depth} layers, activations {', '.join(net.activation_names) or 'none'}"
 
 
 def _identity(n: int, activation: Activation | None = None) -> Network:

@@ -192,8 +192,25 @@ class _Interpreter:
             return
         self.convert(node, args, kwargs, dyns[0], op_type, name)
 
+    def _concat(self, node: torch.fx.Node, args: Any, kwargs: Any, name: str) -> bool:
+        """``torch.cat([a, b], dim)`` of two branches as a merge layer with its axis; False if it is not one."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        items = list(tensors) if isinstance(tensors, list | tuple) else []
+        parts = [t for t in items if isinstance(t, torch.fx.Node)]
+        if len(parts) != 2 or len(items) != 2 or not isinstance(dim, int) or parts[0] is parts[1]:
+            return False
+        (first, second), (a, b) = parts, (self.env[t.name].probe for t in parts)
+        merged, axis = torch.cat([a, b], dim), dim % a.ndim
+        self.layers.append(Layer(name, "cat", first.name, node.name, tuple(a.shape), tuple(merged.shape),
+                                 detail=f"[{first.name}; {second.name}] on axis {axis}", other=second.name, axis=axis))
+        self.env[node.name] = Dyn(merged)
+        return True
+
     def _merge(self, node: torch.fx.Node, args: Any, kwargs: Any, op_type: str, name: str) -> bool:
         """``a + b`` or ``a - b`` of two branches as a merge layer (adapters/residual.py); False if it is not one."""
+        if op_type in ("cat", "concat"):
+            return self._concat(node, args, kwargs, name)
         if op_type not in _MERGES or kwargs or len(node.args) != 2 or not all(
                 isinstance(a, torch.fx.Node) and isinstance(d, Dyn) for a, d in zip(node.args, args)):
             return False
@@ -366,7 +383,8 @@ def _merge_why(op_type: str) -> str:
         return ("it adds two tensors computed from the input (a residual connection or a merge of branches); lipcert "
                 "bounds chains of layers only")
     if op_type in ("cat", "concat", "stack"):
-        return "it concatenates tensors from several branches; lipcert bounds chains of layers only"
+        return ("it concatenates more than two tensors computed from the input (a fork into three or more branches) "
+                "or a branch with itself; lipcert joins exactly two branches of one fork per concatenation")
     if op_type in ("mul", "Tensor.mul", "matmul", "Tensor.matmul", "bmm", "einsum"):
         return "it multiplies two tensors computed from the input (gating or attention), which is not affine"
     return "it combines several tensors computed from the input, so the model is not a chain of layers"

@@ -335,7 +335,7 @@ def test_every_unsupported_node_is_named(tmp_path: Path, rng: np.random.Generato
              node("Gemm", ["sl", "W"], ["g"], transB=1), node("Relu", ["g"], ["r"]),
              node("Add", ["r", "sl"], ["res"]),  # a residual connection: supported (adapters/residual.py)
              node("Gemm", ["res", "W2"], ["g2"], transB=1),
-             node("Concat", ["g2", "res"], ["cat"], axis=1),  # concat of branches
+             node("Concat", ["g2", "res", "g2"], ["cat"], axis=1),  # concat of three branches
              node("Softmax", ["cat"], ["y"])]
     inits.update({"s0": np.array([0], np.int64), "s4": np.array([4], np.int64), "ax": np.array([1], np.int64)})
     model = make_model(nodes, ["N", 1, 8], "y", inits)
@@ -343,7 +343,7 @@ def test_every_unsupported_node_is_named(tmp_path: Path, rng: np.random.Generato
     assert [(i.op_type, i.name) for i in conv.issues] == [
         ("LpPool", "LpPool_mp"), ("Concat", "Concat_cat"), ("Softmax", "Softmax_y")]
     with pytest.raises(UnsupportedOperatorError, match=r"(?s)3 operators.*LpPool node 'LpPool_mp': this pooling"
-                                                       r"(.|\n)*several branches"):
+                                                       r"(.|\n)*more than two tensors"):
         from_onnx(model)
     path = tmp_path / "bad.onnx"
     onnx.save(model, str(path))

@@ -69,6 +69,16 @@ def shortcut_norm(block: Residual) -> float:
     return float(certified_root(max(spectral_norm_squared(block.shortcut), 0.0), 0.0))
 
 
+def disjoint_outputs(block: Residual) -> bool:
+    """True when S x + c and g(x) write disjoint entries of the output (a concatenation [S x + c; g(x)] up to
+    the order of entries, adapters/residual.py): then ||S u + g(x) - g(y)||^2 = ||S u||^2 + ||g(x) - g(y)||^2
+    for u = x - y, and Lip <= sqrt(||S||^2 + Lip(g)^2) (docs/decisions.md 47)."""
+    g = block.branch
+    if block.shortcut is None or g.has_operators:
+        return False
+    return not bool(((block.shortcut != 0).any(1) & (g.weights[-1] != 0).any(1)).any())
+
+
 def block_method(method: str, branch: LipschitzBound) -> str | None:
     """The residual-block method that matches a graph ``method`` (None: no block certificate).
 
@@ -95,14 +105,16 @@ def block_certificate(block: Residual, method: str | None) -> BlockCertificate |
 
 def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False,
                     method: str = "naive") -> BlockBound:
-    """Bound on the L2 Lipschitz constant of a residual block: min(||S||_2 + Lip(g), block certificate).
+    """Bound on the L2 Lipschitz constant of a residual block: min(||S||_2 + Lip(g), block certificate), with
+    sqrt(||S||_2^2 + Lip(g)^2) in place of the sum when S and g write disjoint entries (:func:`disjoint_outputs`).
 
     The one place where a block's constant is composed.  ``last`` is passed on to ``chain_bound``;
     ``method`` is the graph's method (:func:`block_method` maps it to the block's).
     """
     s = shortcut_norm(block)
     branch = chain_bound(block.branch, last)
-    value = float((s + branch.value) * (1 + 4e-16))
+    value = float(math.hypot(s, branch.value) * (1 + 1e-15) if disjoint_outputs(block) else
+                  (s + branch.value) * (1 + 4e-16))
     certificate = block_certificate(block, block_method(method, branch))
     if certificate is not None and certificate.value < value:
         return BlockBound(certificate.value, s, branch, certificate)
@@ -146,12 +158,14 @@ def _slope(net: GraphNetwork, t: int) -> float:
 
 
 def _residual_gram(block: Residual, shortcut: float, gram: Gram) -> Gram:
-    """Gram matrix (1 + t) S S^T + (1 + 1/t) G_g, t = Lip(g) / ||S||, of a last residual block."""
+    """Gram matrix (1 + t) S S^T + (1 + 1/t) G_g of a last residual block, valid for every t > 0 (Young's
+    inequality); t = Lip(g) / ||S|| gives the value ||S|| + Lip(g), and when S and g write disjoint entries the
+    form is block-diagonal and t = (Lip(g) / ||S||)^2 gives sqrt(||S||^2 + Lip(g)^2)."""
     s_mat = block.shortcut_matrix()
     lip_g = gram.value
     if lip_g == 0.0:
         return Gram(s_mat @ s_mat.T, 0.0)
-    ratio = lip_g / shortcut
+    ratio = (lip_g / shortcut) ** 2 if disjoint_outputs(block) else lip_g / shortcut
     g = gram.matrix.detach().cpu().double()
     matrix = (1 + ratio) * (s_mat @ s_mat.T) * math.exp(-gram.log_scale) + (1 + 1 / ratio) * g
     return Gram(matrix, gram.log_scale)

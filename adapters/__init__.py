@@ -3,7 +3,7 @@
 Import the submodule you need; nothing here imports onnx or traces torch on package import.
 
 * :mod:`lipcert.adapters.files` -- ``read``: a model file by its suffix (what :func:`lipcert.load` uses)
-* :mod:`lipcert.adapters.torch` -- ``from_module``, ``analyze_module``, ``load_file``, ``to_network``
+* :mod:`lipcert.adapters.torch` -- ``from_module``, ``analyze_module``, ``to_network``
 * :mod:`lipcert.adapters.onnx` -- ``from_onnx``, ``analyze_onnx``, ``to_network``
 * :mod:`lipcert.adapters.graph` -- the layer chain, dense materialization and its size check
 * :mod:`lipcert.adapters.common` -- prepended normalization, input range, conversion check

@@ -198,11 +198,9 @@ class _Interpreter:
 
     def concat(self, i: int, node: onnx.NodeProto, probes: list[torch.Tensor]) -> None:
         """A Concat of two branches: a merge layer with its axis (adapters/residual.py)."""
-        a, b = probes
-        axis = int(onnx.helper.get_attribute_value(next(x for x in node.attribute if x.name == "axis")))
-        axis = axis % a.ndim
-        merged = torch.cat([a, b], axis)
-        self.layers.append(Layer(self.label(i), node.op_type, node.input[0], node.output[0], tuple(a.shape),
+        axis = next(x.i for x in node.attribute if x.name == "axis") % probes[0].ndim
+        merged = torch.cat(probes, axis)
+        self.layers.append(Layer(self.label(i), node.op_type, node.input[0], node.output[0], tuple(probes[0].shape),
                                  tuple(merged.shape), detail=f"[{node.input[0]}; {node.input[1]}] on axis {axis}",
                                  other=node.input[1], axis=axis))
         self.env[node.output[0]] = Dyn(merged)
@@ -295,7 +293,8 @@ class _Interpreter:
         values: dict[str, torch.Tensor] = {source: z}
         for j in region:
             node = self.nodes[j]
-            args = [values[n] if n in values else t_const(self.env[n]) for n in node.input if n]
+            args = [values[n] if n in values else torch.as_tensor(self.env[n], dtype=torch.float64)
+                    for n in node.input if n]
             if node.op_type == "Softplus":
                 values[node.output[0]] = torch.nn.functional.softplus(args[0])
             else:
@@ -420,10 +419,6 @@ class _Interpreter:
 def _moves_last_to_channel(detail: str, rank: int) -> bool:
     """True for a Transpose 'perm [0, r-1, 1, ..., r-2]' (an NHWC input made NCHW)."""
     return detail == f"perm {[0, rank - 1] + list(range(1, rank - 1))}"
-
-
-def t_const(arr: Any) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(arr, dtype=np.float64))
 
 
 def convert_model(model: onnx.ModelProto, source: str, input_shape: Sequence[int] | None = None) -> Conversion:

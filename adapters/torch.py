@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import operator
-import pickle
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,6 @@ from .common import RangeOption, finish, require_finite
 from .graph import DYNAMIC, Conversion, Issue, Layer, NotCovered, chain_between, make_layers, reaching
 from .residual import SUBTRACTIONS
 from .maxpool import for_input
-from .sniff import torch_load
 from .torch_ops import FUNCTIONS, METHODS, Call, function_why, module_handler, module_why
 
 _SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
@@ -476,41 +474,4 @@ def to_network(module: nn.Module, conv: Conversion, *, mean: Sequence[float] | f
                   channels_last=False, info=info)
 
 
-def _state_dict_message(path: Path, obj: dict[Any, Any]) -> str:
-    keys = list(obj)[:6]
-    nested = next((k for k in ("state_dict", "model_state_dict", "model", "net") if k in obj), None)
-    return (
-        f"{path} holds a {'checkpoint' if nested else 'state_dict'} (a dict with keys {keys}"
-        f"{' ...' if len(obj) > 6 else ''}), "
-        "not a whole pickled module. A state_dict has no architecture; name the model class it belongs to:\n"
-        f"    lipcert.load(\"mymodels:MyNet\", weights=\"{path}\", input_shape=(1, 28, 28))\n"
-        f"    lipcert bound --model mymodels:MyNet --weights {path} --input-shape 1,28,28\n"
-        "('module:Class' or 'file.py:Class'; model_args= / --model-args for its arguments, model_path= / "
-        "--model-path for the folder of its code). In Python, lipcert.load(module) also works on a module with "
-        "the weights already loaded (model.load_state_dict(...); model.eval()). The ERAN and auto_LiRPA benchmark "
-        "checkpoints load with lipcert.reference_models.load_checkpoint(path)")
-
-
-def load_file(path: str | Path) -> nn.Module:
-    """A whole pickled module from a .pt/.pth file, or a clear error (state_dict, corrupt file, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"no such model file: {path}")
-    try:
-        obj = torch_load(path)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise ModelLoadError(f"{path} is not a readable torch file: {exc}") from exc
-        try:  # a whole pickled module needs full unpickling (only load files you trust)
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:  # noqa: BLE001 - unpickling can raise anything
-            raise ModelLoadError(f"{path} could not be unpickled ({type(exc2).__name__}: {exc2}); a whole module "
-                                 "needs its class importable under the same name") from exc2
-    if isinstance(obj, nn.Module):
-        return obj
-    if isinstance(obj, dict):
-        raise ModelLoadError(_state_dict_message(path, obj))
-    raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
-
-
-__all__ = ["analyze_module", "from_module", "load_file", "to_network"]
+__all__ = ["analyze_module", "from_module", "to_network"]

@@ -28,6 +28,7 @@ from ..graph import GraphNetwork, Residual
 from ..network import Network
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
+from .conv_norm import conv_norm
 from .graph_blocks import graph_recursion
 from .residual_block import METHODS as BLOCK_METHODS
 from .residual_block import BlockBound as BlockCertificate
@@ -56,9 +57,12 @@ class BlockBound:
 
 
 def shortcut_norm(block: Residual) -> float:
-    """Certified ||S||_2 of a block's shortcut: 1 for the identity, else sqrt of a certified lambda_max."""
+    """Certified ||S||_2 of a block's shortcut: 1 for the identity, sqrt of a certified lambda_max for a
+    matrix, :func:`~.conv_norm.conv_norm` for a convolution operator (no dense matrix)."""
     if block.shortcut is None:
         return 1.0
+    if not isinstance(block.shortcut, torch.Tensor):
+        return conv_norm(block.shortcut).value
     return float(certified_root(max(spectral_norm_squared(block.shortcut), 0.0), 0.0))
 
 
@@ -80,7 +84,7 @@ def block_method(method: str, branch: LipschitzBound) -> str | None:
 def block_certificate(block: Residual, method: str | None) -> BlockCertificate | None:
     """The block LMI certificate of a block whose branch is G sigma(W x + b) + c (one hidden layer, dense)."""
     g = block.branch
-    if method is None or g.depth != 2 or g.has_operators:
+    if method is None or g.depth != 2 or g.has_operators or not isinstance(block.shortcut, torch.Tensor | None):
         return None
     alpha, beta = g.slopes()[0]
     return block_constant(block.shortcut, g.weights[0], g.weights[1], alpha, beta, method=method)
@@ -142,20 +146,24 @@ def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> 
 
 def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> LipschitzBound:
     start = time.perf_counter()
-    log_rest, stages, notes = 0.0, [], []
+    log_rest, stages, notes, skipped = 0.0, [], [], []
     last_t = len(net.stages) - 1
     last: LipschitzBound | BlockBound | None = None
     for t, stage in enumerate(net.stages):
         bound: LipschitzBound | BlockBound
         if isinstance(stage, Network):
             bound = chain = chain_bound(stage, t == last_t)
-            stages.append({"kind": "chain", "widths": list(stage.widths), "value": bound.value})
+            stages.append({"kind": "chain", "widths": list(stage.widths), "value": bound.value,
+                           "path": _chain_path(bound)})
         else:
             bound = block_lipschitz(stage, chain_bound, t == last_t, method)
             chain = bound.branch
-            stages.append({"kind": "residual", "shortcut": "identity" if stage.shortcut is None else "linear",
+            stages.append({"kind": "residual", "shortcut": _shortcut_kind(stage),
                            "shortcut_norm": bound.shortcut, "branch": bound.branch.value, "value": bound.value,
-                           "certificate": None if bound.certificate is None else bound.certificate.rule})
+                           "certificate": None if bound.certificate is None else bound.certificate.rule,
+                           "path": _chain_path(bound.branch)})
+            if _operator_block(stage) and stage.branch.depth == 2 and block_method(method, chain) is not None:
+                skipped.append(f"stage {t + 1}: block certificate (convolutions kept as operators)")
         if chain.status != "ok":
             notes.append(f"stage {t + 1}: {chain.status}")
         if t == last_t:
@@ -184,7 +192,9 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
     else:
         grams = {name: Gram(g.matrix.detach().cpu().double(), g.log_scale + log_rest) for name, g in grams.items()}
     recursion = recursion_method(method)
-    if recursion is not None:  # the carried-form recursion through the whole graph (decisions 31)
+    if recursion is not None and net.has_operators:
+        skipped.append("the carried-form recursion through the graph (convolutions kept as operators)")
+    elif recursion is not None:  # the carried-form recursion through the whole graph (decisions 31)
         carried = graph_recursion(net, method=recursion)
         grams[f"recursion ({recursion})"] = Gram(carried.extras["form"], 0.0)
     values = {name: g.value for name, g in grams.items()}
@@ -193,4 +203,21 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
         value=values[best], method=method, per_rule=values, rule=best, multipliers=(), slopes=(),
         seconds=time.perf_counter() - start, status="ok" if not notes else "; ".join(notes), grams=grams,
         extras={"path": "graph", "stages": stages,
-                "between_slopes": [_slope(net, t) for t in range(len(net.activations))]})
+                "between_slopes": [_slope(net, t) for t in range(len(net.activations))],
+                **({"skipped": skipped} if skipped else {})})
+
+
+def _chain_path(bound: LipschitzBound) -> str:
+    """How a chain was bounded: "dense", or the operator path :func:`~.workspace.choose_path` took."""
+    return str(bound.extras.get("path", "dense"))
+
+
+def _shortcut_kind(block: Residual) -> str:
+    if block.shortcut is None:
+        return "identity"
+    return "linear" if isinstance(block.shortcut, torch.Tensor) else "conv"
+
+
+def _operator_block(block: Residual) -> bool:
+    """True if the block keeps a convolution as an operator (branch or shortcut)."""
+    return block.branch.has_operators or _shortcut_kind(block) == "conv"

@@ -144,6 +144,29 @@ def choose_path(net: Network, method: str, label: str, options: Mapping[str, Any
     return "dense", dense
 
 
+def graph_path(net: GraphNetwork, method: str, label: str, options: Mapping[str, Any],
+               max_bytes: float | None = None, prefer: str = "auto") -> tuple[str, int]:
+    """``("dense" | "operators", bytes)``: whether a graph with operator layers (convolutions in chains or
+    shortcuts) is densified as a whole before ``method`` runs, and the dense form's estimated peak.
+
+    Dense (every chain and shortcut materialized, so block certificates and the carried-form recursion
+    run) when ``prefer`` is "dense" (memory-checked) or, with "auto", the estimate fits ``max_bytes``:
+    twice the dense matrices of the whole graph plus the largest chain's working matrices
+    (:func:`method_bytes`).  Otherwise "operators": each chain then takes its own path by
+    :func:`choose_path` (docs/decisions.md 51).
+    """
+    if prefer not in ("auto", "dense", "matrix-free"):
+        raise InvalidArgumentError(f"path must be 'auto', 'dense' or 'matrix-free', got {prefer!r}")
+    work = max(method_bytes(c, method, options) - OVERHEAD - 2 * FLOAT64 * sum(w.numel() for w in c.weights)
+               for c in net.chains())
+    dense = OVERHEAD + 2 * net.dense_nbytes + work
+    if not net.has_operators or prefer == "dense":
+        check_budget(f"method {label} on the dense form of a graph of {len(net.stages)} stages", dense, max_bytes)
+        return "dense", dense
+    limit = default_limit() if max_bytes is None else max_bytes
+    return ("dense" if prefer == "auto" and dense <= limit else "operators"), dense
+
+
 def per_frequency_reason(net: Network, method: str, label: str) -> str | None:
     """Why ``method`` (named ``label``) has no per-frequency pass on ``net`` (None: it has one)."""
     if method not in conv_closed_form.METHODS:
@@ -155,5 +178,5 @@ def per_frequency_reason(net: Network, method: str, label: str) -> str | None:
     return None
 
 
-__all__ = ["choose_path", "lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes",
+__all__ = ["choose_path", "graph_path", "lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes",
            "per_frequency_reason"]

@@ -129,6 +129,8 @@ def _residual_gram(block: Residual, shortcut: float, gram: Gram) -> Gram:
         return Gram(s_mat @ s_mat.T, 0.0)
     ratio = lip_g / shortcut
     g = gram.matrix.detach().cpu().double()
+    if g.shape[0] != s_mat.shape[0]:  # a 1 x 1 Gram of a branch ending in a convolution: [[m]] stands for m I
+        g = g[0, 0] * torch.eye(s_mat.shape[0], dtype=torch.float64)
     matrix = (1 + ratio) * (s_mat @ s_mat.T) * math.exp(-gram.log_scale) + (1 + 1 / ratio) * g
     return Gram(matrix, gram.log_scale)
 

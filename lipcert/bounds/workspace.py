@@ -21,6 +21,7 @@ from ..network import Network
 from . import conv_closed_form
 from .conv_grid import plan_bytes, plan_chain
 from .conv_norm import conv_norm_bytes
+from .matrix_free import DENSE_LAST_BYTES
 
 FLOAT64 = 8
 OVERHEAD = 64 * 2**20
@@ -59,7 +60,8 @@ def matrix_free_bytes(net: Network) -> int:
     held = 2 * FLOAT64 * sum(w.numel() if op is None else op.kernel.numel() for w, op in zip(net.weights, ops))
     convs = max((conv_norm_bytes(op) for op in ops[:-1] if op is not None), default=0)
     dense = max((min(w.shape) for w, op in zip(net.weights[:-1], ops[:-1]) if op is None), default=0)
-    last = net.weights[-1].shape[0] * net.weights[-1].shape[1] * FLOAT64 * (1 if ops[-1] is None else 3)
+    last = (net.weights[-1].shape[0] * net.weights[-1].shape[1] * FLOAT64 if ops[-1] is None
+            else conv_norm_bytes(ops[-1]) if ops[-1].dense_nbytes > DENSE_LAST_BYTES else 3 * ops[-1].dense_nbytes)
     return OVERHEAD + held + max(convs, MATRICES["naive"] * FLOAT64 * dense**2) + last
 
 
@@ -88,7 +90,7 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
     kernels = sum(layer.kernel.numel() for layer in plan.layers)
     weights = 2 * FLOAT64 * (kernels + sum(w.numel() for w in tail))
     widest = max((w.shape[0] for w in tail[:-1]), default=0)
-    need = plan_bytes(plan, int(tail[0].shape[0])) + SINGLE_RULE * FLOAT64 * widest**2
+    need = plan_bytes(plan, int(tail[0].shape[0]) if tail else 0) + SINGLE_RULE * FLOAT64 * widest**2
     naive = 0
     for op in (o for o in net.operators if o is not None):
         (c_out, h_out, w_out), (c_in, h, w) = op.conv_out_shape, op.in_shape
@@ -96,7 +98,8 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
         gram = min(c_out * h_out * w_out, c_in * h * w) // op.groups
         naive = max(naive, blocks + (4 * FLOAT64 * gram**2 if gram <= 8192 and h_out * w_out <= 64 else 0))
     passes = len(options.get("rules", ())) + 1 if method == "combined" else 2
-    kept = passes * FLOAT64 * (sum(net.widths[1:]) + net.widths[-1] ** 2)  # every pass's multipliers and G_L
+    gram = net.widths[-1] ** 2 if tail else 1  # all convolutions: a 1 x 1 G_L (conv_closed_form._last_conv)
+    kept = passes * FLOAT64 * (sum(net.widths[1:]) + gram)  # every pass's multipliers and G_L
     return OVERHEAD + weights + kept + max(need, naive)
 
 

@@ -48,7 +48,8 @@ def method_bytes(net: Network, method: str, options: Mapping[str, Any]) -> int:
         matrices = PER_COMBINED_RULE * (len(options.get("rules", ())) + 1)
     else:
         matrices = MATRICES.get(method, SINGLE_RULE)
-    return OVERHEAD + weights + matrices * FLOAT64 * widest**2
+    last = 2 * FLOAT64 * net.weights[-1].shape[0] ** 2  # G_L and its eigenvalue work (large for a feature map)
+    return OVERHEAD + weights + matrices * FLOAT64 * widest**2 + last
 
 
 def matrix_free_bytes(net: Network) -> int:

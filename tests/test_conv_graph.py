@@ -10,7 +10,11 @@ import pytest
 import torch
 
 import lipcert
+from lipcert.bounds.closed_form import closed_form_slopes
+from lipcert.bounds.conv_closed_form import single_rule_conv
 from lipcert.bounds.graph_lower import graph_jacobian_bound
+from lipcert.bounds.recursion import replay
+from lipcert.bounds.rules import Rule
 from lipcert.graph import GraphNetwork, Residual, graph_network
 from lipcert.graph_rounding import error_plan, forward_error
 from lipcert.memory import PeakMemory
@@ -172,3 +176,16 @@ def test_cifar_resnet_is_bounded_naive_without_dense_matrices(seed: int) -> None
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     low, _ = graph_jacobian_bound(net, samples=4, steps=2, generator=torch.Generator().manual_seed(seed))
     assert 0 < low <= bound.value and bool(torch.isfinite(torch.as_tensor(net(x))).all())
+
+
+def test_per_frequency_on_zero_padded_convolutions_only_covers_the_dense_pass_with_its_multipliers(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    ops = [Conv2dOperator.conv(torch.randn(5, 4, 3, 3, generator=gen, dtype=torch.float64) / 4, (4, 7, 7), padding=1),
+           Conv2dOperator.conv(torch.randn(6, 5, 3, 3, generator=gen, dtype=torch.float64) / 4, (5, 7, 7), stride=2,
+                               padding=1)]
+    chain = Network.from_weights(ops, [torch.zeros(op.shape[0], dtype=torch.float64) for op in ops], ["relu"])
+    for rule in (Rule("sn", 1.0), Rule("gc", 1.99), Rule("shift", 1.5)):
+        surrogate = single_rule_conv(chain, rule)
+        dense = chain.densified()
+        same = replay(list(dense.weights), closed_form_slopes(dense.slopes()), surrogate.multipliers, surrogate.labels)
+        assert same.value <= surrogate.value * (1 + 1e-9)  # the restriction argument at the last layer too

@@ -28,12 +28,14 @@ from ..graph import GraphNetwork, Residual
 from ..network import Network
 from ..rounding import certified_root
 from .closed_form import spectral_norm_squared
+from . import conv_block
 from .conv_norm import conv_norm
 from .graph_blocks import graph_recursion
 from .residual_block import METHODS as BLOCK_METHODS
 from .residual_block import BlockBound as BlockCertificate
 from .residual_block import block_constant
 from .result import Gram, LipschitzBound
+from .rules import DEFAULT_RULE_SET, Rule, parse_rule
 from .threads import small_matrix_threads
 
 ChainBound = Callable[[Network, bool], LipschitzBound]
@@ -54,6 +56,8 @@ class BlockBound:
     shortcut: float
     branch: LipschitzBound
     certificate: BlockCertificate | None = None
+    per_frequency: str | None = None
+    """The rule of the block certificate per frequency (:mod:`.conv_block`) when that gave ``value``."""
 
 
 def shortcut_norm(block: Residual) -> float:
@@ -100,10 +104,19 @@ def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False
     s = shortcut_norm(block)
     branch = chain_bound(block.branch, last)
     value = float((s + branch.value) * (1 + 4e-16))
-    certificate = block_certificate(block, block_method(method, branch))
+    rule = block_method(method, branch)
+    certificate = block_certificate(block, rule)
     if certificate is not None and certificate.value < value:
         return BlockBound(certificate.value, s, branch, certificate)
+    found = None if rule is None else conv_block.block_rho(block, _frequency_rules(rule))
+    if found is not None and found[0] < value:  # decisions 52
+        return BlockBound(found[0], s, branch, per_frequency=found[1])
     return BlockBound(value, s, branch)
+
+
+def _frequency_rules(rule: str) -> tuple[Rule, ...]:
+    """The closed-form rules a block method runs per frequency: all of them for combined and optimized."""
+    return DEFAULT_RULE_SET if rule in ("combined", "optimized") else (parse_rule(rule),)
 
 
 def recursion_method(method: str) -> str | None:
@@ -160,11 +173,13 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
         else:
             bound = block_lipschitz(stage, chain_bound, t == last_t, method)
             chain = bound.branch
+            per_frequency = None if bound.per_frequency is None else f"{bound.per_frequency} per frequency"
             stages.append({"kind": "residual", "shortcut": _shortcut_kind(stage),
                            "shortcut_norm": bound.shortcut, "branch": bound.branch.value, "value": bound.value,
-                           "certificate": None if bound.certificate is None else bound.certificate.rule,
+                           "certificate": bound.certificate.rule if bound.certificate is not None else per_frequency,
                            "path": _chain_path(bound.branch)})
-            if _operator_block(stage) and stage.branch.depth == 2 and block_method(method, chain) is not None:
+            if (_operator_block(stage) and stage.branch.depth == 2 and block_method(method, chain) is not None
+                    and not conv_block.applies(stage)):
                 skipped.append(f"stage {t + 1}: block certificate (convolutions kept as operators)")
         if chain.status != "ok":
             notes.append(f"stage {t + 1}: {chain.status}")
@@ -180,6 +195,8 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
         assert isinstance(block, Residual)
         if last.certificate is not None:  # Lip(c^T h) <= sqrt(c^T E c), E the block's form
             grams = {method: Gram(last.certificate.extras["form"], 0.0)}
+        elif last.per_frequency is not None:  # rho per frequency: Lip(c^T h) <= rho ||c||
+            grams = {method: Gram(torch.eye(net.output_dim, dtype=torch.float64), 2 * math.log(last.value))}
         else:
             grams = {k: _residual_gram(block, last.shortcut, g) for k, g in last.branch.grams.items()}
         if not grams:  # a method without margin bounds: the block's value alone

@@ -365,7 +365,10 @@ def _graph(net: GraphNetwork, call: MethodCall, method: str, options: Mapping[st
             if route == "dense" or not chain.has_operators or method == "naive":
                 raise
             fallbacks.append(f"chain {list(chain.widths)}: {str(err).split(';')[0]}")
-            naive = lipschitz(chain, "naive", max_bytes=max_bytes, path="matrix-free")
+            try:
+                naive = lipschitz(chain, "naive", max_bytes=max_bytes, path="matrix-free")
+            except MemoryBudgetError:
+                raise err from None  # the method's own reason, not its fallback's
             return replace(naive, extras={**naive.extras, "path": "matrix-free naive (fallback)"})
 
     bound = graph.graph_lipschitz(work, chain_bound, call.name)

@@ -164,7 +164,9 @@ def graph_path(net: GraphNetwork, method: str, label: str, options: Mapping[str,
     work = max(method_bytes(c, method, options) - OVERHEAD - 2 * FLOAT64 * sum(w.numel() for w in c.weights)
                for c in net.chains())
     dense = OVERHEAD + 2 * net.dense_nbytes + work
-    if not net.has_operators or prefer == "dense":
+    if not net.has_operators:  # each chain is checked by its own bound, as before
+        return "dense", dense
+    if prefer == "dense":
         check_budget(f"method {label} on the dense form of a graph of {len(net.stages)} stages", dense, max_bytes)
         return "dense", dense
     limit = default_limit() if max_bytes is None else max_bytes

@@ -27,8 +27,8 @@ import torch
 from ..graph import GraphNetwork, Residual
 from ..network import Network
 from ..rounding import certified_root
-from .closed_form import spectral_norm_squared
 from . import conv_block
+from .closed_form import spectral_norm_squared
 from .conv_norm import conv_norm
 from .graph_blocks import graph_recursion
 from .residual_block import METHODS as BLOCK_METHODS

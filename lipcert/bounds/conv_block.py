@@ -55,7 +55,8 @@ def _product_taps(a: GridLayer, b: GridLayer) -> tuple[dict[tuple[int, int], tor
     of s (on a circular grid with s | N no other pair meets).  Returns the taps by offset and delta >= the
     spectral norm of the rounding error of every symbol built from them (gamma_{C_in + pairs + 2} (sum_a
     ||K_A,a||_F) (sum_b ||K_B,b||_F): products, sums of pairs)."""
-    (sh, sw), taps = a.stride, {}
+    (sh, sw) = a.stride
+    taps: dict[tuple[int, int], torch.Tensor] = {}
     pairs = 0
     for ia, ea in enumerate(a.offsets[0]):
         for ib, eb in enumerate(b.offsets[0]):
@@ -97,7 +98,9 @@ def block_rho(block: Residual, rules: Sequence[Rule]) -> tuple[float, str] | Non
     except (UnsupportedConvGeometryError, UnsupportedSlopesError):
         return None
     w, g = plan.layers
-    short = block.shortcut if isinstance(block.shortcut, Conv2dOperator) else _identity(block.branch.operators[0])
+    first = block.branch.operators[0]
+    assert first is not None
+    short = block.shortcut if isinstance(block.shortcut, Conv2dOperator) else _identity(first)
     for axis in (0, 1):  # the shortcut must read its padding from non-real positions of the same grid
         strict, least = _axis_need(short, axis)
         if w.grid[axis] < least or (strict is not None and strict != w.grid[axis]):
@@ -128,7 +131,8 @@ def block_rho(block: Residual, rules: Sequence[Rule]) -> tuple[float, str] | Non
         taps = {d: t * scale[None, :] for d, t in sw_taps.items()}
         for a, e_a in enumerate(g.offsets[0]):
             for b, e_b in enumerate(g.offsets[1]):
-                taps[(e_a, e_b)] = taps[(e_a, e_b)] + g.kernel[:, :, a, b] if (e_a, e_b) in taps else g.kernel[:, :, a, b]
+                tap = g.kernel[:, :, a, b]
+                taps[(e_a, e_b)] = taps[(e_a, e_b)] + tap if (e_a, e_b) in taps else tap
         h = _layer_of(taps, g)
         # H's taps: S W^T's (error sw_delta) scaled by Lambda', then G's added: 3 more roundings per entry
         delta = (sw_delta * float(scale.max())

@@ -199,7 +199,8 @@ def finish(conv: Conversion, reference: Reference | None, *, mean: Sequence[floa
                                                           "std": None if s is None else s.tolist()},
             "notes": list(conv.notes)}
     limit = DEFAULT_MAX_DENSE_BYTES if max_dense_bytes is None else int(max_dense_bytes)
-    net = (build_graph(conv, max_dense_bytes=limit, input_range=rng, info=info) if has_merges(conv) else
+    net = (build_graph(conv, max_dense_bytes=limit, input_range=rng, info=info, operators=not dense)
+           if has_merges(conv) else
            build_network(conv, max_dense_bytes=limit, input_range=rng, info=info, operators=not dense))
     if not check or reference is None:
         return net.with_info(conversion_error=None)

@@ -33,8 +33,18 @@ from lipcert.graph import GraphNetwork, Residual, graph_network
 from lipcert.network import Network
 from lipcert.norm_pool import NormPool
 from lipcert.norm_residual import NormResidual
+from lipcert.operators import LinearOperator
 
-from .graph import Conversion, DenseBlock, Layer, build_network, check_dense_size, dense_plan, materialize
+from .graph import (
+    Conversion,
+    DenseBlock,
+    Layer,
+    block_operator,
+    build_network,
+    check_dense_size,
+    dense_plan,
+    materialize,
+)
 
 SUBTRACTIONS = frozenset({"Sub", "sub", "Tensor.sub", "Tensor.sub_", "isub"})
 """Merge op types that compute ``source - other``."""
@@ -193,11 +203,36 @@ def _sub(conv: Conversion, layers: tuple[Layer, ...]) -> Conversion:
     return replace(conv, layers=layers, sample_shape=shape, input_shape=(math.prod(shape),), issues=())
 
 
-def _chain(conv: Conversion, layers: tuple[Layer, ...], limit: int, negate: bool = False) -> Network:
-    net = build_network(_sub(conv, layers), max_dense_bytes=limit)
+def _chain(conv: Conversion, layers: tuple[Layer, ...], limit: int, negate: bool = False,
+           operators: bool = False) -> Network:
+    net = build_network(_sub(conv, layers), max_dense_bytes=limit, operators=operators)
     if not negate:
         return net
+    if net.operators and net.operators[-1] is not None:  # a convolution last: its kernel negated
+        last = net.operators[-1]
+        specs = [w if op is None else op for w, op in zip(net.weights[:-1], net.operators[:-1])]
+        return Network.from_weights(specs + [replace(last, kernel=-last.kernel)],
+                                    list(net.biases[:-1]) + [-net.biases[-1]], list(net.activations))
     return net.with_last_layer(-net.weights[-1], -net.biases[-1])
+
+
+def _shortcut_block(block: _Block) -> DenseBlock:
+    return DenseBlock(block.shortcut, tuple(block.shortcut[0].in_shape), tuple(block.shortcut[-1].out_shape), None)
+
+
+def _shortcut_operator(block: _Block) -> tuple[LinearOperator, torch.Tensor] | None:
+    """A shortcut that is one convolution (per-channel scalings folded in, as in chains) as a
+    :class:`~lipcert.operators.Conv2dOperator` and its bias; None if it is not one (docs/decisions.md 51)."""
+    op = block_operator(_shortcut_block(block)) if block.shortcut else None
+    if op is None:
+        return None
+    with torch.no_grad():
+        x = torch.zeros(block.shortcut[0].in_shape, dtype=torch.float64)
+        for layer in block.shortcut:
+            assert layer.fn is not None
+            x = layer.fn(x, True)
+    sign = -1.0 if block.shortcut_subtracted else 1.0
+    return replace(op, kernel=sign * op.kernel), sign * x.reshape(-1)
 
 
 def _shortcut(layers: tuple[Layer, ...], negate: bool, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -209,11 +244,13 @@ def _shortcut(layers: tuple[Layer, ...], negate: bool, n: int) -> tuple[torch.Te
 
 
 def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[float, float] | None = None,
-                info: dict[str, Any] | None = None) -> Network | GraphNetwork:
+                info: dict[str, Any] | None = None, operators: bool = False) -> Network | GraphNetwork:
     """The :class:`~lipcert.graph.GraphNetwork` of a conversion with merges (a Network if it is a chain).
 
-    The dense matrices of every chain and shortcut are counted against ``max_dense_bytes`` before any
-    is built (ModelLoadError above it).
+    With ``operators``, convolutions stay operators in chains, branches and shortcuts (as
+    :func:`~.graph.build_network` keeps them in chains; docs/decisions.md 51).  The dense matrices of
+    every chain and shortcut are counted against ``max_dense_bytes`` before any is built (ModelLoadError
+    above it).
     """
     conv.raise_issues()
     items = _items(conv)
@@ -221,9 +258,8 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
                                                           for p in ((it.branch, it.shortcut) if it.parallel
                                                                     else (it.branch,)) if p]
     blocks = [b for run in runs for b in dense_plan(_sub(conv, run))]
-    blocks += [DenseBlock(it.shortcut, tuple(it.shortcut[0].in_shape), tuple(it.shortcut[-1].out_shape), None)
-               for it in items if isinstance(it, _Block) and it.shortcut and not it.parallel]
-    check_dense_size(blocks, max_dense_bytes, conv.source)
+    blocks += [_shortcut_block(it) for it in items if isinstance(it, _Block) and it.shortcut and not it.parallel]
+    check_dense_size([b for b in blocks if not operators or block_operator(b) is None], max_dense_bytes, conv.source)
     stages: list[Network | Residual | NormPool | NormResidual] = []
     acts: list[Activation | None] = []
     pending: Activation | None = None  # the activation since the last stage
@@ -237,16 +273,20 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
             assert item.stage is not None
             stage = item.stage
         elif isinstance(item, tuple):
-            stage = _chain(conv, item, max_dense_bytes)
+            stage = _chain(conv, item, max_dense_bytes, operators=operators)
         elif item.norm_eps is not None:
             stage = NormResidual(_chain(conv, item.branch, max_dense_bytes), item.norm_eps)
         elif item.parallel:
             stage = _parallel(conv, item, max_dense_bytes)
-        else:
+        elif item.merge.axis is not None:  # a concatenation's parts are placed by dense matrices
             branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted)
-            s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.output_dim if item.merge.axis is None
-                             else branch.input_dim)
-            stage = _concat(item, branch, s, c) if item.merge.axis is not None else Residual(branch, s, c)
+            s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.input_dim)
+            stage = _concat(item, branch, s, c)
+        else:
+            branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted, operators=operators)
+            kept = _shortcut_operator(item) if operators else None
+            s, c = kept or _shortcut(item.shortcut, item.shortcut_subtracted, branch.output_dim)
+            stage = Residual(branch, s, c)
         if stages:
             acts.append(pending)
         pending = None

@@ -22,10 +22,11 @@ from typing import Any, ClassVar
 import torch
 
 from .activations import Activation, get_activation
-from .errors import ShapeMismatchError
+from .errors import DenseTooLargeError, ShapeMismatchError
 from .network import ArrayLike, Network, _as_tensor, array_hash, batched
 from .norm_pool import NormPool
 from .norm_residual import NormResidual
+from .operators import DEFAULT_MAX_DENSE_BYTES, LinearOperator
 
 Hook = Callable[[int, Activation, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``hook(site, activation, alpha, beta, z)``: replaces activation site number ``site`` (counted in
@@ -45,15 +46,16 @@ class Residual:
     ----------
     branch : Network
         g, a chain from n_in to n_out entries (flat vectors).
-    shortcut : Tensor or None
-        S, a dense float64 (n_out, n_in) matrix (a 1x1 convolution, a downsampling, ...), or None for
-        the identity (n_in = n_out).
+    shortcut : Tensor, LinearOperator or None
+        S, a dense float64 (n_out, n_in) matrix (a 1x1 convolution, a downsampling, ...), a
+        convolution kept as an operator (:class:`~lipcert.operators.Conv2dOperator`, docs/decisions.md 51),
+        or None for the identity (n_in = n_out).
     shortcut_bias : Tensor or None
         c (n_out,), the shortcut's bias, or None for 0.
     """
 
     branch: Network
-    shortcut: torch.Tensor | None = None
+    shortcut: torch.Tensor | LinearOperator | None = None
     shortcut_bias: torch.Tensor | None = None
 
     @property
@@ -64,9 +66,17 @@ class Residual:
     def output_dim(self) -> int:
         return self.branch.output_dim
 
-    def shortcut_matrix(self) -> torch.Tensor:
-        """S as a dense matrix (the identity materialized)."""
-        return torch.eye(self.input_dim, dtype=torch.float64) if self.shortcut is None else self.shortcut
+    def shortcut_matrix(self, max_bytes: int = DEFAULT_MAX_DENSE_BYTES) -> torch.Tensor:
+        """S as a dense matrix (the identity materialized; an operator densified, at most ``max_bytes``)."""
+        if self.shortcut is None:
+            return torch.eye(self.input_dim, dtype=torch.float64)
+        return self.shortcut if isinstance(self.shortcut, torch.Tensor) else self.shortcut.dense(max_bytes)
+
+    def apply_shortcut(self, z: torch.Tensor) -> torch.Tensor:
+        """S z + c for a flat batch z (B, n_in), in z's dtype."""
+        s = self.shortcut
+        out = z if s is None else z @ s.to(z.dtype).T if isinstance(s, torch.Tensor) else s.matmat(z)
+        return out if self.shortcut_bias is None else out + self.shortcut_bias.to(z.dtype)
 
 
 Stage = Network | Residual | NormPool | NormResidual
@@ -122,7 +132,15 @@ class GraphNetwork:
     @property
     def num_parameters(self) -> int:
         return sum(net.num_parameters for net in self.chains()) + sum(
-            s.shortcut.numel() for s in self.stages if isinstance(s, Residual) and s.shortcut is not None)
+            _shortcut_array(s.shortcut).numel() for s in self.stages
+            if isinstance(s, Residual) and s.shortcut is not None)
+
+    @property
+    def has_operators(self) -> bool:
+        """True if some chain or shortcut keeps a convolution as an operator (docs/decisions.md 51)."""
+        return any(c.has_operators for c in self.chains()) or any(
+            isinstance(s, Residual) and s.shortcut is not None and not isinstance(s.shortcut, torch.Tensor)
+            for s in self.stages)
 
     def chains(self) -> list[Network]:
         """Every chain of the graph: the chain stages and the branches of the residual blocks."""
@@ -153,11 +171,38 @@ class GraphNetwork:
             elif isinstance(stage, NormResidual):
                 h.update(f"l2residual {stage.branch.fingerprint()} {stage.eps!r}".encode())
             else:
-                arrays = [a.numpy() for a in (stage.shortcut, stage.shortcut_bias) if a is not None]
+                short = None if stage.shortcut is None else _shortcut_array(stage.shortcut)
+                arrays = [a.numpy() for a in (short, stage.shortcut_bias) if a is not None]
                 h.update(f"residual {stage.branch.fingerprint()} {stage.shortcut is None} "
                          f"{stage.shortcut_bias is None} {array_hash(*arrays)}".encode())
+                if stage.shortcut is not None and not isinstance(stage.shortcut, torch.Tensor):
+                    h.update(repr(stage.shortcut.key()).encode())
             h.update(repr(None if act is None else (act.name, act.mask)).encode())
         return h.hexdigest()
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the float64 matrices of the dense form (every chain's and every non-identity shortcut's)."""
+        return sum(c.dense_nbytes for c in self.chains()) + sum(
+            8 * s.output_dim * s.input_dim for s in self.stages if isinstance(s, Residual) and s.shortcut is not None)
+
+    def densified(self, max_bytes: int = DEFAULT_MAX_DENSE_BYTES) -> GraphNetwork:
+        """The same graph with every operator (in chains and shortcuts) materialized (itself if dense).
+
+        Raises :class:`~lipcert.errors.DenseTooLargeError` (before allocating) above ``max_bytes`` of dense
+        matrices in all.
+        """
+        if not self.has_operators:
+            return self
+        if self.dense_nbytes > max_bytes:
+            raise DenseTooLargeError(f"the dense form of this graph needs {self.dense_nbytes / 1e9:.3g} GB of weight "
+                                     f"matrices, over the limit of {max_bytes / 1e9:.3g} GB; use a matrix-free bound "
+                                     "(naive, or the per-frequency closed forms on each chain) or raise the limit")
+        stages = [s if isinstance(s, NormPool) else s.densified(max_bytes) if isinstance(s, Network) else
+                  replace(s, branch=s.branch.densified(max_bytes)) if isinstance(s, NormResidual) else
+                  Residual(s.branch.densified(max_bytes), None if s.shortcut is None else s.shortcut_matrix(max_bytes),
+                           s.shortcut_bias) for s in self.stages]
+        return replace(self, stages=tuple(stages))
 
     def with_info(self, **info: Any) -> GraphNetwork:
         """A copy with more provenance recorded in ``info``."""
@@ -180,10 +225,7 @@ class GraphNetwork:
                 z = stage.merge(z, out) if cut_hook is None else cut_hook(cuts, stage, z, out)
                 cuts += 1
             else:
-                short = z if stage.shortcut is None else z @ stage.shortcut.to(z.dtype).T
-                if stage.shortcut_bias is not None:
-                    short = short + stage.shortcut_bias.to(z.dtype)
-                z = short + chain_flat(stage.branch, z, hook, site)
+                z = stage.apply_shortcut(z) + chain_flat(stage.branch, z, hook, site)
             act = self.activations[t] if t < len(self.activations) else None
             if act is not None:
                 alpha, beta = act.neuron_slopes(z.shape[1])
@@ -207,7 +249,8 @@ class GraphNetwork:
             elif isinstance(stage, NormResidual):
                 parts.append(f"l2residual(chain{list(stage.branch.widths)}, eps={stage.eps:g})")
             else:
-                short = "identity" if stage.shortcut is None else f"linear {tuple(stage.shortcut.shape)}"
+                short = ("identity" if stage.shortcut is None else f"linear {tuple(stage.shortcut.shape)}"
+                         if isinstance(stage.shortcut, torch.Tensor) else stage.shortcut.describe())
                 parts.append(f"residual({short} + chain{list(stage.branch.widths)})")
             if act is not None:
                 parts.append(act.name)
@@ -233,6 +276,11 @@ def chain_flat(net: Network, z: torch.Tensor, hook: Hook | None = None, site: li
     return z
 
 
+def _shortcut_array(shortcut: torch.Tensor | LinearOperator) -> torch.Tensor:
+    """The array that holds a shortcut's weights: the matrix, or an operator's kernel."""
+    return shortcut if isinstance(shortcut, torch.Tensor) else shortcut.kernel
+
+
 def _layer_specs(net: Network) -> list[Any]:
     ops = list(net.operators) if net.operators else [None] * net.depth
     return [w if op is None else op for w, op in zip(net.weights, ops)]
@@ -250,7 +298,8 @@ def _check_residual(stage: Residual, t: int) -> Residual:
         raise ShapeMismatchError(f"stage {t + 1}: a residual branch must be a chain Network, got "
                                  f"{type(stage.branch).__name__}")
     n_in, n_out = stage.branch.input_dim, stage.branch.output_dim
-    shortcut = None if stage.shortcut is None else _as_tensor(stage.shortcut, f"stage {t + 1} shortcut")
+    shortcut = (stage.shortcut if stage.shortcut is None or isinstance(stage.shortcut, LinearOperator)
+                else _as_tensor(stage.shortcut, f"stage {t + 1} shortcut"))
     bias = None if stage.shortcut_bias is None else _as_tensor(stage.shortcut_bias, f"stage {t + 1} shortcut bias")
     if shortcut is None and n_in != n_out:
         raise ShapeMismatchError(f"stage {t + 1}: an identity shortcut needs a branch with as many outputs as inputs, "
@@ -265,7 +314,7 @@ def _check_residual(stage: Residual, t: int) -> Residual:
 
 def _as_chain(stage: Residual) -> Network | None:
     """The chain a residual block is when it has no real skip: a zero shortcut, or a linear branch."""
-    if stage.shortcut is not None and not bool(stage.shortcut.any()):
+    if stage.shortcut is not None and not bool(_shortcut_array(stage.shortcut).any()):
         g = stage.branch
         if stage.shortcut_bias is None:
             return g

@@ -26,7 +26,6 @@ from .rounding import (
     EXACT_ACTIVATIONS,
     UNIT_ROUNDOFF,
     ErrorLayer,
-    affine_gamma,
     error_layers,
     gamma,
     logit_error_bound,
@@ -88,19 +87,27 @@ def error_plan(net: AnyNetwork) -> ErrorPlan:
         elif isinstance(stage, NormResidual):
             plan.append(ErrorNormResidual(stage, error_layers(stage.branch)))
         else:
-            s = stage.shortcut
+            s = _shortcut_layer(stage)
             c = stage.shortcut_bias
             plan.append(ErrorBlock(stage, error_layers(stage.branch),
-                                   1.0 if s is None else float(s.abs().sum(1).max()),
-                                   0.0 if s is None else float(s.norm(dim=1).max()),
+                                   1.0 if s is None else s.row_abs,
+                                   0.0 if s is None else s.row_norm,
                                    0.0 if c is None else float(c.abs().max()),
-                                   0.0 if s is None else affine_gamma(s.shape[1])))
+                                   0.0 if s is None else s.gamma))
         slopes = net.between_slopes(t) if t < len(net.activations) else None
         act = net.activations[t] if t < len(net.activations) else None
         if act is not None and slopes is not None:
             plan.append(ErrorActivation(act, float(torch.maximum(slopes[0].abs(), slopes[1].abs()).max()),
                                         act.name.split("(")[0] in EXACT_ACTIVATIONS))
     return plan
+
+
+def _shortcut_layer(block: Residual) -> ErrorLayer | None:
+    """The norms of a block's shortcut S (a matrix or a convolution operator, as a chain layer); None: identity."""
+    s = block.shortcut
+    if s is None:
+        return None
+    return error_layers(Network.from_weights([s], [torch.zeros(block.output_dim, dtype=torch.float64)]))[0]
 
 
 def forward_error(plan: ErrorPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,10 +121,8 @@ def forward_error(plan: ErrorPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch
         elif isinstance(step, ErrorBlock):
             short, short_err = z, step.row_abs * err
             if step.block.shortcut is not None:
-                short = z @ step.block.shortcut.T
                 short_err = short_err + step.gamma * (step.row_norm * z.norm(dim=1) + step.bias_abs)
-            if step.block.shortcut_bias is not None:
-                short = short + step.block.shortcut_bias
+            short = step.block.apply_shortcut(z)
             branch, branch_err = logit_error_bound(step.branch, z, err)
             z = short + branch
             err = short_err + branch_err + 2 * UNIT_ROUNDOFF * (z.abs().max(dim=1).values + short.abs().max(dim=1).values)

@@ -173,7 +173,7 @@ def _layer_gamma(layer: GridLayer, factor: _Factor | None) -> tuple[torch.Tensor
 
 def _check_slopes(net: Network, plan: ChainPlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
     slopes = closed_form_slopes(net.slopes())
-    for k in range(len(plan.layers)):
+    for k in range(min(len(plan.layers), len(slopes))):
         alpha, beta = slopes[k]
         if not (bool((alpha == 0).all()) and bool((beta == 1).all())):
             raise UnsupportedSlopesError(f"hidden layer {k + 1}: the per-frequency pass needs slopes in [0, 1] "
@@ -206,7 +206,8 @@ def single_rule_conv(net: Network, rule: Rule, plan: ChainPlan | None = None) ->
     log_scale = 0.0
     multipliers: list[torch.Tensor] = []
     labels: list[str] = []
-    for k, layer in enumerate(plan.layers):
+    hidden = plan.layers[:-1] if len(plan.layers) == net.depth else plan.layers  # all convolutions: the last is L
+    for k, layer in enumerate(hidden):
         g, err = _layer_gamma(layer, factor)
         top = _top(g)
         if top <= 0.0:
@@ -221,14 +222,31 @@ def single_rule_conv(net: Network, rule: Rule, plan: ChainPlan | None = None) ->
         positions = layer.real_out[0] * layer.real_out[1]
         multipliers.append(torch.repeat_interleave(lam, positions) * math.exp(-log_scale))
         labels.append(label)
-    assert factor is not None
-    result = _join_tail(net, plan.layers[-1], factor, log_scale, multipliers, labels, slopes[len(plan.layers):], rule)
+    if len(hidden) < len(plan.layers):
+        result = _last_conv(plan.layers[-1], factor, log_scale, multipliers, labels)
+    else:
+        assert factor is not None
+        result = _join_tail(net, plan.layers[-1], factor, log_scale, multipliers, labels, slopes[len(hidden):], rule)
     result.extras["grids"] = [layer.grid for layer in plan.layers]
     if not plan.exact:
         grid = plan.layers[0].grid
         result.notes.insert(0, f"zero padding or a restricted grid: circular surrogate on the {grid[0]}x{grid[1]} "
                                "grid (docs/decisions.md 27)")
     return result
+
+
+def _last_conv(last: GridLayer, factor: _Factor | None, log_scale: float, multipliers: list[torch.Tensor],
+               labels: list[str]) -> RecursionResult:
+    """G_L <= top I for a chain that ends with a convolution (a residual branch): top = max_v of lambda_max
+    of Gamma_L(v) raised by eigvalsh's backward error 8 C eps max|lambda| and e_L(v) (normalized units), the
+    same majorant as a hidden layer's Gamma (decisions 33, 51).  The Gram is the 1 x 1 matrix [[top]]
+    (``extras["scalar_gram"]``): a bound on Lip(f), not on margins of the feature map's entries."""
+    g, err = _layer_gamma(last, factor)
+    values = torch.linalg.eigvalsh(g)
+    eps = torch.finfo(torch.float64).eps
+    top = values[..., -1] + _EIGVALSH_ERROR * g.shape[-1] * eps * values.abs().amax(-1) + err
+    return RecursionResult(torch.tensor([[max(float(top.max()), 0.0)]], dtype=torch.float64), log_scale,
+                           multipliers, labels, extras={"scalar_gram": True})
 
 
 def _join_tail(net: Network, last: GridLayer, factor: _Factor, log_scale: float, multipliers: list[torch.Tensor],

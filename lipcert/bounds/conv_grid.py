@@ -175,7 +175,8 @@ def plan_chain(net: Network) -> ChainPlan:
 
     Raises :class:`UnsupportedConvGeometryError` naming the layer when there is no such grid: circular
     padding on an input the stride does not divide, circular and zero padding that need different
-    grids, a strided ConvTranspose2d, an operator after a dense layer, or no dense last layer.
+    grids, a strided ConvTranspose2d, or an operator after a dense layer.  A chain of convolutions only
+    (no dense tail: a residual branch) has every layer in the plan, the last one included.
     """
     ops = list(net.operators) if net.operators else [None] * net.depth
     convs: list[Conv2dOperator] = []
@@ -191,9 +192,9 @@ def plan_chain(net: Network) -> ChainPlan:
     if not convs:
         raise UnsupportedConvGeometryError("the network does not start with a convolution operator (a dense first "
                                            "layer, e.g. a folded input normalization, breaks the frequency blocks)")
-    if any(op is not None for op in ops[len(convs):]) or len(convs) == net.depth:
+    if any(op is not None for op in ops[len(convs):]):
         raise UnsupportedConvGeometryError(f"layers after the first {len(convs)} must be dense (a flatten, then "
-                                           "linear layers, the last one included)")
+                                           "linear layers, the last one included), or every layer a convolution")
     grid0 = []
     for axis in (0, 1):
         total, least = 1, 1

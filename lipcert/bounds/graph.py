@@ -34,12 +34,15 @@ from ..network import Network
 from ..norm_pool import NormPool
 from ..norm_residual import NormResidual, norm_residual_squared
 from ..rounding import certified_root
+from . import conv_block
 from .closed_form import spectral_norm_squared
+from .conv_norm import conv_norm
 from .graph_blocks import graph_recursion
 from .residual_block import METHODS as BLOCK_METHODS
 from .residual_block import BlockBound as BlockCertificate
 from .residual_block import block_constant
 from .result import Gram, LipschitzBound
+from .rules import DEFAULT_RULE_SET, Rule, parse_rule
 from .threads import small_matrix_threads
 
 ChainBound = Callable[[Network, bool], LipschitzBound]
@@ -60,12 +63,17 @@ class BlockBound:
     shortcut: float
     branch: LipschitzBound
     certificate: BlockCertificate | None = None
+    per_frequency: str | None = None
+    """The rule of the block certificate per frequency (:mod:`.conv_block`) when that gave ``value``."""
 
 
 def shortcut_norm(block: Residual) -> float:
-    """Certified ||S||_2 of a block's shortcut: 1 for the identity, else sqrt of a certified lambda_max."""
+    """Certified ||S||_2 of a block's shortcut: 1 for the identity, sqrt of a certified lambda_max for a
+    matrix, :func:`~.conv_norm.conv_norm` for a convolution operator (no dense matrix)."""
     if block.shortcut is None:
         return 1.0
+    if not isinstance(block.shortcut, torch.Tensor):
+        return conv_norm(block.shortcut).value
     return float(certified_root(max(spectral_norm_squared(block.shortcut), 0.0), 0.0))
 
 
@@ -97,7 +105,7 @@ def block_method(method: str, branch: LipschitzBound) -> str | None:
 def block_certificate(block: Residual, method: str | None) -> BlockCertificate | None:
     """The block LMI certificate of a block whose branch is G sigma(W x + b) + c (one hidden layer, dense)."""
     g = block.branch
-    if method is None or g.depth != 2 or g.has_operators:
+    if method is None or g.depth != 2 or g.has_operators or not isinstance(block.shortcut, torch.Tensor | None):
         return None
     alpha, beta = g.slopes()[0]
     return block_constant(block.shortcut, g.weights[0], g.weights[1], alpha, beta, method=method)
@@ -115,9 +123,13 @@ def block_lipschitz(block: Residual, chain_bound: ChainBound, last: bool = False
     branch = chain_bound(block.branch, last)
     value = float(math.hypot(s, branch.value) * (1 + 1e-15) if disjoint_outputs(block) else
                   (s + branch.value) * (1 + 4e-16))
-    certificate = block_certificate(block, block_method(method, branch))
+    rule = block_method(method, branch)
+    certificate = block_certificate(block, rule)
     if certificate is not None and certificate.value < value:
         return BlockBound(certificate.value, s, branch, certificate)
+    found = None if rule is None else conv_block.block_rho(block, _frequency_rules(rule))
+    if found is not None and found[0] < value:  # decisions 52
+        return BlockBound(found[0], s, branch, per_frequency=found[1])
     return BlockBound(value, s, branch)
 
 
@@ -140,6 +152,11 @@ def norm_residual_bound(stage: NormResidual, chain_bound: ChainBound, method: st
     value = gram.value
     return replace(branch, value=value, per_rule={"l2residual": value}, rule="l2residual", multipliers=(), slopes=(),
                    grams={method: gram}, extras={"path": "l2residual", "branch": branch.value})
+
+
+def _frequency_rules(rule: str) -> tuple[Rule, ...]:
+    """The closed-form rules a block method runs per frequency: all of them for combined and optimized."""
+    return DEFAULT_RULE_SET if rule in ("combined", "optimized") else (parse_rule(rule),)
 
 
 def recursion_method(method: str) -> str | None:
@@ -167,6 +184,8 @@ def _residual_gram(block: Residual, shortcut: float, gram: Gram) -> Gram:
         return Gram(s_mat @ s_mat.T, 0.0)
     ratio = (lip_g / shortcut) ** 2 if disjoint_outputs(block) else lip_g / shortcut
     g = gram.matrix.detach().cpu().double()
+    if g.shape[0] != s_mat.shape[0]:  # a 1 x 1 Gram of a branch ending in a convolution: [[m]] stands for m I
+        g = g[0, 0] * torch.eye(s_mat.shape[0], dtype=torch.float64)
     matrix = (1 + ratio) * (s_mat @ s_mat.T) * math.exp(-gram.log_scale) + (1 + 1 / ratio) * g
     return Gram(matrix, gram.log_scale)
 
@@ -184,14 +203,15 @@ def graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> 
 
 def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) -> LipschitzBound:
     start = time.perf_counter()
-    log_rest, stages, notes = 0.0, [], []
+    log_rest, stages, notes, skipped = 0.0, [], [], []
     last_t = len(net.stages) - 1
     last: LipschitzBound | BlockBound | None = None
     for t, stage in enumerate(net.stages):
         bound: LipschitzBound | BlockBound
         if isinstance(stage, Network):
             bound = chain = chain_bound(stage, t == last_t)
-            stages.append({"kind": "chain", "widths": list(stage.widths), "value": bound.value})
+            stages.append({"kind": "chain", "widths": list(stage.widths), "value": bound.value,
+                           "path": _chain_path(bound)})
         elif isinstance(stage, NormPool):
             bound = chain = pool_bound(stage, method)
             stages.append({"kind": "l2pool", "label": stage.label, "value": bound.value})
@@ -201,9 +221,14 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
         else:
             bound = block_lipschitz(stage, chain_bound, t == last_t, method)
             chain = bound.branch
-            stages.append({"kind": "residual", "shortcut": "identity" if stage.shortcut is None else "linear",
+            per_frequency = None if bound.per_frequency is None else f"{bound.per_frequency} per frequency"
+            stages.append({"kind": "residual", "shortcut": _shortcut_kind(stage),
                            "shortcut_norm": bound.shortcut, "branch": bound.branch.value, "value": bound.value,
-                           "certificate": None if bound.certificate is None else bound.certificate.rule})
+                           "certificate": bound.certificate.rule if bound.certificate is not None else per_frequency,
+                           "path": _chain_path(bound.branch)})
+            if (_operator_block(stage) and stage.branch.depth == 2 and block_method(method, chain) is not None
+                    and not conv_block.applies(stage)):
+                skipped.append(f"stage {t + 1}: block certificate (convolutions kept as operators)")
         if chain.status != "ok":
             notes.append(f"stage {t + 1}: {chain.status}")
         if t == last_t:
@@ -218,6 +243,8 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
         assert isinstance(block, Residual)
         if last.certificate is not None:  # Lip(c^T h) <= sqrt(c^T E c), E the block's form
             grams = {method: Gram(last.certificate.extras["form"], 0.0)}
+        elif last.per_frequency is not None:  # rho per frequency: Lip(c^T h) <= rho ||c||
+            grams = {method: Gram(torch.eye(net.output_dim, dtype=torch.float64), 2 * math.log(last.value))}
         else:
             grams = {k: _residual_gram(block, last.shortcut, g) for k, g in last.branch.grams.items()}
         if not grams:  # a method without margin bounds: the block's value alone
@@ -232,7 +259,9 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
     else:
         grams = {name: Gram(g.matrix.detach().cpu().double(), g.log_scale + log_rest) for name, g in grams.items()}
     recursion = recursion_method(method)
-    if recursion is not None:  # the carried-form recursion through the whole graph (decisions 31)
+    if recursion is not None and net.has_operators:
+        skipped.append("the carried-form recursion through the graph (convolutions kept as operators)")
+    elif recursion is not None:  # the carried-form recursion through the whole graph (decisions 31)
         carried = graph_recursion(net, method=recursion)
         grams[f"recursion ({recursion})"] = Gram(carried.extras["form"], 0.0)
     values = {name: g.value for name, g in grams.items()}
@@ -241,4 +270,21 @@ def _graph_lipschitz(net: GraphNetwork, chain_bound: ChainBound, method: str) ->
         value=values[best], method=method, per_rule=values, rule=best, multipliers=(), slopes=(),
         seconds=time.perf_counter() - start, status="ok" if not notes else "; ".join(notes), grams=grams,
         extras={"path": "graph", "stages": stages,
-                "between_slopes": [_slope(net, t) for t in range(len(net.activations))]})
+                "between_slopes": [_slope(net, t) for t in range(len(net.activations))],
+                **({"skipped": skipped} if skipped else {})})
+
+
+def _chain_path(bound: LipschitzBound) -> str:
+    """How a chain was bounded: "dense", or the operator path :func:`~.workspace.choose_path` took."""
+    return str(bound.extras.get("path", "dense"))
+
+
+def _shortcut_kind(block: Residual) -> str:
+    if block.shortcut is None:
+        return "identity"
+    return "linear" if isinstance(block.shortcut, torch.Tensor) else "conv"
+
+
+def _operator_block(block: Residual) -> bool:
+    """True if the block keeps a convolution as an operator (branch or shortcut)."""
+    return block.branch.has_operators or _shortcut_kind(block) == "conv"

@@ -8,6 +8,7 @@ lambda_max; memory is that of the weights and one activation map (docs/decisions
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -15,6 +16,10 @@ from ..network import Network
 from .closed_form import spectral_norm_squared
 from .conv_norm import conv_norm
 from .recursion import RecursionResult
+
+DENSE_LAST_BYTES = 2**26
+"""A last layer kept as an operator gives the Gram W_L W_L^T when its dense matrix fits these bytes (64 MB),
+else the 1 x 1 Gram [[||W_L||^2]] (a bound on Lip(f) alone; docs/decisions.md 51)."""
 
 
 def naive(net: Network) -> RecursionResult:
@@ -39,5 +44,11 @@ def naive(net: Network) -> RecursionResult:
             return RecursionResult(torch.zeros(k, k, dtype=torch.float64), 0.0, [], [], ["constant"],
                                    {"layer_norms": norms, "norm_methods": methods})
         log_scale += 2 * (math.log(norm) + math.log(slope))
-    last = net.weights[-1] if ops[-1] is None else ops[-1].dense()
-    return RecursionResult(last @ last.T, log_scale, [], [], [], {"layer_norms": norms, "norm_methods": methods})
+    extras: dict[str, Any] = {"layer_norms": norms, "norm_methods": methods}
+    op = ops[-1]
+    if op is not None and op.dense_nbytes > DENSE_LAST_BYTES:  # a feature map: ||W_L||^2 as a 1 x 1 Gram
+        result = conv_norm(op)
+        gram = torch.tensor([[result.value**2]], dtype=torch.float64)
+        return RecursionResult(gram, log_scale, [], [], [], {**extras, "scalar_gram": True})
+    last = net.weights[-1] if op is None else op.dense()
+    return RecursionResult(last @ last.T, log_scale, [], [], [], extras)

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, UnknownMethodError
+from ..errors import InfeasibleCertificateError, InvalidArgumentError, InvalidOptionError, MemoryBudgetError
+from ..errors import UnknownMethodError
 from ..graph import AnyNetwork, GraphNetwork
 from ..network import Network, require_network
 from ..operators import DEFAULT_MAX_DENSE_BYTES
@@ -25,7 +26,7 @@ from . import abs_layer, closed_form, conv_closed_form, graph, matrix_free, opti
 from .recursion import RecursionResult, replay
 from .result import Gram, LipschitzBound
 from .rules import DEFAULT_C, DEFAULT_RULE_SET, InvalidParameterError, Rule, parse_rule
-from .workspace import choose_path
+from .workspace import choose_path, graph_path
 
 Weights = list[torch.Tensor]
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
@@ -323,7 +324,7 @@ def lipschitz(
     """
     call = resolve(method, options)
     if isinstance(net, GraphNetwork):
-        return _graph(net, call, method, options, dtype=dtype, device=device, max_bytes=max_bytes)  # dense layers
+        return _graph(net, call, method, options, dtype=dtype, device=device, max_bytes=max_bytes, path=path)
     net = require_network(net, "lipschitz", operators=True)
     if dtype not in (torch.float64, torch.float32):
         raise InvalidArgumentError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
@@ -345,16 +346,34 @@ def lipschitz(
 
 
 def _graph(net: GraphNetwork, call: MethodCall, method: str, options: Mapping[str, Any] | None, *,
-           dtype: torch.dtype, device: str | torch.device | None, max_bytes: float | None) -> LipschitzBound:
+           dtype: torch.dtype, device: str | torch.device | None, max_bytes: float | None,
+           path: str = "auto") -> LipschitzBound:
     """:func:`lipschitz` of a network graph: the method on every chain, composed (:mod:`.graph`); margin
-    options (``direction``, ``pairs``) go to the chain whose outputs are the network's."""
+    options (``direction``, ``pairs``) go to the last chain.  With operator layers: densified as a whole
+    where :func:`~.workspace.graph_path` says so, else each chain by :func:`choose_path`, naive matrix-free
+    where a chain has no path (docs/decisions.md 51)."""
     inner = {k: v for k, v in (options or {}).items() if k not in ("direction", "pairs")}
+    route, needed = graph_path(net, call.method.name, call.name, call.options, max_bytes, prefer=path)
+    work = net.densified(max(needed, DEFAULT_MAX_DENSE_BYTES)) if route == "dense" else net
+    fallbacks: list[str] = []
 
     def chain_bound(chain: Network, last: bool) -> LipschitzBound:
-        return lipschitz(chain, method, options=options if last else inner, dtype=dtype, device=device,
-                         max_bytes=max_bytes)
+        opts = options if last else inner
+        try:
+            return lipschitz(chain, method, options=opts, dtype=dtype, device=device, max_bytes=max_bytes, path=path)
+        except (MemoryBudgetError, InvalidArgumentError) as err:
+            if route == "dense" or not chain.has_operators or method == "naive":
+                raise
+            fallbacks.append(f"chain {list(chain.widths)}: {str(err).split(';')[0]}")
+            try:
+                naive = lipschitz(chain, "naive", max_bytes=max_bytes, path="matrix-free")
+            except MemoryBudgetError:
+                raise err from None  # the method's own reason, not its fallback's
+            return replace(naive, extras={**naive.extras, "path": "matrix-free naive (fallback)"})
 
-    return replace(graph.graph_lipschitz(net, chain_bound, call.name), network=net.fingerprint())
+    bound = graph.graph_lipschitz(work, chain_bound, call.name)
+    extras = {**bound.extras, "graph_path": route, "memory_estimate": needed, "fallbacks": fallbacks}
+    return replace(bound, network=net.fingerprint(), extras=extras if net.has_operators else bound.extras)
 
 
 def _per_frequency(call: MethodCall, net: Network) -> LipschitzBound:

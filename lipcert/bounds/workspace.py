@@ -21,6 +21,7 @@ from ..network import Network
 from . import conv_closed_form
 from .conv_grid import plan_bytes, plan_chain
 from .conv_norm import conv_norm_bytes
+from .matrix_free import DENSE_LAST_BYTES
 
 FLOAT64 = 8
 OVERHEAD = 64 * 2**20
@@ -47,7 +48,8 @@ def method_bytes(net: Network, method: str, options: Mapping[str, Any]) -> int:
         matrices = PER_COMBINED_RULE * (len(options.get("rules", ())) + 1)
     else:
         matrices = MATRICES.get(method, SINGLE_RULE)
-    return OVERHEAD + weights + matrices * FLOAT64 * widest**2
+    last = 2 * FLOAT64 * net.weights[-1].shape[0] ** 2  # G_L and its eigenvalue work (large for a feature map)
+    return OVERHEAD + weights + matrices * FLOAT64 * widest**2 + last
 
 
 def matrix_free_bytes(net: Network) -> int:
@@ -59,7 +61,8 @@ def matrix_free_bytes(net: Network) -> int:
     held = 2 * FLOAT64 * sum(w.numel() if op is None else op.kernel.numel() for w, op in zip(net.weights, ops))
     convs = max((conv_norm_bytes(op) for op in ops[:-1] if op is not None), default=0)
     dense = max((min(w.shape) for w, op in zip(net.weights[:-1], ops[:-1]) if op is None), default=0)
-    last = net.weights[-1].shape[0] * net.weights[-1].shape[1] * FLOAT64 * (1 if ops[-1] is None else 3)
+    last = (net.weights[-1].shape[0] * net.weights[-1].shape[1] * FLOAT64 if ops[-1] is None
+            else conv_norm_bytes(ops[-1]) if ops[-1].dense_nbytes > DENSE_LAST_BYTES else 3 * ops[-1].dense_nbytes)
     return OVERHEAD + held + max(convs, MATRICES["naive"] * FLOAT64 * dense**2) + last
 
 
@@ -89,7 +92,7 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
     kernels = sum(layer.kernel.numel() for layer in plan.layers)
     weights = 2 * FLOAT64 * (kernels + sum(w.numel() for w in tail))
     widest = max((w.shape[0] for w in tail[:-1]), default=0)
-    need = plan_bytes(plan, int(tail[0].shape[0])) + SINGLE_RULE * FLOAT64 * widest**2
+    need = plan_bytes(plan, int(tail[0].shape[0]) if tail else 0) + SINGLE_RULE * FLOAT64 * widest**2
     naive = 0
     for op in (o for o in net.operators if o is not None):
         (c_out, h_out, w_out), (c_in, h, w) = op.conv_out_shape, op.in_shape
@@ -97,7 +100,8 @@ def per_frequency_bytes(net: Network, method: str, options: Mapping[str, Any]) -
         gram = min(c_out * h_out * w_out, c_in * h * w) // op.groups
         naive = max(naive, blocks + (4 * FLOAT64 * gram**2 if gram <= 8192 and h_out * w_out <= 64 else 0))
     passes = len(options.get("rules", ())) + 1 if method == "combined" else 2
-    kept = passes * FLOAT64 * (sum(net.widths[1:]) + net.widths[-1] ** 2)  # every pass's multipliers and G_L
+    gram = net.widths[-1] ** 2 if tail else 1  # all convolutions: a 1 x 1 G_L (conv_closed_form._last_conv)
+    kept = passes * FLOAT64 * (sum(net.widths[1:]) + gram)  # every pass's multipliers and G_L
     return OVERHEAD + weights + kept + max(need, naive)
 
 
@@ -145,6 +149,31 @@ def choose_path(net: Network, method: str, label: str, options: Mapping[str, Any
     return "dense", dense
 
 
+def graph_path(net: GraphNetwork, method: str, label: str, options: Mapping[str, Any],
+               max_bytes: float | None = None, prefer: str = "auto") -> tuple[str, int]:
+    """``("dense" | "operators", bytes)``: whether a graph with operator layers (convolutions in chains or
+    shortcuts) is densified as a whole before ``method`` runs, and the dense form's estimated peak.
+
+    Dense (every chain and shortcut materialized, so block certificates and the carried-form recursion
+    run) when ``prefer`` is "dense" (memory-checked) or, with "auto", the estimate fits ``max_bytes``:
+    twice the dense matrices of the whole graph plus the largest chain's working matrices
+    (:func:`method_bytes`).  Otherwise "operators": each chain then takes its own path by
+    :func:`choose_path` (docs/decisions.md 51).
+    """
+    if prefer not in ("auto", "dense", "matrix-free"):
+        raise InvalidArgumentError(f"path must be 'auto', 'dense' or 'matrix-free', got {prefer!r}")
+    work = max(method_bytes(c, method, options) - OVERHEAD - 2 * FLOAT64 * sum(w.numel() for w in c.weights)
+               for c in net.chains())
+    dense = OVERHEAD + 2 * net.dense_nbytes + work
+    if not net.has_operators:  # each chain is checked by its own bound, as before
+        return "dense", dense
+    if prefer == "dense":
+        check_budget(f"method {label} on the dense form of a graph of {len(net.stages)} stages", dense, max_bytes)
+        return "dense", dense
+    limit = default_limit() if max_bytes is None else max_bytes
+    return ("dense" if prefer == "auto" and dense <= limit else "operators"), dense
+
+
 def per_frequency_reason(net: Network, method: str, label: str) -> str | None:
     """Why ``method`` (named ``label``) has no per-frequency pass on ``net`` (None: it has one)."""
     if method not in conv_closed_form.METHODS:
@@ -156,5 +185,5 @@ def per_frequency_reason(net: Network, method: str, label: str) -> str | None:
     return None
 
 
-__all__ = ["choose_path", "lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes",
+__all__ = ["choose_path", "graph_path", "lower_bytes", "matrix_free_bytes", "method_bytes", "per_frequency_bytes",
            "per_frequency_reason"]

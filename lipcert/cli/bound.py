@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         bounds[name], seconds[name], peak[name] = b.value, b.seconds, memory.peak_bytes
         paths[name] = str(b.extras.get("path", "dense"))
+        if "graph_path" in b.extras:  # a residual graph with operators: densified, or each chain its own path
+            paths[name] += f" ({b.extras['graph_path']})"
         if b.status != "ok":
             notes[name] = b.status
     lower = None

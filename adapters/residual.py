@@ -280,8 +280,7 @@ def build_graph(conv: Conversion, *, max_dense_bytes: int, input_range: tuple[fl
             stage = _parallel(conv, item, max_dense_bytes)
         elif item.merge.axis is not None:  # a concatenation's parts are placed by dense matrices
             branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted)
-            s, c = _shortcut(item.shortcut, item.shortcut_subtracted, branch.input_dim)
-            stage = _concat(item, branch, s, c)
+            stage = _concat(item, branch, *_shortcut(item.shortcut, item.shortcut_subtracted, branch.input_dim))
         else:
             branch = _chain(conv, item.branch, max_dense_bytes, negate=item.branch_subtracted, operators=operators)
             kept = _shortcut_operator(item) if operators else None

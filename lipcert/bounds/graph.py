@@ -82,7 +82,7 @@ def disjoint_outputs(block: Residual) -> bool:
     the order of entries, adapters/residual.py): then ||S u + g(x) - g(y)||^2 = ||S u||^2 + ||g(x) - g(y)||^2
     for u = x - y, and Lip <= sqrt(||S||^2 + Lip(g)^2) (docs/decisions.md 47)."""
     g = block.branch
-    if block.shortcut is None or g.has_operators:
+    if not isinstance(block.shortcut, torch.Tensor) or g.has_operators:  # the identity, or a convolution
         return False
     return not bool(((block.shortcut != 0).any(1) & (g.weights[-1] != 0).any(1)).any())
 

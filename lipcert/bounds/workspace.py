@@ -163,7 +163,7 @@ def graph_path(net: GraphNetwork, method: str, label: str, options: Mapping[str,
     if prefer not in ("auto", "dense", "matrix-free"):
         raise InvalidArgumentError(f"path must be 'auto', 'dense' or 'matrix-free', got {prefer!r}")
     work = max(method_bytes(c, method, options) - OVERHEAD - 2 * FLOAT64 * sum(w.numel() for w in c.weights)
-               for c in net.chains())
+               for c in net.chains()) if net.chains() else 0
     dense = OVERHEAD + 2 * net.dense_nbytes + work
     if not net.has_operators:  # each chain is checked by its own bound, as before
         return "dense", dense

@@ -12,8 +12,9 @@ test images, L2, pixels in [0, 1], at the zoo's radii (:data:`conv.EPS`), each r
   LipNaive, computed without dense matrices);
 * ``lipcert eclipse-fast`` and ``lipcert combined`` with the automatic path choice (per frequency on
   ConvLarge: the dense form does not fit the memory budget);
-* ``alpha-CROWN``: auto_LiRPA 0.3 through :func:`lipcert.adapters.lirpa.verify` (the same float64 function,
-  margin specification, no clipping) on the first ``--alpha-n`` images, with lipcert's best on those images;
+* ``CROWN`` and ``alpha-CROWN`` (``--verifiers``): auto_LiRPA 0.3 through :func:`lipcert.adapters.lirpa.verify`
+  (the same float64 function, margin specification, no clipping) on the first ``--alpha-n`` images, each in
+  a process capped at ``--alpha-memory-gb`` of address space, with lipcert's bounds on those images;
 * ``claim``: what the trainer certifies with (GloRo with ``--bound power``, as LiResNet/SLL-style code does):
   ||W_L[y] - W_L[j]|| times the product of power-iteration norms of the other layers (``--power-steps``),
   which converge from below, so it is not a bound; shown beside lipcert's certified naive;
@@ -89,11 +90,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                    certify_s=time.perf_counter() - t0, bound_peak_mb=memory.peak_bytes / 1e6,
                    radius=cert.radius.tolist(), clean=float(cert.clean_accuracy))
         out["certified"] = [cert.certified(e).tolist() for e in eps]
-    elif spec["kind"] == "alpha-crown":
+    elif spec["kind"] == "verifier":
         from lipcert.adapters.lirpa import verify
 
         with PeakMemory() as memory:
-            res = verify(net, x, y, eps=eps, verifier="alpha-crown", batch_size=spec["batch"])
+            res = verify(net, x, y, eps=eps, verifier=spec["verifier"], batch_size=spec["batch"])
         out.update(certified=[res.certified(e).tolist() for e in eps], bound_s=res.seconds,
                    bound_peak_mb=memory.peak_bytes / 1e6, path="auto_LiRPA (patches)")
     else:  # the trainer's claim
@@ -127,7 +128,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--alpha-n", type=int, default=20)
     parser.add_argument("--alpha-batch", type=int, default=1)
-    parser.add_argument("--alpha-memory-gb", type=float, default=8.0, help="address-space limit of alpha-CROWN's process")
+    parser.add_argument("--alpha-memory-gb", type=float, default=8.0,
+                        help="address-space limit of each verifier's process")
+    parser.add_argument("--verifiers", default="crown,alpha-crown", help="auto_LiRPA methods, on the first --alpha-n")
     parser.add_argument("--power-steps", type=int, default=500)
     parser.add_argument("--pgd-steps", type=int, default=50)
     parser.add_argument("--pgd-restarts", type=int, default=2)
@@ -144,8 +147,9 @@ def main() -> None:
     base = {"model": str(args.model.resolve()), "dataset": args.dataset, "n": args.n}
     specs = [{**base, "kind": "lipcert", "method": m, "path": p, "label": f"lipcert {m}"} for m, p in ROWS]
     specs.append({**base, "kind": "claim", "steps": args.power_steps, "label": "claim (trainer's power iteration)"})
-    specs.append({**base, "kind": "alpha-crown", "n": args.alpha_n, "batch": args.alpha_batch,
-                  "memory_gb": args.alpha_memory_gb, "label": "auto_LiRPA alpha-CROWN"})
+    specs += [{**base, "kind": "verifier", "verifier": v, "n": args.alpha_n, "batch": args.alpha_batch,
+               "memory_gb": args.alpha_memory_gb, "label": f"auto_LiRPA {name}"}
+              for v, name in (("crown", "CROWN"), ("alpha-crown", "alpha-CROWN")) if v in args.verifiers.split(",")]
     results = []
     for spec in specs:
         results.append(run_child(spec))
@@ -167,11 +171,11 @@ def main() -> None:
         rows.append(f"| {r['label']} | {r['n']} | {r['path']} | {value} | {r['bound_s']:.1f} | "
                     f"{r.get('certify_s', 0):.1f} | {r.get('bound_peak_mb', 0):.0f} | {r['peak_mb']:.0f} | "
                     + " / ".join(f"{100 * c.mean():.1f}" for c in cert) + f" | {broken} |")
-        if r["kind"] == "alpha-crown":  # lipcert's certificates on the same images
+        if r["label"] == specs[-1]["label"] and r["kind"] == "verifier":  # lipcert's certificates on its images
             for other in results:
                 if other.get("kind") == "lipcert" and "failed" not in other:
                     sub = np.array(other["certified"], dtype=bool)[:, :r["n"]]
-                    rows.append(f"| {other['label']} on alpha-CROWN's images | {r['n']} | | | | | | | "
+                    rows.append(f"| {other['label']} on the verifiers' images | {r['n']} | | | | | | | "
                                 + " / ".join(f"{100 * c.mean():.1f}" for c in sub) + " | |")
     rows.append(f"| PGD upper bound ({args.pgd_steps} steps x {args.pgd_restarts} restarts) | {args.n} | | | "
                 f"{pgd_s:.1f} | | | | " + " / ".join(f"{100 * a.robust_accuracy:.1f}" for a in attacks) + " | |")
@@ -180,7 +184,7 @@ def main() -> None:
         "", f"## Trained {args.model.name}: LipNaive, per-frequency bounds, alpha-CROWN and the trainer's claim", "",
         f"Command: `{command}`.", "", start_line + ".", machine() + ".", "",
         f"First {args.n} {args.dataset} test images (clean accuracy {100 * clean:.1f} %), L2, pixels in [0, 1]; "
-        f"certified accuracy in % at eps {' / '.join(f'{e:g}' for e in eps)}. seconds: the bound (alpha-CROWN: "
+        f"certified accuracy in % at eps {' / '.join(f'{e:g}' for e in eps)}. seconds: the bound (a verifier: "
         "all its images and radii), then the certify pass; peak MB: ru_maxrss of the row's process; broken: "
         "certificates (input, eps) that PGD broke (0 for a sound method).", "",
         "| method | images | path | Lipschitz bound | bound s | certify s | bound peak MB | peak MB | certified % "

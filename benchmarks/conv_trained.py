@@ -93,10 +93,18 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     elif spec["kind"] == "verifier":
         from lipcert.adapters.lirpa import verify
 
+        out.update(certified=[], bound_s=0.0, path="auto_LiRPA", errors=[])
         with PeakMemory() as memory:
-            res = verify(net, x, y, eps=eps, verifier=spec["verifier"], batch_size=spec["batch"])
-        out.update(certified=[res.certified(e).tolist() for e in eps], bound_s=res.seconds,
-                   bound_peak_mb=memory.peak_bytes / 1e6, path="auto_LiRPA (patches)")
+            for e in eps:  # one radius at a time: a larger one may run out of memory where a smaller one fits
+                try:
+                    res = verify(net, x, y, eps=[e], verifier=spec["verifier"], batch_size=spec["batch"])
+                except (MemoryError, RuntimeError) as exc:  # torch: "DefaultCPUAllocator: can't allocate memory"
+                    out["certified"].append(None)
+                    out["errors"].append(f"eps {e:g}: {type(exc).__name__}: {str(exc)[-120:]}")
+                    continue
+                out["certified"].append(res.certified(e).tolist())
+                out["bound_s"] += res.seconds
+        out["bound_peak_mb"] = memory.peak_bytes / 1e6
     else:  # the trainer's claim
         pairwise, product = power_claim(net, spec["steps"])
         logits = np.asarray(net(x))
@@ -160,17 +168,20 @@ def main() -> None:
     attacks = [lipcert.attack(net, x, y, norm=2, eps=e, steps=args.pgd_steps, restarts=args.pgd_restarts,
                               input_range=(0.0, 1.0), progress=False) for e in eps]
     pgd_s = sum(a.seconds for a in attacks)
-    rows = []
+    rows: list[str] = []
+    notes: list[str] = []
     for r in results:
         if "failed" in r:
             rows.append(f"| {r['label']} | {r['n']} | failed: {r['failed']} |" + " |" * 7)
             continue
-        cert = np.array(r["certified"], dtype=bool)
-        broken = sum(int((cert[i] & a.success[:r["n"]]).sum()) for i, a in enumerate(attacks))
+        cert = [None if c is None else np.array(c, dtype=bool) for c in r["certified"]]
+        broken = sum(int((c & a.success[:r["n"]]).sum()) for c, a in zip(cert, attacks) if c is not None)
         value = f"{r['value']:.6g}" if "value" in r else "-"
         rows.append(f"| {r['label']} | {r['n']} | {r['path']} | {value} | {r['bound_s']:.1f} | "
                     f"{r.get('certify_s', 0):.1f} | {r.get('bound_peak_mb', 0):.0f} | {r['peak_mb']:.0f} | "
-                    + " / ".join(f"{100 * c.mean():.1f}" for c in cert) + f" | {broken} |")
+                    + " / ".join("out of memory" if c is None else f"{100 * c.mean():.1f}" for c in cert)
+                    + f" | {broken} |")
+        notes += [f"- {r['label']}: {err}" for err in r.get("errors", [])]
         if r["label"] == specs[-1]["label"] and r["kind"] == "verifier":  # lipcert's certificates on its images
             for other in results:
                 if other.get("kind") == "lipcert" and "failed" not in other:
@@ -188,7 +199,7 @@ def main() -> None:
         "all its images and radii), then the certify pass; peak MB: ru_maxrss of the row's process; broken: "
         "certificates (input, eps) that PGD broke (0 for a sound method).", "",
         "| method | images | path | Lipschitz bound | bound s | certify s | bound peak MB | peak MB | certified % "
-        "| broken |", "|---|---:|---|---:|---:|---:|---:|---:|---|---:|", *rows, ""])
+        "| broken |", "|---|---:|---|---:|---:|---:|---:|---:|---|---:|", *rows, "", *notes, ""])
     with args.out.open("a", encoding="utf-8") as f:
         f.write(text + "\n")
     print(text)

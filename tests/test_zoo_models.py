@@ -72,8 +72,9 @@ def test_model_reproduces_its_card_and_its_radii_survive_the_attack(path, shared
 
 @pytest.mark.parametrize("path", LARGE, ids=lambda p: p.stem)
 def test_large_conv_model_is_certified_without_dense_matrices(path, shared_data):
-    """ConvLarge: naive on the matrix-free path is between the card's dense naive and 1 % above it (frequency
-    bounds on the padded grids); ECLipsE-Fast runs per frequency, below naive and above the Jacobian norms at
+    """ConvLarge: naive on the matrix-free path is at most 1 % above the card's naive (whose path the training run
+    chose by the memory then available; frequency bounds on the padded grids exceed the exact conv norms by less
+    than 1 % here) and never below it; ECLipsE-Fast runs per frequency, below naive and above the Jacobian norms at
     test images (a rigorous lower bound, up to the rebuild's 1e-12); both bounds' radii survive PGD."""
     card = _card(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
@@ -81,7 +82,7 @@ def test_large_conv_model_is_certified_without_dense_matrices(path, shared_data)
     assert list(net.widths) == card["widths"] and all(op is not None for op in net.operators[:4])
     naive = lipcert.lipschitz(net, "naive", path="matrix-free")
     assert naive.extras["path"] == "matrix-free"
-    assert card["lipschitz"]["naive"] * (1 - 1e-9) <= naive.value <= 1.01 * card["lipschitz"]["naive"]
+    assert card["lipschitz"]["naive"] * (1 - 1e-6) <= naive.value <= 1.01 * card["lipschitz"]["naive"]
     x, y = datasets.load(card["dataset"], "test", shared_data / "datasets", limit=_subset(card)["n"], download=False)
     cert = lipcert.certify(net, x, y, bound=naive, progress=False)
     assert cert.clean_accuracy == pytest.approx(_subset(card)["clean_accuracy"], abs=5e-5)

@@ -100,7 +100,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                     res = verify(net, x, y, eps=[e], verifier=spec["verifier"], batch_size=spec["batch"])
                 except (MemoryError, RuntimeError) as exc:  # torch: "DefaultCPUAllocator: can't allocate memory"
                     out["certified"].append(None)
-                    out["errors"].append(f"eps {e:g}: {type(exc).__name__}: {str(exc)[-120:]}")
+                    out["errors"].append(f"eps {e:g}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}")
                     continue
                 out["certified"].append(res.certified(e).tolist())
                 out["bound_s"] += res.seconds

@@ -103,11 +103,15 @@ def bounded_module(source: Any, *, input_shape: Sequence[int] | None = None,
     with torch.no_grad():
         outputs = int(module(example).shape[1])
     with _float64():  # tables of tanh/sigmoid relaxations are made at construction, in the default dtype
-        # auto_LiRPA 0.3 crashes on an Add of flat tensors in its default "patches" mode (backward_bound.py:
-        # get_sparse_C reads output_shape[-3] of every BoundAdd); "matrix" mode bounds them correctly
-        opts = {**BOUND_OPTS, **({"conv_mode": "matrix"} if getattr(module, "flat_merges", False) else {})}
-        bounded = lirpa.BoundedModule(module, example, bound_opts=opts, device="cpu", verbose=False)
+        bounded = lirpa.BoundedModule(module, example, bound_opts=_bound_opts(module), device="cpu", verbose=False)
     return LirpaModel(module, bounded, tuple(shape), outputs)
+
+
+def _bound_opts(module: torch.nn.Module) -> dict[str, Any]:
+    """:data:`BOUND_OPTS`, and matrix mode for a module with sums of flat tensors (``flat_merges``): auto_LiRPA 0.3
+    crashes on an Add of flat tensors in its default "patches" mode (backward_bound.py: get_sparse_C reads
+    output_shape[-3] of every BoundAdd); "matrix" mode bounds them correctly."""
+    return {**BOUND_OPTS, **({"conv_mode": "matrix"} if getattr(module, "flat_merges", False) else {})}
 
 
 @contextlib.contextmanager
@@ -420,7 +424,7 @@ def preactivation_bounds(model: Any, x: Any, *, eps: float, norm: str | float = 
         prefix = torch.nn.Sequential(*layers[:cut], torch.nn.Flatten()).eval()
         bx = lirpa.BoundedTensor(xt, lirpa.PerturbationLpNorm(norm=p, eps=e))
         with _float64():
-            bm = lirpa.BoundedModule(prefix, xt[:1], bound_opts=dict(BOUND_OPTS), device="cpu", verbose=False)
+            bm = lirpa.BoundedModule(prefix, xt[:1], bound_opts=_bound_opts(lm.module), device="cpu", verbose=False)
             low, high = bm.compute_bounds(x=(bx,), method=METHODS[name])
         lows.append(low.detach().numpy())
         highs.append(high.detach().numpy())

@@ -37,19 +37,22 @@ class Reshape(nn.Module):
 
 
 class Scale(nn.Module):
-    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1).
+    """``x * weight + bias`` elementwise (weight and bias have the shape of one sample with its batch axis of 1),
+    or ``x + bias`` when ``weight`` is None.
 
     The parameters are kept without the batch axis (the same broadcast): auto_LiRPA 0.3's ``BoundAdd``
-    and ``BoundMul`` prepend the batch to a parameter's shape and fail their shape check on a leading 1.
+    and ``BoundMul`` prepend the batch to a parameter's shape and fail their shape check on a leading 1,
+    and its ``BoundMul`` fails on an image times a constant in patches mode (hence no weight for a bias).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight[0] if weight.ndim > 1 else weight, requires_grad=False)
+        self.weight = None if weight is None else nn.Parameter(weight[0] if weight.ndim > 1 else weight,
+                                                               requires_grad=False)
         self.bias = nn.Parameter(bias[0] if bias.ndim > 1 else bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight + self.bias
+        return x + self.bias if self.weight is None else x * self.weight + self.bias
 
 
 class ActivationModule(nn.Module):

@@ -133,29 +133,48 @@ def from_conversion(conv: Conversion) -> nn.Module:
 
 
 def from_network(net: Network) -> nn.Sequential:
-    """The chain of a Network: Flatten, then Linear (or, for a zero-padded convolution kept as an
-    operator, Reshape, padding and Conv2d, Flatten and the bias) and activation modules (float64).
+    """The chain of a Network: Linear (or, for a zero-padded convolution kept as an operator, padding and
+    Conv2d with the bias) and activation modules (float64), reshaped between them where needed.
 
-    Other operator layers (circular padding, transposed convolutions) become Linear modules through
-    their memory-checked dense matrices.
+    A convolution's output and its activation stay images (auto_LiRPA 0.3's patches mode reads the channel
+    axis of every sum); a bias that varies within a channel (a normalization folded into a zero-padded
+    kernel) is added to the flattened output of a bias-free convolution, and the module's ``flat_merges``
+    tells :func:`~.lirpa.bounded_module` to use auto_LiRPA's matrix mode.  Other operator layers (circular padding,
+    transposed convolutions) become Linear modules through their memory-checked dense matrices.
     """
-    parts: list[nn.Module] = [nn.Flatten()]
     ops = list(net.operators) or [None] * net.depth
+    # the previous module's output shape when it is an image (alpha-CROWN's patches fail through a reshape there)
+    image = tuple(net.input_shape) if ops[0] is not None and ops[0].input_shape == tuple(net.input_shape) else None
+    parts: list[nn.Module] = [] if image else [nn.Flatten()]
+    flat_sums = False
     for k, (w, b, op) in enumerate(zip(net.weights, net.biases, ops)):
         if op is not None and not op.adjoint and not op.circular:
             t, bottom, left, r = op.padding
-            conv = conv_module(undilate(op.kernel, op.dilation), None, op.stride, (left, r, t, bottom), op.groups)
-            parts += [Reshape(op.input_shape), conv, nn.Flatten(), Scale(torch.ones_like(b)[None], b[None].clone())]
+            bias = b.reshape(op.output_shape)
+            channel = bias[:, :1, :1]
+            constant = bool(torch.equal(bias, channel.expand_as(bias)))
+            conv = conv_module(undilate(op.kernel, op.dilation), channel.flatten() if constant else None, op.stride,
+                               (left, r, t, bottom), op.groups)
+            parts += ([] if image == op.input_shape else [Reshape(op.input_shape)]) + [conv]
+            image = op.output_shape
+            if not constant:  # auto_LiRPA 0.3 adds a constant image wrongly in patches mode: a flat sum, matrix mode
+                parts += [nn.Flatten(), Scale(None, b[None].clone())]
+                image, flat_sums = None, True
         else:
             dense = w if op is None else op.dense()
             linear = nn.Linear(dense.shape[1], dense.shape[0], dtype=torch.float64)
             with torch.no_grad():
                 linear.weight.copy_(dense)
                 linear.bias.copy_(b)
-            parts.append(linear.requires_grad_(False))
+            parts += [nn.Flatten(), linear.requires_grad_(False)] if image else [linear.requires_grad_(False)]
+            image = None
         if k < len(net.activations):
             parts.append(ActivationModule(net.activations[k]))
-    return nn.Sequential(*parts).eval()
+    if image:
+        parts.append(nn.Flatten())
+    module = nn.Sequential(*parts).eval()
+    setattr(module, "flat_merges", flat_sums)  # read by lirpa.bounded_module (auto_LiRPA's conv_mode)
+    return module
 
 
 def chain_of(source: str | Path | nn.Module, *, input_shape: Sequence[int] | None = None,

@@ -2,8 +2,8 @@
 
 Run:  python benchmarks/conv.py convlarge [--seed 0] [--budget-gb 2]
       python benchmarks/conv.py models [--n 200]
-      python benchmarks/conv.py trained --model FILE.onnx --dataset fashion-mnist [--n 200]
-      (each appends a section to --out, default benchmarks/results/conv.md)
+      (each appends a section to --out, default benchmarks/results/conv.md; a trained model side by side
+      with alpha-CROWN and its trainer's claim: benchmarks/conv_trained.py)
 
 Every case runs in a fresh subprocess: ``peak MB`` is ru_maxrss of that process (it includes
 python + torch + lipcert, about 220-300 MB here), ``bound peak MB`` the growth of resident memory
@@ -19,8 +19,6 @@ during the bound alone (:class:`lipcert.memory.PeakMemory`).
   combined (default budget: the dense path where it fits), and naive forced onto the matrix-free
   path by a budget between its two estimates; certified accuracy on the first ``--n`` test images
   at the zoo's radii (L2, raw [0, 1] pixels).
-* ``trained``: one model file (the Lipschitz-trained Fashion-MNIST ConvLarge): naive matrix-free
-  and dense, combined where it fits, and certified accuracy, as ``models``.
 """
 
 from __future__ import annotations
@@ -148,15 +146,13 @@ def _fmt(r: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=("convlarge", "models", "trained"))
+    parser.add_argument("what", nargs="?", choices=("convlarge", "models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-gb", type=float, default=2.0)
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "conv.md")
     parser.add_argument("--modes", default="dense,default,matrix-free",
-                        help="loads to compare (models, trained): dense, default, matrix-free")
+                        help="loads to compare (models): dense, default, matrix-free")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -169,8 +165,7 @@ def main() -> None:
         specs = [{"kind": "convlarge", "mode": "default", "seed": args.seed, "budget": args.budget_gb * 1e9,
                   "methods": ["naive", "eclipse-fast", "combined"]}]
     else:
-        models = MODELS if args.what == "models" else [(args.model, args.dataset, None, None)]
-        for model, dataset, mean, std in models:
+        for model, dataset, mean, std in MODELS:
             for mode in args.modes.split(","):
                 methods = ["naive"] if mode == "matrix-free" else ["naive", "combined"]
                 specs.append({"kind": "model", "model": model, "dataset": dataset, "mean": mean, "std": std,
@@ -181,10 +176,9 @@ def main() -> None:
         results.append(r)
         rows += _fmt(r)
         print("\n".join(_fmt(r)), f"(load {r.get('load_s', 0):.1f} s, total {r.get('seconds', 0):.1f} s)", flush=True)
-    eps = EPS["cifar10" if args.what == "convlarge" else args.dataset] if args.what != "models" else None
+    eps = EPS["cifar10"] if args.what == "convlarge" else None
     title = {"convlarge": f"ConvLarge (CIFAR-10 shape, random weights) under a {args.budget_gb:g} GB budget",
-             "models": "Conv models of the zoo and of ../shared/data: dense vs default vs matrix-free",
-             "trained": f"Trained {Path(args.model or '-').name}"}[args.what]
+             "models": "Conv models of the zoo and of ../shared/data: dense vs default vs matrix-free"}[args.what]
     extra = [f"- {Path(r.get('model', 'ConvLarge')).name} ({r['mode']}): widths {r.get('widths')}, "
              f"{r.get('operators', 0)} operator layers, dense form {r.get('dense_gb', 0):.3g} GB, load "
              f"{r.get('load_s', 0):.1f} s, process total {r.get('seconds', 0):.1f} s"

@@ -15,6 +15,7 @@ import torch
 
 import lipcert
 from lipcert.adapters import lirpa
+from lipcert.adapters.modules import ActivationModule
 from lipcert.adapters.rebuild import to_torch
 from lipcert.errors import LipcertError, MissingExtraError
 
@@ -239,6 +240,47 @@ def test_verify_normalized_conv_with_sigmoid() -> None:
     for i in range(5):
         sampled = out[i, :, y[i], None] - np.delete(out[i], y[i], axis=1)
         assert np.all(res.lower[1, i] <= sampled.min(axis=0) + 1e-9)
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_verify_a_network_with_convolutions_kept_as_operators(normalized: bool) -> None:
+    """``lipcert.load`` keeps convolutions as operators; verify(net) rebuilds them as convolutions (the bias
+    of a normalization folded into a zero-padded kernel varies within a channel: a flat sum, matrix mode).
+    Both verifiers run (auto_LiRPA 0.3 crashed on the flat bias sums in patches mode), are exact at eps=0,
+    below sampled margins at eps > 0, and alpha-CROWN is at least CROWN."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 4 * 4, 3)).eval()
+    norm = {"mean": [0.4, 0.6], "std": [0.3, 0.2]} if normalized else {}
+    net = lipcert.load(model, input_shape=(2, 8, 8), **norm)
+    assert all(op is not None for op in net.operators[:2])
+    module = to_torch(net)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in module) == 2 and module.flat_merges == normalized
+    assert _same_outputs(net, module) < 1e-12
+    gen = np.random.default_rng(6)
+    x = gen.uniform(0, 1, (4, 2, 8, 8))
+    logits = np.asarray(net(x))
+    y = logits.argmax(axis=1)
+    margins = np.stack([logits[i, y[i]] - np.delete(logits[i], y[i]) for i in range(4)])
+    lm = lirpa.bounded_module(net)
+    crown = lirpa.verify(lm, x, y, eps=[0.0, 0.05], verifier="crown")
+    alpha = lirpa.verify(lm, x, y, eps=[0.0, 0.05], verifier="alpha-crown")
+    np.testing.assert_allclose(crown.lower[0], margins, rtol=1e-9, atol=1e-9)
+    assert np.all(alpha.lower[1] >= crown.lower[1] - 1e-9)
+    step = gen.standard_normal((4, 200, 2, 8, 8))
+    step *= 0.05 * gen.uniform(0, 1, (4, 200, 1, 1, 1)) / np.linalg.norm(step.reshape(4, 200, -1), axis=2)[..., None, None, None]
+    out = np.asarray(net((x[:, None] + step).reshape(-1, 2, 8, 8))).reshape(4, 200, 3)
+    for i in range(4):
+        sampled = out[i, :, y[i], None] - np.delete(out[i], y[i], axis=1)
+        assert np.all(alpha.lower[1, i] <= sampled.min(axis=0) + 1e-9)
+    pre = lirpa.preactivation_bounds(lm, x[:1], eps=0.05)  # local radii's intervals, same rebuild
+    cuts = [i for i, m in enumerate(module) if isinstance(m, ActivationModule)]
+    points = torch.from_numpy(x[0] + step[0])
+    for cut, lo, hi in zip(cuts, pre.lower, pre.upper):
+        with torch.no_grad():
+            z = torch.nn.Sequential(*list(module)[:cut])(points).flatten(1).numpy()
+        assert np.all(lo[0] <= z.min(axis=0) + 1e-9) and np.all(z.max(axis=0) <= hi[0] + 1e-9)
 
 
 def test_loading_auto_lirpa_keeps_the_callers_warning_filters() -> None:

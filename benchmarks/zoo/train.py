@@ -439,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "onnx_max_abs_error": onnx_error,
         "lipschitz": {b.method: b.value for b in bounds},
+        "lipschitz_path": {b.method: b.extras.get("path", "dense") for b in bounds},  # auto: by the memory available
         "certification": "lipcert.certify(net, x, y, bound=[combined, naive]): L2 radius "
                          "min_{j != y} (f_y - f_j - rounding) / L_yj, certified iff correct and radius >= eps",
         "test": test,

@@ -36,10 +36,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import lipcert
 from lipcert import datasets
 from lipcert.adapters.lirpa import verify
+from lipcert.graph import GraphNetwork, Residual
+from lipcert.network import Network
 from lipcert.radii import pairwise_constants
 
 from run_info import machine
@@ -72,6 +75,31 @@ def verified_nested(path: Path, x: np.ndarray, y: np.ndarray, verifier: str) -> 
     return {"n": len(x), "certified": fractions, "seconds": seconds}
 
 
+def power_estimate(net: GraphNetwork, steps: int = 500, seed: int = 0) -> float:
+    """What LiResNet / SLL / BRONet report: naive's stagewise composition (a chain the product of its layers'
+    norms, a residual block ||S|| + that of its branch; activations 1-Lipschitz) with every norm from ``steps``
+    power iterations.  Power iteration converges from below, so this is an estimate, not a bound."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def norm(w: torch.Tensor) -> float:
+        v = torch.randn(w.shape[1], generator=gen, dtype=w.dtype)
+        for _ in range(steps):
+            v = w.T @ (w @ v)
+            v = v / v.norm()
+        return float((w @ v).norm())
+
+    def chain(c: Network) -> float:
+        return math.prod(norm(w) for w in c.densified().weights)
+
+    total = 1.0
+    for stage in net.stages:
+        if isinstance(stage, Residual):
+            total *= (1.0 if stage.shortcut is None else norm(stage.shortcut_matrix())) + chain(stage.branch)
+        else:
+            total *= chain(stage)
+    return total
+
+
 def bench(path: Path, x: np.ndarray, y: np.ndarray, crown_n: int, alpha_n: int) -> dict:
     card = json.loads(path.with_suffix(".json").read_text())
     start = time.perf_counter()
@@ -83,6 +111,7 @@ def bench(path: Path, x: np.ndarray, y: np.ndarray, crown_n: int, alpha_n: int) 
         bounds[method] = bound = lipcert.lipschitz(net, method)
         row["bounds"][method] = {"value": bound.value, "seconds": bound.seconds,
                                  "pairwise_max": float(pairwise_constants(bound, net).max())}
+    row["power"] = power_estimate(net)
     low = lipcert.lower_bound(net, restarts=4, samples=64)
     row["lower"] = low.value
     cert = lipcert.certify(net, x, y, bound=bounds)
@@ -135,11 +164,12 @@ def report(rows: list[dict], n: int) -> str:
         lines += [f"{r['model']}: {r['machine'][0]}", "", f"{r['model']}: {r['machine'][1]}", ""]
     lines += [f"First {n} Fashion-MNIST test images, L2 radii in [0, 1] pixel units; CROWN and alpha-CROWN on the "
               "first n of them (n in the cell), each radius on the inputs verified at the radius below.", "",
-              "| model | library claim | lower bound | naive | eclipse-fast | combined | max pairwise (combined) |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| model | library claim | power iteration (estimate) | lower bound | naive | eclipse-fast | combined "
+              "| max pairwise (combined) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = r["bounds"]
-        lines.append(f"| {r['model']} ({r['library']}) | {_claim(r)[0]} | {r['lower']:.4f} | "
+        power = f"{r['power']:.4f}" if "power" in r else "-"
+        lines.append(f"| {r['model']} ({r['library']}) | {_claim(r)[0]} | {power} | {r['lower']:.4f} | "
                      + " | ".join(f"{b[m]['value']:.4f} ({b[m]['seconds']:.1f} s)" for m in METHODS)
                      + f" | {b['combined']['pairwise_max']:.4f} |")
     lines += ["", "Certified accuracy (%) at " + " / ".join(str(e) for e in EPS) + ":", "",
@@ -150,6 +180,9 @@ def report(rows: list[dict], n: int) -> str:
         cells = [" / ".join(f"{100 * v:.1f}" for v in c[m]) for m in ("claim", *METHODS)]
         lines.append(f"| {r['model']} | {100 * r['clean']:.1f} | {_claim(r)[1]}: {cells[0]} | {r['claim_broken']} | "
                      + " | ".join(cells[1:]) + f" | {_verified(r['crown'])} | {_verified(r['alpha_crown'])} |")
+    lines += ["", "Power iteration: naive's stagewise composition with each layer's norm from 500 power-iteration "
+              "steps (what LiResNet / SLL / BRONet certify with; from below, so not a bound); added to the stored rows by "
+              "`python benchmarks/graphs.py --power-only --data-dir ../shared/data/datasets`."]
     lines += [""] + [f"{r['model']}: margin / sqrt(2), the rule of a 1-Lipschitz vector map, applied to its unit-norm "
                      f"last rows (whose pairwise distances reach {r['bounds']['combined']['pairwise_max']:.3f} > sqrt 2) "
                      f"is broken by PGD on {r['global_rule_broken']} of {n} inputs."
@@ -176,10 +209,18 @@ def main() -> int:
     p.add_argument("--alpha-n", type=int, default=10)
     p.add_argument("--models", nargs="*", type=Path, default=[Path(m) for m in MODELS])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/graphs.md"))
+    p.add_argument("--power-only", action="store_true",
+                   help="add the power-iteration estimate to the stored rows of --models, then render the table")
     args = p.parse_args()
+    store = args.out.with_suffix(".json")
+    if args.power_only:
+        kept = _stored(store)
+        for path in args.models:
+            kept[path.stem]["power"] = power_estimate(lipcert.load(path))
+        store.write_text(json.dumps(list(kept.values()), indent=1) + "\n")
+        args.models = []
     x, y = datasets.load("fashion-mnist", "test", args.data_dir, limit=args.n)
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
-    store = args.out.with_suffix(".json")
     command = "python benchmarks/graphs.py " + shlex.join(sys.argv[1:])
     for path in args.models:
         before = machine("at the start")
@@ -190,7 +231,8 @@ def main() -> int:
     kept = _stored(store)
     order = [Path(m).stem for m in MODELS]
     rows = sorted(kept.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
-    args.out.write_text(report(rows, len(x)))
+    appended = args.out.read_text().partition("\n## ")[2] if args.out.exists() else ""  # other scripts' sections
+    args.out.write_text(report(rows, len(x)) + (f"\n## {appended}" if appended else ""))
     print(args.out.read_text())
     return 0
 

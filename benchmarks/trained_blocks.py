@@ -56,7 +56,8 @@ def main() -> None:
               "Reading: SLL blocks (orthogonium) are certified at exactly 1, the value they are built to have, "
               "where naive gives 4.1-4.5; the blocks of the model trained with lipcert's own bound at 0.45-0.60 of "
               "naive.  deel-torchlip's LipResidual is the convex combination (1 - a) x + a g(x) of 1-Lipschitz "
-              "maps, so naive is already 1 there; the certificate does not go below it (no per-block lower bound was computed)."]
+              "maps, so naive is already 1 there; the certificate does not go below it (no per-block lower "
+              "bound was computed)."]
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
 

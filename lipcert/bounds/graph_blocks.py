@@ -58,18 +58,12 @@ def graph_segments(net: GraphNetwork, slopes: Slopes | None = None) -> list[tupl
     own = _site_slopes(net)
     given = own if slopes is None else list(slopes)
     if len(given) != len(own) or any(a.shape != o[0].shape or b.shape != o[1].shape for (a, b), o in zip(given, own)):
-        raise ShapeMismatchError(f"slopes must be one (alpha, beta) pair per activation site of the graph ({len(own)}), "
-                                 "each with one entry per neuron")
+        raise ShapeMismatchError(f"slopes must be one (alpha, beta) pair per activation site of the graph "
+                                 f"({len(own)}), each with one entry per neuron")
     sites = iter(given)
     segments: list[tuple[list[ResidualBlock], torch.Tensor]] = []
     blocks: list[ResidualBlock] = []
     pending: torch.Tensor | None = None  # linear map waiting for the next block (None: the identity)
-    own = _site_slopes(net)
-    given = own if slopes is None else list(slopes)
-    if len(given) != len(own) or any(a.shape != o[0].shape or b.shape != o[1].shape for (a, b), o in zip(given, own)):
-        raise ShapeMismatchError(f"slopes must be one (alpha, beta) pair per activation site of the graph ({len(own)}), "
-                                 "each with one entry per neuron")
-    sites = iter(given)
     for t, stage in enumerate(net.stages):
         if isinstance(stage, NormPool | NormResidual):
             segments.append((blocks, torch.eye(stage.input_dim, dtype=torch.float64) if pending is None else pending))
@@ -95,7 +89,8 @@ def _site_slopes(net: GraphNetwork) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The network's own per-neuron slopes of every activation site, in evaluation order."""
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for t, stage in enumerate(net.stages):  # a cut stage's branch is bounded on its own (_cut_constant)
-        out += stage.slopes() if isinstance(stage, Network) else stage.branch.slopes() if isinstance(stage, Residual) else []
+        if isinstance(stage, Network | Residual):
+            out += (stage if isinstance(stage, Network) else stage.branch).slopes()
         between = net.between_slopes(t) if t < len(net.activations) else None
         out += [] if between is None else [between]
     return out

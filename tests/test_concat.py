@@ -12,10 +12,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 from torch import nn
 
 import lipcert
+from _graphs import gemm, onnx_model, weights
 from lipcert.adapters.onnx import from_onnx
 from lipcert.bounds.graph import disjoint_outputs
 from lipcert.errors import UnsupportedOperatorError
@@ -23,34 +24,19 @@ from lipcert.graph import GraphNetwork, Residual, graph_network
 from lipcert.network import Network
 
 
-def _onnx(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], n_out: int = 3) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "concat", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", n_out])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _gemm(name: str, x: str, w: str, b: str, out: str) -> onnx.NodeProto:
-    return helper.make_node("Gemm", [x, w, b], [out], name=name, transB=1)
-
-
-def _weights(rng: np.random.Generator, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    return {k: rng.standard_normal(s) / np.sqrt(s[-1]) for k, s in shapes.items()}
-
-
 @pytest.mark.parametrize("order", ["shortcut first", "branch first"])
 def test_onnx_dense_layer_is_a_block_with_disjoint_outputs(order: str, rng: np.random.Generator,
                                                            tmp_path: Path) -> None:
     """x -> h = Gemm; [h; W2 relu(W1 h)] (or the other order); relu; Gemm."""
-    inits = _weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (5, 6), "b1": (5,), "W2": (4, 5), "b2": (4,),
+    inits = weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (5, 6), "b1": (5,), "W2": (4, 5), "b2": (4,),
                            "W3": (3, 10), "b3": (3,)})
     parts = ["h", "g"] if order == "shortcut first" else ["g", "h"]
-    nodes = [_gemm("stem", "x", "W0", "b0", "h"), _gemm("g1", "h", "W1", "b1", "a1"),
-             helper.make_node("Relu", ["a1"], ["r1"], name="relu1"), _gemm("g2", "r1", "W2", "b2", "g"),
+    nodes = [gemm("stem", "x", "W0", "b0", "h"), gemm("g1", "h", "W1", "b1", "a1"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu1"), gemm("g2", "r1", "W2", "b2", "g"),
              helper.make_node("Concat", parts, ["c"], name="dense_concat", axis=1),
-             helper.make_node("Relu", ["c"], ["r"], name="relu2"), _gemm("head", "r", "W3", "b3", "y")]
+             helper.make_node("Relu", ["c"], ["r"], name="relu2"), gemm("head", "r", "W3", "b3", "y")]
     path = tmp_path / "dense.onnx"
-    onnx.save(_onnx(nodes, inits), str(path))
+    onnx.save(onnx_model(nodes, inits), str(path))
     net = lipcert.load(path)
     assert isinstance(net, GraphNetwork) and [type(s).__name__ for s in net.stages] == ["Network", "Residual",
                                                                                         "Network"]
@@ -173,12 +159,12 @@ def test_unsupported_concatenations_name_the_node(kind: str, match: str) -> None
 
 
 def test_onnx_three_way_concat_names_the_node(rng: np.random.Generator) -> None:
-    inits = _weights(rng, {"W1": (2, 6), "b1": (2,), "W2": (2, 6), "b2": (2,), "W3": (2, 6), "b3": (2,)})
-    nodes = [_gemm(f"g{k}", "x", f"W{k}", f"b{k}", f"a{k}") for k in (1, 2, 3)]
+    inits = weights(rng, {"W1": (2, 6), "b1": (2,), "W2": (2, 6), "b2": (2,), "W3": (2, 6), "b3": (2,)})
+    nodes = [gemm(f"g{k}", "x", f"W{k}", f"b{k}", f"a{k}") for k in (1, 2, 3)]
     nodes += [helper.make_node("Relu", [f"a{k}"], [f"r{k}"], name=f"relu{k}") for k in (1, 2, 3)]
     nodes.append(helper.make_node("Concat", ["r1", "r2", "r3"], ["y"], name="cat3", axis=1))
     with pytest.raises(UnsupportedOperatorError, match=r"Concat node 'cat3': it concatenates more than two"):
-        from_onnx(_onnx(nodes, inits, n_out=6))
+        from_onnx(onnx_model(nodes, inits, n_out=6))
 
 
 @pytest.mark.parametrize("method", ["naive", "combined"])
@@ -201,15 +187,15 @@ def test_margins_through_a_last_concat_block_stay_above_jacobians(method: str, r
 
 def test_three_way_residual_fork_names_the_tensor(rng: np.random.Generator) -> None:
     """h + W1 relu(h) + W2 relu(h) as two Adds: the fork h feeds three layers."""
-    inits = _weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (6, 6), "b1": (6,), "W2": (6, 6), "b2": (6,),
+    inits = weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (6, 6), "b1": (6,), "W2": (6, 6), "b2": (6,),
                            "W3": (3, 6), "b3": (3,)})
-    nodes = [_gemm("stem", "x", "W0", "b0", "h"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             _gemm("g1", "r", "W1", "b1", "a1"), _gemm("g2", "h", "W2", "b2", "a2"),
+    nodes = [gemm("stem", "x", "W0", "b0", "h"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             gemm("g1", "r", "W1", "b1", "a1"), gemm("g2", "h", "W2", "b2", "a2"),
              helper.make_node("Add", ["h", "a1"], ["s1"], name="add1"),
-             helper.make_node("Add", ["s1", "a2"], ["s2"], name="add2"), _gemm("head", "s2", "W3", "b3", "y")]
+             helper.make_node("Add", ["s1", "a2"], ["s2"], name="add2"), gemm("head", "s2", "W3", "b3", "y")]
     with pytest.raises(UnsupportedOperatorError, match=r"tensor 'h' is read by Relu 'relu', Gemm 'g2', Add 'add1'"
                                                        r".*exactly two paths"):
-        from_onnx(_onnx(nodes, inits))
+        from_onnx(onnx_model(nodes, inits))
 
 
 def test_crown_runs_on_concatenation_models(seed: int, rng: np.random.Generator) -> None:

@@ -9,46 +9,31 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 from torch import nn
 
 import lipcert
+from _graphs import gemm, onnx_model, weights
 from lipcert.adapters.onnx import from_onnx
 from lipcert.errors import GraphNetworkError, UnsupportedOperatorError
 from lipcert.graph import GraphNetwork, Residual
 from lipcert.network import Network
 
 
-def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], n_in: int = 6, n_out: int = 3
-           ) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", n_in])],
-                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", n_out])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _gemm(name: str, x: str, w: str, b: str, out: str) -> onnx.NodeProto:
-    return helper.make_node("Gemm", [x, w, b], [out], name=name, transB=1)
-
-
-def _weights(rng: np.random.Generator, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    return {k: rng.standard_normal(s) / np.sqrt(s[-1]) for k, s in shapes.items()}
-
-
 def residual_onnx(rng: np.random.Generator, last_op: str = "Add") -> onnx.ModelProto:
     """x -> Gemm -> h; h + W2 relu(W1 h) (identity); relu; S r  (last_op) V tanh(U r) (linear shortcut); Gemm."""
-    inits = _weights(rng, {"W0": (8, 6), "b0": (8,), "W1": (10, 8), "b1": (10,), "W2": (8, 10), "b2": (8,),
+    inits = weights(rng, {"W0": (8, 6), "b0": (8,), "W1": (10, 8), "b1": (10,), "W2": (8, 10), "b2": (8,),
                            "S": (5, 8), "bs": (5,), "U": (7, 8), "bu": (7,), "V": (5, 7), "bv": (5,),
                            "W3": (3, 5), "b3": (3,)})
-    nodes = [_gemm("stem", "x", "W0", "b0", "h"), _gemm("g1", "h", "W1", "b1", "a1"),
-             helper.make_node("Relu", ["a1"], ["r1"], name="relu1"), _gemm("g2", "r1", "W2", "b2", "a2"),
+    nodes = [gemm("stem", "x", "W0", "b0", "h"), gemm("g1", "h", "W1", "b1", "a1"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu1"), gemm("g2", "r1", "W2", "b2", "a2"),
              helper.make_node("Add", ["h", "a2"], ["s1"], name="add1"),
              helper.make_node("Relu", ["s1"], ["r"], name="relu2"),
-             _gemm("short", "r", "S", "bs", "sc"), _gemm("u", "r", "U", "bu", "a3"),
-             helper.make_node("Tanh", ["a3"], ["t3"], name="tanh"), _gemm("v", "t3", "V", "bv", "a4"),
+             gemm("short", "r", "S", "bs", "sc"), gemm("u", "r", "U", "bu", "a3"),
+             helper.make_node("Tanh", ["a3"], ["t3"], name="tanh"), gemm("v", "t3", "V", "bv", "a4"),
              helper.make_node(last_op, ["sc", "a4"], ["s2"], name="merge2"),
-             helper.make_node("Relu", ["s2"], ["r2"], name="relu3"), _gemm("head", "r2", "W3", "b3", "y")]
-    return _model(nodes, inits)
+             helper.make_node("Relu", ["s2"], ["r2"], name="relu3"), gemm("head", "r2", "W3", "b3", "y")]
+    return onnx_model(nodes, inits)
 
 
 @pytest.mark.parametrize("last_op", ["Add", "Sub"])
@@ -71,11 +56,11 @@ def test_onnx_residual_model_loads_and_matches_onnxruntime(last_op: str, rng: np
 
 
 def test_linear_residual_loads_as_a_chain(rng: np.random.Generator) -> None:
-    inits = _weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (6, 6), "b1": (6,), "W3": (3, 6), "b3": (3,)})
-    nodes = [_gemm("g0", "x", "W0", "b0", "h"), _gemm("g1", "h", "W1", "b1", "a"),
+    inits = weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (6, 6), "b1": (6,), "W3": (3, 6), "b3": (3,)})
+    nodes = [gemm("g0", "x", "W0", "b0", "h"), gemm("g1", "h", "W1", "b1", "a"),
              helper.make_node("Add", ["a", "h"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["r"]),
-             _gemm("head", "r", "W3", "b3", "y")]
-    net = from_onnx(_model(nodes, inits))
+             gemm("head", "r", "W3", "b3", "y")]
+    net = from_onnx(onnx_model(nodes, inits))
     assert isinstance(net, Network) and net.widths == (6, 6, 3)  # (I + W1) W0 merged: one chain
     assert net.info["conversion_error"] < 1e-12
 
@@ -170,24 +155,24 @@ def test_pre_activation_and_subtracted_blocks_load_from_torch(seed: int, rng: np
 
 
 def test_bad_graphs_name_their_nodes(rng: np.random.Generator) -> None:
-    inits = _weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (4, 6), "b1": (4,), "W3": (3, 4), "b3": (3,),
+    inits = weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (4, 6), "b1": (4,), "W3": (3, 4), "b3": (3,),
                            "W5": (1, 6), "b5": (1,)})
-    broadcast = [_gemm("g0", "x", "W0", "b0", "h"), _gemm("g1", "h", "W1", "b1", "a"), _gemm("g5", "h", "W5", "b5", "c"),
-                 helper.make_node("Add", ["a", "c"], ["s"], name="add_bcast"), _gemm("head", "s", "W3", "b3", "y")]
+    broadcast = [gemm("g0", "x", "W0", "b0", "h"), gemm("g1", "h", "W1", "b1", "a"), gemm("g5", "h", "W5", "b5", "c"),
+                 helper.make_node("Add", ["a", "c"], ["s"], name="add_bcast"), gemm("head", "s", "W3", "b3", "y")]
     with pytest.raises(UnsupportedOperatorError, match=r"Add node 'add_bcast': it adds two branches of shapes "
                                                        r"\(1, 4\) and \(1, 1\)"):
-        from_onnx(_model(broadcast, inits))
-    inits2 = _weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (6, 6), "b1": (6,), "W3": (3, 6), "b3": (3,)})
-    inside = [_gemm("g0", "x", "W0", "b0", "h"), helper.make_node("Softmax", ["h"], ["sm"], name="soft_in_branch"),
-              _gemm("g1", "sm", "W1", "b1", "a"), helper.make_node("Add", ["h", "a"], ["s"], name="add"),
-              _gemm("head", "s", "W3", "b3", "y")]
+        from_onnx(onnx_model(broadcast, inits))
+    inits2 = weights(rng, {"W0": (6, 6), "b0": (6,), "W1": (6, 6), "b1": (6,), "W3": (3, 6), "b3": (3,)})
+    inside = [gemm("g0", "x", "W0", "b0", "h"), helper.make_node("Softmax", ["h"], ["sm"], name="soft_in_branch"),
+              gemm("g1", "sm", "W1", "b1", "a"), helper.make_node("Add", ["h", "a"], ["s"], name="add"),
+              gemm("head", "s", "W3", "b3", "y")]
     with pytest.raises(UnsupportedOperatorError, match="Softmax node 'soft_in_branch'"):
-        from_onnx(_model(inside, inits2))
-    both = [_gemm("g0", "x", "W0", "b0", "h"), helper.make_node("Relu", ["h"], ["r"], name="r1"),
-            helper.make_node("Tanh", ["h"], ["t"], name="t1"), _gemm("g1", "t", "W1", "b1", "a"),
-            helper.make_node("Add", ["r", "a"], ["s"], name="add_two_acts"), _gemm("head", "s", "W3", "b3", "y")]
+        from_onnx(onnx_model(inside, inits2))
+    both = [gemm("g0", "x", "W0", "b0", "h"), helper.make_node("Relu", ["h"], ["r"], name="r1"),
+            helper.make_node("Tanh", ["h"], ["t"], name="t1"), gemm("g1", "t", "W1", "b1", "a"),
+            helper.make_node("Add", ["r", "a"], ["s"], name="add_two_acts"), gemm("head", "s", "W3", "b3", "y")]
     with pytest.raises(UnsupportedOperatorError, match="Add node 'add_two_acts': both of its inputs pass through"):
-        from_onnx(_model(both, inits2))
+        from_onnx(onnx_model(both, inits2))
 
 
 def test_cli_bound_and_certify_run_on_a_residual_onnx_model(rng: np.random.Generator, tmp_path: Path,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import lipcert
+from _graphs import METHODS, check_cut_graph_bounds
 from lipcert.adapters.onnx import from_onnx
 from lipcert.adapters.rebuild import to_torch
 from lipcert.attacks import attack, soundness_violations
@@ -25,12 +26,10 @@ from lipcert.errors import GraphNetworkError, UnsupportedOperatorError
 from lipcert.graph import GraphNetwork, graph_network
 from lipcert.network import Network
 from lipcert.norm_residual import NormResidual
-from lipcert.radii import pairwise_constants
 from lipcert.rounding import INFLATION
 
 residual = pytest.importorskip("orthogonium.layers.residual")
 
-METHODS = ["naive", "eclipse-fast", "gc", "shift", "combined"]
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -89,19 +88,7 @@ def test_models_load_match_and_every_bound_is_above_the_lower_bounds(name: str, 
     with torch.no_grad():
         expected = model(torch.as_tensor(x)).numpy()
     np.testing.assert_allclose(np.asarray(net(x)), expected, rtol=0, atol=1e-12)
-    low = lower_bound(net, restarts=2, samples=32)
-    assert low.value > 0
-    bounds = {m: lipschitz(net, m) for m in METHODS}
-    bounds["optimized"] = lipschitz(net, "optimized", options={"iterations": 5})
-    for method, b in bounds.items():
-        assert b.value >= low.value, f"{name} {method}: {b.value} below the lower bound {low.value}"
-        assert any(st["kind"] == "l2residual" for st in b.extras["stages"])
-    assert bounds["combined"].value <= bounds["naive"].value * (1 + 1e-9)
-    xs = torch.as_tensor(rng.standard_normal((8, net.input_dim)))
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda z: net.forward_flat(z[None])[0], xi) for xi in xs])
-    diff = (jac[:, :, None, :] - jac[:, None, :, :]).norm(dim=-1).amax(dim=0).numpy()
-    for method, b in bounds.items():
-        assert np.all(pairwise_constants(b, net) >= diff), method
+    check_cut_graph_bounds(net, name, "l2residual", rng)
 
 
 def test_certified_radii_survive_pgd_and_the_rounding_bound_holds(rng: np.random.Generator) -> None:

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 import lipcert
+from _graphs import METHODS, check_cut_graph_bounds
 from lipcert.adapters.onnx import from_onnx
 from lipcert.adapters.rebuild import to_torch
 from lipcert.attacks import attack, soundness_violations
@@ -26,10 +27,7 @@ from lipcert.bounds import lipschitz, lower_bound
 from lipcert.errors import GraphNetworkError, UnsupportedOperatorError
 from lipcert.graph import GraphNetwork, graph_network
 from lipcert.norm_pool import window_pool
-from lipcert.radii import pairwise_constants
 from lipcert.rounding import INFLATION
-
-METHODS = ["naive", "eclipse-fast", "gc", "shift", "combined"]
 
 
 def coverage_by_hand(h: int, w: int, k: int, s: int, ho: int, wo: int) -> int:
@@ -143,20 +141,7 @@ def test_every_method_is_above_the_lower_bounds(name: str, rng: np.random.Genera
     model = factory()
     net = lipcert.load(model, input_shape=shape)
     assert isinstance(net, GraphNetwork)
-    low = lower_bound(net, restarts=2, samples=32)
-    assert low.value > 0
-    bounds = {m: lipschitz(net, m) for m in METHODS}
-    bounds["optimized"] = lipschitz(net, "optimized", options={"iterations": 5})
-    for method, b in bounds.items():
-        assert b.value >= low.value, f"{name} {method}: {b.value} below the lower bound {low.value}"
-        assert any(st["kind"] == "l2pool" for st in b.extras["stages"])
-    assert bounds["combined"].value <= bounds["naive"].value * (1 + 1e-9)
-    # margin constants against sampled Jacobians: L_ij >= ||(e_i - e_j)^T J(x)||
-    xs = torch.as_tensor(rng.standard_normal((8, net.input_dim)))
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda z: net.forward_flat(z[None])[0], xi) for xi in xs])
-    diff = (jac[:, :, None, :] - jac[:, None, :, :]).norm(dim=-1).amax(dim=0).numpy()
-    for method, b in bounds.items():
-        assert np.all(pairwise_constants(b, net) >= diff), method
+    check_cut_graph_bounds(net, name, "l2pool", rng)
 
 
 def test_certified_radii_survive_pgd(rng: np.random.Generator) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any
 
 import torch
 
-from run_info import REPO, SHARED_DATA, machine
+from run_info import REPO, SHARED_DATA, machine, peak_mb, run_child
 
 EPS = {"mnist": (0.5, 1.0, 1.58), "fashion-mnist": (0.5, 1.0, 1.58), "cifar10": (36 / 255, 72 / 255, 108 / 255)}
 """The zoo's report radii (benchmarks/zoo/train.py REPORT_EPS)."""
@@ -115,16 +113,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         r.pop("bound", None)
     out["bounds"] = rows
     out["seconds"] = time.perf_counter() - start
-    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_mb"] = peak_mb()
     return out
-
-
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=Path(__file__).parent)
-    if proc.returncode != 0:
-        return {**spec, "failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _fmt(r: dict[str, Any]) -> list[str]:
@@ -172,7 +162,7 @@ def main() -> None:
                               "mode": mode, "methods": methods, "n": args.n})
     rows, results = [], []
     for spec in specs:
-        r = run_child(spec)
+        r = run_child(__file__, spec)
         results.append(r)
         rows += _fmt(r)
         print("\n".join(_fmt(r)), f"(load {r.get('load_s', 0):.1f} s, total {r.get('seconds', 0):.1f} s)", flush=True)

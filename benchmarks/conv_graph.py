@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 
 import torch
 
-from run_info import machine
+from run_info import machine, peak_mb, run_child
 
 nn = torch.nn
 
@@ -104,16 +102,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     out["lower"], out["lower_s"] = low, time.perf_counter() - t0
     out["bounds"] = rows
     out["seconds"] = time.perf_counter() - start
-    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_mb"] = peak_mb()
     return out
-
-
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=Path(__file__).parent)
-    if proc.returncode != 0:
-        return {**spec, "failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _fmt(r: dict[str, Any]) -> list[str]:
@@ -148,8 +138,8 @@ def main() -> None:
     start_line = machine("at the start")
     rows, results = [], []
     for blocks in (int(b) for b in args.blocks.split(",")):
-        r = run_child({"blocks": blocks, "seed": args.seed, "budget": args.budget_gb * 1e9,
-                       "methods": args.methods.split(",")})
+        r = run_child(__file__, {"blocks": blocks, "seed": args.seed, "budget": args.budget_gb * 1e9,
+                                 "methods": args.methods.split(",")})
         results.append(r)
         rows += _fmt(r)
         print("\n".join(_fmt(r)), f"(total {r.get('seconds', 0):.1f} s)", flush=True)

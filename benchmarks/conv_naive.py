@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from run_info import machine
+from run_info import machine, peak_mb
 
 ARCHS = {
     "ConvSmall": ([(16, 4, 2, 0), (32, 4, 2, 0)], [100]),
@@ -68,7 +67,7 @@ def child(arch: str, mode: str, seed: int) -> None:
         out["value"] = bound.value
         out["path"] = bound.extras.get("path", "dense")
     out["seconds"] = time.perf_counter() - start
-    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_mb"] = peak_mb()
     print(json.dumps(out))
 
 

@@ -28,7 +28,6 @@ import argparse
 import json
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from conv import EPS
-from run_info import REPO, SHARED_DATA, machine
+from run_info import REPO, SHARED_DATA, machine, peak_mb, run_child
 
 ROWS = [("naive", "matrix-free"), ("eclipse-fast", "auto"), ("combined", "auto")]
 
@@ -117,16 +116,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                    bound_s=time.perf_counter() - start, radius=radius.tolist(),
                    certified=[(radius >= e).tolist() for e in eps])
     out["seconds"] = time.perf_counter() - start
-    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_mb"] = peak_mb()
     return out
-
-
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=Path(__file__).parent)
-    if proc.returncode != 0:
-        return {**spec, "failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -160,7 +151,7 @@ def main() -> None:
               for v, name in (("crown", "CROWN"), ("alpha-crown", "alpha-CROWN")) if v in args.verifiers.split(",")]
     results = []
     for spec in specs:
-        results.append(run_child(spec))
+        results.append(run_child(__file__, spec))
         print(json.dumps({k: v for k, v in results[-1].items() if k not in ("radius", "certified")}), flush=True)
     eps = list(EPS[args.dataset])
     net = lipcert.load(args.model, input_range=(0.0, 1.0))

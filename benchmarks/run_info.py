@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,3 +37,18 @@ def machine(when: str = "at the end") -> str:
     return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), lipcert "
             f"{lipcert.__version__}; load average {load_average()} {when}")
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss), in MB: python, torch and lipcert included."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(script: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """``python script --child JSON(spec)`` in a fresh process (so that its peak memory is the case's own): the
+    JSON on the last line of its output, or ``{**spec, "failed": the last line of its error}``."""
+    proc = subprocess.run([sys.executable, str(script), "--child", json.dumps(spec)], capture_output=True, text=True,
+                          cwd=Path(script).parent)
+    if proc.returncode != 0:
+        return {**spec, "failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -27,6 +27,7 @@ from lipcert.errors import ModelLoadError
 from lipcert.graph import AnyNetwork
 from lipcert.network import Network
 
+from .checkpoint import NESTED_KEYS
 from .graph import Conversion
 from .sniff import sniff, torch_load
 
@@ -120,7 +121,7 @@ def _npz_network(path: Path, *, mean: Sequence[float] | float | None, std: Seque
 
 def _state_dict_message(path: Path, obj: dict[Any, Any]) -> str:
     keys = list(obj)[:6]
-    nested = next((k for k in ("state_dict", "model_state_dict", "model", "net") if k in obj), None)
+    nested = next((k for k in NESTED_KEYS if k in obj), None)
     return (
         f"{path} holds a {'checkpoint' if nested else 'state_dict'} (a dict with keys {keys}"
         f"{' ...' if len(obj) > 6 else ''}), "

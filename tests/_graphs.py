@@ -3,10 +3,14 @@ graph with a cut stage (L2-norm pooling, L2-norm residual) must pass."""
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from lipcert.bounds import lipschitz, lower_bound
 from lipcert.graph import GraphNetwork
@@ -22,6 +26,18 @@ def onnx_model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], n_in: 
                               [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", n_out])],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def export_onnx(model: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """``model``'s float32 TorchScript ONNX export (opset 17, dynamic batch) for inputs of ``shape``; the model is
+    left in float64."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.float(), torch.rand(2, *shape), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    model.double()
+    return onnx.load_from_string(buf.getvalue())
 
 
 def gemm(name: str, x: str, w: str, b: str, out: str) -> onnx.NodeProto:

@@ -6,18 +6,15 @@ sqrt((1 + L^2) / 2)-Lipschitz for L >= Lip(fn), and fn = L x (eps -> 0) attains 
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 import lipcert
-from _graphs import METHODS, check_cut_graph_bounds
+from _graphs import METHODS, check_cut_graph_bounds, export_onnx
 from lipcert.adapters.onnx import from_onnx
 from lipcert.adapters.rebuild import to_torch
 from lipcert.attacks import attack, soundness_violations
@@ -118,21 +115,11 @@ def test_certified_radii_survive_pgd_and_the_rounding_bound_holds(rng: np.random
     assert np.all(gap <= err.numpy().astype(np.longdouble))
 
 
-def _export(model: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.float(), torch.rand(2, *shape), buf, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    model.double()
-    return onnx.load_from_string(buf.getvalue())
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_the_onnx_export_loads_and_matches_onnxruntime(name: str, rng: np.random.Generator) -> None:
     factory, shape = MODELS[name]
     model = factory().double().eval()
-    exported = _export(model, shape)
+    exported = export_onnx(model, shape)
     net = from_onnx(exported)
     assert isinstance(net, GraphNetwork) and any(isinstance(s, NormResidual) for s in net.stages)
     assert any("L2NormResidual merge" in note for note in net.info["notes"])
@@ -149,7 +136,7 @@ def test_what_is_refused_names_the_stage() -> None:
     model = MODELS["dense relu"][0]().double().eval()
     with pytest.raises(UnsupportedOperatorError, match=r"L2NormResidual node 'l2_norm_merge'.*CROWN"):
         to_torch(model, input_shape=(6,))
-    exported = _export(model, (6,))
+    exported = export_onnx(model, (6,))
     half = next(n for n in exported.graph.node if n.name == "/1/Constant_1")  # the 0.5 of x^2 / 2
     half.attribute[0].t.raw_data = np.array(0.25, dtype=np.float32).tobytes()  # x^2 / 4: not the merge
     with pytest.raises(UnsupportedOperatorError, match=r"Pow node '/1/Pow'"):

@@ -6,8 +6,6 @@ input entry i is covered by the windows, and x = t e_i against 0 attains it.
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -19,7 +17,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 import lipcert
-from _graphs import METHODS, check_cut_graph_bounds
+from _graphs import METHODS, check_cut_graph_bounds, export_onnx
 from lipcert.adapters.onnx import from_onnx
 from lipcert.adapters.rebuild import to_torch
 from lipcert.attacks import attack, soundness_violations
@@ -100,16 +98,6 @@ MODELS = {  # name: (model factory, input shape)
 }
 
 
-def export(model: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.float(), torch.rand(2, *shape), buf, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    model.double()
-    return onnx.load_from_string(buf.getvalue())
-
-
 def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.asarray(sess.run(None, {"x": x.astype(np.float32)})[0])
@@ -125,7 +113,7 @@ def test_models_load_from_torch_and_onnx_and_match(name: str, rng: np.random.Gen
     with torch.no_grad():
         expected = model(torch.as_tensor(x)).numpy()
     np.testing.assert_allclose(np.asarray(net(x)), expected, rtol=0, atol=1e-12)
-    onnx_model = export(model, shape)
+    onnx_model = export_onnx(model, shape)
     onet = from_onnx(onnx_model)
     assert isinstance(onet, GraphNetwork) and len(onet.pools()) == 1
     assert any("L2-norm pooling" in note for note in onet.info["notes"])
@@ -230,7 +218,7 @@ def test_what_is_refused_names_the_pooling(rng: np.random.Generator) -> None:
     model = MODELS["ScaledL2NormPool2d"][0]()
     with pytest.raises(UnsupportedOperatorError, match=r"ScaledL2NormPool2d node '2' is an L2-norm pooling.*CROWN"):
         to_torch(model, input_shape=(2, 6, 6))
-    partial = export(pool_model(nn.LPPool2d(2, 2, ceil_mode=True), n=5), (2, 5, 5))
+    partial = export_onnx(pool_model(nn.LPPool2d(2, 2, ceil_mode=True), n=5), (2, 5, 5))
     with pytest.raises(UnsupportedOperatorError, match=r"Pow node .*ceil_mode=1 with a partial last window"):
         from_onnx(partial)
 
@@ -268,7 +256,7 @@ def test_a_deel_torchlip_model_and_its_vanilla_export_load_with_the_same_bounds(
                           tl.SpectralConv2d(4, 4, 3, padding=1), tl.GroupSort2(), tl.ScaledL2NormPool2d(2),
                           nn.Flatten(), tl.SpectralLinear(4 * 2 * 2, 5)).eval()
     net = lipcert.load(model, input_shape=(1, 8, 8))
-    onet = from_onnx(export(model.vanilla_export().eval(), (1, 8, 8)))
+    onet = from_onnx(export_onnx(model.vanilla_export().eval(), (1, 8, 8)))
     for loaded in (net, onet):
         assert isinstance(loaded, GraphNetwork) and len(loaded.pools()) == 2
         assert loaded.info["conversion_error"] <= 1e-5  # float32 layers, checked at float32 tolerance

@@ -92,8 +92,10 @@ def graph_chain(net: GraphNetwork) -> GraphChain:
     for t, stage in enumerate(net.stages):
         if isinstance(stage, Residual):
             _residual(out, stage)
-        elif not isinstance(stage, Network):  # lipcert.local refuses graphs with cut stages first
-            raise GraphNetworkError(f"a {type(stage).__name__} stage is not slope-restricted: no chain form")
+        elif not isinstance(stage, Network):
+            raise GraphNetworkError(f"local radii need slope-restricted stages, but stage {t + 1} of this graph is "
+                                    f"a {type(stage).__name__} (L2-norm pooling / residual; docs/decisions.md "
+                                    "43-45): it has no chain form; use global radii")
         else:
             chain = stage.densified()
             for w, b, inner in zip(chain.weights, chain.biases, chain.activations):

@@ -41,11 +41,6 @@ def local_model(net: Network | GraphNetwork | GraphChain, verb: str) -> LocalMod
     if isinstance(net, GraphChain):
         return net
     if isinstance(net, GraphNetwork):
-        if net.cuts():
-            kinds = sorted({type(stage).__name__ for stage in net.cuts()})
-            raise GraphNetworkError(f"{verb}: local radii need slope-restricted stages, but this graph has "
-                                    f"{' and '.join(kinds)} stages (L2-norm pooling / residual; docs/decisions.md "
-                                    "43-45); use global radii")
         return graph_chain(net)
     return require_network(net, verb)
 
